@@ -1,0 +1,1 @@
+"""HDF5 data sets: schema, writers, lazy readers and generators (``krylon.datasets``)."""

@@ -1,0 +1,101 @@
+"""Batched reductions and fused updates over field dimensions.
+
+A field batch has shape ``(*batch, *grid)``; ``ndim`` is the number of trailing
+grid dimensions.  Reductions return one value per batch member (shape
+``batch``).  Inner products conjugate their *first* argument, so complex
+Hermitian systems work unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "dot",
+    "norm",
+    "expand",
+    "axpy_",
+    "cg_step_",
+    "a_orthogonalize",
+]
+
+
+def _dims(ndim: int) -> tuple[int, ...]:
+    if ndim < 1:
+        raise ValueError(f"ndim must be >= 1, got {ndim}")
+    return tuple(range(-ndim, 0))
+
+
+def dot(x: torch.Tensor, y: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Batched inner product ``sum(conj(x) * y)`` over the last ``ndim`` dimensions.
+
+    Examples
+    --------
+    >>> import torch
+    >>> x = torch.ones(3, 4, 5)
+    >>> dot(x, 2 * x, ndim=2)
+    tensor([40., 40., 40.])
+    """
+    dims = _dims(ndim)
+    if x.is_complex() or y.is_complex():
+        return torch.sum(torch.conj(x) * y, dim=dims)
+    if ndim == 1:
+        # vector batch: a batched matrix-vector product is a single BLAS call
+        return torch.linalg.vecdot(x, y, dim=-1)
+    return torch.sum(x * y, dim=dims)
+
+
+def norm(x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Batched Euclidean norm over the last ``ndim`` dimensions (real result)."""
+    return torch.linalg.vector_norm(x, dim=_dims(ndim))
+
+
+def expand(c: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append ``ndim`` singleton dimensions so a per-system scalar broadcasts over a field."""
+    if not isinstance(c, torch.Tensor):
+        return c
+    return c.reshape(c.shape + (1,) * ndim)
+
+
+def axpy_(y: torch.Tensor, alpha, x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """In place ``y += alpha * x`` with ``alpha`` a scalar or one value per system."""
+    if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
+        return y.addcmul_(expand(alpha, ndim), x)
+    return y.add_(x, alpha=alpha)
+
+
+def cg_step_(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int) -> torch.Tensor:
+    """The fused conjugate-gradient update ``x += alpha p; r -= alpha Ap``; returns ``||r||^2``.
+
+    ``alpha`` holds one value per system (shape ``batch``); systems with
+    ``alpha == 0`` are left exactly unchanged, which is how converged members
+    of a batch are frozen.
+    """
+    a = expand(alpha, ndim)
+    x.addcmul_(a, p)
+    r.addcmul_(a, Ap, value=-1)
+    return norm(r, ndim) ** 2
+
+
+def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_norms=None) -> torch.Tensor:
+    """A-orthogonalise ``q`` against stored directions ``p_j`` (with ``A p_j`` given).
+
+    Returns ``q - sum_j p_j (A p_j)^H q / (p_j^H A p_j)``; the result satisfies
+    ``p_j^H A q_new = 0`` for every stored ``p_j`` when the ``p_j`` are mutually
+    A-orthogonal (classical Gram-Schmidt in the A inner product).
+
+    Parameters
+    ----------
+    q : (*batch, *grid) tensor
+    directions, a_directions : sequences of tensors shaped like ``q``
+    a_norms : optional sequence of ``p_j^H A p_j`` (shape ``batch``) to avoid recomputing them.
+    """
+    if len(directions) != len(a_directions):
+        raise ValueError(f"got {len(directions)} directions but {len(a_directions)} products A p")
+    out = q.clone()
+    for j, (p, ap) in enumerate(zip(directions, a_directions)):
+        denom = a_norms[j] if a_norms is not None else dot(p, ap, ndim)
+        coef = dot(ap, q, ndim) / torch.where(denom == 0, torch.ones_like(denom), denom)
+        coef = torch.where(denom == 0, torch.zeros_like(coef), coef)
+        out.addcmul_(expand(coef, ndim), p, value=-1)
+    return out

@@ -1,0 +1,4 @@
+"""The ``krylon`` command (thin: argument parsing only)."""
+
+def main(argv=None) -> int:
+    return 0

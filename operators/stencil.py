@@ -1,0 +1,239 @@
+"""Finite-difference Laplacian and diffusion operators on 2-D and 3-D grids.
+
+Both are the SPD sign convention (``-Laplace``, ``-div(k grad)``); see
+:mod:`krylon.kernels.stencil` for the exact stencil, the ghost-value rules of
+each boundary condition and how obstacles are removed from the system.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..kernels import backend
+from ..kernels import stencil as _st
+from .base import LinearOperator
+
+__all__ = ["Laplacian", "Diffusion"]
+
+
+class _StencilOperator(LinearOperator):
+    """Shared machinery: boundary conditions, obstacles, weights, assembly."""
+
+    def __init__(self, shape, spacing, bc, obstacles, coefficient, dtype, device):
+        shape = tuple(int(n) for n in shape)
+        if len(shape) not in (1, 2, 3):
+            raise ValueError(f"stencil operators are defined on 1-D, 2-D and 3-D grids, got a grid of shape {shape}")
+        if any(n < 1 for n in shape):
+            raise ValueError(f"grid sizes must be >= 1, got {shape}")
+        d = len(shape)
+        self.spacing = _st.parse_spacing(spacing, d)
+        self.bc = _st.parse_bc(bc, d)
+        dtype = backend._parse_dtype(dtype) or (coefficient.dtype if coefficient is not None and backend.is_floating(coefficient.dtype) else torch.float64)
+        if dtype.is_complex or dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            raise ValueError(f"stencil operators have real coefficients; dtype must be a real floating dtype, got {dtype}")
+        device = backend.resolve_device(device)
+        if device is None:
+            device = coefficient.device if coefficient is not None else (obstacles.device if isinstance(obstacles, torch.Tensor) else torch.device("cpu"))
+        tags = ["symmetric", "positive_semidefinite"]
+        if obstacles is not None:
+            obstacles = backend.as_tensor(obstacles, device=device, promote=False, name="obstacles")
+            if obstacles.dtype != torch.bool:
+                raise TypeError(f"obstacles must be a boolean mask (True = solid), got dtype {obstacles.dtype}")
+            if tuple(obstacles.shape[-d:]) != shape:
+                raise ValueError(f"obstacle mask of shape {tuple(obstacles.shape)} does not end in the grid shape {shape}")
+            if obstacles.dim() > d:
+                raise ValueError("a batch of obstacle masks is not supported: build one operator per geometry")
+        # positive definite unless the system has a null space: no Dirichlet side reaches the fluid
+        if self._has_dirichlet(obstacles, shape):
+            tags.append("positive_definite")
+        super().__init__(shape, dtype=dtype, tags=tags)
+        self.register_buffer("obstacles", obstacles)
+        self._weights = None
+        self._device0 = device
+
+    def _has_dirichlet(self, obstacles, shape) -> bool:
+        if not any("dirichlet" in pair for pair in self.bc):
+            return False
+        if obstacles is None:
+            return True
+        # every connected fluid region must touch a Dirichlet side; checking that needs a flood fill,
+        # so claim definiteness only when the obstacles leave every Dirichlet boundary cell open
+        # and the fluid is connected -- cheaply approximated: no obstacles touching Dirichlet sides
+        # is not enough for connectivity, so fall back to semi-definite if any region could be enclosed.
+        return bool(_fluid_regions_touch_dirichlet(~obstacles.cpu(), self.bc))
+
+    @property
+    def device(self):
+        if self.obstacles is not None:
+            return self.obstacles.device
+        return self._device0
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        probe = fn(torch.zeros(1, device=self._device0))
+        self._device0 = probe.device
+        self._weights = None
+        return out
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape_in)
+
+    def weights(self) -> _st.StencilWeights:
+        """Face weights and diagonal (computed once, cached)."""
+        if self._weights is None:
+            self._weights = _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=self._coefficient(),
+                                                solid=self.obstacles, dtype=self.dtype, device=self.device)
+        return self._weights
+
+    def _coefficient(self):
+        return None
+
+    def _uses_fast_path(self) -> bool:
+        return False
+
+    def _matvec(self, x):
+        if self._uses_fast_path():
+            return _st.apply_constant(x, self.spacing, self.bc)
+        return _st.apply_weights(x, self.weights())
+
+    def diagonal(self) -> torch.Tensor:
+        return torch.broadcast_to(self.weights().diag, self.shape_in).clone()
+
+    def to_scipy(self, format: str = "csr"):
+        """Assemble exactly the matrix this operator applies (C ordering of the grid) as scipy sparse."""
+        import scipy.sparse as sp
+
+        rows, cols, vals, n = _st.assemble_coo(self.shape_in, self.weights())
+        A = sp.coo_array((vals, (rows, cols)), shape=(n, n)).asformat(format)
+        if format == "csr":
+            A.sum_duplicates()
+            A.eliminate_zeros()
+            A.sort_indices()
+        return A
+
+    def extra_repr(self):
+        return f"shape={self.shape_in}, spacing={self.spacing}, bc={self.bc}, obstacles={'yes' if self.obstacles is not None else 'no'}, dtype={self.dtype}"
+
+
+def _fluid_regions_touch_dirichlet(fluid: torch.Tensor, bc) -> bool:
+    """True when every connected fluid region touches a Dirichlet side (so the system is nonsingular)."""
+    import numpy as np
+    from scipy import ndimage
+
+    f = fluid.numpy()
+    d = f.ndim
+    labels, count = ndimage.label(f)
+    if count == 0:
+        return True
+    # periodic axes join opposite faces
+    for a, pair in enumerate(bc):
+        if pair[0] == "periodic":
+            first = np.take(labels, 0, axis=a)
+            last = np.take(labels, -1, axis=a)
+            both = (first > 0) & (last > 0)
+            for l1, l2 in set(zip(first[both].tolist(), last[both].tolist())):
+                if l1 != l2:
+                    labels[labels == l2] = l1
+    touching = set()
+    for a, pair in enumerate(bc):
+        for side, idx in ((pair[0], 0), (pair[1], -1)):
+            if side == "dirichlet":
+                touching.update(np.unique(np.take(labels, idx, axis=a)).tolist())
+    touching.discard(0)
+    return set(np.unique(labels).tolist()) - {0} <= touching
+
+
+class Laplacian(_StencilOperator):
+    """The 5-point (2-D) / 7-point (3-D) negative Laplacian ``-Laplace_h`` as a matrix-free operator.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Grid shape ``(n1, n2)`` or ``(n1, n2, n3)`` (1-D also works).
+    spacing : float or tuple of float
+        Grid spacing per axis (default 1.0: the integer stencil ``4, -1, -1, -1, -1``).
+    bc : str or per-axis sequence
+        ``"dirichlet"``, ``"neumann"`` or ``"periodic"`` per axis, or ``(low, high)`` per side.
+    obstacles : bool tensor of the grid's shape, optional
+        Solid cells (True).  They are removed from the system; their faces get a Neumann condition.
+    dtype, device : optional
+
+    Examples
+    --------
+    >>> import torch
+    >>> from krylon.operators import Laplacian
+    >>> A = Laplacian((64, 64), bc="dirichlet")
+    >>> x = torch.randn(4, 64, 64, dtype=torch.float64)   # a batch of 4 fields
+    >>> (A @ x).shape
+    torch.Size([4, 64, 64])
+    >>> A.to_scipy().shape
+    (4096, 4096)
+    """
+
+    def __init__(self, shape: Sequence[int], spacing=1.0, bc="dirichlet", obstacles=None, *, dtype=None, device=None):
+        super().__init__(shape, spacing, bc, obstacles, None, dtype, device)
+
+    def _uses_fast_path(self):
+        return self.obstacles is None
+
+
+class Diffusion(_StencilOperator):
+    """The variable-coefficient operator ``-div(k grad u)`` (cell-centred ``k > 0``, harmonic face means).
+
+    Differentiable in ``coefficient``: pass a tensor with ``requires_grad=True``
+    and a krylon solve propagates gradients to it by the adjoint method.
+
+    Parameters
+    ----------
+    coefficient : tensor of the grid's shape, positive
+    spacing, bc, obstacles, dtype, device : as for :class:`Laplacian`
+
+    Examples
+    --------
+    >>> import torch
+    >>> from krylon.operators import Diffusion
+    >>> k = torch.rand(32, 32, dtype=torch.float64) + 0.5
+    >>> A = Diffusion(k, bc="dirichlet")
+    >>> A.diagonal().shape
+    torch.Size([32, 32])
+    """
+
+    def __init__(self, coefficient, spacing=1.0, bc="dirichlet", obstacles=None, *, dtype=None, device=None):
+        coefficient = backend.as_tensor(coefficient, name="coefficient")
+        if coefficient.is_complex():
+            raise ValueError("the diffusion coefficient must be real")
+        backend.check_finite(coefficient, "coefficient")
+        if not bool((coefficient > 0).all()):
+            raise ValueError(f"the diffusion coefficient must be positive everywhere (min {float(coefficient.min()):.3g})")
+        if coefficient.dim() not in (1, 2, 3):
+            raise ValueError(f"the coefficient must have the grid's shape (1-3 dimensions), got {tuple(coefficient.shape)}")
+        super().__init__(tuple(coefficient.shape), spacing, bc, obstacles, coefficient, dtype, device)
+        if coefficient.requires_grad:
+            self.coefficient = coefficient.to(dtype=self.dtype, device=self.device)  # keeps the autograd graph
+        else:
+            self.register_buffer("coefficient", coefficient.to(dtype=self.dtype, device=self.device))
+
+    def _extra_tensors(self):
+        return (self.coefficient,)
+
+    @property
+    def device(self):
+        return self.coefficient.device if hasattr(self, "coefficient") else super().device
+
+    def _coefficient(self):
+        return self.coefficient
+
+    def weights(self):
+        # weights depend on the coefficient: rebuild them when it requires grad so each solve
+        # gets a fresh graph (a cached graph would be freed after the first backward)
+        if self.coefficient.requires_grad and torch.is_grad_enabled():
+            return _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=self.coefficient,
+                                       solid=self.obstacles, dtype=self.dtype, device=self.device)
+        if self._weights is None or (self.coefficient.requires_grad and self._weights.diag.requires_grad):
+            with torch.no_grad():
+                self._weights = _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=self.coefficient,
+                                                    solid=self.obstacles, dtype=self.dtype, device=self.device)
+        return self._weights

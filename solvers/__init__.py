@@ -1,0 +1,13 @@
+"""Solvers: algorithms that turn a problem into a solution (``krylon.solvers``)."""
+
+from .result import SolveResult, IterationState, Status
+from .krylov import IterativeSolver, CG, MINRES, GMRES, CGLS
+from .preconditioners import Preconditioner, Jacobi, SpectralPoisson, IC0, as_preconditioner
+from .compat import cg, minres, gmres
+
+__all__ = [
+    "SolveResult", "IterationState", "Status",
+    "IterativeSolver", "CG", "MINRES", "GMRES", "CGLS",
+    "Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner",
+    "cg", "minres", "gmres",
+]

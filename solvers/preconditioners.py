@@ -1,0 +1,275 @@
+"""Preconditioners for krylon's Krylov solvers.
+
+A preconditioner approximates ``A^{-1}``: the solver applies ``z = M(r)``.
+Every class here can be built with its operator (``Jacobi(A)``) or without
+(``Jacobi()``), in which case the solver binds it to the operator it solves.
+
+* :class:`Jacobi`           ``z = r / diag(A)``
+* :class:`SpectralPoisson`  exact inverse of the constant-coefficient stencil by DST/DCT/FFT
+                            (masked for obstacles, scaled by the mean coefficient for ``Diffusion``)
+* :class:`IC0`              incomplete Cholesky with no fill-in for the 5/7-point stencils
+* :func:`as_preconditioner` adapts any callable, LinearOperator, scipy LinearOperator or sparse
+                            matrix, or a pyamg hierarchy (``ml.aspreconditioner()``)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..kernels import backend
+from ..operators import LinearOperator, aslinearoperator
+from ..operators.stencil import Diffusion, Laplacian, _StencilOperator
+
+__all__ = ["Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner"]
+
+
+class Preconditioner:
+    """Base class: ``M(r)`` applies the approximate inverse to fields ``(*batch, *grid)``."""
+
+    def __init__(self, A: LinearOperator | None = None):
+        self.A = None
+        if A is not None:
+            self.setup(A)
+
+    def setup(self, A: LinearOperator) -> "Preconditioner":
+        self.A = A
+        return self
+
+    def bind(self, A: LinearOperator) -> "Preconditioner":
+        """Return a preconditioner set up for ``A`` (itself if already bound to ``A``)."""
+        if self.A is A:
+            return self
+        if self.A is not None:
+            if self.A.shape_in != A.shape_in:
+                raise ValueError(f"{type(self).__name__} was built for fields of shape {self.A.shape_in}, "
+                                 f"but the operator acts on {A.shape_in}")
+            return self
+        return self.setup(A)
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def as_operator(self) -> LinearOperator:
+        """The preconditioner as a (symmetric) LinearOperator."""
+        from ..operators import CallableOperator
+
+        if self.A is None:
+            raise ValueError("bind the preconditioner to an operator first")
+        return CallableOperator(self.__call__, self.A.shape_in, tags=("symmetric", "positive_definite"))
+
+
+class Jacobi(Preconditioner):
+    """Diagonal (Jacobi) preconditioner ``z = r / diag(A)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from krylon.operators import Diffusion
+    >>> from krylon.solvers import CG
+    >>> k = torch.exp(torch.randn(32, 32, dtype=torch.float64))
+    >>> A = Diffusion(k)
+    >>> res = CG(rtol=1e-8, M=Jacobi()).solve(A, torch.ones(32, 32, dtype=torch.float64))
+    >>> bool(res.converged)
+    True
+    """
+
+    def setup(self, A):
+        super().setup(A)
+        d = A.diagonal()
+        if not bool(torch.isfinite(d).all()):
+            raise ValueError("Jacobi: the operator's diagonal has non-finite entries")
+        if bool((d == 0).any()):
+            raise ValueError(f"Jacobi: the operator's diagonal has {int((d == 0).sum())} zero entries")
+        if not d.is_complex() and bool((d < 0).any()):
+            raise ValueError("Jacobi: the diagonal has negative entries, so diag(A)^{-1} is not positive definite; CG would break down")
+        self.inv_diag = 1.0 / d
+        return self
+
+    def __call__(self, r):
+        return r * self.inv_diag.to(device=r.device)
+
+
+class SpectralPoisson(Preconditioner):
+    """Fast Poisson solver as a preconditioner for stencil operators.
+
+    For a :class:`~krylon.operators.Laplacian` without obstacles and with the
+    same condition on both sides of every axis it is the *exact* inverse (CG
+    converges in one iteration).  With obstacles it applies the obstacle-free
+    inverse to the fluid cells (and ``1/d`` to solid cells); for
+    :class:`~krylon.operators.Diffusion` it divides by the geometric mean of
+    the coefficient.  Uses DST-I (Dirichlet), DCT-II (Neumann) or the FFT
+    (periodic) along each axis.
+    """
+
+    def setup(self, A):
+        if not isinstance(A, _StencilOperator):
+            raise TypeError(f"SpectralPoisson works with Laplacian/Diffusion operators, got {type(A).__name__}")
+        super().setup(A)
+        self.per_axis = []
+        for axis, (lo, hi) in enumerate(A.bc):
+            if lo != hi:
+                raise ValueError(f"SpectralPoisson needs the same boundary condition on both sides of an axis; axis {axis} has {(lo, hi)}")
+            self.per_axis.append(lo)
+        self.scale = 1.0
+        if isinstance(A, Diffusion):
+            k = A.coefficient.detach()
+            if A.obstacles is not None:
+                k = k[~A.obstacles]
+            self.scale = float(torch.exp(torch.log(k).mean()))
+        self.fluid = None
+        if A.obstacles is not None:
+            self.fluid = ~A.obstacles
+            self.solid_inv = 1.0 / A.diagonal()
+        return self
+
+    def __call__(self, r):
+        from ..kernels import fft
+
+        A = self.A
+        if self.fluid is None:
+            return fft.solve_stencil(r, A.spacing, self.per_axis) / self.scale
+        rf = torch.where(self.fluid, r, torch.zeros_like(r))
+        z = fft.solve_stencil(rf, A.spacing, self.per_axis) / self.scale
+        return torch.where(self.fluid, z, r * self.solid_inv)
+
+
+def _tri_solve(mat: torch.Tensor, rhs: torch.Tensor, upper: bool) -> torch.Tensor:
+    """Solve a sparse CSR triangular system for the columns of ``rhs`` (n, k)."""
+    return torch.triangular_solve(rhs, mat, upper=upper).solution
+
+
+class IC0(Preconditioner):
+    """Incomplete Cholesky factorisation with zero fill-in for the 5/7-point stencil operators.
+
+    For these stencils (whose grid graph has no triangles) IC(0) is
+    ``M = (D + L) D^{-1} (D + L^T)`` with ``L`` the strictly lower part of ``A``
+    and ``d_i = a_ii - sum_{j<i} a_ij^2 / d_j``; the diagonal is computed by a
+    wavefront over the anti-diagonals of the grid, and the two triangular
+    solves use sparse triangular kernels (MKL on the CPU, cuSPARSE on CUDA).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from krylon.operators import Laplacian
+    >>> from krylon.solvers import CG
+    >>> A = Laplacian((64, 64))
+    >>> b = torch.ones(64, 64, dtype=torch.float64)
+    >>> CG(rtol=1e-8, M=IC0()).solve(A, b).iterations < CG(rtol=1e-8).solve(A, b).iterations
+    tensor(True)
+    """
+
+    def setup(self, A):
+        import scipy.sparse as sp
+
+        if not isinstance(A, _StencilOperator):
+            raise TypeError(f"IC0 is implemented for Laplacian/Diffusion stencil operators, got {type(A).__name__}; "
+                            "for a general sparse matrix use a pyamg hierarchy (M=ml.aspreconditioner()) or Jacobi")
+        super().setup(A)
+        csr = A.to_scipy("csr")
+        n = csr.shape[0]
+        diag = csr.diagonal().astype(np.float64)
+        low = sp.tril(csr, k=-1, format="coo")
+        shape = A.shape_in
+        level = np.indices(shape).reshape(len(shape), -1).sum(axis=0)  # anti-diagonal index of each cell
+        # process strictly-lower entries grouped by the level of their row
+        order = np.argsort(level[low.row], kind="stable")
+        rows, cols, vals = low.row[order], low.col[order], low.data[order].astype(np.float64)
+        row_levels = level[rows]
+        bounds = np.searchsorted(row_levels, np.arange(level.max() + 2))
+        d = diag.copy()
+        for lev in range(level.max() + 1):
+            s, e = bounds[lev], bounds[lev + 1]
+            if s == e:
+                continue
+            contrib = vals[s:e] ** 2 / d[cols[s:e]]
+            np.subtract.at(d, rows[s:e], contrib)
+            # rows at this level are final now (all their lower neighbours are at lower levels)
+        if not np.all(np.isfinite(d)) or np.any(d <= 0):
+            raise ValueError("IC0 broke down (non-positive pivot): the operator is not an M-matrix / not positive definite")
+        lower = (sp.diags(d) + sp.tril(csr, k=-1)).tocsr()
+        upper = (sp.diags(d) + sp.triu(csr, k=1)).tocsr()
+        dt, dev = A.dtype, A.device
+        self._L = backend.scipy_sparse_to_torch(lower, dtype=dt, device=dev)
+        self._U = backend.scipy_sparse_to_torch(upper, dtype=dt, device=dev)
+        self._d = torch.from_numpy(d).to(dtype=dt, device=dev)
+        self.n = n
+        return self
+
+    def __call__(self, r):
+        shape = r.shape
+        flat = r.reshape(-1, self.n).transpose(0, 1).contiguous()
+        dt = self._L.dtype
+        y = _tri_solve(self._L, flat.to(dt), upper=False)
+        z = _tri_solve(self._U, y * self._d.unsqueeze(1), upper=True)
+        return z.transpose(0, 1).reshape(shape).to(r.dtype)
+
+
+class _Adapter(Preconditioner):
+    """Wrap a LinearOperator / scipy operator / callable; reshapes fields to vectors when needed."""
+
+    def __init__(self, fn, shape_in=None, name="preconditioner"):
+        self.A = None
+        self.fn = fn
+        self.shape_in = shape_in
+        self.name = name
+
+    def bind(self, A):
+        self.A = A
+        return self
+
+    def __call__(self, r):
+        if self.shape_in is None or self.A is None or tuple(self.shape_in) == tuple(self.A.shape_in):
+            z = self.fn(r)
+        else:
+            nd = self.A.ndim_in
+            batch = r.shape[: r.dim() - nd]
+            z = self.fn(r.reshape(batch + tuple(self.shape_in))).reshape(r.shape)
+        if not isinstance(z, torch.Tensor):
+            z = backend.as_tensor(z, device=r.device)
+        if z.shape != r.shape:
+            raise ValueError(f"{self.name} returned shape {tuple(z.shape)} for a residual of shape {tuple(r.shape)}")
+        return z
+
+
+def as_preconditioner(M: Any, A: LinearOperator | None = None):
+    """Turn ``M`` into a function ``z = M(r)`` on fields shaped like ``A``'s domain.
+
+    Accepts a :class:`Preconditioner`, a krylon LinearOperator, a scipy
+    ``LinearOperator`` or sparse matrix or dense array, a pyamg multilevel
+    solver (its ``aspreconditioner()`` is used), or a plain callable on fields.
+    """
+    if M is None:
+        return None
+    if isinstance(M, Preconditioner):
+        return M.bind(A) if A is not None else M
+    if hasattr(M, "aspreconditioner") and callable(M.aspreconditioner):
+        M = M.aspreconditioner()  # pyamg MultilevelSolver
+    if isinstance(M, LinearOperator):
+        op = M
+    else:
+        try:
+            import scipy.sparse as sp
+            import scipy.sparse.linalg as spla
+
+            is_scipy = sp.issparse(M) or isinstance(M, spla.LinearOperator) or isinstance(M, np.ndarray)
+        except ImportError:  # pragma: no cover
+            is_scipy = False
+        if not is_scipy:
+            if callable(M):
+                return _Adapter(M, None, "M").bind(A)
+            raise TypeError(f"cannot use an object of type {type(M).__name__} as a preconditioner")
+        op = aslinearoperator(M)
+    if A is not None and math.prod(op.shape_in) != math.prod(A.shape_in):
+        raise ValueError(f"preconditioner of shape {op.shape} does not match the operator of shape {A.shape}")
+    def apply(r, op=op):
+        if op.device is not None and r.device != op.device:
+            return op.matvec(r.to(op.device)).to(r.device)
+        if op.dtype is not None and backend.real_dtype(op.dtype) != backend.real_dtype(r.dtype):
+            return op.matvec(r.to(op.dtype)).to(r.dtype)
+        return op.matvec(r)
+
+    return _Adapter(apply, op.shape_in, "M").bind(A)
