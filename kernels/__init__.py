@@ -1,5 +1,7 @@
 """Numerical primitives shared by every solver family (no solver logic here)."""
 
+import importlib
+
 from . import backend, linalg, stencil
 
 __all__ = ["backend", "linalg", "stencil", "fft"]
@@ -7,7 +9,5 @@ __all__ = ["backend", "linalg", "stencil", "fft"]
 
 def __getattr__(name):  # fft is imported on first use to keep ``import krylon`` light
     if name == "fft":
-        from . import fft
-
-        return fft
+        return importlib.import_module(".fft", __name__)
     raise AttributeError(f"module 'krylon.kernels' has no attribute {name!r}")

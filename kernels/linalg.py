@@ -36,18 +36,21 @@ def dot(x: torch.Tensor, y: torch.Tensor, ndim: int) -> torch.Tensor:
     >>> dot(x, 2 * x, ndim=2)
     tensor([40., 40., 40.])
     """
-    dims = _dims(ndim)
-    if x.is_complex() or y.is_complex():
-        return torch.sum(torch.conj(x) * y, dim=dims)
-    if ndim == 1:
-        # vector batch: a batched matrix-vector product is a single BLAS call
-        return torch.linalg.vecdot(x, y, dim=-1)
-    return torch.sum(x * y, dim=dims)
+    _dims(ndim)
+    if x.shape != y.shape:
+        x, y = torch.broadcast_tensors(x, y)
+    # flatten the field dimensions (a view for contiguous fields) so the reduction is one
+    # BLAS-like dot per system with no temporary product array; vecdot conjugates x
+    if x.dtype != y.dtype:
+        dt = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dt), y.to(dt)
+    return torch.linalg.vecdot(x.flatten(-ndim) if ndim > 1 else x, y.flatten(-ndim) if ndim > 1 else y, dim=-1)
 
 
 def norm(x: torch.Tensor, ndim: int) -> torch.Tensor:
     """Batched Euclidean norm over the last ``ndim`` dimensions (real result)."""
-    return torch.linalg.vector_norm(x, dim=_dims(ndim))
+    _dims(ndim)
+    return torch.linalg.vector_norm(x.flatten(-ndim) if ndim > 1 else x, dim=-1)
 
 
 def expand(c: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -159,9 +159,22 @@ class LinearOperator(nn.Module):
         if dev is not None and x.device != dev:
             raise ValueError(f"{type(self).__name__}.{what}: input is on {x.device} but the operator is on {dev}; move one of them with .to()")
 
-    def matvec(self, x: torch.Tensor) -> torch.Tensor:
-        """Apply the operator to ``x`` of shape ``(*batch, *shape_in)``."""
+    def matvec(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the operator to ``x`` of shape ``(*batch, *shape_in)``.
+
+        ``out`` is an optional preallocated result buffer: operators that can
+        write into it (the stencils) do, which keeps solver hot loops free of
+        allocations; others ignore it.  Always use the returned tensor.
+        """
         self._check(x, self.shape_in, "matvec")
+        if out is not None and self._supports_out and out.shape == x.shape[: x.dim() - self.ndim_in] + self.shape_out \
+                and out.dtype == x.dtype and out.device == x.device and out is not x:
+            return self._matvec_out(x, out)
+        return self._matvec(x)
+
+    _supports_out = False
+
+    def _matvec_out(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         return self._matvec(x)
 
     def rmatvec(self, y: torch.Tensor) -> torch.Tensor:

@@ -94,10 +94,18 @@ class _StencilOperator(LinearOperator):
     def _uses_fast_path(self) -> bool:
         return False
 
+    _supports_out = True
+
     def _matvec(self, x):
+        return self._matvec_out(x, None)
+
+    def _matvec_out(self, x, out):
         if self._uses_fast_path():
-            return _st.apply_constant(x, self.spacing, self.bc)
-        return _st.apply_weights(x, self.weights())
+            return _st.apply_constant(x, self.spacing, self.bc, out=out)
+        w = self.weights()
+        if out is not None and w.diag.shape != x.shape and torch.broadcast_shapes(w.diag.shape, x.shape) != x.shape:
+            out = None  # a batched coefficient broadcasts the result beyond x's shape
+        return _st.apply_weights(x, w, out=out)
 
     def diagonal(self) -> torch.Tensor:
         return torch.broadcast_to(self.weights().diag, self.shape_in).clone()

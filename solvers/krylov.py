@@ -303,6 +303,7 @@ class CG(IterativeSolver):
         callback = opts["callback"]
         batch = prob.batch
         dev = b.device
+        E = lambda t: linalg.expand(t, nd)  # noqa: E731
         n_matvec = 0
         if prob.x0 is None:
             x = torch.zeros_like(b)
@@ -314,7 +315,7 @@ class CG(IterativeSolver):
         rnorm = linalg.norm(r, nd)
         status = torch.full(batch, Status.RUNNING, dtype=torch.int8, device=dev)
         iterations = torch.zeros(batch, dtype=torch.int64, device=dev)
-        # b = 0 (or x0 already good): done at once.  scipy returns x = 0 when b = 0.
+        # b = 0: x = 0 at once (scipy's behaviour), whatever x0 was
         zero_b = bnorm == 0
         if bool(zero_b.any()):
             x[zero_b] = 0
@@ -324,68 +325,74 @@ class CG(IterativeSolver):
         active = status == Status.RUNNING
         history = [rnorm.clone()]
         z = M(r) if M is not None else r
-        rz = linalg.dot(r, z, nd).real
+        rz = linalg.dot(r, z, nd).real if M is not None else rnorm ** 2
         p = z.clone()
+        Ap = torch.empty_like(p)  # reused every iteration: no allocation in the hot loop
         fail_count = torch.zeros(batch, dtype=torch.int64, device=dev)
         best_true = torch.full(batch, float("inf"), dtype=rnorm.dtype, device=dev)
         prog = _Progress(opts["progress"], maxiter, self.name)
         check_every = opts["check_every"]
+        full = lambda code: torch.full_like(status, code)  # noqa: E731
         k = 0
         try:
             while k < maxiter:
                 if k % sync_every == 0 and not bool(active.any()):
                     break
                 k += 1
-                Ap = A.matvec(p)
+                Ap = A.matvec(p, out=Ap)
                 n_matvec += 1
                 pAp = linalg.dot(p, Ap, nd).real
                 bad_nan = active & ~torch.isfinite(pAp)
                 bad_indef = active & torch.isfinite(pAp) & (pAp <= 0)
-                status = _where(bad_nan, torch.full_like(status, Status.NAN), status)
-                status = _where(bad_indef, torch.full_like(status, Status.INDEFINITE), status)
+                status = _where(bad_nan, full(Status.NAN), status)
+                status = _where(bad_indef, full(Status.INDEFINITE), status)
                 active = active & ~bad_nan & ~bad_indef
+                # frozen systems get alpha = 0, so their x and r do not change
                 alpha = _where(active, rz / _where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rz))
-                alpha = alpha.to(x.dtype) if x.is_complex() else alpha
-                linalg.cg_step_(x, r, p, Ap, alpha, nd)
+                rr = linalg.cg_step_(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
                 iterations += active.to(iterations.dtype)
                 if k % check_every == 0:
                     # residual replacement: the recursive residual drifts from b - A x in finite precision
                     rt = b - A.matvec(x)
                     n_matvec += 1
-                    r = _where(linalg.expand(active, nd), rt, r)
-                rnorm_new = linalg.norm(r, nd)
-                rnorm = _where(active, rnorm_new, rnorm)
+                    r = torch.where(E(active), rt, r)
+                    rr = linalg.norm(r, nd) ** 2
+                rnorm = _where(active, torch.sqrt(rr), rnorm)
                 nanr = active & ~torch.isfinite(rnorm)
-                status = _where(nanr, torch.full_like(status, Status.NAN), status)
+                status = _where(nanr, full(Status.NAN), status)
                 active = active & ~nanr
-                cand = active & (rnorm <= tol)
                 if k % sync_every == 0 or k == maxiter:
+                    cand = active & (rnorm <= tol)
                     if bool(cand.any()):
                         # verify on the true residual before reporting convergence
                         rt = b - A.matvec(x)
                         n_matvec += 1
                         tnorm = linalg.norm(rt, nd)
                         ok = cand & (tnorm <= tol)
-                        status = _where(ok, torch.full_like(status, Status.CONVERGED), status)
+                        status = _where(ok, full(Status.CONVERGED), status)
                         failed = cand & ~ok
                         improved = tnorm < 0.5 * best_true
                         fail_count = _where(failed, _where(improved, torch.ones_like(fail_count), fail_count + 1), fail_count)
                         best_true = _where(failed, torch.minimum(best_true, tnorm), best_true)
                         stag = failed & (fail_count > 3)
-                        status = _where(stag, torch.full_like(status, Status.STAGNATION), status)
-                        r = _where(linalg.expand(failed, nd), rt, r)
+                        status = _where(stag, full(Status.STAGNATION), status)
+                        if bool(failed.any()):
+                            r = torch.where(E(failed), rt, r)
+                            rr = _where(failed, tnorm ** 2, rr)
                         rnorm = _where(cand, tnorm, rnorm)
                         active = active & ~ok & ~stag
                 history.append(rnorm.clone())
-                z = M(r) if M is not None else r
-                rz_new = linalg.dot(r, z, nd).real
-                badM = active & (rz_new < 0) if M is not None else torch.zeros_like(active)
-                status = _where(badM, torch.full_like(status, Status.PRECONDITIONER), status)
-                active = active & ~badM
+                if M is not None:
+                    z = M(r)
+                    rz_new = linalg.dot(r, z, nd).real
+                    badM = active & (rz_new < 0)
+                    status = _where(badM, full(Status.PRECONDITIONER), status)
+                    active = active & ~badM
+                else:
+                    z, rz_new = r, rr
                 beta = _where(active & (rz != 0), rz_new / _where(rz == 0, torch.ones_like(rz), rz), torch.zeros_like(rz))
-                beta = beta.to(p.dtype) if p.is_complex() else beta
-                # p = z + beta p  (frozen systems keep p: their alpha is 0)
-                p = _where(linalg.expand(active, nd), z + linalg.expand(beta, nd) * p, p)
+                # p = z + beta p in place; frozen systems have alpha = 0, so p's value does not matter for them
+                torch.addcmul(z, E(beta).to(p.dtype), p, out=p)
                 rz = _where(active, rz_new, rz)
                 if callback is not None:
                     callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))

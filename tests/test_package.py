@@ -1,0 +1,59 @@
+"""Packaging: every subpackage is declared, imports are light, the public names exist."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _declared_packages():
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - python 3.10
+        tomllib = pytest.importorskip("tomli")
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    tool = cfg["tool"]["setuptools"]
+    return set(tool["packages"]), tool["package-dir"]
+
+
+def test_every_package_folder_is_declared():
+    packages, package_dir = _declared_packages()
+    folders = {p.parent for p in ROOT.rglob("__init__.py") if ".venv" not in p.parts and "tests" not in p.parts
+               and "build" not in p.parts and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)}
+    declared_folders = {(ROOT / package_dir[name]).resolve() for name in packages}
+    missing = {str(f.relative_to(ROOT)) for f in folders} - {str(f.relative_to(ROOT)) for f in declared_folders}
+    assert not missing, f"folders with __init__.py not declared in pyproject: {sorted(missing)}"
+    assert packages == set(package_dir), "packages and package-dir must list the same names"
+
+
+def test_import_krylon_is_light():
+    code = "import sys, krylon; print('torch' in sys.modules, 'scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"], "import krylon must not import torch or scipy eagerly"
+
+
+def test_public_api_names():
+    import krylon
+    from krylon.operators import LinearOperator, aslinearoperator, Laplacian, Diffusion, dottest  # noqa: F401
+    from krylon.solvers import CG, MINRES, CGLS, GMRES, cg, minres, gmres, SolveResult  # noqa: F401
+    from krylon.kernels import linalg, stencil, backend  # noqa: F401
+
+    assert krylon.CG is CG and krylon.Laplacian is Laplacian
+    with pytest.raises(AttributeError):
+        krylon.not_a_name  # noqa: B018
+
+
+def test_code_imports_siblings_relatively():
+    """Code inside the subpackages must never import its siblings as top-level modules."""
+    bad = []
+    for folder in ("kernels", "operators", "solvers", "datasets", "krylon"):
+        for f in (ROOT / folder).rglob("*.py"):
+            for line in f.read_text().splitlines():
+                s = line.strip()
+                if s.startswith(("from kernels", "from operators", "from solvers", "from datasets",
+                                 "import kernels", "import operators", "import solvers", "import datasets")):
+                    bad.append(f"{f.relative_to(ROOT)}: {s}")
+    assert not bad, bad
