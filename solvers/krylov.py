@@ -211,6 +211,15 @@ class IterativeSolver:
                            n_matvec=n_matvec, info=info, reason=reason, status=status, tolerance=tol, extras=extras or {})
 
 
+STALL_CHECKS = 10  # residual replacements without a new minimum of the true residual before "stagnation"
+
+
+def _track_stall(tnorm: torch.Tensor, best: torch.Tensor, since: torch.Tensor):
+    """Per system: the smallest true residual seen at replacement points, and checks since it fell."""
+    improved = tnorm < best
+    return torch.where(improved, tnorm, best), torch.where(improved, torch.zeros_like(since), since + 1)
+
+
 class _Progress:
     def __init__(self, enabled: bool, total: int, name: str):
         self.bar = None
@@ -333,34 +342,85 @@ class CG(IterativeSolver):
         prog = _Progress(opts["progress"], maxiter, self.name)
         check_every = opts["check_every"]
         full = lambda code: torch.full_like(status, code)  # noqa: E731
+        # Fast path: while every system is running and nothing unusual happens, the per-iteration
+        # bookkeeping is a handful of scalar operations (this matters on the CPU, where each small
+        # tensor operation costs microseconds).  It needs a host sync per iteration, so it is used
+        # only when sync_every == 1 (the CPU default).  The first sign of convergence, breakdown or
+        # NaN switches to the general masked path below for the rest of the solve.
+        best_check = torch.full(batch, float("inf"), dtype=rnorm.dtype, device=dev)
+        since_best = torch.zeros(batch, dtype=torch.int64, device=dev)
+        fast = sync_every == 1 and bool(active.all())
+        fast_iters = 0
         k = 0
         try:
             while k < maxiter:
-                if k % sync_every == 0 and not bool(active.any()):
+                if not fast and k % sync_every == 0 and not bool(active.any()):
                     break
                 k += 1
                 Ap = A.matvec(p, out=Ap)
                 n_matvec += 1
                 pAp = linalg.dot(p, Ap, nd).real
-                bad_nan = active & ~torch.isfinite(pAp)
-                bad_indef = active & torch.isfinite(pAp) & (pAp <= 0)
-                status = _where(bad_nan, full(Status.NAN), status)
-                status = _where(bad_indef, full(Status.INDEFINITE), status)
-                active = active & ~bad_nan & ~bad_indef
-                # frozen systems get alpha = 0, so their x and r do not change
-                alpha = _where(active, rz / _where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rz))
-                rr = linalg.cg_step_(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
-                iterations += active.to(iterations.dtype)
-                if k % check_every == 0:
-                    # residual replacement: the recursive residual drifts from b - A x in finite precision
-                    rt = b - A.matvec(x)
-                    n_matvec += 1
-                    r = torch.where(E(active), rt, r)
-                    rr = linalg.norm(r, nd) ** 2
+                updated = False
+                if fast and not bool((pAp > 0).all()):
+                    fast = False
+                    iterations += fast_iters
+                if fast:
+                    alpha = rz / pAp
+                    rr = linalg.cg_step_(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+                    fast_iters += 1
+                    updated = True
+                    stalled = False
+                    if k % check_every == 0:
+                        r = torch.sub(b, A.matvec(x), out=r)
+                        n_matvec += 1
+                        rr = linalg.norm(r, nd) ** 2
+                        best_check, since_best = _track_stall(torch.sqrt(rr), best_check, since_best)
+                        stalled = bool((since_best >= STALL_CHECKS).any())
+                    rnorm_fast = torch.sqrt(rr)
+                    if not stalled and bool((rnorm_fast > tol).all()):  # nobody converged, no NaN: stay fast
+                        if M is not None:
+                            z = M(r)
+                            rz_new = linalg.dot(r, z, nd).real
+                        else:
+                            z, rz_new = r, rr
+                        if M is None or bool((rz_new > 0).all()):
+                            rnorm = rnorm_fast
+                            history.append(rnorm)
+                            torch.addcmul(z, E(rz_new / rz).to(p.dtype), p, out=p)
+                            rz = rz_new
+                            if callback is not None:
+                                callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))
+                            prog.update(k, float((rnorm / torch.clamp(bnorm, min=1e-300)).max()) if opts["progress"] else None)
+                            continue
+                    # something happened this iteration: finish it on the general path
+                    fast = False
+                    iterations += fast_iters
+                if not updated:
+                    bad_nan = active & ~torch.isfinite(pAp)
+                    bad_indef = active & torch.isfinite(pAp) & (pAp <= 0)
+                    status = _where(bad_nan, full(Status.NAN), status)
+                    status = _where(bad_indef, full(Status.INDEFINITE), status)
+                    active = active & ~bad_nan & ~bad_indef
+                    # frozen systems get alpha = 0, so their x and r do not change
+                    alpha = _where(active, rz / _where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rz))
+                    rr = linalg.cg_step_(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+                    iterations += active.to(iterations.dtype)
+                    if k % check_every == 0:
+                        # residual replacement: the recursive residual drifts from b - A x in finite precision
+                        rt = b - A.matvec(x)
+                        n_matvec += 1
+                        r = torch.where(E(active), rt, r)
+                        rr = linalg.norm(r, nd) ** 2
+                        best_check, since_best = _track_stall(torch.sqrt(rr), best_check, since_best)
                 rnorm = _where(active, torch.sqrt(rr), rnorm)
                 nanr = active & ~torch.isfinite(rnorm)
                 status = _where(nanr, full(Status.NAN), status)
                 active = active & ~nanr
+                if k % check_every == 0:
+                    # no new minimum of the true residual in STALL_CHECKS replacements: the rounding floor
+                    stag = active & (since_best >= STALL_CHECKS)
+                    status = _where(stag, full(Status.STAGNATION), status)
+                    active = active & ~stag
                 if k % sync_every == 0 or k == maxiter:
                     cand = active & (rnorm <= tol)
                     if bool(cand.any()):
@@ -385,7 +445,7 @@ class CG(IterativeSolver):
                 if M is not None:
                     z = M(r)
                     rz_new = linalg.dot(r, z, nd).real
-                    badM = active & (rz_new < 0)
+                    badM = active & ~(rz_new > 0) & (rnorm > 0)
                     status = _where(badM, full(Status.PRECONDITIONER), status)
                     active = active & ~badM
                 else:
@@ -398,6 +458,8 @@ class CG(IterativeSolver):
                     callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))
                 if k % sync_every == 0:
                     prog.update(k, float((rnorm / torch.clamp(bnorm, min=1e-300)).max()) if opts["progress"] else None)
+            if fast:
+                iterations += fast_iters
         finally:
             prog.close()
         return self._finish(x, status, iterations, history, n_matvec, tol, opts, maxiter, rnorm)
