@@ -16,6 +16,7 @@ __all__ = [
     "expand",
     "axpy_",
     "cg_step_",
+    "xpby_",
     "a_orthogonalize",
 ]
 
@@ -55,8 +56,8 @@ def norm(x: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def expand(c: torch.Tensor, ndim: int) -> torch.Tensor:
     """Append ``ndim`` singleton dimensions so a per-system scalar broadcasts over a field."""
-    if not isinstance(c, torch.Tensor):
-        return c
+    if not isinstance(c, torch.Tensor) or c.dim() == 0:
+        return c  # a 0-dim tensor broadcasts as a scalar (TensorIterator's fast path); (1, 1) would not
     return c.reshape(c.shape + (1,) * ndim)
 
 
@@ -74,10 +75,21 @@ def cg_step_(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor
     ``alpha == 0`` are left exactly unchanged, which is how converged members
     of a batch are frozen.
     """
-    a = expand(alpha, ndim)
-    x.addcmul_(a, p)
-    r.addcmul_(a, Ap, value=-1)
+    if alpha.dim() == 0 and alpha.device.type == "cpu" and not alpha.is_complex():
+        # one system on the CPU: a Python scalar takes the plain axpy kernel (no host sync cost here)
+        a = float(alpha)
+        x.add_(p, alpha=a)
+        r.sub_(Ap, alpha=a)
+    else:
+        a = expand(alpha, ndim)
+        x.addcmul_(a, p)
+        r.addcmul_(a, Ap, value=-1)
     return norm(r, ndim) ** 2
+
+
+def xpby_(p: torch.Tensor, z: torch.Tensor, beta: torch.Tensor, ndim: int) -> torch.Tensor:
+    """In place ``p = z + beta * p`` (the CG direction update), ``beta`` one value per system."""
+    return torch.addcmul(z, expand(beta, ndim).to(p.dtype) if isinstance(beta, torch.Tensor) else beta, p, out=p)
 
 
 def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_norms=None) -> torch.Tensor:

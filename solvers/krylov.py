@@ -386,7 +386,7 @@ class CG(IterativeSolver):
                         if M is None or bool((rz_new > 0).all()):
                             rnorm = rnorm_fast
                             history.append(rnorm)
-                            torch.addcmul(z, E(rz_new / rz).to(p.dtype), p, out=p)
+                            linalg.xpby_(p, z, rz_new / rz, nd)
                             rz = rz_new
                             if callback is not None:
                                 callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))
@@ -452,7 +452,7 @@ class CG(IterativeSolver):
                     z, rz_new = r, rr
                 beta = _where(active & (rz != 0), rz_new / _where(rz == 0, torch.ones_like(rz), rz), torch.zeros_like(rz))
                 # p = z + beta p in place; frozen systems have alpha = 0, so p's value does not matter for them
-                torch.addcmul(z, E(beta).to(p.dtype), p, out=p)
+                linalg.xpby_(p, z, beta, nd)
                 rz = _where(active, rz_new, rz)
                 if callback is not None:
                     callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))
