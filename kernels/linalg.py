@@ -8,6 +8,8 @@ Hermitian systems work unchanged.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -45,6 +47,15 @@ def dot(x: torch.Tensor, y: torch.Tensor, ndim: int) -> torch.Tensor:
     if x.dtype != y.dtype:
         dt = torch.promote_types(x.dtype, y.dtype)
         x, y = x.to(dt), y.to(dt)
+    if x.device.type == "cpu" and not x.is_complex() and x.is_contiguous() and y.is_contiguous():
+        # BLAS dot per system: vecdot would form the product array first (an allocation and a pass)
+        batch = x.shape[: x.dim() - ndim]
+        nb = math.prod(batch)
+        if nb == 1:
+            return torch.dot(x.reshape(-1), y.reshape(-1)).reshape(batch)
+        if 0 < nb <= 64:
+            xs, ys = x.reshape(nb, -1), y.reshape(nb, -1)
+            return torch.stack([torch.dot(xs[i], ys[i]) for i in range(nb)]).reshape(batch)
     return torch.linalg.vecdot(x.flatten(-ndim) if ndim > 1 else x, y.flatten(-ndim) if ndim > 1 else y, dim=-1)
 
 
