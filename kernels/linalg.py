@@ -17,6 +17,7 @@ __all__ = [
     "norm",
     "expand",
     "axpy_",
+    "cg_step",
     "cg_step_",
     "xpby_",
     "a_orthogonalize",
@@ -79,13 +80,24 @@ def axpy_(y: torch.Tensor, alpha, x: torch.Tensor, ndim: int) -> torch.Tensor:
     return y.add_(x, alpha=alpha)
 
 
-def cg_step_(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int) -> torch.Tensor:
-    """The fused conjugate-gradient update ``x += alpha p; r -= alpha Ap``; returns ``||r||^2``.
+def cg_step(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int):
+    """The conjugate-gradient update ``x += alpha p; r -= alpha Ap``; returns ``(x, r, ||r||^2)``.
 
     ``alpha`` holds one value per system (shape ``batch``); systems with
     ``alpha == 0`` are left exactly unchanged, which is how converged members
-    of a batch are frozen.
+    of a batch are frozen.  On the CPU ``x`` and ``r`` are updated in place; on
+    CUDA one fused kernel (:mod:`krylon.kernels.compiled`) returns new tensors,
+    so always use the returned ones.
     """
+    from . import compiled
+
+    if compiled.enabled(x) and not alpha.is_complex():
+        return compiled.cg_update(x, r, p, Ap, alpha, ndim)
+    return x, r, cg_step_(x, r, p, Ap, alpha, ndim)
+
+
+def cg_step_(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int) -> torch.Tensor:
+    """In-place eager version of :func:`cg_step` (the reference); returns ``||r||^2``."""
     if alpha.dim() == 0 and alpha.device.type == "cpu" and not alpha.is_complex():
         # one system on the CPU: a Python scalar takes the plain axpy kernel (no host sync cost here)
         a = float(alpha)

@@ -366,7 +366,7 @@ class CG(IterativeSolver):
                     iterations += fast_iters
                 if fast:
                     alpha = rz / pAp
-                    rr = linalg.cg_step_(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+                    x, r, rr = linalg.cg_step(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
                     fast_iters += 1
                     updated = True
                     stalled = False
@@ -403,7 +403,7 @@ class CG(IterativeSolver):
                     active = active & ~bad_nan & ~bad_indef
                     # frozen systems get alpha = 0, so their x and r do not change
                     alpha = _where(active, rz / _where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rz))
-                    rr = linalg.cg_step_(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+                    x, r, rr = linalg.cg_step(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
                     iterations += active.to(iterations.dtype)
                     if k % check_every == 0:
                         # residual replacement: the recursive residual drifts from b - A x in finite precision
