@@ -189,7 +189,7 @@ class IterativeSolver:
         o.update(callback=None, progress=False)
         return self._run(sub, o).x
 
-    def _implicit_residual(self, prob: _Problem, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _implicit_residual(self, prob: _Problem, x: torch.Tensor, b: torch.Tensor, opts: dict) -> torch.Tensor:
         """``c(b) - N x``: its derivative, contracted with ``lam``, gives the gradients."""
         return b - prob.A.matvec(x)
 
@@ -261,7 +261,7 @@ class _ImplicitSolve(torch.autograd.Function):
         params = [p for p in prob.A.differentiable_tensors()]
         b_in = ctx.b_ref.detach().requires_grad_(True)
         with torch.enable_grad():
-            res = solver._implicit_residual(prob, x, b_in)
+            res = solver._implicit_residual(prob, x, b_in, opts)
             inner = torch.sum((torch.conj(lam) * res).real) if res.is_complex() else torch.sum(lam * res)
             grads = torch.autograd.grad(inner, [b_in] + params, allow_unused=True, retain_graph=False)
         gb = grads[0]
@@ -616,8 +616,8 @@ class MINRES(IterativeSolver):
             prog.close()
         return self._finish(x, status, iterations, history, n_matvec, tol, opts, maxiter, rnorm)
 
-    def _implicit_residual(self, prob, x, b):
-        shift = self.options.get("shift", 0.0)
+    def _implicit_residual(self, prob, x, b, opts):
+        shift = opts.get("shift", 0.0)
         y = prob.A.matvec(x)
         return b - (y - shift * x if shift else y)
 
@@ -921,14 +921,14 @@ class CGLS(IterativeSolver):
                            extras={"data_residual_norms": torch.stack(data_hist)})
         return res
 
-    def _normal(self, prob):
+    def _normal(self, prob, opts):
         A = prob.A
-        damp2 = float(self.options.get("damp", 0.0)) ** 2
+        damp2 = float(opts.get("damp", 0.0)) ** 2
         return A, damp2
 
     def _adjoint_solve(self, prob, opts, g):
         # N = A^H A + damp^2 I is Hermitian: solve N lam = g with CG
-        A, damp2 = self._normal(prob)
+        A, damp2 = self._normal(prob, opts)
         from ..operators.base import IdentityOperator
 
         N = A.adjoint() @ A
@@ -937,8 +937,8 @@ class CGLS(IterativeSolver):
         o = {k: opts[k] for k in ("rtol", "atol", "maxiter", "check_every", "sync_every")}
         return CG(**o).solve(N, g, differentiable=False).x
 
-    def _implicit_residual(self, prob, x, b):
-        A, damp2 = self._normal(prob)
+    def _implicit_residual(self, prob, x, b, opts):
+        A, damp2 = self._normal(prob, opts)
         AH = A.adjoint()
         res = AH.matvec(b - A.matvec(x))
         return res - damp2 * x if damp2 else res
