@@ -8,6 +8,7 @@ Jacobi-PCG and the spectral (DST) preconditioner, all matrix-free.
 """
 
 import argparse
+import math
 import time
 
 import torch
@@ -25,7 +26,7 @@ def lognormal_coefficient(n, device, seed=0, contrast=1e3):
     k2 = sum(kk ** 2 for kk in fft.wavenumber_grid((n, n, n), (1.0, 1.0, 1.0), real=False))
     smooth = torch.fft.ifftn(torch.fft.fftn(noise) * torch.exp(-k2 / (2 * (4 * 2 * torch.pi) ** 2))).real
     smooth = (smooth - smooth.mean()) / smooth.std()
-    return torch.exp(smooth * torch.log(torch.tensor(contrast)) / 4).to(device)
+    return torch.exp(smooth * math.log(contrast) / 6).to(device)  # +-3 sigma spans the contrast
 
 
 def main():

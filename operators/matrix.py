@@ -109,7 +109,7 @@ class ScipyOperator(LinearOperator):
 
     @property
     def dtype(self):
-        return torch.from_numpy(np.zeros(0, dtype=self._np_dtype)).dtype
+        return None  # adapts: scipy operators take any float input; the result is promoted below
 
     @property
     def device(self):
@@ -121,9 +121,10 @@ class ScipyOperator(LinearOperator):
     def _call(self, fn, x, n_out):
         batch = x.shape[:-1]
         xs = backend.to_numpy(x.reshape(-1, x.shape[-1]))
-        cols = fn(np.ascontiguousarray(xs.T)) if xs.shape[0] > 1 else fn(xs[0]).reshape(-1, 1)
+        cols = fn(np.ascontiguousarray(xs.T))
         cols = np.asarray(cols).reshape(n_out, -1)
-        return torch.from_numpy(np.ascontiguousarray(cols.T)).reshape(batch + (n_out,)).to(x.device)
+        out = torch.from_numpy(np.ascontiguousarray(cols.T)).reshape(batch + (n_out,))
+        return out.to(device=x.device, dtype=torch.promote_types(out.dtype, x.dtype))
 
     def _matvec(self, x):
         return self._call(self.op.matmat, x, self.shape[0])
