@@ -11,6 +11,8 @@ Tags
 ``"symmetric"``            self-adjoint (Hermitian for complex data): ``A.H is A``.
 ``"positive_definite"``     ``x^H A x > 0`` for ``x != 0``.
 ``"positive_semidefinite"`` ``x^H A x >= 0``.
+``"negative_definite"``     ``x^H A x < 0`` for ``x != 0`` (e.g. ``-A`` for a positive definite ``A``).
+``"indefinite"``            eigenvalues of both signs (declared by the user, e.g. a shifted Laplacian).
 
 CG trusts these tags: it refuses an operator not tagged symmetric unless the
 caller asserts it (``assume="spd"``).
@@ -29,7 +31,7 @@ from ..kernels import backend, linalg
 
 __all__ = ["LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS"]
 
-TAGS = ("symmetric", "positive_definite", "positive_semidefinite")
+TAGS = ("symmetric", "positive_definite", "positive_semidefinite", "negative_definite", "indefinite")
 
 
 def _as_shape(s) -> tuple[int, ...]:
@@ -75,6 +77,8 @@ class LinearOperator(nn.Module):
             raise ValueError(f"unknown tags {sorted(unknown)}; known tags are {TAGS}")
         if "positive_definite" in tags:
             tags = tags | {"positive_semidefinite"}
+        if tags & {"positive_semidefinite"} and tags & {"negative_definite", "indefinite"}:
+            raise ValueError(f"contradictory tags {sorted(tags)}")
         if tags & {"symmetric", "positive_definite", "positive_semidefinite"} and self.shape_in != self.shape_out:
             raise ValueError(f"tags {sorted(tags)} need a square operator, got shape_in={self.shape_in}, shape_out={self.shape_out}")
         self.tags = tags
@@ -272,7 +276,7 @@ class IdentityOperator(LinearOperator):
 
 class _Adjoint(LinearOperator):
     def __init__(self, op: LinearOperator):
-        super().__init__(op.shape_out, op.shape_in, dtype=op._dtype, tags=op.tags & {"symmetric", "positive_definite", "positive_semidefinite"})
+        super().__init__(op.shape_out, op.shape_in, dtype=op._dtype, tags=op.tags)
         self.op = op
 
     @property
@@ -379,7 +383,14 @@ class _Scaled(LinearOperator):
             if op.is_symmetric:
                 tags.add("symmetric")
             if cval.real > 0:
-                tags |= op.tags & {"positive_definite", "positive_semidefinite"}
+                tags |= op.tags & {"positive_definite", "positive_semidefinite", "negative_definite", "indefinite"}
+            elif cval.real < 0:
+                if op.is_positive_definite:
+                    tags.add("negative_definite")
+                if "negative_definite" in op.tags:
+                    tags |= {"positive_definite", "positive_semidefinite"}
+                if "indefinite" in op.tags:
+                    tags.add("indefinite")
             elif cval.real == 0 and op.is_symmetric:
                 tags.add("positive_semidefinite")
         super().__init__(op.shape_in, op.shape_out, dtype=op._dtype, tags=tags)

@@ -54,14 +54,11 @@ class _StencilOperator(LinearOperator):
         self._device0 = device
 
     def _has_dirichlet(self, obstacles, shape) -> bool:
+        """Positive definite when every connected fluid region touches a Dirichlet side (a flood fill)."""
         if not any("dirichlet" in pair for pair in self.bc):
             return False
         if obstacles is None:
             return True
-        # every connected fluid region must touch a Dirichlet side; checking that needs a flood fill,
-        # so claim definiteness only when the obstacles leave every Dirichlet boundary cell open
-        # and the fluid is connected -- cheaply approximated: no obstacles touching Dirichlet sides
-        # is not enough for connectivity, so fall back to semi-definite if any region could be enclosed.
         return bool(_fluid_regions_touch_dirichlet(~obstacles.cpu(), self.bc))
 
     @property

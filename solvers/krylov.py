@@ -305,6 +305,10 @@ class CG(IterativeSolver):
 
     def _run(self, prob: _Problem, opts: dict) -> SolveResult:
         A, b, maxiter, sync_every, bnorm, tol = self._setup(prob, opts)
+        bad_tags = A.tags & {"negative_definite", "indefinite"}
+        if bad_tags:
+            raise ValueError(f"CG needs a positive (semi-)definite operator, but {type(A).__name__} is tagged {sorted(bad_tags)}; "
+                             "use MINRES for symmetric indefinite systems")
         if opts.get("strict") and not A.is_symmetric:
             raise ValueError(f"CG(strict=True) needs an operator tagged 'symmetric'; {type(A).__name__} has tags {sorted(A.tags)}")
         nd = prob.nd_in

@@ -101,6 +101,10 @@ def test_indefinite_and_nan_breakdowns():
     A = aslinearoperator(S, tags=("symmetric",))
     res = CG().solve(A, torch.ones(4, dtype=torch.float64))
     assert int(res.status) == Status.INDEFINITE and res.info < 0 and "indefinite" in res.reason
+    with pytest.raises(ValueError, match="indefinite"):
+        CG().solve(aslinearoperator(S, tags=("symmetric", "indefinite")), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="negative_definite"):
+        CG().solve(-Laplacian((3, 3)), torch.ones(3, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="symmetric"):
         CG(strict=True).solve(aslinearoperator(torch.eye(3, dtype=torch.float64)), torch.ones(3, dtype=torch.float64))
     calls = {"n": 0}
