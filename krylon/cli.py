@@ -59,7 +59,70 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="folder for JSON and PNG output")
     b.add_argument("--no-peers", action="store_true", help="skip scipy/pyamg")
     b.add_argument("--no-plot", action="store_true")
+    t = sub.add_parser("train", help="generate training data (resumable) and train a learned solver (resumable)")
+    tsub = t.add_subparsers(dest="model")
+    td = tsub.add_parser("dcdm", help="the DCDM direction network on random obstacle scenes")
+    td.add_argument("--dim", type=int, default=2, choices=(2, 3))
+    td.add_argument("--grid", type=int, default=None, help="training grid size per axis (default 64 in 2-D, 24 in 3-D)")
+    td.add_argument("--geometries", type=int, default=64, help="random scenes")
+    td.add_argument("--rhs", type=int, default=16, help="right-hand sides per scene")
+    td.add_argument("--lanczos", type=int, default=200, help="Lanczos vectors per scene")
+    td.add_argument("--epochs", type=int, default=10)
+    td.add_argument("--batch", type=int, default=16)
+    td.add_argument("--lr", type=float, default=1e-3)
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--out", default="runs/dcdm", help="folder for data, checkpoints, loss curves and the exported model")
+    td.add_argument("--threads", type=int, default=None)
+    td.add_argument("--device", default="cpu")
+    td.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _train_dcdm(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .datasets import dcdm as dcdm_data
+    from .datasets import open_dataset
+    from .kernels import backend
+    from .operators.learned.dcdm import DCDMNet
+    from .solvers.dcdm import DCDM, dcdm_loss
+    from .solvers.training import TrainConfig, train
+
+    n = args.grid or (64 if args.dim == 2 else 24)
+    if n < 4:
+        raise SystemExit(f"krylon: --grid must be >= 4, got {n}")
+    shape = (n,) * args.dim
+    out = __import__("pathlib").Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data.h5"
+    t0 = time.perf_counter()
+    if not data.exists():
+        print(f"generating {args.geometries} scenes x {args.rhs} right-hand sides on a {shape} grid -> {data}")
+        dcdm_data.generate(data, shape=shape, n_geometries=args.geometries, rhs_per_geometry=args.rhs,
+                           lanczos=args.lanczos, seed=args.seed, progress=not args.no_progress)
+    t_data = time.perf_counter() - t0
+    ds = open_dataset(data)
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    torch.manual_seed(args.seed)
+    net = DCDMNet(dim=args.dim, in_channels=3).to(device)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed)
+    t1 = time.perf_counter()
+    history = train(net, dcdm_loss, ds, out, cfg, progress=not args.no_progress, name=f"dcdm{args.dim}d")
+    t_train = time.perf_counter() - t1
+    net.eval()
+    solver = DCDM(net.cpu())
+    solver.save(out / "dcdm.pt")
+    record = {"command": "krylon " + " ".join(sys.argv[1:]), "grid": list(shape), "geometries": args.geometries,
+              "rhs_per_geometry": args.rhs, "lanczos": args.lanczos, "epochs": args.epochs, "batch": args.batch,
+              "lr": args.lr, "seed": args.seed, "parameters": net.n_parameters, "final_train_loss": history["train"][-1],
+              "final_val_loss": history["val"][-1] if history["val"] else None, "data_seconds": round(t_data, 1),
+              "train_seconds": round(t_train, 1), "device": str(device), "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    print(f"exported {out / 'dcdm.pt'} ({net.n_parameters} parameters); record in {out / 'training.json'}")
+    return 0
 
 
 def _solve_poisson(args) -> int:
@@ -157,6 +220,10 @@ def main(argv=None) -> int:
             return _solve_poisson(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "train":
+            if args.model != "dcdm":
+                parser.parse_args(["train", "--help"])
+            return _train_dcdm(args)
     except (ValueError, TypeError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2

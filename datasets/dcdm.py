@@ -1,0 +1,153 @@
+"""DCDM training data: Ritz vectors by Lanczos, right-hand sides weighted to the low spectrum, random geometries.
+
+Following Kaneda et al. (ICML 2023): Lanczos with full reorthogonalisation on
+the training matrix gives Ritz pairs; a right-hand side is ``b = sum_i c_i v_i``
+with the lowest half of the (Ritz) spectrum weighted ``low_weight`` (9) times
+more, normalised to unit norm.  krylon draws a new random obstacle geometry
+every ``rhs_per_geometry`` samples so one network learns many scenes.
+
+Samples are written with :class:`~krylon.datasets.DatasetWriter`: an
+interrupted generation resumes at the next sample, and every geometry is a
+pure function of ``(seed, geometry index)`` so a resumed run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..kernels import stencil as st
+from .geometry import random_obstacles
+from .hdf5 import DatasetWriter
+
+__all__ = ["lanczos_ritz", "ritz_rhs", "scene", "dirichlet_marker", "generate", "GENERATOR"]
+
+GENERATOR = "krylon.datasets.dcdm.generate"
+
+
+def lanczos_ritz(apply, n_shape, m: int, *, generator=None, dtype=torch.float64, mask=None, tol: float = 1e-8):
+    """Ritz values and vectors of a symmetric operator from ``m`` Lanczos steps with full reorthogonalisation.
+
+    Parameters
+    ----------
+    apply : callable mapping a field ``n_shape`` to a field (the operator)
+    m : number of Lanczos vectors
+    mask : optional boolean field; the start vector is zero outside it (solid cells)
+
+    Returns ``(values, vectors)`` sorted ascending, vectors of shape ``(k, *n_shape)``;
+    Ritz values below ``tol * max`` (a null space) are dropped.
+    """
+    g = generator
+    v = torch.randn(n_shape, generator=g, dtype=dtype)
+    if mask is not None:
+        v = v * mask
+    v = apply(v)  # start from A * randn, as the reference code does
+    V = torch.zeros((m,) + tuple(n_shape), dtype=dtype)
+    alpha = torch.zeros(m, dtype=dtype)
+    beta = torch.zeros(m, dtype=dtype)
+    v = v / v.norm()
+    k_used = m
+    for j in range(m):
+        V[j] = v
+        w = apply(v)
+        alpha[j] = torch.sum(w * v)
+        flatV = V[: j + 1].reshape(j + 1, -1)
+        wf = w.reshape(-1)
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            wf = wf - flatV.T @ (flatV @ wf)
+        b = wf.norm()
+        if j + 1 < m:
+            if b <= 1e-12 * max(float(alpha[: j + 1].abs().max()), 1e-300):
+                k_used = j + 1
+                break
+            beta[j] = b
+            v = (wf / b).reshape(n_shape)
+    T = torch.diag(alpha[:k_used]) + torch.diag(beta[: k_used - 1], 1) + torch.diag(beta[: k_used - 1], -1)
+    vals, vecs = torch.linalg.eigh(T)
+    Y = (vecs.T @ V[:k_used].reshape(k_used, -1)).reshape((k_used,) + tuple(n_shape))
+    keep = vals > tol * vals.abs().max()
+    return vals[keep], Y[keep]
+
+
+def ritz_rhs(vectors: torch.Tensor, count: int, *, generator=None, low_fraction: float = 0.5, low_weight: float = 9.0) -> torch.Tensor:
+    """``count`` unit-norm right-hand sides ``sum_i c_i v_i``; the lowest ``low_fraction`` of modes get ``low_weight`` x N(0,1)."""
+    k = vectors.shape[0]
+    c = torch.randn(count, k, generator=generator, dtype=vectors.dtype)
+    c[:, : int(math.ceil(low_fraction * k))] *= low_weight
+    b = torch.einsum("ck,k...->c...", c, vectors)
+    flat = b.reshape(count, -1)
+    return (flat / flat.norm(dim=1, keepdim=True)).reshape(b.shape)
+
+
+def dirichlet_marker(shape, bc) -> torch.Tensor:
+    """1 on cells next to a Dirichlet boundary face, else 0 (tells the network where the solution is pinned)."""
+    sides = st.parse_bc(bc, len(shape))
+    m = torch.zeros(shape)
+    for a, (lo, hi) in enumerate(sides):
+        idx = [slice(None)] * len(shape)
+        if lo == "dirichlet":
+            idx[a] = 0
+            m[tuple(idx)] = 1
+        if hi == "dirichlet":
+            idx[a] = -1
+            m[tuple(idx)] = 1
+    return m
+
+
+def scene(shape, seed: int, index: int, *, max_obstacles: int = 8, bc_choices=("dirichlet", "smoke")):
+    """The geometry of training scene ``index``: an obstacle mask and boundary conditions (deterministic)."""
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(index))
+    count = int(torch.randint(0, max_obstacles + 1, (), generator=g))
+    kind = ["boxes", "spheres", "mixed"][int(torch.randint(0, 3, (), generator=g))]
+    mask = random_obstacles(shape, count, kind=kind, seed=g, min_size=0.05, max_size=0.3)
+    choice = bc_choices[int(torch.randint(0, len(bc_choices), (), generator=g))]
+    if choice == "smoke":  # closed walls, open top (the last axis' high side), as in a smoke simulation
+        bc = [("neumann", "neumann")] * (len(shape) - 1) + [("neumann", "dirichlet")]
+    else:
+        bc = "dirichlet"
+    return mask, bc
+
+
+def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: int = 16, lanczos: int = 200,
+             seed: int = 0, max_obstacles: int = 8, progress: bool = False):
+    """Generate (or resume) a DCDM training set at ``path``.
+
+    Fields: ``b`` (unit-norm right-hand sides), ``fluid`` (mask), ``dirichlet`` (marker of cells next to a
+    Dirichlet face, a network input), ``bc_dirichlet`` (per side, low/high of each axis: Dirichlet or Neumann).
+    """
+    shape = tuple(int(n) for n in shape)
+    n = n_geometries * rhs_per_geometry
+    fields = {"b": (shape, "float32"), "fluid": (shape, "bool"), "dirichlet": (shape, "bool"),
+              "bc_dirichlet": ((2 * len(shape),), "bool")}
+    params = {"shape": list(shape), "n_geometries": n_geometries, "rhs_per_geometry": rhs_per_geometry,
+              "lanczos": lanczos, "max_obstacles": max_obstacles, "low_fraction": 0.5, "low_weight": 9.0}
+    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed) as w:
+        start_geo = w.n_written // rhs_per_geometry
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_geometries, initial=start_geo, desc="DCDM data (geometries)")
+        for gi in range(start_geo, n_geometries):
+            mask, bc = scene(shape, seed, gi, max_obstacles=max_obstacles)
+            W = st.stencil_weights(shape, 1.0, bc, solid=mask)
+            fluid = ~mask
+            g = torch.Generator().manual_seed(int(seed) * 7919 + gi)
+            vals, vecs = lanczos_ritz(lambda u: st.apply_weights(u, W) * fluid, shape, min(lanczos, int(fluid.sum())),
+                                      generator=g, mask=fluid.double())
+            rhs = ritz_rhs(vecs * fluid, rhs_per_geometry, generator=g)
+            marker = dirichlet_marker(shape, bc).bool() & fluid
+            sides = np.array([side == "dirichlet" for pair in st.parse_bc(bc, len(shape)) for side in pair])
+            for j in range(rhs_per_geometry):
+                i = gi * rhs_per_geometry + j
+                if i < w.n_written:
+                    continue  # resumed mid-geometry: these are on disk already
+                w.write(i, {"b": rhs[j].float().numpy(), "fluid": fluid.numpy(), "dirichlet": marker.numpy(),
+                            "bc_dirichlet": sides})
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    return path

@@ -1,0 +1,289 @@
+"""DCDM: the deep conjugate direction method (Kaneda et al., ICML 2023).
+
+Each iteration asks a network for a search direction from the normalised
+residual, A-orthogonalises it against the last ``k`` directions, and takes the
+exact line-search step:
+
+    r = b - A x;  q = f(r / ||r||);  q <- q - sum_j p_j (p_j^T A q)/(p_j^T A p_j)
+    alpha = q^T r / q^T A q;  x <- x + alpha q
+
+With a perfect network ``f = A^{-1}`` one step solves the system; a good
+approximation converges in a few dozen iterations whatever the grid size.
+One matrix-vector product per iteration: ``A q`` is orthogonalised with the
+same coefficients as ``q``, and the true residual is recomputed every
+``check_every`` iterations and before convergence is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..kernels import backend, linalg
+from ..operators import LinearOperator
+from ..operators.stencil import Diffusion, _StencilOperator
+from .krylov import IterativeSolver, _Problem, _Progress, _where
+from .result import IterationState, Status
+
+__all__ = ["DCDM", "network_inputs", "PRETRAINED"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "operators" / "learned" / "weights"
+PRETRAINED = {"poisson2d": "dcdm_poisson2d", "poisson3d": "dcdm_poisson3d"}
+
+
+def network_inputs(A: LinearOperator, r: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Stack the network's input channels for residuals ``r`` of shape ``(B, *grid)``.
+
+    Channel 0: the (normalised) residual; 1: the fluid mask (1 fluid, 0 solid);
+    2: the Dirichlet marker (1 on fluid cells next to a Dirichlet boundary face);
+    3: the centred log-coefficient of a :class:`~krylon.operators.Diffusion` operator (0 for a Laplacian).
+    """
+    from ..datasets.dcdm import dirichlet_marker
+
+    fluid = torch.ones(A.shape_in, dtype=r.dtype, device=r.device) if A.obstacles is None else (~A.obstacles).to(r.dtype)
+    chans = [r]
+    if in_channels >= 2:
+        chans.append(fluid.expand_as(r))
+    if in_channels >= 3:
+        chans.append((dirichlet_marker(A.shape_in, A.bc).to(dtype=r.dtype, device=r.device) * fluid).expand_as(r))
+    if in_channels >= 4:
+        if isinstance(A, Diffusion):
+            logk = torch.log(A.coefficient.detach()).to(r.dtype)
+            logk = logk - logk.mean()
+        else:
+            logk = torch.zeros(A.shape_in, dtype=r.dtype, device=r.device)
+        chans.append(logk.expand_as(r))
+    return torch.stack(chans, dim=1)
+
+
+class DCDM(IterativeSolver):
+    """Deep conjugate direction method with a convolutional network proposing directions.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(B, C, *grid)`` inputs (see :func:`network_inputs`) to ``(B, 1, *grid)``
+        directions; usually a :class:`~krylon.operators.learned.dcdm.DCDMNet`.
+    k : int
+        Number of previous directions to A-orthogonalise against (2 in the paper).
+    rtol, atol, maxiter, callback, progress, check_every
+        As for the Krylov solvers (``maxiter`` defaults to 100, the paper's budget).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from krylon.operators import Laplacian
+    >>> A = Laplacian((32, 32))
+    >>> res = DCDM.pretrained("poisson2d").solve(A, torch.rand(32, 32, dtype=torch.float64), rtol=1e-4)
+    >>> bool(res.converged)
+    True
+    """
+
+    name = "DCDM"
+
+    def __init__(self, model: torch.nn.Module, *, k: int = 2, **kw):
+        kw.setdefault("maxiter", 100)
+        kw.setdefault("differentiable", False)
+        super().__init__(**kw)
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        self.model = model
+        self.options["k"] = k
+        cfg = getattr(model, "config", {})
+        self.dim = cfg.get("dim")
+        self.in_channels = cfg.get("in_channels", 1)
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def pretrained(cls, name: str, **kw) -> "DCDM":
+        """Load a shipped model: ``"poisson2d"`` or ``"poisson3d"`` (no download, ``weights_only=True``)."""
+        if name not in PRETRAINED:
+            raise ValueError(f"unknown pretrained DCDM model {name!r}; available: {sorted(PRETRAINED)}")
+        stem = WEIGHTS_DIR / PRETRAINED[name]
+        return cls.load(stem.with_suffix(".pt"), **kw)
+
+    @classmethod
+    def load(cls, path, map_location="cpu", **kw) -> "DCDM":
+        """Rebuild a DCDM solver from a checkpoint written by :meth:`save` or ``krylon train dcdm``."""
+        from ..operators.learned.dcdm import DCDMNet
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no DCDM checkpoint at {path}")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{path} is not a readable DCDM checkpoint (corrupted or not a torch file): {exc}") from exc
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
+            raise ValueError(f"{path} is not a DCDM checkpoint (expected keys 'state_dict' and 'config')")
+        config = ckpt["config"]
+        if isinstance(config, str):
+            config = json.loads(config)
+        net = DCDMNet(**config)
+        try:
+            net.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: the weights do not match the network configuration {config}: {exc}") from exc
+        net.eval()
+        return cls(net, **kw)
+
+    def save(self, path) -> None:
+        """Write ``{"state_dict", "config"}`` (loadable with ``weights_only=True``)."""
+        torch.save({"state_dict": self.model.state_dict(), "config": json.dumps(self.model.config)}, path)
+
+    # ------------------------------------------------------------------ the iteration
+    def _check_operator(self, A: LinearOperator):
+        if not isinstance(A, _StencilOperator):
+            raise TypeError(f"DCDM's network was trained on Laplacian/Diffusion stencils; got {type(A).__name__}. "
+                            "Use CG (optionally with M=) for other operators.")
+        if self.dim is not None and A.ndim != self.dim:
+            raise ValueError(f"this DCDM model is {self.dim}-D but the operator acts on a {A.ndim}-D grid {A.shape_in}")
+
+    def direction(self, A: LinearOperator, r: torch.Tensor) -> torch.Tensor:
+        """The network's direction for residuals ``r`` (``(B, *grid)``), normalised input, masked to the fluid."""
+        nd = A.ndim_in
+        rn = linalg.norm(r, nd)
+        x = r / linalg.expand(torch.where(rn == 0, torch.ones_like(rn), rn), nd)
+        p = next(self.model.parameters(), None)
+        mdt = p.dtype if p is not None else x.dtype
+        mdev = p.device if p is not None else x.device
+        inp = network_inputs(A, x.to(dtype=mdt, device=mdev), self.in_channels)
+        with torch.no_grad():
+            q = self.model(inp)[:, 0].to(dtype=r.dtype, device=r.device)
+        if A.obstacles is not None:
+            q = q.masked_fill(A.obstacles, 0)
+        return q
+
+    def _run(self, prob: _Problem, opts: dict):
+        A, b, maxiter, sync_every, bnorm, tol = self._setup(prob, opts)
+        self._check_operator(A)
+        nd = prob.nd_in
+        kdirs = opts["k"]
+        callback = opts["callback"]
+        batch = prob.batch
+        flat = b.reshape((-1,) + A.shape_in)
+        nb = flat.shape[0]
+        dev = b.device
+        E = lambda t: linalg.expand(t, nd)  # noqa: E731
+        n_matvec = 0
+        x = torch.zeros_like(flat) if prob.x0 is None else prob.x0.reshape(flat.shape).clone()
+        r = flat.clone() if prob.x0 is None else flat - A.matvec(x)
+        if prob.x0 is not None:
+            n_matvec += 1
+        tolf = tol.reshape(-1)
+        bnf = bnorm.reshape(-1)
+        rnorm = linalg.norm(r, nd)
+        status = torch.full((nb,), Status.RUNNING, dtype=torch.int8, device=dev)
+        zero_b = bnf == 0
+        x[zero_b] = 0
+        r[zero_b] = 0
+        rnorm = _where(zero_b, torch.zeros_like(rnorm), rnorm)
+        status = _where(rnorm <= tolf, torch.full_like(status, Status.CONVERGED), status)
+        active = status == Status.RUNNING
+        iterations = torch.zeros(nb, dtype=torch.int64, device=dev)
+        history = [rnorm.clone()]
+        P, AP, PAP = [], [], []
+        prog = _Progress(opts["progress"], maxiter, self.name)
+        k = 0
+        try:
+            while k < maxiter and bool(active.any()):
+                k += 1
+                bad = active & ~torch.isfinite(rnorm)
+                status = _where(bad, torch.full_like(status, Status.NAN), status)
+                active = active & ~bad
+                q = self.direction(A, r)
+                if not bool(torch.isfinite(q[active]).all()):
+                    nanq = active & ~torch.isfinite(q).reshape(nb, -1).all(dim=1)
+                    status = _where(nanq, torch.full_like(status, Status.NAN), status)
+                    active = active & ~nanq
+                    q = torch.nan_to_num(q)
+                Aq = A.matvec(q)
+                n_matvec += 1
+                for p, ap, pap in zip(P, AP, PAP):
+                    c = linalg.dot(ap, q, nd) / torch.where(pap == 0, torch.ones_like(pap), pap)
+                    c = torch.where(pap == 0, torch.zeros_like(c), c)
+                    q = q - E(c) * p
+                    Aq = Aq - E(c) * ap
+                qAq = linalg.dot(q, Aq, nd).real
+                indef = active & ~(qAq > 0)
+                status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
+                active = active & ~indef
+                alpha = _where(active, linalg.dot(q, r, nd) / torch.where(qAq > 0, qAq, torch.ones_like(qAq)), torch.zeros_like(qAq))
+                x = x + E(alpha) * q
+                r = r - E(alpha) * Aq
+                iterations += active.to(iterations.dtype)
+                if kdirs > 0:
+                    P.append(q)
+                    AP.append(Aq)
+                    PAP.append(qAq)
+                    if len(P) > kdirs:
+                        P.pop(0)
+                        AP.pop(0)
+                        PAP.pop(0)
+                if k % opts["check_every"] == 0:
+                    r = torch.where(E(active), flat - A.matvec(x), r)
+                    n_matvec += 1
+                rnorm = _where(active, linalg.norm(r, nd), rnorm)
+                cand = active & (rnorm <= tolf)
+                if bool(cand.any()):
+                    rt = flat - A.matvec(x)
+                    n_matvec += 1
+                    tn = linalg.norm(rt, nd)
+                    ok = cand & (tn <= tolf)
+                    status = _where(ok, torch.full_like(status, Status.CONVERGED), status)
+                    r = torch.where(E(cand & ~ok), rt, r)
+                    rnorm = _where(cand, tn, rnorm)
+                    active = active & ~ok
+                history.append(rnorm.clone())
+                if callback is not None:
+                    callback(IterationState(iteration=k, residual_norms=rnorm.reshape(batch).clone(), _x=x.reshape(b.shape)))
+                prog.update(k)
+        finally:
+            prog.close()
+        hist = [h.reshape(batch) for h in history]
+        return self._finish(x.reshape(b.shape), status.reshape(batch), iterations.reshape(batch), hist, n_matvec,
+                            tol, opts, maxiter, rnorm.reshape(batch))
+
+
+# ----------------------------------------------------------------------------- training
+def batch_weights(fluid: torch.Tensor, bc_dirichlet: torch.Tensor, dtype=torch.float32):
+    """Stencil weights for a batch of scenes with different obstacles and boundaries.
+
+    ``fluid``: ``(B, *grid)`` masks; ``bc_dirichlet``: ``(B, 2 d)`` booleans, low/high side of each axis
+    (True = Dirichlet, False = Neumann).
+    """
+    from ..kernels import stencil as st
+
+    d = fluid.dim() - 1
+    ws = []
+    for i in range(fluid.shape[0]):
+        flags = bc_dirichlet[i].tolist()
+        bc = [tuple("dirichlet" if flags[2 * a + s] else "neumann" for s in (0, 1)) for a in range(d)]
+        ws.append(st.stencil_weights(tuple(fluid.shape[1:]), 1.0, bc, solid=~fluid[i].bool(), dtype=dtype, device=fluid.device))
+    return st.StencilWeights(diag=torch.stack([w.diag for w in ws]),
+                             faces=[torch.stack([w.faces[a] for w in ws]) for a in range(d)],
+                             wraps=[None] * d)
+
+
+def dcdm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Scale-invariant DCDM loss: ``mean_i || b_i - A_i q_i (q_i^T b_i)/(q_i^T A_i q_i) ||^2`` with ``q_i = f(b_i)``.
+
+    ``batch`` holds ``b`` (unit-norm right-hand sides), ``fluid`` and ``dirichlet`` masks and ``bc_dirichlet``.
+    """
+    from ..kernels import stencil as st
+
+    b, fluid, dirichlet = batch["b"], batch["fluid"].bool(), batch["dirichlet"].bool()
+    nd = b.dim() - 1
+    dt = next(model.parameters()).dtype
+    chans = [b.to(dt), fluid.to(dt), dirichlet.to(dt)][: model.config["in_channels"]]
+    q = model(torch.stack(chans, dim=1))[:, 0] * fluid.to(dt)
+    W = batch_weights(fluid, batch["bc_dirichlet"], dtype=dt)
+    Aq = st.apply_weights(q, W) * fluid.to(dt)
+    dims = tuple(range(1, nd + 1))
+    qb = (q * b).sum(dims)
+    qAq = (q * Aq).sum(dims).clamp_min(torch.finfo(dt).tiny)
+    res = b - Aq * (qb / qAq).reshape((-1,) + (1,) * nd)
+    return (res ** 2).sum(dims).mean()
