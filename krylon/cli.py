@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres")
+SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -48,9 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--seed", type=int, default=0)
     pp.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     pp.add_argument("--progress", action="store_true", help="show a progress bar")
+    pp.add_argument("--model", default=None, help="DCDM checkpoint for --solver dcdm (default: the shipped model)")
 
     b = sub.add_parser("bench", help="run a benchmark suite (prints a table, writes JSON and a PNG)")
-    b.add_argument("suite", choices=("krylov", "all"))
+    b.add_argument("suite", choices=("krylov", "dcdm", "all"))
     b.add_argument("--size", default="default", choices=("quick", "default", "paper"))
     b.add_argument("--device", default="cpu")
     b.add_argument("--threads", type=int, default=1, help="CPU threads for krylon, numpy and scipy (default 1)")
@@ -158,7 +159,12 @@ def _solve_poisson(args) -> int:
         b = torch.where(fluid, b - b[fluid].mean(), b)
     opts = dict(rtol=args.rtol, atol=args.atol, maxiter=args.maxiter, progress=args.progress)
     setup_t0 = time.perf_counter()
-    if args.solver == "minres":
+    if args.solver == "dcdm":
+        from .solvers import DCDM
+
+        dkw = {k: v for k, v in opts.items() if v is not None}
+        solver = DCDM.load(args.model, **dkw) if args.model else DCDM.pretrained(f"poisson{len(shape)}d", **dkw)
+    elif args.solver == "minres":
         solver = MINRES(**opts)
     elif args.solver == "gmres":
         solver = GMRES(**opts)
@@ -191,13 +197,17 @@ def _bench(args) -> int:
     from .kernels import backend
 
     device = str(backend.resolve_device(args.device))
-    suites = ["krylov"] if args.suite == "all" else [args.suite]
+    suites = ["krylov", "dcdm"] if args.suite == "all" else [args.suite]
     for suite in suites:
         if suite == "krylov":
             from .bench import krylov
 
             krylov.run(args.size, device=device, repeats=args.repeats, rtol=args.rtol, out=args.out,
                        peers=not args.no_peers, plot=not args.no_plot)
+        elif suite == "dcdm":
+            from .bench import dcdm
+
+            dcdm.run(args.size, device=device, out=args.out, peers=not args.no_peers, plot=not args.no_plot)
     return 0
 
 
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
             if args.model != "dcdm":
                 parser.parse_args(["train", "--help"])
             return _train_dcdm(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
     return 2

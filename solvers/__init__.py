@@ -4,10 +4,11 @@ from .result import SolveResult, IterationState, Status
 from .krylov import IterativeSolver, CG, MINRES, GMRES, CGLS
 from .preconditioners import Preconditioner, Jacobi, SpectralPoisson, IC0, as_preconditioner
 from .compat import cg, minres, gmres
+from .dcdm import DCDM
 
 __all__ = [
     "SolveResult", "IterationState", "Status",
     "IterativeSolver", "CG", "MINRES", "GMRES", "CGLS",
     "Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner",
-    "cg", "minres", "gmres",
+    "cg", "minres", "gmres", "DCDM",
 ]

@@ -76,10 +76,11 @@ class DCDM(IterativeSolver):
     --------
     >>> import torch
     >>> from krylon.operators import Laplacian
-    >>> A = Laplacian((32, 32))
-    >>> res = DCDM.pretrained("poisson2d").solve(A, torch.rand(32, 32, dtype=torch.float64), rtol=1e-4)
-    >>> bool(res.converged)
-    True
+    >>> from krylon.operators.learned.dcdm import DCDMNet
+    >>> solver = DCDM(DCDMNet(dim=2), k=2, rtol=1e-4)       # or DCDM.load("runs/dcdm/dcdm.pt")
+    >>> res = solver.solve(Laplacian((32, 32)), torch.rand(32, 32, dtype=torch.float64), maxiter=5)
+    >>> res.x.shape
+    torch.Size([32, 32])
     """
 
     name = "DCDM"
@@ -102,8 +103,11 @@ class DCDM(IterativeSolver):
         """Load a shipped model: ``"poisson2d"`` or ``"poisson3d"`` (no download, ``weights_only=True``)."""
         if name not in PRETRAINED:
             raise ValueError(f"unknown pretrained DCDM model {name!r}; available: {sorted(PRETRAINED)}")
-        stem = WEIGHTS_DIR / PRETRAINED[name]
-        return cls.load(stem.with_suffix(".pt"), **kw)
+        path = (WEIGHTS_DIR / PRETRAINED[name]).with_suffix(".pt")
+        if not path.exists():
+            raise FileNotFoundError(f"no pretrained DCDM model {name!r} is shipped in this version of krylon "
+                                    f"(expected {path}); train one with `krylon train dcdm` and use DCDM.load(path)")
+        return cls.load(path, **kw)
 
     @classmethod
     def load(cls, path, map_location="cpu", **kw) -> "DCDM":

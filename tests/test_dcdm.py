@@ -122,6 +122,8 @@ def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
         DCDM.load(tmp_path / "mis.pt")
     with pytest.raises(FileNotFoundError):
         DCDM.load(tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="available"):
+        DCDM.pretrained("poisson4d")
 
 
 def test_bad_operators():

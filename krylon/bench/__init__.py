@@ -1,3 +1,3 @@
 """Benchmark suites behind ``krylon bench`` (not tests: they measure speed and accuracy)."""
 
-SUITES = ("krylov",)
+SUITES = ("krylov", "dcdm")
