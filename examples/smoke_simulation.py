@@ -33,7 +33,7 @@ def sample(field, x, y):
 
 
 class Smoke:
-    def __init__(self, n, obstacles, dt=1.0, buoyancy=0.05, device="cpu"):
+    def __init__(self, n, obstacles, dt=1.0, buoyancy=0.25, device="cpu"):
         self.n, self.dt, self.buoy = n, dt, buoyancy
         d = dict(dtype=torch.float64, device=device)
         self.u = torch.zeros(n + 1, n, **d)  # x-faces
