@@ -725,11 +725,15 @@ class GMRES(IterativeSolver):
                         Z[j] = zj
                     w = A.matvec(zj)
                     n_matvec += 1
+                    h0 = linalg.norm(w, nd)
                     for i in range(j + 1):  # modified Gram-Schmidt
                         hij = linalg.dot(V[i], w, nd)
                         H[..., i, j] = hij
                         w = w - E(hij) * V[i]
                     hn = linalg.norm(w, nd)
+                    # lucky breakdown: what is left after orthogonalisation is rounding noise
+                    # (scipy's h1 <= eps * h0 test); the Krylov space is exhausted for that system
+                    hn = torch.where(hn <= backend.eps(dt) * h0, torch.zeros_like(hn), hn)
                     H[..., j + 1, j] = hn.to(dt)
                     V[j + 1] = w / E(torch.where(hn == 0, torch.ones_like(hn), hn)).to(dt)
                     # apply previous rotations to column j
@@ -783,9 +787,12 @@ class GMRES(IterativeSolver):
         used = idx < steps.unsqueeze(-1)  # (*batch, m): the steps each system took this cycle
         keep = used.unsqueeze(-1) & used.unsqueeze(-2)
         R = torch.where(keep, R, torch.zeros_like(R))
-        pad = ~used | (torch.diagonal(R, dim1=-2, dim2=-1) == 0)  # unused steps solve to y = 0
+        hscale = H.abs().amax(dim=(-2, -1), keepdim=True).squeeze(-1)
+        tiny = torch.diagonal(R, dim1=-2, dim2=-1).abs() <= backend.eps(R.dtype) * hscale
+        R = R * ~(tiny.unsqueeze(-1) | tiny.unsqueeze(-2))  # a numerically singular step contributes y_j = 0
+        pad = ~used | tiny  # unused steps solve to y = 0
         R = R + torch.diag_embed(pad.to(R.dtype))
-        rhs = torch.where(used, rhs, torch.zeros_like(rhs))
+        rhs = torch.where(used & ~tiny, rhs, torch.zeros_like(rhs))
         y = torch.linalg.solve_triangular(R, rhs.unsqueeze(-1), upper=True).squeeze(-1)
         basis = Z if Z is not None else V
         upd = torch.zeros_like(x)
