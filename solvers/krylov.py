@@ -840,9 +840,14 @@ class CGLS(IterativeSolver):
 
     def __init__(self, *, damp: float = 0.0, **kw):
         super().__init__(**kw)
-        if not isinstance(damp, numbers.Real) or not damp >= 0 or math.isinf(damp):
-            raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
         self.options["damp"] = damp
+        self._validate_options(self.options)
+
+    def _validate_options(self, o):
+        super()._validate_options(o)
+        damp = o.get("damp", 0.0)
+        if not isinstance(damp, numbers.Real) or isinstance(damp, bool) or not damp >= 0 or math.isinf(damp):
+            raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
 
     def _run(self, prob: _Problem, opts: dict) -> SolveResult:
         A, b = prob.A, prob.b.detach()
@@ -876,10 +881,19 @@ class CGLS(IterativeSolver):
         snorm = linalg.norm(s, nd_in)
         status = torch.full(batch, Status.RUNNING, dtype=torch.int8, device=dev)
         iterations = torch.zeros(batch, dtype=torch.int64, device=dev)
+        # b = 0 (and no damping bias): x = 0 at once, whatever x0 was
+        zero_b = linalg.norm(b, nd_out) == 0
+        if bool(zero_b.any()):
+            x[zero_b] = 0
+            r[zero_b] = 0
+            s[zero_b] = 0
+            snorm = _where(zero_b, torch.zeros_like(snorm), snorm)
         status = _where(snorm <= tol, torch.full_like(status, Status.CONVERGED), status)
         active = status == Status.RUNNING
         history = [snorm.clone()]
         data_hist = [linalg.norm(r, nd_out)]
+        fails = torch.zeros(batch, dtype=torch.int64, device=dev)
+        best = torch.full(batch, float("inf"), dtype=snorm.dtype, device=dev)
         p = s.clone()
         gamma = snorm ** 2
         E_in = lambda t: linalg.expand(t, nd_in)  # noqa: E731
@@ -914,9 +928,29 @@ class CGLS(IterativeSolver):
                 nan = active & ~torch.isfinite(snorm)
                 status = _where(nan, torch.full_like(status, Status.NAN), status)
                 active = active & ~nan
-                conv = active & (snorm <= tol)
-                status = _where(conv, torch.full_like(status, Status.CONVERGED), status)
-                active = active & ~conv
+                cand = active & (snorm <= tol)
+                if bool(cand.any()):
+                    # verify on the true normal-equation residual before reporting convergence
+                    rt = b - A.matvec(x)
+                    st_ = AH.matvec(rt)
+                    n_matvec += 2
+                    if damp2:
+                        st_ = st_ - damp2 * x
+                    tn = linalg.norm(st_, nd_in)
+                    ok = cand & (tn <= tol)
+                    status = _where(ok, torch.full_like(status, Status.CONVERGED), status)
+                    failed = cand & ~ok
+                    improved = tn < 0.5 * best
+                    fails = _where(failed, _where(improved, torch.ones_like(fails), fails + 1), fails)
+                    best = _where(failed, torch.minimum(best, tn), best)
+                    stag = failed & (fails > 3)
+                    status = _where(stag, torch.full_like(status, Status.STAGNATION), status)
+                    if bool(failed.any()):  # residual replacement for the systems that go on
+                        r = torch.where(E_out(failed), rt, r)
+                        s = torch.where(E_in(failed), st_, s)
+                        gamma_new = _where(failed, tn ** 2, gamma_new)
+                    snorm = _where(cand, tn, snorm)
+                    active = active & ~ok & ~stag
                 beta = _where(active & (gamma > 0), gamma_new / _where(gamma > 0, gamma, torch.ones_like(gamma)), torch.zeros_like(gamma))
                 p = _where(E_in(active), s + E_in(beta).to(s.dtype) * p, p)
                 gamma = _where(active, gamma_new, gamma)

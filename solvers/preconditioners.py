@@ -32,6 +32,8 @@ class Preconditioner:
 
     def __init__(self, A: LinearOperator | None = None):
         self.A = None
+        self._user_bound = A is not None  # built for one operator by the user
+        self._last = None  # (operator, bound copy): the solver's binding, reused for the same operator
         if A is not None:
             self.setup(A)
 
@@ -40,15 +42,30 @@ class Preconditioner:
         return self
 
     def bind(self, A: LinearOperator) -> "Preconditioner":
-        """Return a preconditioner set up for ``A`` (itself if already bound to ``A``)."""
+        """Return a preconditioner set up for ``A``.
+
+        One built with an operator (``Jacobi(A)``) is used as it is (the user chose it; only the
+        field shape is checked).  One built without (``CG(M=Jacobi())``) is set up for each new
+        operator the solver meets, on a copy, so reusing a solver on another system never applies
+        the previous system's preconditioner; the last binding is cached for repeated solves.
+        """
         if self.A is A:
             return self
-        if self.A is not None:
+        if getattr(self, "_user_bound", self.A is not None):
             if self.A.shape_in != A.shape_in:
                 raise ValueError(f"{type(self).__name__} was built for fields of shape {self.A.shape_in}, "
                                  f"but the operator acts on {A.shape_in}")
             return self
-        return self.setup(A)
+        last = getattr(self, "_last", None)
+        if last is not None and last[0] is A:
+            return last[1]
+        import copy
+
+        bound = copy.copy(self)
+        bound._last = None
+        bound.setup(A)
+        self._last = (A, bound)
+        return bound
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
