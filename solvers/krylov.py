@@ -207,11 +207,14 @@ class IterativeSolver:
         status = _where(status == Status.RUNNING, torch.full_like(status, Status.MAXITER), status)
         info, reason = summarize(status, iterations, final_norm, tol, self.name, opts["rtol"], opts["atol"], maxiter)
         hist = torch.stack(history) if history else final_norm.unsqueeze(0)
+        if iterations.numel():
+            hist = hist[: int(iterations.max()) + 1]  # no row for an iteration aborted by a breakdown
         return SolveResult(x=x, converged=status == Status.CONVERGED, iterations=iterations, residual_norms=hist,
                            n_matvec=n_matvec, info=info, reason=reason, status=status, tolerance=tol, extras=extras or {})
 
 
 STALL_CHECKS = 10  # residual replacements without a new minimum of the true residual before "stagnation"
+STALL_ITERATIONS = 500  # ... and at least this many iterations
 
 
 def _track_stall(tnorm: torch.Tensor, best: torch.Tensor, since: torch.Tensor):
@@ -345,6 +348,8 @@ class CG(IterativeSolver):
         best_true = torch.full(batch, float("inf"), dtype=rnorm.dtype, device=dev)
         prog = _Progress(opts["progress"], maxiter, self.name)
         check_every = opts["check_every"]
+        # CG's residual is not monotone: call it stagnation only after a long window without a new minimum
+        stall_checks = max(STALL_CHECKS, math.ceil(STALL_ITERATIONS / check_every))
         full = lambda code: torch.full_like(status, code)  # noqa: E731
         # Fast path: while every system is running and nothing unusual happens, the per-iteration
         # bookkeeping is a handful of scalar operations (this matters on the CPU, where each small
@@ -379,7 +384,7 @@ class CG(IterativeSolver):
                         n_matvec += 1
                         rr = linalg.norm(r, nd) ** 2
                         best_check, since_best = _track_stall(torch.sqrt(rr), best_check, since_best)
-                        stalled = bool((since_best >= STALL_CHECKS).any())
+                        stalled = bool((since_best >= stall_checks).any())
                     rnorm_fast = torch.sqrt(rr)
                     if not stalled and bool((rnorm_fast > tol).all()):  # nobody converged, no NaN: stay fast
                         if M is not None:
@@ -401,12 +406,15 @@ class CG(IterativeSolver):
                     iterations += fast_iters
                 if not updated:
                     bad_nan = active & ~torch.isfinite(pAp)
-                    bad_indef = active & torch.isfinite(pAp) & (pAp <= 0)
+                    # p^H A p <= 0 with a nonzero residual is a breakdown; with r = 0 (so p = 0) the system is
+                    # solved exactly and the convergence check below confirms it
+                    bad_indef = active & torch.isfinite(pAp) & (pAp <= 0) & (rz != 0)
                     status = _where(bad_nan, full(Status.NAN), status)
                     status = _where(bad_indef, full(Status.INDEFINITE), status)
                     active = active & ~bad_nan & ~bad_indef
                     # frozen systems get alpha = 0, so their x and r do not change
-                    alpha = _where(active, rz / _where(active, pAp, torch.ones_like(pAp)), torch.zeros_like(rz))
+                    step = active & (pAp > 0)
+                    alpha = _where(step, rz / _where(step, pAp, torch.ones_like(pAp)), torch.zeros_like(rz))
                     x, r, rr = linalg.cg_step(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
                     iterations += active.to(iterations.dtype)
                     if k % check_every == 0:
@@ -422,7 +430,7 @@ class CG(IterativeSolver):
                 active = active & ~nanr
                 if k % check_every == 0:
                     # no new minimum of the true residual in STALL_CHECKS replacements: the rounding floor
-                    stag = active & (since_best >= STALL_CHECKS)
+                    stag = active & (since_best >= stall_checks)
                     status = _where(stag, full(Status.STAGNATION), status)
                     active = active & ~stag
                 if k % sync_every == 0 or k == maxiter:
@@ -544,6 +552,8 @@ class MINRES(IterativeSolver):
         w = torch.zeros_like(b)
         w2 = torch.zeros_like(b)
         verify_below = tol.clone()
+        fails = torch.zeros(batch, dtype=torch.int64, device=dev)
+        best_true = torch.full(batch, float("inf"), dtype=rdt, device=dev)
         # the preconditioned MINRES estimate phibar is ||r||_{M^{-1}}: scale it to ||r|| units at start
         scale = _where(beta1 > 0, rnorm / safe(beta1), one)
         prog = _Progress(opts["progress"], maxiter, self.name)
@@ -605,8 +615,12 @@ class MINRES(IterativeSolver):
                         ok = cand & (tnorm <= tol)
                         status = _where(ok, torch.full_like(status, Status.CONVERGED), status)
                         failed = cand & ~ok
-                        # a lucky breakdown whose true residual is still large: precision floor
-                        stuck = failed & lucky
+                        # a lucky breakdown whose true residual is still large, or repeated failed
+                        # verifications without a 2x improvement: the rounding floor of the dtype
+                        improved = tnorm < 0.5 * best_true
+                        fails = _where(failed, _where(improved, torch.ones_like(fails), fails + 1), fails)
+                        best_true = _where(failed, torch.minimum(best_true, tnorm), best_true)
+                        stuck = failed & (lucky | (fails > 3))
                         status = _where(stuck, torch.full_like(status, Status.STAGNATION), status)
                         verify_below = _where(failed, 0.5 * est, verify_below)
                         rnorm = _where(cand, tnorm, rnorm)
