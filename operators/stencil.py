@@ -107,6 +107,50 @@ class _StencilOperator(LinearOperator):
     def diagonal(self) -> torch.Tensor:
         return torch.broadcast_to(self.weights().diag, self.shape_in).clone()
 
+    def project_range(self, v: torch.Tensor) -> torch.Tensor:
+        """Remove the null-space component of ``v`` (constants on each connected fluid region).
+
+        The identity for a positive definite operator.  Used to make singular (pure Neumann /
+        periodic) systems consistent, e.g. in the adjoint solve of a differentiable solve.
+        """
+        if self.is_positive_definite:
+            return v
+        labels, count = self._regions()
+        nd = self.ndim
+        out = v.clone()
+        for lab in range(1, count + 1):
+            region = labels == lab
+            if not bool(region.any()) or self._region_touches_dirichlet(region):
+                continue
+            mean = (v * region).sum(dim=tuple(range(-nd, 0)), keepdim=True) / region.sum()
+            out = out - mean * region
+        return out
+
+    def _regions(self):
+        if getattr(self, "_region_cache", None) is None:
+            fluid = torch.ones(self.shape_in, dtype=torch.bool) if self.obstacles is None else ~self.obstacles.cpu()
+            import numpy as np
+            from scipy import ndimage
+
+            f = fluid.numpy()
+            labels, count = ndimage.label(f)
+            for a, pair in enumerate(self.bc):  # periodic axes join opposite faces
+                if pair[0] == "periodic":
+                    first, last = np.take(labels, 0, axis=a), np.take(labels, -1, axis=a)
+                    both = (first > 0) & (last > 0)
+                    for l1, l2 in set(zip(first[both].tolist(), last[both].tolist())):
+                        if l1 != l2:
+                            labels[labels == l2] = l1
+            self._region_cache = (torch.from_numpy(labels).to(self.device), int(labels.max()))
+        return self._region_cache
+
+    def _region_touches_dirichlet(self, region: torch.Tensor) -> bool:
+        for a, pair in enumerate(self.bc):
+            for side, idx in ((pair[0], 0), (pair[1], region.shape[a] - 1)):
+                if side == "dirichlet" and bool(region.select(a, idx).any()):
+                    return True
+        return False
+
     def to_scipy(self, format: str = "csr"):
         """Assemble exactly the matrix this operator applies (C ordering of the grid) as scipy sparse."""
         import scipy.sparse as sp

@@ -184,10 +184,14 @@ class IterativeSolver:
         """Solve ``N^H lam = g`` where ``x = N^{-1} c`` is the system this solver solves."""
         A = prob.A
         AH = A.adjoint()
+        project = getattr(A, "project_range", None)
+        if project is not None:
+            g = project(g)  # a singular stencil: the adjoint system is consistent only on the range
         sub = _Problem(AH, g, None, prob.nd_out, prob.nd_in)
         o = dict(opts)
         o.update(callback=None, progress=False)
-        return self._run(sub, o).x
+        lam = self._run(sub, o).x
+        return project(lam) if project is not None else lam
 
     def _implicit_residual(self, prob: _Problem, x: torch.Tensor, b: torch.Tensor, opts: dict) -> torch.Tensor:
         """``c(b) - N x``: its derivative, contracted with ``lam``, gives the gradients."""
@@ -988,6 +992,9 @@ class CGLS(IterativeSolver):
     def _adjoint_solve(self, prob, opts, g):
         # N = A^H A + damp^2 I is Hermitian: solve N lam = g with CG
         A, damp2 = self._normal(prob, opts)
+        if not damp2 and math.prod(A.shape_out) < math.prod(A.shape_in):
+            raise ValueError("gradients of an undamped CGLS solve with fewer equations than unknowns (a minimum-norm "
+                             "solution) are not supported: A^H A is singular; use damp > 0")
         from ..operators.base import IdentityOperator
 
         N = A.adjoint() @ A

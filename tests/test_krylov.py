@@ -1159,10 +1159,6 @@ def test_backward_does_not_unroll_the_iterations(S):
         assert S(rtol=1e-10).solve(A, b).x.grad_fn is None
 
 
-@pytest.mark.xfail(reason="BUG: the implicit backward of a solve with a singular operator (pure Neumann / periodic "
-                          "Laplacian, consistent rhs) runs the adjoint CG on an inconsistent system A lam = g "
-                          "(g has a constant component) and returns gradients of size ~1e25 instead of pinv(A) g",
-                   strict=True)
 def test_gradient_through_singular_neumann_solve():
     A = Laplacian((5, 5), bc="neumann")
     b = torch.randn(5, 5, dtype=F64, generator=_gen(44), requires_grad=True)
