@@ -823,17 +823,8 @@ def idst1(x: torch.Tensor, axes=-1, *, norm: str | None = None) -> torch.Tensor:
     >>> torch.allclose(idst1(dst1(x, (0, 1)), (0, 1)), x)
     True
     """
-    x = _check_transform_input(x)
-    mode = _norm(norm)
-    y = x
-    for dim in _tensor_dims(x, axes):
-        n = y.shape[dim]
-        y = _dst1_raw(y, dim)
-        if mode == "ortho":
-            y = y * (1.0 / math.sqrt(2 * (n + 1)))
-        elif mode == "backward":
-            y = y * (1.0 / (2 * (n + 1)))
-    return y
+    # the inverse is the forward transform with the scaling moved to the other side
+    return dst1(x, axes, norm={"backward": "forward", "forward": "backward", "ortho": "ortho"}[_norm(norm)])
 
 
 def dct2(x: torch.Tensor, axes=-1, *, norm: str | None = None) -> torch.Tensor:

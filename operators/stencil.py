@@ -129,27 +129,12 @@ class _StencilOperator(LinearOperator):
     def _regions(self):
         if getattr(self, "_region_cache", None) is None:
             fluid = torch.ones(self.shape_in, dtype=torch.bool) if self.obstacles is None else ~self.obstacles.cpu()
-            import numpy as np
-            from scipy import ndimage
-
-            f = fluid.numpy()
-            labels, count = ndimage.label(f)
-            for a, pair in enumerate(self.bc):  # periodic axes join opposite faces
-                if pair[0] == "periodic":
-                    first, last = np.take(labels, 0, axis=a), np.take(labels, -1, axis=a)
-                    both = (first > 0) & (last > 0)
-                    for l1, l2 in set(zip(first[both].tolist(), last[both].tolist())):
-                        if l1 != l2:
-                            labels[labels == l2] = l1
-            self._region_cache = (torch.from_numpy(labels).to(self.device), int(labels.max()))
+            labels, count = _label_fluid(fluid, self.bc)
+            self._region_cache = (torch.from_numpy(labels).to(self.device), count)
         return self._region_cache
 
     def _region_touches_dirichlet(self, region: torch.Tensor) -> bool:
-        for a, pair in enumerate(self.bc):
-            for side, idx in ((pair[0], 0), (pair[1], region.shape[a] - 1)):
-                if side == "dirichlet" and bool(region.select(a, idx).any()):
-                    return True
-        return False
+        return _touches_dirichlet(region, self.bc)
 
     def to_scipy(self, format: str = "csr"):
         """Assemble exactly the matrix this operator applies (C ordering of the grid) as scipy sparse."""
@@ -163,36 +148,40 @@ class _StencilOperator(LinearOperator):
             A.sort_indices()
         return A
 
+
     def extra_repr(self):
         return f"shape={self.shape_in}, spacing={self.spacing}, bc={self.bc}, obstacles={'yes' if self.obstacles is not None else 'no'}, dtype={self.dtype}"
 
 
-def _fluid_regions_touch_dirichlet(fluid: torch.Tensor, bc) -> bool:
-    """True when every connected fluid region touches a Dirichlet side (so the system is nonsingular)."""
+def _label_fluid(fluid: torch.Tensor, bc):
+    """Connected fluid regions (scipy.ndimage labels; periodic axes join opposite faces): ``(labels, max_label)``."""
     import numpy as np
     from scipy import ndimage
 
-    f = fluid.numpy()
-    d = f.ndim
-    labels, count = ndimage.label(f)
-    if count == 0:
-        return True
-    # periodic axes join opposite faces
+    labels, _ = ndimage.label(fluid.cpu().numpy())
     for a, pair in enumerate(bc):
         if pair[0] == "periodic":
-            first = np.take(labels, 0, axis=a)
-            last = np.take(labels, -1, axis=a)
+            first, last = np.take(labels, 0, axis=a), np.take(labels, -1, axis=a)
             both = (first > 0) & (last > 0)
             for l1, l2 in set(zip(first[both].tolist(), last[both].tolist())):
                 if l1 != l2:
                     labels[labels == l2] = l1
-    touching = set()
-    for a, pair in enumerate(bc):
-        for side, idx in ((pair[0], 0), (pair[1], -1)):
-            if side == "dirichlet":
-                touching.update(np.unique(np.take(labels, idx, axis=a)).tolist())
-    touching.discard(0)
-    return set(np.unique(labels).tolist()) - {0} <= touching
+    return labels, int(labels.max())
+
+
+def _touches_dirichlet(region, bc) -> bool:
+    """Does a boolean region (numpy array or tensor) reach a Dirichlet side of the box?"""
+    import numpy as np
+
+    r = region.cpu().numpy() if isinstance(region, torch.Tensor) else region
+    return any(side == "dirichlet" and bool(np.take(r, idx, axis=a).any())
+               for a, pair in enumerate(bc) for side, idx in ((pair[0], 0), (pair[1], -1)))
+
+
+def _fluid_regions_touch_dirichlet(fluid: torch.Tensor, bc) -> bool:
+    """True when every connected fluid region touches a Dirichlet side (so the system is nonsingular)."""
+    labels, count = _label_fluid(fluid, bc)
+    return all(_touches_dirichlet(labels == lab, bc) for lab in range(1, count + 1) if (labels == lab).any())
 
 
 class Laplacian(_StencilOperator):
