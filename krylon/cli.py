@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm")
+SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm", "fpcg-dcdm")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="folder for JSON and PNG output")
     b.add_argument("--no-peers", action="store_true", help="skip scipy/pyamg")
     b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--model", action="append", default=None,
+                   help="DCDM checkpoint(s) for the dcdm suite instead of the shipped models (repeat for 2-D and 3-D)")
     t = sub.add_parser("train", help="generate training data (resumable) and train a learned solver (resumable)")
     tsub = t.add_subparsers(dest="model")
     td = tsub.add_parser("dcdm", help="the DCDM direction network on random obstacle scenes")
@@ -68,6 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--geometries", type=int, default=64, help="random scenes")
     td.add_argument("--rhs", type=int, default=16, help="right-hand sides per scene")
     td.add_argument("--lanczos", type=int, default=200, help="Lanczos vectors per scene")
+    td.add_argument("--white", type=float, default=0.5,
+                    help="fraction of right-hand sides that are white noise instead of Ritz combinations "
+                         "(default 0.5; 0 = the paper's data)")
+    td.add_argument("--levels", default="3", help="U-Net pooling levels (default 3): 1 = the paper's network; "
+                    "'auto' = weight-shared levels down to --coarsest cells per axis")
+    td.add_argument("--coarsest", type=int, default=8, help="coarsest grid size per axis for --levels auto")
+    td.add_argument("--width", type=int, default=16, help="channels (16 in the paper)")
+    td.add_argument("--no-odd", dest="odd", action="store_false",
+                    help="the paper's network (not antisymmetrised in the residual; see DCDMNet's odd=)")
     td.add_argument("--epochs", type=int, default=10)
     td.add_argument("--batch", type=int, default=16)
     td.add_argument("--lr", type=float, default=1e-3)
@@ -103,12 +114,15 @@ def _train_dcdm(args) -> int:
     if not data.exists():
         print(f"generating {args.geometries} scenes x {args.rhs} right-hand sides on a {shape} grid -> {data}")
         dcdm_data.generate(data, shape=shape, n_geometries=args.geometries, rhs_per_geometry=args.rhs,
-                           lanczos=args.lanczos, seed=args.seed, progress=not args.no_progress)
+                           lanczos=args.lanczos, seed=args.seed, white_fraction=args.white,
+                           progress=not args.no_progress)
     t_data = time.perf_counter() - t0
     ds = open_dataset(data)
     device = backend.resolve_device(args.device) or torch.device("cpu")
     torch.manual_seed(args.seed)
-    net = DCDMNet(dim=args.dim, in_channels=3).to(device)
+    levels = args.levels if args.levels == "auto" else int(args.levels)
+    net = DCDMNet(dim=args.dim, in_channels=3, width=args.width, levels=levels, coarsest=args.coarsest,
+                  odd=args.odd).to(device)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed)
     t1 = time.perf_counter()
     history = train(net, dcdm_loss, ds, out, cfg, progress=not args.no_progress, name=f"dcdm{args.dim}d")
@@ -117,7 +131,7 @@ def _train_dcdm(args) -> int:
     solver = DCDM(net.cpu())
     solver.save(out / "dcdm.pt")
     record = {"command": "krylon " + " ".join(sys.argv[1:]), "grid": list(shape), "geometries": args.geometries,
-              "rhs_per_geometry": args.rhs, "lanczos": args.lanczos, "epochs": args.epochs, "batch": args.batch,
+              "rhs_per_geometry": args.rhs, "lanczos": args.lanczos, "white_fraction": args.white, "network": net.config, "epochs": args.epochs, "batch": args.batch,
               "lr": args.lr, "seed": args.seed, "parameters": net.n_parameters, "final_train_loss": history["train"][-1],
               "final_val_loss": history["val"][-1] if history["val"] else None, "data_seconds": round(t_data, 1),
               "train_seconds": round(t_train, 1), "device": str(device), "threads": torch.get_num_threads()}
@@ -159,11 +173,13 @@ def _solve_poisson(args) -> int:
         b = torch.where(fluid, b - b[fluid].mean(), b)
     opts = dict(rtol=args.rtol, atol=args.atol, maxiter=args.maxiter, progress=args.progress)
     setup_t0 = time.perf_counter()
-    if args.solver == "dcdm":
+    if args.solver in ("dcdm", "fpcg-dcdm"):
         from .solvers import DCDM
 
         dkw = {k: v for k, v in opts.items() if v is not None}
         solver = DCDM.load(args.model, **dkw) if args.model else DCDM.pretrained(f"poisson{len(shape)}d", **dkw)
+        if args.solver == "fpcg-dcdm":  # the network as a preconditioner inside flexible CG
+            solver = CG(M=solver.preconditioner(), flexible=True, **opts)
     elif args.solver == "minres":
         solver = MINRES(**opts)
     elif args.solver == "gmres":
@@ -207,7 +223,8 @@ def _bench(args) -> int:
         elif suite == "dcdm":
             from .bench import dcdm
 
-            dcdm.run(args.size, device=device, out=args.out, peers=not args.no_peers, plot=not args.no_plot)
+            dcdm.run(args.size, device=device, out=args.out, peers=not args.no_peers, plot=not args.no_plot,
+                     models=args.model)
     return 0
 
 

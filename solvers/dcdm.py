@@ -26,9 +26,10 @@ from ..kernels import backend, linalg
 from ..operators import LinearOperator
 from ..operators.stencil import Diffusion, _StencilOperator
 from .krylov import IterativeSolver, _Problem, _Progress, _where
+from .preconditioners import Preconditioner
 from .result import IterationState, Status
 
-__all__ = ["DCDM", "network_inputs", "PRETRAINED"]
+__all__ = ["DCDM", "DCDMPreconditioner", "network_inputs", "PRETRAINED"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "operators" / "learned" / "weights"
 PRETRAINED = {"poisson2d": "dcdm_poisson2d", "poisson3d": "dcdm_poisson3d"}
@@ -69,6 +70,12 @@ class DCDM(IterativeSolver):
         directions; usually a :class:`~krylon.operators.learned.dcdm.DCDMNet`.
     k : int
         Number of previous directions to A-orthogonalise against (2 in the paper).
+    stall_window : int
+        A system whose residual has moved by less than 0.1 % per iteration (``|alpha| ||A q|| < 1e-3 ||r||``)
+        for this many iterations in a row stops with status ``stagnation``: the network's directions have
+        become (nearly) A-dependent on the previous ones, a fixed point the iteration cannot leave (the
+        residual is outside what the network learned).  Use the network as a flexible preconditioner inside CG instead
+        (``CG(M=solver.preconditioner(), flexible=True)``), which always makes progress.
     rtol, atol, maxiter, callback, progress, check_every
         As for the Krylov solvers (``maxiter`` defaults to 100, the paper's budget).
 
@@ -85,14 +92,17 @@ class DCDM(IterativeSolver):
 
     name = "DCDM"
 
-    def __init__(self, model: torch.nn.Module, *, k: int = 2, **kw):
+    def __init__(self, model: torch.nn.Module, *, k: int = 2, stall_window: int = 10, **kw):
         kw.setdefault("maxiter", 100)
         kw.setdefault("differentiable", False)
         super().__init__(**kw)
         if not isinstance(k, int) or k < 0:
             raise ValueError(f"k must be an integer >= 0, got {k!r}")
+        if not isinstance(stall_window, int) or stall_window < 1:
+            raise ValueError(f"stall_window must be a positive integer, got {stall_window!r}")
         self.model = model
         self.options["k"] = k
+        self.options["stall_window"] = stall_window
         cfg = getattr(model, "config", {})
         self.dim = cfg.get("dim")
         self.in_channels = cfg.get("in_channels", 1)
@@ -150,7 +160,10 @@ class DCDM(IterativeSolver):
         """The network's direction for residuals ``r`` (``(B, *grid)``), normalised input, masked to the fluid."""
         nd = A.ndim_in
         rn = linalg.norm(r, nd)
-        x = r / linalg.expand(torch.where(rn == 0, torch.ones_like(rn), rn), nd)
+        # unit RMS over the fluid cells, not unit norm: a network with biases and ReLUs is not scale-equivariant,
+        # so its input must be O(1) per cell whatever the grid size (unit norm would shrink it by sqrt(n))
+        n_fluid = float(math.prod(A.shape_in) if A.obstacles is None else int((~A.obstacles).sum()))
+        x = r * (math.sqrt(max(n_fluid, 1.0)) / linalg.expand(torch.where(rn == 0, torch.ones_like(rn), rn), nd))
         p = next(self.model.parameters(), None)
         mdt = p.dtype if p is not None else x.dtype
         mdev = p.device if p is not None else x.device
@@ -190,6 +203,7 @@ class DCDM(IterativeSolver):
         iterations = torch.zeros(nb, dtype=torch.int64, device=dev)
         history = [rnorm.clone()]
         P, AP, PAP = [], [], []
+        since_best = torch.zeros(nb, dtype=torch.int64, device=dev)
         prog = _Progress(opts["progress"], maxiter, self.name)
         k = 0
         try:
@@ -206,15 +220,21 @@ class DCDM(IterativeSolver):
                     q = torch.nan_to_num(q)
                 Aq = A.matvec(q)
                 n_matvec += 1
+                qAq0 = linalg.dot(q, Aq, nd).real
                 for p, ap, pap in zip(P, AP, PAP):
                     c = linalg.dot(ap, q, nd) / torch.where(pap == 0, torch.ones_like(pap), pap)
                     c = torch.where(pap == 0, torch.zeros_like(c), c)
                     q = q - E(c) * p
                     Aq = Aq - E(c) * ap
                 qAq = linalg.dot(q, Aq, nd).real
-                indef = active & ~(qAq > 0)
+                # q^T A q <= 0 before orthogonalisation: the operator is not positive definite; after it, a
+                # (numerically) vanishing q^T A q means the network's direction lies in the span of the previous
+                # ones -- the iteration cannot move, which is a stall, not indefiniteness
+                indef = active & (qAq0 <= 0) & (q.reshape(nb, -1).abs().amax(dim=1) > 0)
+                dependent = active & ~indef & ~(qAq > 100 * torch.finfo(qAq.dtype).eps * qAq0.abs())
                 status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
-                active = active & ~indef
+                status = _where(dependent, torch.full_like(status, Status.STAGNATION), status)
+                active = active & ~indef & ~dependent
                 alpha = _where(active, linalg.dot(q, r, nd) / torch.where(qAq > 0, qAq, torch.ones_like(qAq)), torch.zeros_like(qAq))
                 x = x + E(alpha) * q
                 r = r - E(alpha) * Aq
@@ -230,6 +250,7 @@ class DCDM(IterativeSolver):
                 if k % opts["check_every"] == 0:
                     r = torch.where(E(active), flat - A.matvec(x), r)
                     n_matvec += 1
+                rnorm_prev = rnorm
                 rnorm = _where(active, linalg.norm(r, nd), rnorm)
                 cand = active & (rnorm <= tolf)
                 if bool(cand.any()):
@@ -241,6 +262,13 @@ class DCDM(IterativeSolver):
                     r = torch.where(E(cand & ~ok), rt, r)
                     rnorm = _where(cand, tn, rnorm)
                     active = active & ~ok
+                # a stall is a fixed point: the residual stops moving (|alpha| ||A q|| tiny next to ||r||) even
+                # though it is far from converged.  (The residual norm itself is not monotone, like CG's.)
+                moved = alpha.abs() * linalg.norm(Aq, nd) > STALL_MOVE * rnorm_prev
+                since_best = torch.where(moved, torch.zeros_like(since_best), since_best + 1)
+                stalled = active & (since_best >= opts["stall_window"])
+                status = _where(stalled, torch.full_like(status, Status.STAGNATION), status)
+                active = active & ~stalled
                 history.append(rnorm.clone())
                 if callback is not None:
                     callback(IterationState(iteration=k, residual_norms=rnorm.reshape(batch).clone(), _x=x.reshape(b.shape)))
@@ -248,8 +276,51 @@ class DCDM(IterativeSolver):
         finally:
             prog.close()
         hist = [h.reshape(batch) for h in history]
-        return self._finish(x.reshape(b.shape), status.reshape(batch), iterations.reshape(batch), hist, n_matvec,
+        res = self._finish(x.reshape(b.shape), status.reshape(batch), iterations.reshape(batch), hist, n_matvec,
                             tol, opts, maxiter, rnorm.reshape(batch))
+        if bool((res.status == Status.STAGNATION).any()):
+            res.reason = res.reason.replace(Status.HINTS[Status.STAGNATION], STALL_HINT)
+        return res
+
+    def preconditioner(self) -> "DCDMPreconditioner":
+        """This solver's network as a preconditioner for ``CG(M=..., flexible=True)``."""
+        return DCDMPreconditioner(self)
+
+
+STALL_MOVE = 1e-3  # relative residual change per iteration below which an iteration counts as stalled
+STALL_HINT = (f"DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
+              f"what the network learned); use CG(M=solver.preconditioner(), flexible=True), which keeps making "
+              f"progress, or retrain the network")
+
+
+class DCDMPreconditioner(Preconditioner):
+    """A DCDM network used as a (nonlinear) preconditioner: ``z = +-f(r / rms(r))`` masked to the fluid.
+
+    The sign is chosen so that ``r^T z > 0`` (the training loss does not fix it).
+
+    The network is not a fixed linear map, so use it with flexible CG, ``CG(M=..., flexible=True)``;
+    its output scale is arbitrary, which (flexible) CG does not mind.  It is set up per operator like the
+    other preconditioners and refuses operators the network does not understand.
+    """
+
+    def __init__(self, solver: "DCDM", A: LinearOperator | None = None):
+        self.solver = solver
+        super().__init__(A)
+
+    def setup(self, A: LinearOperator) -> "DCDMPreconditioner":
+        self.solver._check_operator(A)
+        self.A = A
+        return self
+
+    def __call__(self, r: torch.Tensor) -> torch.Tensor:
+        A = self.A
+        nd = A.ndim_in
+        flat = r.reshape((-1,) + tuple(A.shape_in))
+        z = self.solver.direction(A, flat)
+        # the DCDM loss is invariant to the sign of q, so a network may have learned -A^{-1}: orient each
+        # direction so that r^T z > 0, as a preconditioner's output must be
+        sign = torch.sign(linalg.dot(flat, z, nd).real)
+        return (z * linalg.expand(torch.where(sign == 0, torch.ones_like(sign), sign), nd)).reshape(r.shape)
 
 
 # ----------------------------------------------------------------------------- training
@@ -275,6 +346,8 @@ def batch_weights(fluid: torch.Tensor, bc_dirichlet: torch.Tensor, dtype=torch.f
 def dcdm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Scale-invariant DCDM loss: ``mean_i || b_i - A_i q_i (q_i^T b_i)/(q_i^T A_i q_i) ||^2`` with ``q_i = f(b_i)``.
 
+    The network sees ``b_i`` scaled to unit RMS over the fluid cells, exactly as :meth:`DCDM.direction` feeds it.
+
     ``batch`` holds ``b`` (unit-norm right-hand sides), ``fluid`` and ``dirichlet`` masks and ``bc_dirichlet``.
     """
     from ..kernels import stencil as st
@@ -282,11 +355,12 @@ def dcdm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     b, fluid, dirichlet = batch["b"], batch["fluid"].bool(), batch["dirichlet"].bool()
     nd = b.dim() - 1
     dt = next(model.parameters()).dtype
-    chans = [b.to(dt), fluid.to(dt), dirichlet.to(dt)][: model.config["in_channels"]]
+    dims = tuple(range(1, nd + 1))
+    rms_scale = fluid.to(dt).sum(dims).clamp_min(1).sqrt().reshape((-1,) + (1,) * nd)  # unit-norm b -> unit RMS input
+    chans = [b.to(dt) * rms_scale, fluid.to(dt), dirichlet.to(dt)][: model.config["in_channels"]]
     q = model(torch.stack(chans, dim=1))[:, 0] * fluid.to(dt)
     W = batch_weights(fluid, batch["bc_dirichlet"], dtype=dt)
     Aq = st.apply_weights(q, W) * fluid.to(dt)
-    dims = tuple(range(1, nd + 1))
     qb = (q * b).sum(dims)
     qAq = (q * Aq).sum(dims).clamp_min(torch.finfo(dt).tiny)
     res = b - Aq * (qb / qAq).reshape((-1,) + (1,) * nd)

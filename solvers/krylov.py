@@ -291,6 +291,11 @@ class CG(IterativeSolver):
         unless ``strict=True``.
     strict : bool
         Refuse operators not tagged symmetric (``ValueError``) up front.
+    flexible : bool
+        Flexible CG (Notay 2000): ``beta = z_new^H (r_new - r_old) / z_old^H r_old`` (Polak--Ribiere) instead
+        of ``z_new^H r_new / z_old^H r_old``, so that a preconditioner that changes from one iteration to the
+        next -- a neural network, an inner iterative solve -- does not destroy convergence.  Costs one vector
+        copy and one inner product per iteration; identical to plain PCG for a fixed linear ``M``.
 
     Examples
     --------
@@ -306,9 +311,10 @@ class CG(IterativeSolver):
 
     name = "CG"
 
-    def __init__(self, *, strict: bool = False, **kw):
+    def __init__(self, *, strict: bool = False, flexible: bool = False, **kw):
         super().__init__(**kw)
         self.options["strict"] = strict
+        self.options["flexible"] = bool(flexible)
 
     def _run(self, prob: _Problem, opts: dict) -> SolveResult:
         A, b, maxiter, sync_every, bnorm, tol = self._setup(prob, opts)
@@ -348,6 +354,8 @@ class CG(IterativeSolver):
         rz = linalg.dot(r, z, nd).real if M is not None else rnorm ** 2
         p = z.clone()
         Ap = torch.empty_like(p)  # reused every iteration: no allocation in the hot loop
+        flexible = bool(opts.get("flexible")) and M is not None
+        r_old = torch.empty_like(r) if flexible else None
         fail_count = torch.zeros(batch, dtype=torch.int64, device=dev)
         best_true = torch.full(batch, float("inf"), dtype=rnorm.dtype, device=dev)
         prog = _Progress(opts["progress"], maxiter, self.name)
@@ -373,6 +381,8 @@ class CG(IterativeSolver):
                 Ap = A.matvec(p, out=Ap)
                 n_matvec += 1
                 pAp = linalg.dot(p, Ap, nd).real
+                if flexible:
+                    r_old.copy_(r)
                 updated = False
                 if fast and not bool((pAp > 0).all()):
                     fast = False
@@ -399,7 +409,8 @@ class CG(IterativeSolver):
                         if M is None or bool((rz_new > 0).all()):
                             rnorm = rnorm_fast
                             history.append(rnorm)
-                            linalg.xpby_(p, z, rz_new / rz, nd)
+                            num = rz_new - linalg.dot(r_old, z, nd).real if flexible else rz_new
+                            linalg.xpby_(p, z, num / rz, nd)
                             rz = rz_new
                             if callback is not None:
                                 callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))
@@ -466,7 +477,8 @@ class CG(IterativeSolver):
                     active = active & ~badM
                 else:
                     z, rz_new = r, rr
-                beta = _where(active & (rz != 0), rz_new / _where(rz == 0, torch.ones_like(rz), rz), torch.zeros_like(rz))
+                num = rz_new - linalg.dot(r_old, z, nd).real if flexible else rz_new
+                beta = _where(active & (rz != 0), num / _where(rz == 0, torch.ones_like(rz), rz), torch.zeros_like(rz))
                 # p = z + beta p in place; frozen systems have alpha = 0, so p's value does not matter for them
                 linalg.xpby_(p, z, beta, nd)
                 rz = _where(active, rz_new, rz)

@@ -186,3 +186,147 @@ def test_tiny_training_reduces_loss_and_helps_the_iteration(tmp_path):
                   log=lambda s: None, name="t")
     assert len(hist2["train"]) == 4 and hist2["train"][:3] == hist["train"]
     assert (tmp_path / "run" / "losses.png").exists()
+
+
+# ----------------------------------------------------------------------------- network options
+@pytest.mark.parametrize("dim, shape", [(2, (37, 20)), (3, (10, 9, 12))])
+@pytest.mark.parametrize("levels", [1, 3, "auto"])
+def test_odd_network_is_exactly_odd_in_the_residual(dim, shape, levels):
+    torch.manual_seed(0)
+    net = DCDMNet(dim=dim, levels=levels, odd=True, coarsest=4).double()
+    x = torch.randn((2, 3) + shape, dtype=torch.float64)
+    neg = torch.cat([-x[:, :1], x[:, 1:]], dim=1)
+    y = net(x)
+    assert y.shape == (2, 1) + shape
+    torch.testing.assert_close(net(neg), -y, rtol=0, atol=1e-12)
+    zero = torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:]], dim=1)
+    assert float(net(zero).detach().abs().max()) == 0.0  # no r-independent output: the stall's cause is gone
+
+
+def test_auto_levels_follow_the_grid_and_share_weights():
+    net = DCDMNet(dim=2, levels="auto", coarsest=8)
+    assert [net.n_levels((n, n)) for n in (8, 16, 64, 1024)] == [1, 1, 3, 7]
+    assert net.n_levels((64, 1024)) == 3  # the smallest axis decides
+    # one set of coarse-level weights whatever the depth: the parameter count does not depend on the grid
+    n1 = net.n_parameters
+    net(torch.randn(1, 3, 128, 128))
+    assert net.n_parameters == n1
+    assert DCDMNet(dim=2, levels=3).n_parameters > DCDMNet(dim=2, levels=1).n_parameters
+    with pytest.raises(ValueError, match="levels"):
+        DCDMNet(dim=2, levels=0)
+    with pytest.raises(ValueError, match="input channels"):
+        DCDMNet(dim=2, in_channels=3)(torch.randn(1, 2, 8, 8))
+
+
+class _Recorder(torch.nn.Module):
+    """Identity on the residual channel; records what the network was fed."""
+
+    def __init__(self, dim=2):
+        super().__init__()
+        self.config = {"dim": dim, "in_channels": 3}
+        self.w = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return x[:, :1] * self.w
+
+
+def test_network_input_is_unit_rms_over_the_fluid_on_any_grid():
+    for n in (16, 64):
+        mask = torch.zeros(n, n, dtype=torch.bool)
+        mask[: n // 4, : n // 4] = True
+        A = Laplacian((n, n), obstacles=mask)
+        rec = _Recorder()
+        s = DCDM(rec)
+        r = 123.0 * torch.randn(2, n, n, dtype=torch.float64) * (~mask)
+        s.direction(A, r)
+        x = rec.seen[-1][:, 0]
+        rms = (x.pow(2).sum(dim=(1, 2)) / (~mask).sum()).sqrt()
+        torch.testing.assert_close(rms, torch.ones(2, dtype=torch.float64))
+
+
+def test_identity_network_reproduces_cg():
+    # q = r A-orthogonalised against the previous direction is exactly CG's direction
+    from krylon.solvers import CG
+
+    mask, bc = dcdm_data.scene((24, 24), 3, 1, max_obstacles=3)
+    A = Laplacian((24, 24), bc=bc, obstacles=mask)
+    b = torch.randn(24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (~mask)
+    ref = CG(rtol=1e-8).solve(A, b)
+    res = DCDM(_Recorder(), k=1, rtol=1e-8, maxiter=1000).solve(A, b)
+    assert bool(res.converged)
+    assert abs(int(res.iterations) - int(ref.iterations)) <= 2
+
+
+class _Stuck(torch.nn.Module):
+    """Ignores the residual: always the same smooth field (what an undertrained network drifts to)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"dim": 2, "in_channels": 3}
+        self.w = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x):
+        n = x.shape[-1]
+        s = torch.sin(torch.linspace(0, 3.14159, n, dtype=x.dtype))
+        return (s[:, None] * s[None, :] * self.w).expand(x.shape[0], 1, *x.shape[2:]).clone()
+
+
+def test_stalled_network_stops_with_a_reason_not_maxiter():
+    A = Laplacian((16, 16))
+    b = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    res = DCDM(_Stuck(), rtol=1e-8, maxiter=500, stall_window=10).solve(A, b)
+    assert not bool(res.converged)
+    assert int(res.status) == 4  # stagnation
+    assert int(res.iterations) < 30
+    assert "preconditioner" in res.reason and "stalled" in res.reason
+    with pytest.raises(ValueError, match="stall_window"):
+        DCDM(_Stuck(), stall_window=0)
+
+
+def test_network_as_flexible_preconditioner():
+    from krylon.solvers import CG
+
+    mask, bc = dcdm_data.scene((20, 20), 4, 2, max_obstacles=3)
+    A = Laplacian((20, 20), bc=bc, obstacles=mask)
+    b = torch.randn(20, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * (~mask)
+    x_ref = torch.linalg.solve(torch.from_numpy(A.to_scipy().toarray()), b.reshape(-1)).reshape(20, 20)
+    # a perfect network: flexible PCG converges in one iteration
+    perfect = DCDM(InverseNet(A)).preconditioner()
+    res = CG(M=perfect, flexible=True, rtol=1e-10).solve(A, b)
+    assert bool(res.converged) and int(res.iterations) == 1
+    torch.testing.assert_close(res.x, x_ref, rtol=1e-8, atol=1e-8)
+    # the preconditioner refuses operators its network cannot read
+    with pytest.raises(ValueError, match="2-D"):
+        CG(M=perfect, flexible=True).solve(Laplacian((4, 4, 4)), torch.ones(4, 4, 4, dtype=torch.float64))
+
+
+def test_flexible_cg_matches_pcg_for_a_fixed_preconditioner_and_survives_a_varying_one():
+    import scipy.sparse.linalg as spla
+
+    from krylon.solvers import CG, Jacobi
+
+    torch.manual_seed(0)
+    n = 30
+    coef = torch.exp(torch.randn(n, n, dtype=torch.float64))
+    A = Diffusion(coef)
+    b = torch.randn(n, n, dtype=torch.float64)
+    x_ref = torch.from_numpy(spla.spsolve(A.to_scipy().tocsc(), b.reshape(-1).numpy())).reshape(n, n)
+    plain = CG(M=Jacobi(), rtol=1e-10).solve(A, b)
+    flex = CG(M=Jacobi(), flexible=True, rtol=1e-10).solve(A, b)
+    assert bool(flex.converged) and abs(int(flex.iterations) - int(plain.iterations)) <= 2
+    torch.testing.assert_close(flex.x, x_ref, rtol=1e-7, atol=1e-7)
+
+    # a preconditioner that changes every call (Notay's test): Jacobi with random factors in [0.5, 1.5]
+    d = A.diagonal()
+    g = torch.Generator().manual_seed(5)
+
+    def varying(r):
+        return r / d * (0.5 + torch.rand(r.shape, generator=g, dtype=r.dtype))
+
+    flex = CG(M=varying, flexible=True, rtol=1e-9, maxiter=1500).solve(A, b)
+    assert bool(flex.converged)
+    torch.testing.assert_close(flex.x, x_ref, rtol=1e-6, atol=1e-6)
+    rigid = CG(M=varying, rtol=1e-9, maxiter=1500).solve(A, b)
+    assert not bool(rigid.converged)  # plain PCG loses conjugacy and crawls

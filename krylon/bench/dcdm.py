@@ -2,7 +2,8 @@
 
 For each grid size a Poisson problem with random obstacles (seeds never used in
 training), Dirichlet walls and a random right-hand side is solved to relative
-tolerances 1e-4 and 1e-6.  Reported: iterations and wall time per solver, and a
+tolerances 1e-4 and 1e-6.  "DCDM" is the paper's iteration; "DCDM-FPCG" uses the
+same network as the preconditioner of flexible CG.  Reported: iterations and wall time per solver, and a
 plot of iterations versus unknowns (size independence is the claim under test).
 """
 
@@ -37,29 +38,40 @@ def _scene(dim, n, device, dtype):
 
 
 def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", peers=True, plot=True,
-        maxiter_dcdm=300) -> dict:
+        maxiter_dcdm=300, models=None) -> dict:
+    """Run the suite; ``models``: checkpoint paths to use instead of the shipped ones (their ``dim`` decides)."""
     import numpy as np
     import torch
 
     from ..solvers import CG, DCDM, IC0, Jacobi
+    from ..solvers.result import Status
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    models_given = models
     out = Path(out)
     results = {"suite": "dcdm", "size": size, "machine": machine_info(device), "rows": []}
     models = {}
+    for path in models_given or []:
+        m = DCDM.load(path)
+        models[m.dim] = m
     for dim in (2, 3):
+        if dim in models:
+            continue
         try:
             models[dim] = DCDM.pretrained(f"poisson{dim}d")
         except FileNotFoundError:
             print(f"(no shipped {dim}-D DCDM model: {dim}-D rows skipped)")
+    results["models"] = {str(d): getattr(m.model, "config", {}) for d, m in models.items()}
     for dim in (2, 3):
         for n in SIZES[size][dim]:
             if dim not in models:
                 continue
             A, b = _scene(dim, n, device, torch.float64)
             N = math.prod(A.shape_in)
-            solvers = [("DCDM", models[dim]), ("CG", CG(maxiter=50 * n)), ("Jacobi-PCG", CG(M=Jacobi(A), maxiter=50 * n))]
+            solvers = [("DCDM", models[dim]),
+                       ("DCDM-FPCG", CG(M=models[dim].preconditioner(), flexible=True, maxiter=maxiter_dcdm)),
+                       ("CG", CG(maxiter=50 * n)), ("Jacobi-PCG", CG(M=Jacobi(A), maxiter=50 * n))]
             if N <= 2_100_000:
                 solvers.append(("IC0-PCG", CG(M=IC0(A), maxiter=20 * n)))
             if peers:
@@ -81,11 +93,11 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                     rel = float(torch.linalg.vector_norm(b - A @ res.x) / torch.linalg.vector_norm(b))
                     row = {"grid": "x".join([str(n)] * dim), "unknowns": N, "rtol": rtol, "solver": name,
                            "iterations": int(res.iterations), "time_s": t, "true_rel_res": rel,
-                           "converged": bool(res.converged)}
+                           "converged": bool(res.converged), "status": Status.NAMES[int(res.status)]}
                     results["rows"].append(row)
-                    print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:10s} {row['iterations']:6d} it  {t:8.2f} s  rel.res {rel:.1e}", flush=True)
+                    print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:10s} {row['iterations']:6d} it  {t:8.2f} s  rel.res {rel:.1e}  {row['status']}", flush=True)
     if results["rows"]:
-        print_table(results["rows"], ["grid", "rtol", "solver", "iterations", "time_s", "true_rel_res", "converged"],
+        print_table(results["rows"], ["grid", "rtol", "solver", "iterations", "time_s", "true_rel_res", "status"],
                     title=f"\n== DCDM vs Krylov on unseen obstacle scenes (device {device}, torch threads {torch.get_num_threads()}) ==")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dcdm.json", results)
