@@ -134,24 +134,29 @@ def test_bad_operators():
         s.solve(aslinearoperator(torch.eye(4, dtype=torch.float64), tags=("symmetric",)), torch.ones(4, dtype=torch.float64))
 
 
-def test_data_generation_resumes_identically(tmp_path):
-    kw = dict(shape=(10, 10), n_geometries=2, rhs_per_geometry=3, lanczos=30, seed=4)
+def test_data_generation_resumes_identically(tmp_path, monkeypatch):
+    kw = dict(shape=(10, 10), n_geometries=2, rhs_per_geometry=3, lanczos=30, seed=4, white_fraction=0.34)
     full = dcdm_data.generate(tmp_path / "a.h5", **kw)
-    # interrupted run: write 4 samples, crash, resume
+    ref = open_dataset(full)
+    # interrupted run: the 5th write raises (mid-geometry), then the same call resumes
     from krylon.datasets import DatasetWriter
 
+    real_write, calls = DatasetWriter.write, []
+
+    def crashing_write(self, i, sample):
+        calls.append(i)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_write(self, i, sample)
+
     path = tmp_path / "b.h5"
-    ref = open_dataset(full)
-    fields = {"b": ((10, 10), "float32"), "fluid": ((10, 10), "bool"), "dirichlet": ((10, 10), "bool"),
-              "bc_dirichlet": ((4,), "bool")}
-    params = {"shape": [10, 10], "n_geometries": 2, "rhs_per_geometry": 3, "lanczos": 30, "max_obstacles": 8,
-              "low_fraction": 0.5, "low_weight": 9.0}
-    w = DatasetWriter(path, 6, fields, generator=dcdm_data.GENERATOR, parameters=params, seed=4)
-    for i in range(4):
-        w.write(i, {k: v.numpy() for k, v in ref[i].items()})
-    w.f.close()
-    w.f = None
+    monkeypatch.setattr(DatasetWriter, "write", crashing_write)
+    with pytest.raises(KeyboardInterrupt):
+        dcdm_data.generate(path, **kw)
+    assert not path.exists() and calls == [0, 1, 2, 3, 4]
+    calls.clear()
     dcdm_data.generate(path, **kw)
+    assert calls == [4, 5]  # finished samples are not generated again
     got = open_dataset(path)
     for i in range(6):
         for k in ("b", "fluid", "dirichlet", "bc_dirichlet"):
