@@ -81,6 +81,33 @@ def ritz_rhs(vectors: torch.Tensor, count: int, *, generator=None, low_fraction:
     return (flat / flat.norm(dim=1, keepdim=True)).reshape(b.shape)
 
 
+def smooth_rhs(count: int, shape, *, generator=None, slopes=(1.0, 5.0), offset_probability: float = 0.5,
+               dtype=torch.float64) -> torch.Tensor:
+    """``count`` unit-norm random fields with power-law spectra, some on top of a constant offset.
+
+    Each field is white noise filtered by ``(1 + |k|^2)^(-s/2)`` (``k``: integer wavenumbers of the periodic
+    box over the grid) with a slope ``s`` uniform in ``slopes`` -- from rough (``s ~ 1``) to very smooth
+    (``s = 5``); with probability ``offset_probability`` a constant of random size (N(0, 2^2) times the
+    field's RMS) is added.  These cover what Ritz combinations of a few hundred Lanczos vectors leave out:
+    residuals whose energy sits in the few lowest modes with coherent signs (a constant source, a
+    smooth divergence field) -- inputs a network that only saw Ritz data answers with a near-useless direction.
+    """
+    from ..kernels import fft
+
+    shape = tuple(int(n) for n in shape)
+    k2 = sum(k ** 2 for k in fft.wavenumber_grid(shape, [float(n) for n in shape], real=True, dtype=dtype))
+    s = slopes[0] + (slopes[1] - slopes[0]) * torch.rand(count, generator=generator, dtype=dtype)
+    filt = (1.0 + k2)[None] ** (-s.reshape((-1,) + (1,) * len(shape)) / 2)
+    white = torch.randn((count,) + shape, generator=generator, dtype=dtype)
+    dims = tuple(range(1, len(shape) + 1))
+    u = torch.fft.irfftn(torch.fft.rfftn(white, dim=dims) * filt, s=shape, dim=dims)
+    u = u - u.mean(dim=dims, keepdim=True)
+    rms = u.pow(2).mean(dim=dims, keepdim=True).sqrt()
+    use = (torch.rand(count, generator=generator, dtype=dtype) < offset_probability).to(dtype)
+    c = 2.0 * torch.randn(count, generator=generator, dtype=dtype) * use
+    return u + c.reshape((-1,) + (1,) * len(shape)) * rms
+
+
 def dirichlet_marker(shape, bc) -> torch.Tensor:
     """1 on cells next to a Dirichlet boundary face, else 0 (tells the network where the solution is pinned)."""
     sides = st.parse_bc(bc, len(shape))
@@ -111,14 +138,18 @@ def scene(shape, seed: int, index: int, *, max_obstacles: int = 8, bc_choices=("
 
 
 def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: int = 16, lanczos: int = 200,
-             seed: int = 0, max_obstacles: int = 8, white_fraction: float = 0.0, progress: bool = False):
+             seed: int = 0, max_obstacles: int = 8, white_fraction: float = 0.0, smooth_fraction: float = 0.0,
+             progress: bool = False):
     """Generate (or resume) a DCDM training set at ``path``.
 
     ``white_fraction`` of each scene's right-hand sides are white noise on the fluid cells instead of Ritz
     combinations (0 = the paper's data).  The Ritz vectors of ``lanczos`` steps span a small Krylov
     subspace, and the 9x low-mode weighting leaves ~1 % of the energy to the upper half of the spectrum;
     the residuals a DCDM or flexible-PCG iteration feeds the network after its first steps are mostly
-    high-frequency, which such data never shows.
+    high-frequency, which such data never shows.  ``smooth_fraction`` of them (taken after the white ones) are
+    random smooth fields with power-law spectra, some with a constant offset (:func:`smooth_rhs`): Ritz
+    combinations give every low mode a random sign, so a network trained on them alone fails on a coherent
+    smooth source such as a constant.  The rest are Ritz combinations.
 
     Fields: ``b`` (unit-norm right-hand sides), ``fluid`` (mask), ``dirichlet`` (marker of cells next to a
     Dirichlet face, a network input), ``bc_dirichlet`` (per side, low/high of each axis: Dirichlet or Neumann).
@@ -130,8 +161,13 @@ def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: 
     params = {"shape": list(shape), "n_geometries": n_geometries, "rhs_per_geometry": rhs_per_geometry,
               "lanczos": lanczos, "max_obstacles": max_obstacles, "low_fraction": 0.5, "low_weight": 9.0,
               "white_fraction": float(white_fraction)}
-    if not 0.0 <= white_fraction <= 1.0:
-        raise ValueError(f"white_fraction must be in [0, 1], got {white_fraction}")
+    if smooth_fraction:  # recorded only when used, so data sets written before it existed still resume
+        params["smooth_fraction"] = float(smooth_fraction)
+    for name, v in (("white_fraction", white_fraction), ("smooth_fraction", smooth_fraction)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {v}")
+    if white_fraction + smooth_fraction > 1.0 + 1e-12:
+        raise ValueError(f"white_fraction + smooth_fraction must be <= 1, got {white_fraction} + {smooth_fraction}")
     with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed) as w:
         start_geo = w.n_written // rhs_per_geometry
         bar = None
@@ -148,9 +184,14 @@ def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: 
                                       generator=g, mask=fluid.double())
             rhs = ritz_rhs(vecs * fluid, rhs_per_geometry, generator=g)
             n_white = int(round(white_fraction * rhs_per_geometry))
+            n_smooth = min(int(round(smooth_fraction * rhs_per_geometry)), rhs_per_geometry - n_white)
+            unit = lambda z: z / z.reshape(len(z), -1).norm(dim=1).clamp_min(1e-300).reshape((-1,) + (1,) * len(shape))  # noqa: E731
             if n_white:
                 z = torch.randn((n_white,) + shape, generator=g, dtype=rhs.dtype) * fluid
-                rhs[rhs_per_geometry - n_white:] = z / z.reshape(n_white, -1).norm(dim=1).reshape((-1,) + (1,) * len(shape))
+                rhs[rhs_per_geometry - n_white:] = unit(z)
+            if n_smooth:
+                z = smooth_rhs(n_smooth, shape, generator=g, dtype=rhs.dtype) * fluid
+                rhs[rhs_per_geometry - n_white - n_smooth: rhs_per_geometry - n_white] = unit(z)
             marker = dirichlet_marker(shape, bc).bool() & fluid
             sides = np.array([side == "dirichlet" for pair in st.parse_bc(bc, len(shape)) for side in pair])
             for j in range(rhs_per_geometry):

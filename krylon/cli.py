@@ -70,9 +70,15 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--geometries", type=int, default=64, help="random scenes")
     td.add_argument("--rhs", type=int, default=16, help="right-hand sides per scene")
     td.add_argument("--lanczos", type=int, default=200, help="Lanczos vectors per scene")
-    td.add_argument("--white", type=float, default=0.5,
+    td.add_argument("--white", type=float, default=0.25,
                     help="fraction of right-hand sides that are white noise instead of Ritz combinations "
-                         "(default 0.5; 0 = the paper's data)")
+                         "(default 0.25; 0 with --smooth 0 = the paper's data)")
+    td.add_argument("--smooth", type=float, default=0.5,
+                    help="fraction of right-hand sides that are random smooth fields (power-law spectra, some "
+                         "with a constant offset) instead of Ritz combinations (default 0.5)")
+    td.add_argument("--init", default=None,
+                    help="start from the weights of this DCDM model (a dcdm.pt of the same network configuration): "
+                         "fine-tuning on new data")
     td.add_argument("--levels", default="3", help="U-Net pooling levels (default 3): 1 = the paper's network; "
                     "'auto' = weight-shared levels down to --coarsest cells per axis")
     td.add_argument("--coarsest", type=int, default=8, help="coarsest grid size per axis for --levels auto")
@@ -115,6 +121,7 @@ def _train_dcdm(args) -> int:
         print(f"generating {args.geometries} scenes x {args.rhs} right-hand sides on a {shape} grid -> {data}")
         dcdm_data.generate(data, shape=shape, n_geometries=args.geometries, rhs_per_geometry=args.rhs,
                            lanczos=args.lanczos, seed=args.seed, white_fraction=args.white,
+                           smooth_fraction=args.smooth,
                            progress=not args.no_progress)
     t_data = time.perf_counter() - t0
     ds = open_dataset(data)
@@ -123,6 +130,11 @@ def _train_dcdm(args) -> int:
     levels = args.levels if args.levels == "auto" else int(args.levels)
     net = DCDMNet(dim=args.dim, in_channels=3, width=args.width, levels=levels, coarsest=args.coarsest,
                   odd=args.odd).to(device)
+    if args.init and not (out / "checkpoint.pt").exists():  # a resumed run continues from its own checkpoint
+        init = DCDM.load(args.init).model
+        if init.config != net.config:
+            raise SystemExit(f"krylon: --init model {args.init} has network {init.config}, this run builds {net.config}")
+        net.load_state_dict(init.state_dict())
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed)
     t1 = time.perf_counter()
     history = train(net, dcdm_loss, ds, out, cfg, progress=not args.no_progress, name=f"dcdm{args.dim}d")
@@ -131,7 +143,8 @@ def _train_dcdm(args) -> int:
     solver = DCDM(net.cpu())
     solver.save(out / "dcdm.pt")
     record = {"command": "krylon " + " ".join(sys.argv[1:]), "grid": list(shape), "geometries": args.geometries,
-              "rhs_per_geometry": args.rhs, "lanczos": args.lanczos, "white_fraction": args.white, "network": net.config, "epochs": args.epochs, "batch": args.batch,
+              "rhs_per_geometry": args.rhs, "lanczos": args.lanczos, "white_fraction": args.white,
+              "smooth_fraction": args.smooth, "init": args.init, "network": net.config, "epochs": args.epochs, "batch": args.batch,
               "lr": args.lr, "seed": args.seed, "parameters": net.n_parameters, "final_train_loss": history["train"][-1],
               "final_val_loss": history["val"][-1] if history["val"] else None, "data_seconds": round(t_data, 1),
               "train_seconds": round(t_train, 1), "device": str(device), "threads": torch.get_num_threads()}

@@ -54,3 +54,24 @@ def test_bench_krylov_writes_json_and_png(tmp_path):
             assert row["converged"] and row["true_rel_res"] <= 1e-8
     assert (tmp_path / "krylov_convergence.png").stat().st_size > 1000
     assert "batched CG" in p.stdout
+
+
+def test_train_dcdm_end_to_end_resume_and_fine_tune(tmp_path):
+    out = tmp_path / "run"
+    args = ("train", "dcdm", "--grid", "8", "--geometries", "3", "--rhs", "4", "--lanczos", "20", "--levels", "1",
+            "--width", "4", "--batch", "4", "--threads", "1", "--no-progress")
+    p = run(*args, "--epochs", "1", "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    rec = json.loads((out / "training.json").read_text())
+    assert rec["smooth_fraction"] == 0.5 and rec["white_fraction"] == 0.25 and rec["network"]["width"] == 4
+    # a second call with more epochs resumes from the checkpoint instead of starting again
+    p = run(*args, "--epochs", "2", "--out", str(out))
+    assert p.returncode == 0, p.stdout + p.stderr
+    hist = json.loads((out / "history.json").read_text())
+    assert len(hist["train"]) == 2
+    # fine-tuning: --init must name a model with the same network
+    p = run(*args, "--epochs", "1", "--out", str(tmp_path / "ft"), "--init", str(out / "dcdm.pt"))
+    assert p.returncode == 0, p.stdout + p.stderr
+    wider = tuple("8" if a == "4" and args[i - 1] == "--width" else a for i, a in enumerate(args))
+    p = run(*wider, "--epochs", "1", "--out", str(tmp_path / "bad"), "--init", str(out / "dcdm.pt"))
+    assert p.returncode != 0 and "--init model" in p.stderr

@@ -335,3 +335,30 @@ def test_flexible_cg_matches_pcg_for_a_fixed_preconditioner_and_survives_a_varyi
     torch.testing.assert_close(flex.x, x_ref, rtol=1e-6, atol=1e-6)
     rigid = CG(M=varying, rtol=1e-9, maxiter=1500).solve(A, b)
     assert not bool(rigid.converged)  # plain PCG loses conjugacy and crawls
+
+
+def test_smooth_training_fields_are_smooth_and_mixed_in_as_asked(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    u = dcdm_data.smooth_rhs(64, (32, 32), generator=g, slopes=(3.0, 3.0), offset_probability=0.0)
+    spec = np.abs(np.fft.fft2(u.numpy())) ** 2
+    k = np.abs(np.fft.fftfreq(32, 1 / 32))
+    low = (k[:, None] <= 4) & (k[None, :] <= 4)
+    frac = spec[:, low].sum() / spec.sum()
+    assert frac > 0.6  # white noise would put (9*9)/(32*32) ~ 8 % there
+    np.testing.assert_allclose(u.mean(dim=(1, 2)).numpy(), 0, atol=1e-12)  # no offset asked for
+    v = dcdm_data.smooth_rhs(200, (16, 16), generator=g, offset_probability=1.0)
+    assert float((v.mean(dim=(1, 2)).abs() > 0.2 * v.std(dim=(1, 2))).float().mean()) > 0.7
+    with pytest.raises(ValueError, match="<= 1"):
+        dcdm_data.generate(tmp_path / "x.h5", shape=(8, 8), n_geometries=1, rhs_per_geometry=4, white_fraction=0.6,
+                           smooth_fraction=0.6)
+    path = dcdm_data.generate(tmp_path / "m.h5", shape=(16, 16), n_geometries=1, rhs_per_geometry=8, lanczos=40,
+                              white_fraction=0.25, smooth_fraction=0.5, seed=1)
+    ds = open_dataset(path)
+    b = ds[0:8]["b"].double()
+    torch.testing.assert_close(b.reshape(8, -1).norm(dim=1), torch.ones(8, dtype=torch.float64), rtol=1e-5, atol=0)
+    # layout: Ritz (2), smooth (4), white (2); smooth ones are much smoother than white ones
+    f = ds[0]["fluid"]
+    both = f[:, 1:] & f[:, :-1]  # differences between fluid neighbours (the mask itself cuts the fields)
+    rough = lambda t: float(((t[:, 1:] - t[:, :-1])[both] ** 2).sum() / (t ** 2).sum())  # noqa: E731
+    smooth, white = [rough(b[i]) for i in range(2, 6)], [rough(b[i]) for i in range(6, 8)]
+    assert sum(smooth) / 4 < sum(white) / 2 / 3 and max(smooth) < min(white)
