@@ -70,6 +70,14 @@ class DCDM(IterativeSolver):
         directions; usually a :class:`~krylon.operators.learned.dcdm.DCDMNet`.
     k : int
         Number of previous directions to A-orthogonalise against (2 in the paper).
+    augment : bool
+        Also search along the residual each iteration (krylon's addition; off = the paper's method): the
+        network's direction ``q`` and the residual ``r``, both A-orthogonalised against the stored directions
+        and ``r`` against ``q``, give two exact line minimisations per iteration (one more matvec, no extra
+        network pass).  With the residual in the search space every iteration is at least a
+        steepest-descent step with momentum (with the network off it is CG), so components of the error the
+        network does not see -- typically the smoothest ones on grids larger than the training grid -- are
+        still reduced instead of stalling the iteration.
     stall_window : int
         A system whose residual has moved by less than 0.1 % per iteration (``|alpha| ||A q|| < 1e-3 ||r||``)
         for this many iterations in a row stops with status ``stagnation``: the network's directions have
@@ -92,7 +100,7 @@ class DCDM(IterativeSolver):
 
     name = "DCDM"
 
-    def __init__(self, model: torch.nn.Module, *, k: int = 2, stall_window: int = 10, **kw):
+    def __init__(self, model: torch.nn.Module, *, k: int = 2, augment: bool = False, stall_window: int = 10, **kw):
         kw.setdefault("maxiter", 100)
         kw.setdefault("differentiable", False)
         super().__init__(**kw)
@@ -102,6 +110,7 @@ class DCDM(IterativeSolver):
             raise ValueError(f"stall_window must be a positive integer, got {stall_window!r}")
         self.model = model
         self.options["k"] = k
+        self.options["augment"] = bool(augment)
         self.options["stall_window"] = stall_window
         cfg = getattr(model, "config", {})
         self.dim = cfg.get("dim")
@@ -221,32 +230,46 @@ class DCDM(IterativeSolver):
                 Aq = A.matvec(q)
                 n_matvec += 1
                 qAq0 = linalg.dot(q, Aq, nd).real
-                for p, ap, pap in zip(P, AP, PAP):
-                    c = linalg.dot(ap, q, nd) / torch.where(pap == 0, torch.ones_like(pap), pap)
-                    c = torch.where(pap == 0, torch.zeros_like(c), c)
-                    q = q - E(c) * p
-                    Aq = Aq - E(c) * ap
-                qAq = linalg.dot(q, Aq, nd).real
+                q, Aq, qAq = self._orthogonalise(q, Aq, P, AP, PAP, nd)
                 # q^T A q <= 0 before orthogonalisation: the operator is not positive definite; after it, a
                 # (numerically) vanishing q^T A q means the network's direction lies in the span of the previous
                 # ones -- the iteration cannot move, which is a stall, not indefiniteness
                 indef = active & (qAq0 <= 0) & (q.reshape(nb, -1).abs().amax(dim=1) > 0)
-                dependent = active & ~indef & ~(qAq > 100 * torch.finfo(qAq.dtype).eps * qAq0.abs())
+                # what is left after projecting out a direction that lies in the span is rounding noise of relative
+                # size ~eps * cond; anything below sqrt(eps) of the original energy norm counts as dependent
+                dep_tol = torch.finfo(qAq.dtype).eps ** 0.5
+                dependent = active & ~indef & ~(qAq > dep_tol * qAq0.abs())
+                new_dirs = [(q, Aq, qAq, dependent)]
+                if opts["augment"]:  # the residual as a second direction, A-orthogonal to the stored ones and to q
+                    s_ = r.clone()
+                    As = A.matvec(s_)
+                    n_matvec += 1
+                    sAs0 = linalg.dot(s_, As, nd).real
+                    indef = indef | (active & (sAs0 <= 0) & (rnorm > 0))
+                    qk = E(~dependent)  # a dependent q is rounding noise: keep it out of the orthogonalisation
+                    s_, As, sAs = self._orthogonalise(s_, As, P + [q * qk], AP + [Aq * qk],
+                                                      PAP + [torch.where(dependent, torch.zeros_like(qAq), qAq)], nd)
+                    s_dep = ~(sAs > dep_tol * sAs0.abs())
+                    new_dirs.append((s_, As, sAs, s_dep))
+                    dependent = dependent & s_dep
                 status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
-                status = _where(dependent, torch.full_like(status, Status.STAGNATION), status)
+                status = _where(dependent & ~indef, torch.full_like(status, Status.STAGNATION), status)
                 active = active & ~indef & ~dependent
-                alpha = _where(active, linalg.dot(q, r, nd) / torch.where(qAq > 0, qAq, torch.ones_like(qAq)), torch.zeros_like(qAq))
-                x = x + E(alpha) * q
-                r = r - E(alpha) * Aq
+                move = torch.zeros_like(rnorm)
+                for d, Ad, dAd, dep in new_dirs:
+                    ok = active & ~dep
+                    alpha = _where(ok, linalg.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
+                    x = x + E(alpha) * d
+                    r = r - E(alpha) * Ad
+                    move = move + alpha.abs() * linalg.norm(Ad, nd)
+                    if kdirs > 0:
+                        # a dependent direction is stored as zero so it cannot disturb later orthogonalisations
+                        P.append(torch.where(E(ok), d, torch.zeros_like(d)))
+                        AP.append(torch.where(E(ok), Ad, torch.zeros_like(Ad)))
+                        PAP.append(torch.where(ok, dAd, torch.zeros_like(dAd)))
                 iterations += active.to(iterations.dtype)
-                if kdirs > 0:
-                    P.append(q)
-                    AP.append(Aq)
-                    PAP.append(qAq)
-                    if len(P) > kdirs:
-                        P.pop(0)
-                        AP.pop(0)
-                        PAP.pop(0)
+                keep = kdirs * len(new_dirs)
+                del P[:-keep or len(P)], AP[:-keep or len(AP)], PAP[:-keep or len(PAP)]
                 if k % opts["check_every"] == 0:
                     r = torch.where(E(active), flat - A.matvec(x), r)
                     n_matvec += 1
@@ -264,7 +287,7 @@ class DCDM(IterativeSolver):
                     active = active & ~ok
                 # a stall is a fixed point: the residual stops moving (|alpha| ||A q|| tiny next to ||r||) even
                 # though it is far from converged.  (The residual norm itself is not monotone, like CG's.)
-                moved = alpha.abs() * linalg.norm(Aq, nd) > STALL_MOVE * rnorm_prev
+                moved = move > STALL_MOVE * rnorm_prev
                 since_best = torch.where(moved, torch.zeros_like(since_best), since_best + 1)
                 stalled = active & (since_best >= opts["stall_window"])
                 status = _where(stalled, torch.full_like(status, Status.STAGNATION), status)
@@ -281,6 +304,17 @@ class DCDM(IterativeSolver):
         if bool((res.status == Status.STAGNATION).any()):
             res.reason = res.reason.replace(Status.HINTS[Status.STAGNATION], STALL_HINT)
         return res
+
+    @staticmethod
+    def _orthogonalise(q, Aq, P, AP, PAP, nd):
+        """A-orthogonalise ``q`` (and ``A q``) against stored directions; returns ``q, A q, q^T A q``."""
+        E = lambda t: linalg.expand(t, nd)  # noqa: E731
+        for p, ap, pap in zip(P, AP, PAP):
+            c = linalg.dot(ap, q, nd) / torch.where(pap == 0, torch.ones_like(pap), pap)
+            c = torch.where(pap == 0, torch.zeros_like(c), c)
+            q = q - E(c) * p
+            Aq = Aq - E(c) * ap
+        return q, Aq, linalg.dot(q, Aq, nd).real
 
     def preconditioner(self) -> "DCDMPreconditioner":
         """This solver's network as a preconditioner for ``CG(M=..., flexible=True)``."""

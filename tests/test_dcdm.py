@@ -362,3 +362,47 @@ def test_smooth_training_fields_are_smooth_and_mixed_in_as_asked(tmp_path):
     rough = lambda t: float(((t[:, 1:] - t[:, :-1])[both] ** 2).sum() / (t ** 2).sum())  # noqa: E731
     smooth, white = [rough(b[i]) for i in range(2, 6)], [rough(b[i]) for i in range(6, 8)]
     assert sum(smooth) / 4 < sum(white) / 2 / 3 and max(smooth) < min(white)
+
+
+def test_augmented_dcdm_survives_a_useless_network_and_keeps_a_perfect_one():
+    from krylon.solvers import CG
+
+    mask, bc = dcdm_data.scene((24, 24), 3, 5, max_obstacles=3)
+    A = Laplacian((24, 24), bc=bc, obstacles=mask)
+    b = torch.randn(3, 24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * (~mask)
+    ref = CG(rtol=1e-8).solve(A, b)
+    # the paper's iteration stalls on a network that ignores the residual; with the residual in the search
+    # space it converges at (at worst) about CG's pace, and checks convergence on the true residual
+    assert not bool(DCDM(_Stuck(), rtol=1e-8, maxiter=500).solve(A, b).converged.any())
+    res = DCDM(_Stuck(), augment=True, rtol=1e-8, maxiter=1000).solve(A, b)
+    assert bool(res.converged.all())
+    assert int(res.iterations.max()) <= 1.5 * int(ref.iterations.max())
+    rel = torch.linalg.vector_norm(b - A @ res.x, dim=(1, 2)) / torch.linalg.vector_norm(b, dim=(1, 2))
+    assert bool((rel <= 1e-8).all())
+    # a perfect network (exact A^{-1}): one iteration, and the residual direction is then dependent (no harm)
+    Ad = torch.from_numpy(A.to_scipy().toarray())
+
+    class Exact(torch.nn.Module):
+        config = {"dim": 2, "in_channels": 3}
+
+        def forward(self, x):
+            r = x[:, 0].reshape(x.shape[0], -1)
+            return torch.linalg.solve(Ad, r.T).T.reshape(x.shape[0], 1, 24, 24)
+
+    res = DCDM(Exact(), augment=True, rtol=1e-10).solve(A, b)
+    assert bool(res.converged.all()) and int(res.iterations.max()) == 1
+
+
+def test_bench_dcdm_runs_with_a_given_model_and_skips_tighter_tolerances_after_a_failure(tmp_path):
+    from krylon.bench import dcdm as bench
+
+    DCDM(DCDMNet(dim=2, width=4, levels=2, odd=True)).save(tmp_path / "m.pt")  # untrained: fails, as it should
+    res = bench.run("quick", models=[tmp_path / "m.pt"], out=tmp_path / "out", peers=False, maxiter_dcdm=5)
+    rows = res["rows"]
+    by = {(r["grid"], r["rtol"], r["solver"]): r for r in rows}
+    assert {r["solver"] for r in rows} == {"DCDM", "DCDM+r", "DCDM-FPCG", "CG", "Jacobi-PCG", "IC0-PCG"}
+    for grid in ("64x64", "128x128"):
+        assert by[(grid, 1e-4, "CG")]["converged"] and by[(grid, 1e-6, "CG")]["converged"]
+        assert by[(grid, 1e-6, "CG")]["true_rel_res"] <= 1e-6
+        assert not by[(grid, 1e-4, "DCDM")]["converged"] and by[(grid, 1e-6, "DCDM")]["status"] == "skipped"
+    assert (tmp_path / "out" / "dcdm.json").exists() and (tmp_path / "out" / "dcdm_iterations.png").exists()

@@ -84,6 +84,8 @@ def median_time(fn: Callable[[], object], repeats: int = 3, device="cpu", warmup
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         if v == 0:
             return "0"
