@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from krylon.datasets.geometry import random_obstacles
 from krylon.operators import Laplacian
 from krylon.solvers import CG, DCDM, IC0
+from krylon.solvers.dcdm import AUGMENTED
 
 
 def sample(field, x, y):
@@ -102,8 +103,9 @@ def make_solver(name, model=None):
         return CG(maxiter=20000)
     if name == "pcg-ic0":
         return CG(M=IC0(), maxiter=5000)
-    if name in ("dcdm", "fpcg-dcdm"):
-        dcdm = DCDM.load(model, maxiter=200) if model else DCDM.pretrained("poisson2d", maxiter=200)
+    if name in ("dcdm", "dcdm+r", "fpcg-dcdm"):
+        kw = dict(AUGMENTED, maxiter=200) if name == "dcdm+r" else {"maxiter": 200}
+        dcdm = DCDM.load(model, **kw) if model else DCDM.pretrained("poisson2d", **kw)
         if name == "fpcg-dcdm":  # the network as the preconditioner of flexible CG
             return CG(M=dcdm.preconditioner(), flexible=True, maxiter=500)
         return dcdm
@@ -114,7 +116,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--solver", default="pcg-ic0", choices=("cg", "pcg-ic0", "dcdm", "fpcg-dcdm"))
+    ap.add_argument("--solver", default="pcg-ic0", choices=("cg", "pcg-ic0", "dcdm", "dcdm+r", "fpcg-dcdm"))
     ap.add_argument("--model", default=None, help="a DCDM checkpoint (krylon train dcdm); default: the shipped one")
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--obstacles", type=int, default=4)

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm", "fpcg-dcdm")
+SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm", "dcdm+r", "fpcg-dcdm")
 
 
 def _set_threads(threads: int | None) -> None:
@@ -186,10 +186,13 @@ def _solve_poisson(args) -> int:
         b = torch.where(fluid, b - b[fluid].mean(), b)
     opts = dict(rtol=args.rtol, atol=args.atol, maxiter=args.maxiter, progress=args.progress)
     setup_t0 = time.perf_counter()
-    if args.solver in ("dcdm", "fpcg-dcdm"):
+    if args.solver in ("dcdm", "dcdm+r", "fpcg-dcdm"):
         from .solvers import DCDM
+        from .solvers.dcdm import AUGMENTED
 
         dkw = {k: v for k, v in opts.items() if v is not None}
+        if args.solver == "dcdm+r":  # the residual as a second search direction, longer memory
+            dkw.update(AUGMENTED)
         solver = DCDM.load(args.model, **dkw) if args.model else DCDM.pretrained(f"poisson{len(shape)}d", **dkw)
         if args.solver == "fpcg-dcdm":  # the network as a preconditioner inside flexible CG
             solver = CG(M=solver.preconditioner(), flexible=True, **opts)

@@ -405,4 +405,23 @@ def test_bench_dcdm_runs_with_a_given_model_and_skips_tighter_tolerances_after_a
         assert by[(grid, 1e-4, "CG")]["converged"] and by[(grid, 1e-6, "CG")]["converged"]
         assert by[(grid, 1e-6, "CG")]["true_rel_res"] <= 1e-6
         assert not by[(grid, 1e-4, "DCDM")]["converged"] and by[(grid, 1e-6, "DCDM")]["status"] == "skipped"
+    assert by[("64x64", 1e-4, "DCDM")]["status"] == "maxiter" and by[("128x128", 1e-4, "DCDM")]["status"] == "skipped"
     assert (tmp_path / "out" / "dcdm.json").exists() and (tmp_path / "out" / "dcdm_iterations.png").exists()
+
+
+@pytest.mark.parametrize("name, shape, seed", [("poisson2d", (64, 64), 4242), ("poisson3d", (24, 24, 24), 4243)])
+def test_shipped_models_solve_unseen_scenes(name, shape, seed):
+    """The shipped weights load (weights_only) and beat plain CG on a scene they never saw."""
+    from krylon.datasets.geometry import random_obstacles
+    from krylon.solvers import CG
+    from krylon.solvers.dcdm import AUGMENTED
+
+    mask = random_obstacles(shape, 5, seed=seed, min_size=0.08, max_size=0.2)
+    A = Laplacian(shape, spacing=1.0 / (shape[0] + 1), bc="dirichlet", obstacles=mask)
+    b = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).masked_fill(mask, 0)
+    cg = CG(rtol=1e-4).solve(A, b)
+    for solver in (DCDM.pretrained(name, rtol=1e-4), DCDM.pretrained(name, rtol=1e-4, **AUGMENTED)):
+        res = solver.solve(A, b)
+        assert bool(res.converged), res.reason
+        assert int(res.iterations) <= int(cg.iterations) / 3
+        assert float(torch.linalg.vector_norm(b - A @ res.x) / torch.linalg.vector_norm(b)) <= 1e-4
