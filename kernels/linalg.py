@@ -115,25 +115,36 @@ def xpby_(p: torch.Tensor, z: torch.Tensor, beta: torch.Tensor, ndim: int) -> to
     return torch.addcmul(z, expand(beta, ndim).to(p.dtype) if isinstance(beta, torch.Tensor) else beta, p, out=p)
 
 
-def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_norms=None) -> torch.Tensor:
+def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_norms=None, a_q=None):
     """A-orthogonalise ``q`` against stored directions ``p_j`` (with ``A p_j`` given).
 
-    Returns ``q - sum_j p_j (A p_j)^H q / (p_j^H A p_j)``; the result satisfies
-    ``p_j^H A q_new = 0`` for every stored ``p_j`` when the ``p_j`` are mutually
-    A-orthogonal (classical Gram-Schmidt in the A inner product).
+    Returns ``q - sum_j c_j p_j`` with ``c_j = (A p_j)^H q_{j-1} / (p_j^H A p_j)`` taken one direction at a
+    time (modified Gram-Schmidt in the A inner product, which loses less orthogonality than the classical
+    form when ``q`` lies nearly in the span); the result satisfies ``p_j^H A q_new = 0`` for every stored
+    ``p_j`` when the ``p_j`` are mutually A-orthogonal.  A direction with ``p_j^H A p_j = 0`` (a stored
+    placeholder) is skipped.
 
     Parameters
     ----------
     q : (*batch, *grid) tensor
     directions, a_directions : sequences of tensors shaped like ``q``
     a_norms : optional sequence of ``p_j^H A p_j`` (shape ``batch``) to avoid recomputing them.
+    a_q : optional ``A q``; if given, it is updated alongside (no extra matvec) and
+        ``(q_new, A q_new, q_new^H A q_new)`` is returned instead of ``q_new``.
     """
     if len(directions) != len(a_directions):
         raise ValueError(f"got {len(directions)} directions but {len(a_directions)} products A p")
+    if a_norms is not None and len(a_norms) != len(directions):
+        raise ValueError(f"got {len(directions)} directions but {len(a_norms)} norms p^H A p")
     out = q.clone()
+    a_out = a_q.clone() if a_q is not None else None
     for j, (p, ap) in enumerate(zip(directions, a_directions)):
         denom = a_norms[j] if a_norms is not None else dot(p, ap, ndim)
-        coef = dot(ap, q, ndim) / torch.where(denom == 0, torch.ones_like(denom), denom)
-        coef = torch.where(denom == 0, torch.zeros_like(coef), coef)
-        out.addcmul_(expand(coef, ndim), p, value=-1)
-    return out
+        coef = dot(ap, out, ndim) / torch.where(denom == 0, torch.ones_like(denom), denom)
+        coef = expand(torch.where(denom == 0, torch.zeros_like(coef), coef), ndim)
+        out.addcmul_(coef, p, value=-1)
+        if a_out is not None:
+            a_out.addcmul_(coef, ap, value=-1)
+    if a_out is None:
+        return out
+    return out, a_out, dot(out, a_out, ndim).real

@@ -308,13 +308,7 @@ class DCDM(IterativeSolver):
     @staticmethod
     def _orthogonalise(q, Aq, P, AP, PAP, nd):
         """A-orthogonalise ``q`` (and ``A q``) against stored directions; returns ``q, A q, q^T A q``."""
-        E = lambda t: linalg.expand(t, nd)  # noqa: E731
-        for p, ap, pap in zip(P, AP, PAP):
-            c = linalg.dot(ap, q, nd) / torch.where(pap == 0, torch.ones_like(pap), pap)
-            c = torch.where(pap == 0, torch.zeros_like(c), c)
-            q = q - E(c) * p
-            Aq = Aq - E(c) * ap
-        return q, Aq, linalg.dot(q, Aq, nd).real
+        return linalg.a_orthogonalize(q, P, AP, nd, a_norms=PAP, a_q=Aq)
 
     def preconditioner(self) -> "DCDMPreconditioner":
         """This solver's network as a preconditioner for ``CG(M=..., flexible=True)``."""
