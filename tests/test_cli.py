@@ -75,3 +75,13 @@ def test_train_dcdm_end_to_end_resume_and_fine_tune(tmp_path):
     wider = tuple("8" if a == "4" and args[i - 1] == "--width" else a for i, a in enumerate(args))
     p = run(*wider, "--epochs", "1", "--out", str(tmp_path / "bad"), "--init", str(out / "dcdm.pt"))
     assert p.returncode != 0 and "--init model" in p.stderr
+
+
+@pytest.mark.parametrize("solver", ["dcdm", "dcdm+r", "fpcg-dcdm"])
+def test_solve_poisson_with_the_shipped_dcdm_model(solver):
+    p = run("solve", "poisson", "--grid", "48", "48", "--obstacles", "3", "--solver", solver, "--rtol", "1e-4",
+            "--threads", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    rel = float(p.stdout.split("||b - A x|| / ||b|| = ")[1].split()[0])
+    its = int(p.stdout.split("iterations")[1].split()[0])
+    assert rel <= 1e-4 and its <= 40  # CG needs ~100 here
