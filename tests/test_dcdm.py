@@ -400,7 +400,7 @@ def test_bench_dcdm_runs_with_a_given_model_and_skips_tighter_tolerances_after_a
     res = bench.run("quick", models=[tmp_path / "m.pt"], out=tmp_path / "out", peers=False, maxiter_dcdm=5)
     rows = res["rows"]
     by = {(r["grid"], r["rtol"], r["solver"]): r for r in rows}
-    assert {r["solver"] for r in rows} == {"DCDM", "DCDM+r", "DCDM-FPCG", "CG", "Jacobi-PCG", "IC0-PCG"}
+    assert {r["solver"] for r in rows} == {"DCDM", "DCDM+r", "DCDM-FPCG", "CG", "Jacobi-PCG", "IC0-PCG", "DST-PCG"}
     for grid in ("64x64", "128x128"):
         assert by[(grid, 1e-4, "CG")]["converged"] and by[(grid, 1e-6, "CG")]["converged"]
         assert by[(grid, 1e-6, "CG")]["true_rel_res"] <= 1e-6
