@@ -425,3 +425,27 @@ def test_shipped_models_solve_unseen_scenes(name, shape, seed):
         assert bool(res.converged), res.reason
         assert int(res.iterations) <= int(cg.iterations) / 3
         assert float(torch.linalg.vector_norm(b - A @ res.x) / torch.linalg.vector_norm(b)) <= 1e-4
+
+
+class _NaNNet(torch.nn.Module):
+    """Returns NaN for the second system of a batch (a network blown up by a bad input)."""
+
+    config = {"dim": 2, "in_channels": 3}
+
+    def forward(self, x):
+        out = x[:, :1].clone()
+        out[1:2] = float("nan")
+        return out
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_nan_input_is_an_error_and_a_nan_direction_a_reason(augment):
+    A = Laplacian((16, 16))
+    b = torch.randn(2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    bad = b.clone()
+    bad[0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="(?i)nan|finite"):
+        DCDM(_NaNNet(), augment=augment).solve(A, bad)
+    res = DCDM(_NaNNet(), augment=augment, rtol=1e-8, maxiter=400).solve(A, b)
+    assert int(res.status[1]) == 3 and "nan" in res.reason.lower()  # Status.NAN, reported
+    assert bool(res.converged[0]) and bool(torch.isfinite(res.x[0]).all())  # the other system is unaffected
