@@ -449,3 +449,35 @@ def test_nan_input_is_an_error_and_a_nan_direction_a_reason(augment):
     res = DCDM(_NaNNet(), augment=augment, rtol=1e-8, maxiter=400).solve(A, b)
     assert int(res.status[1]) == 3 and "nan" in res.reason.lower()  # Status.NAN, reported
     assert bool(res.converged[0]) and bool(torch.isfinite(res.x[0]).all())  # the other system is unaffected
+
+
+def test_coarse_level_directions_on_odd_grids_and_as_safe_extra_directions():
+    from krylon.solvers import CG
+    from krylon.solvers.dcdm import AUGMENTED
+
+    mask, bc = dcdm_data.scene((37, 50), 3, 7, max_obstacles=4)
+    A = Laplacian((37, 50), bc=bc, obstacles=mask)
+    b = torch.randn(2, 37, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * (~mask)
+    net = DCDMNet(dim=2, width=4, levels=2, odd=True).double()
+    solver = DCDM(net, coarse="auto")
+    dirs = solver._coarse_directions(A, b, "auto")
+    assert len(dirs) == 1  # 37 -> 18 (>= 16) -> 9 (< 16): one coarse level
+    assert len(solver._coarse_directions(A, b, 3)) == 3
+    for d in dirs:
+        assert d.shape == b.shape and bool(torch.isfinite(d).all())
+        assert not bool(d[:, mask].any())  # masked to the fluid
+        # piecewise constant on 2x2 blocks of fluid cells
+        blk = d[:, :36:2, :50:2]
+        fl = ~mask[:36:2, :50:2] & ~mask[1:37:2, :50:2]
+        torch.testing.assert_close(blk[:, fl], d[:, 1:37:2, :50:2][:, fl])
+    # an untrained network with every extra direction still converges (exact line searches, true residual)
+    ref = CG(rtol=1e-8).solve(A, b)
+    res = DCDM(net, rtol=1e-8, maxiter=2000, **AUGMENTED).solve(A, b)
+    assert bool(res.converged.all())
+    assert int(res.iterations.max()) <= 1.5 * int(ref.iterations.max())
+    rel = torch.linalg.vector_norm(b - A @ res.x, dim=(1, 2)) / torch.linalg.vector_norm(b, dim=(1, 2))
+    assert bool((rel <= 1e-8).all())
+    with pytest.raises(ValueError, match="coarse"):
+        DCDM(net, coarse=-1)
+    with pytest.raises(ValueError, match="coarse"):
+        DCDM(net, coarse="all")
