@@ -110,6 +110,7 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                            "iterations": int(res.iterations), "time_s": t, "true_rel_res": rel,
                            "converged": bool(res.converged), "status": Status.NAMES[int(res.status)]}
                     results["rows"].append(row)
+                    write_json(out / "dcdm.json", results)  # finished rows survive an interrupted run
                     if not row["converged"]:
                         failed.add(name)
                         if name.startswith("DCDM"):
