@@ -86,8 +86,8 @@ class DCDM(IterativeSolver):
         A system whose residual has moved by less than 0.1 % per iteration (``|alpha| ||A q|| < 1e-3 ||r||``)
         for this many iterations in a row stops with status ``stagnation``: the network's directions have
         become (nearly) A-dependent on the previous ones, a fixed point the iteration cannot leave (the
-        residual is outside what the network learned).  Use the network as a flexible preconditioner inside CG instead
-        (``CG(M=solver.preconditioner(), flexible=True)``), which always makes progress.
+        residual is outside what the network learned).  The extra directions of :data:`AUGMENTED` (residual
+        and coarse-grid network directions) keep the iteration moving.
     rtol, atol, maxiter, callback, progress, check_every
         As for the Krylov solvers (``maxiter`` defaults to 100, the paper's budget).
 
@@ -388,9 +388,9 @@ in 100 iterations at 256^2 and 512^2 (the paper's iteration) to ~20-40."""
 COARSEST_AUTO = 16  # coarse="auto": coarse-level directions down to grids of this many cells per axis
 
 STALL_MOVE = 1e-3  # relative residual change per iteration below which an iteration counts as stalled
-STALL_HINT = (f"DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
-              f"what the network learned); use CG(M=solver.preconditioner(), flexible=True), which keeps making "
-              f"progress, or retrain the network")
+STALL_HINT = ("DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
+              "what the network learned); add the residual and coarse-grid directions, "
+              "DCDM(model, **krylon.solvers.dcdm.AUGMENTED), which keep making progress, or retrain the network")
 
 
 class DCDMPreconditioner(Preconditioner):
