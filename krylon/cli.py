@@ -191,7 +191,7 @@ def _solve_poisson(args) -> int:
         from .solvers.dcdm import AUGMENTED
 
         dkw = {k: v for k, v in opts.items() if v is not None}
-        if args.solver == "dcdm+r":  # the residual as a second search direction, longer memory
+        if args.solver == "dcdm+r":  # krylon's additions: residual and coarse-grid directions
             dkw.update(AUGMENTED)
         solver = DCDM.load(args.model, **dkw) if args.model else DCDM.pretrained(f"poisson{len(shape)}d", **dkw)
         if args.solver == "fpcg-dcdm":  # the network as a preconditioner inside flexible CG

@@ -235,43 +235,29 @@ class DCDM(IterativeSolver):
                     status = _where(nanq, torch.full_like(status, Status.NAN), status)
                     active = active & ~nanq
                     q = torch.nan_to_num(q)
-                Aq = A.matvec(q)
-                n_matvec += 1
-                qAq0 = linalg.dot(q, Aq, nd).real
-                q, Aq, qAq = self._orthogonalise(q, Aq, P, AP, PAP, nd)
-                # q^T A q <= 0 before orthogonalisation: the operator is not positive definite; after it, a
-                # (numerically) vanishing q^T A q means the network's direction lies in the span of the previous
-                # ones -- the iteration cannot move, which is a stall, not indefiniteness
-                indef = active & (qAq0 <= 0) & (q.reshape(nb, -1).abs().amax(dim=1) > 0)
+                # candidate directions: the network's, its coarse-grid ones, the residual (krylon's additions)
+                candidates = [q] + self._coarse_directions(A, r, opts["coarse"]) + ([r.clone()] if opts["augment"] else [])
                 # what is left after projecting out a direction that lies in the span is rounding noise of relative
                 # size ~eps * cond; anything below sqrt(eps) of the original energy norm counts as dependent
-                dep_tol = torch.finfo(qAq.dtype).eps ** 0.5
-                dependent = active & ~indef & ~(qAq > dep_tol * qAq0.abs())
-                new_dirs = [(q, Aq, qAq, dependent)]
-                for qc in self._coarse_directions(A, r, opts["coarse"]):
-                    Aqc = A.matvec(qc)
+                dep_tol = torch.finfo(rnorm.dtype).eps ** 0.5
+                indef = torch.zeros_like(active)
+                dependent = active.clone()
+                new_dirs = []
+                for d in candidates:
+                    Ad = A.matvec(d)
                     n_matvec += 1
-                    c0 = linalg.dot(qc, Aqc, nd).real
-                    indef = indef | (active & (c0 <= 0) & (qc.reshape(nb, -1).abs().amax(dim=1) > 0))
-                    prev = [(d * E(~dp), Ad * E(~dp), torch.where(dp, torch.zeros_like(dAd), dAd)) for d, Ad, dAd, dp in new_dirs]
-                    qc, Aqc, cAc = self._orthogonalise(qc, Aqc, P + [t[0] for t in prev], AP + [t[1] for t in prev],
-                                                       PAP + [t[2] for t in prev], nd)
-                    c_dep = ~(cAc > torch.finfo(cAc.dtype).eps ** 0.5 * c0.abs())
-                    new_dirs.append((qc, Aqc, cAc, c_dep))
-                    dependent = dependent & c_dep
-                if opts["augment"]:  # the residual as a second direction, A-orthogonal to the stored ones and to q
-                    s_ = r.clone()
-                    As = A.matvec(s_)
-                    n_matvec += 1
-                    sAs0 = linalg.dot(s_, As, nd).real
-                    indef = indef | (active & (sAs0 <= 0) & (rnorm > 0))
-                    # a dependent direction is rounding noise: keep it out of the orthogonalisation
-                    prev = [(d * E(~dp), Ad * E(~dp), torch.where(dp, torch.zeros_like(dAd), dAd)) for d, Ad, dAd, dp in new_dirs]
-                    s_, As, sAs = self._orthogonalise(s_, As, P + [t[0] for t in prev], AP + [t[1] for t in prev],
-                                                      PAP + [t[2] for t in prev], nd)
-                    s_dep = ~(sAs > dep_tol * sAs0.abs())
-                    new_dirs.append((s_, As, sAs, s_dep))
-                    dependent = dependent & s_dep
+                    dAd0 = linalg.dot(d, Ad, nd).real
+                    # d^T A d <= 0 before orthogonalisation: the operator is not positive definite; after it, a
+                    # (numerically) vanishing d^T A d means d lies in the span of the stored and earlier new
+                    # directions -- if all candidates do, the iteration cannot move: a stall, not indefiniteness
+                    indef = indef | (active & (dAd0 <= 0) & (d.reshape(nb, -1).abs().amax(dim=1) > 0))
+                    d, Ad, dAd = linalg.a_orthogonalize(d, P + [t[0] for t in new_dirs], AP + [t[1] for t in new_dirs], nd,
+                                                        a_norms=PAP + [t[2] for t in new_dirs], a_q=Ad)
+                    dep = ~(dAd > dep_tol * dAd0.abs())
+                    dependent = dependent & dep
+                    # a dependent direction is rounding noise: zeroed, so it cannot disturb later orthogonalisations
+                    keep_d = E(~dep)
+                    new_dirs.append((d * keep_d, Ad * keep_d, torch.where(dep, torch.zeros_like(dAd), dAd), dep))
                 status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
                 status = _where(dependent & ~indef, torch.full_like(status, Status.STAGNATION), status)
                 active = active & ~indef & ~dependent
@@ -282,14 +268,14 @@ class DCDM(IterativeSolver):
                     x = x + E(alpha) * d
                     r = r - E(alpha) * Ad
                     move = move + alpha.abs() * linalg.norm(Ad, nd)
-                    if kdirs > 0:
-                        # a dependent direction is stored as zero so it cannot disturb later orthogonalisations
+                    if kdirs > 0:  # systems that did not step store zero (skipped by a_orthogonalize)
                         P.append(torch.where(E(ok), d, torch.zeros_like(d)))
                         AP.append(torch.where(E(ok), Ad, torch.zeros_like(Ad)))
                         PAP.append(torch.where(ok, dAd, torch.zeros_like(dAd)))
                 iterations += active.to(iterations.dtype)
-                keep = kdirs * len(new_dirs)
-                del P[:-keep or len(P)], AP[:-keep or len(AP)], PAP[:-keep or len(PAP)]
+                if kdirs > 0:  # the directions of the last k iterations
+                    keep = kdirs * len(new_dirs)
+                    del P[:-keep], AP[:-keep], PAP[:-keep]
                 if k % opts["check_every"] == 0:
                     r = torch.where(E(active), flat - A.matvec(x), r)
                     n_matvec += 1
@@ -357,19 +343,11 @@ class DCDM(IterativeSolver):
             cshape = tuple(rc.shape[2:])
             mask = sc[0, 0] >= 1.0
             Ac = Laplacian(cshape, bc=A.bc, obstacles=mask if bool(mask.any()) else None, dtype=r.dtype, device=r.device)
-            qc = self.direction(Ac, rc[:, 0]).unsqueeze(1)
-            for _ in range(lv):
-                qc = qc.repeat_interleave(2, dim=-1)
-                for ax in range(2, 1 + nd):
-                    qc = qc.repeat_interleave(2, dim=ax)
+            qc = torch.nn.functional.interpolate(self.direction(Ac, rc[:, 0]).unsqueeze(1), scale_factor=2 ** lv,
+                                                 mode="nearest")
             q = qc[(slice(None), 0) + tuple(slice(0, n) for n in shape)]
             out.append(q.masked_fill(solid, 0) if A.obstacles is not None else q)
         return out
-
-    @staticmethod
-    def _orthogonalise(q, Aq, P, AP, PAP, nd):
-        """A-orthogonalise ``q`` (and ``A q``) against stored directions; returns ``q, A q, q^T A q``."""
-        return linalg.a_orthogonalize(q, P, AP, nd, a_norms=PAP, a_q=Aq)
 
     def preconditioner(self) -> "DCDMPreconditioner":
         """This solver's network as a preconditioner for ``CG(M=..., flexible=True)``."""
