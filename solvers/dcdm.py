@@ -12,6 +12,12 @@ approximation converges in a few dozen iterations whatever the grid size.
 One matrix-vector product per iteration: ``A q`` is orthogonalised with the
 same coefficients as ``q``, and the true residual is recomputed every
 ``check_every`` iterations and before convergence is reported.
+
+krylon's multilevel extension (``coarse=``, ``augment=``, :data:`AUGMENTED`) adds
+directions per iteration -- the network's on coarser grids, then on the grid
+itself, then the residual -- each computed from the residual the previous ones
+left and taken the same way; it is what carries a network trained on small
+grids to large ones.
 """
 
 from __future__ import annotations
@@ -69,11 +75,18 @@ class DCDM(IterativeSolver):
         Maps ``(B, C, *grid)`` inputs (see :func:`network_inputs`) to ``(B, 1, *grid)``
         directions; usually a :class:`~krylon.operators.learned.dcdm.DCDMNet`.
     k : int
-        Number of previous directions to A-orthogonalise against (2 in the paper).
+        New directions are A-orthogonalised against those of the last ``k`` iterations (2 in the paper, where
+        an iteration has one direction).
     coarse : int or "auto"
-        Also search along the network's directions for the residual restricted (2x2 block sums) to this many
-        successively coarser grids (``"auto"``: down to 16 cells per axis), each copied back to the fine cells
-        (krylon's addition; 0 = the paper's method).  One matvec and a (smaller) network pass per level.
+        Multilevel directions (krylon's addition; 0 = the paper's method): each iteration first searches along
+        the network's directions for the residual restricted (2x2(x2) block sums) to this many successively
+        coarser grids (``"auto"``: down to 16 cells per axis), coarsest first, each interpolated back
+        (:func:`prolong`) and computed from the residual left by the coarser ones -- like the upward leg of a
+        multigrid V-cycle with the network as the coarse solver and smoother -- and then along its direction
+        on the grid itself.  One matvec and a (smaller) network pass per level; ``res.extras["network_passes"]``
+        counts the network evaluations of a solve (a batch of systems shares each).  The coarse levels hand the
+        smooth part of the error to grids the size the network was trained on, so the iteration count grows
+        little with the grid.
     augment : bool
         Also search along the residual each iteration (krylon's addition; off = the paper's method): the
         network's direction ``q`` and the residual ``r``, both A-orthogonalised against the stored directions
@@ -219,6 +232,10 @@ class DCDM(IterativeSolver):
         active = status == Status.RUNNING
         iterations = torch.zeros(nb, dtype=torch.int64, device=dev)
         history = [rnorm.clone()]
+        hierarchy = self._hierarchy(A, opts["coarse"], flat.dtype, dev) if opts["coarse"] else []
+        # 0: the network on the grid itself; l >= 1: on coarse level l; None: the residual
+        candidates = list(range(len(hierarchy), 0, -1)) + [0] + ([None] if opts["augment"] else [])
+        n_passes = 0
         P, AP, PAP = [], [], []
         since_best = torch.zeros(nb, dtype=torch.int64, device=dev)
         prog = _Progress(opts["progress"], maxiter, self.name)
@@ -229,21 +246,29 @@ class DCDM(IterativeSolver):
                 bad = active & ~torch.isfinite(rnorm)
                 status = _where(bad, torch.full_like(status, Status.NAN), status)
                 active = active & ~bad
-                q = self.direction(A, r)
-                if not bool(torch.isfinite(q[active]).all()):
-                    nanq = active & ~torch.isfinite(q).reshape(nb, -1).all(dim=1)
-                    status = _where(nanq, torch.full_like(status, Status.NAN), status)
-                    active = active & ~nanq
-                    q = torch.nan_to_num(q)
-                # candidate directions: the network's, its coarse-grid ones, the residual (krylon's additions)
-                candidates = [q] + self._coarse_directions(A, r, opts["coarse"]) + ([r.clone()] if opts["augment"] else [])
-                # what is left after projecting out a direction that lies in the span is rounding noise of relative
-                # size ~eps * cond; anything below sqrt(eps) of the original energy norm counts as dependent
+                # candidate directions, each computed from the residual left by the ones before it (so the
+                # iteration is multiplicative, like a multigrid cycle): the network's directions on the coarse
+                # grids, coarsest first, then on the grid itself, then the residual (the last two are krylon's
+                # additions); each is A-orthogonalised against the stored and earlier directions and taken with an
+                # exact line search at once.  What is left after projecting out a direction that lies in the span
+                # is rounding noise of relative size ~eps * cond; below sqrt(eps) of the original energy norm it
+                # counts as dependent.
                 dep_tol = torch.finfo(rnorm.dtype).eps ** 0.5
                 indef = torch.zeros_like(active)
                 dependent = active.clone()
                 new_dirs = []
-                for d in candidates:
+                move = torch.zeros_like(rnorm)
+                for lv in candidates:
+                    if lv is None:  # the residual
+                        d = r.clone()
+                    else:
+                        d = self.direction(A, r) if lv == 0 else self._coarse_direction(A, r, hierarchy, lv)
+                        nanq = active & ~torch.isfinite(d).reshape(nb, -1).all(dim=1)
+                        if bool(nanq.any()):
+                            status = _where(nanq, torch.full_like(status, Status.NAN), status)
+                            active = active & ~nanq
+                            d = torch.nan_to_num(d)
+                        n_passes += 1
                     Ad = A.matvec(d)
                     n_matvec += 1
                     dAd0 = linalg.dot(d, Ad, nd).real
@@ -251,31 +276,32 @@ class DCDM(IterativeSolver):
                     # (numerically) vanishing d^T A d means d lies in the span of the stored and earlier new
                     # directions -- if all candidates do, the iteration cannot move: a stall, not indefiniteness
                     indef = indef | (active & (dAd0 <= 0) & (d.reshape(nb, -1).abs().amax(dim=1) > 0))
-                    d, Ad, dAd = linalg.a_orthogonalize(d, P + [t[0] for t in new_dirs], AP + [t[1] for t in new_dirs], nd,
-                                                        a_norms=PAP + [t[2] for t in new_dirs], a_q=Ad)
+                    d, Ad, dAd = linalg.a_orthogonalize(d, P + [t[0] for t in new_dirs], AP + [t[1] for t in new_dirs],
+                                                        nd, a_norms=PAP + [t[2] for t in new_dirs], a_q=Ad)
                     dep = ~(dAd > dep_tol * dAd0.abs())
                     dependent = dependent & dep
-                    # a dependent direction is rounding noise: zeroed, so it cannot disturb later orthogonalisations
-                    keep_d = E(~dep)
-                    new_dirs.append((d * keep_d, Ad * keep_d, torch.where(dep, torch.zeros_like(dAd), dAd), dep))
-                status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
-                status = _where(dependent & ~indef, torch.full_like(status, Status.STAGNATION), status)
-                active = active & ~indef & ~dependent
-                move = torch.zeros_like(rnorm)
-                for d, Ad, dAd, dep in new_dirs:
-                    ok = active & ~dep
+                    ok = active & ~dep & ~indef
                     alpha = _where(ok, linalg.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
                     x = x + E(alpha) * d
                     r = r - E(alpha) * Ad
                     move = move + alpha.abs() * linalg.norm(Ad, nd)
-                    if kdirs > 0:  # systems that did not step store zero (skipped by a_orthogonalize)
-                        P.append(torch.where(E(ok), d, torch.zeros_like(d)))
-                        AP.append(torch.where(E(ok), Ad, torch.zeros_like(Ad)))
-                        PAP.append(torch.where(ok, dAd, torch.zeros_like(dAd)))
-                iterations += active.to(iterations.dtype)
+                    # systems that did not step store zero (skipped by a_orthogonalize): a dependent direction is
+                    # rounding noise and must not disturb later orthogonalisations
+                    new_dirs.append((torch.where(E(ok), d, torch.zeros_like(d)), torch.where(E(ok), Ad, torch.zeros_like(Ad)),
+                                     torch.where(ok, dAd, torch.zeros_like(dAd))))
+                indef = indef & active  # (a system can have stopped on a NaN direction meanwhile)
+                dependent = dependent & active & ~indef
+                status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
+                status = _where(dependent, torch.full_like(status, Status.STAGNATION), status)
+                active = active & ~indef & ~dependent
                 if kdirs > 0:  # the directions of the last k iterations
+                    for d, Ad, dAd in new_dirs:
+                        P.append(d)
+                        AP.append(Ad)
+                        PAP.append(dAd)
                     keep = kdirs * len(new_dirs)
                     del P[:-keep], AP[:-keep], PAP[:-keep]
+                iterations += active.to(iterations.dtype)
                 if k % opts["check_every"] == 0:
                     r = torch.where(E(active), flat - A.matvec(x), r)
                     n_matvec += 1
@@ -306,62 +332,77 @@ class DCDM(IterativeSolver):
             prog.close()
         hist = [h.reshape(batch) for h in history]
         res = self._finish(x.reshape(b.shape), status.reshape(batch), iterations.reshape(batch), hist, n_matvec,
-                            tol, opts, maxiter, rnorm.reshape(batch))
+                            tol, opts, maxiter, rnorm.reshape(batch), extras={"network_passes": n_passes})
         if bool((res.status == Status.STAGNATION).any()):
             res.reason = res.reason.replace(Status.HINTS[Status.STAGNATION], STALL_HINT)
         return res
 
-    def _coarse_directions(self, A: LinearOperator, r: torch.Tensor, levels: int) -> list:
-        """The network's directions for the residual restricted to grids 2x, 4x, ... coarser, brought back.
+    def _hierarchy(self, A: LinearOperator, levels, dtype, dev) -> list:
+        """The coarse grids of the multilevel directions, finest first: ``[(pads, A_coarse, fluid_weight)]``.
 
-        Restriction sums 2x2(x2) blocks; a coarse cell is solid only if all its children are; the coarse
-        direction is copied to the children (piecewise constant) and masked to the fine fluid.  Each is only
-        a search direction (A-orthogonalised, exact line search), so the crude transfer cannot hurt.
+        Level ``l`` has cells of ``2^l`` fine cells per axis (an odd axis is padded with one solid cell first);
+        a coarse cell is solid only if all its children are.  ``fluid_weight`` is the coarse fluid indicator
+        interpolated to the fine grid, the normaliser of :func:`prolong`.
         """
         from ..operators import Laplacian
 
-        out = []
-        nd = A.ndim_in
         if levels == "auto":  # every coarser grid down to COARSEST_AUTO cells per axis
             levels, m = 0, min(A.shape_in)
             while m // 2 >= COARSEST_AUTO:
                 m //= 2
                 levels += 1
-        pool = torch.nn.functional.avg_pool2d if nd == 2 else torch.nn.functional.avg_pool3d
-        rc = r.unsqueeze(1)
-        solid = (A.obstacles if A.obstacles is not None else torch.zeros(A.shape_in, dtype=torch.bool, device=r.device))
-        sc = solid[None, None].to(r.dtype)
-        shape = tuple(A.shape_in)
+        nd = A.ndim_in
+        solid = A.obstacles.to(dev) if A.obstacles is not None else torch.zeros(A.shape_in, dtype=torch.bool, device=dev)
+        sc = solid[None, None].to(dtype)
+        logk = None
+        if isinstance(A, Diffusion) and self.in_channels >= 4:  # the network sees the coefficient: coarsen it
+            logk = torch.log(A.coefficient.detach()).to(dtype=dtype, device=dev)[None, None]
+        out = []
         for lv in range(1, levels + 1):
-            pad = []
-            for n in reversed(rc.shape[2:]):
-                pad += [0, n % 2]
-            if min(rc.shape[2:]) < 4:
+            if min(sc.shape[2:]) < 4:
                 break
-            rc = pool(torch.nn.functional.pad(rc, pad), 2) * 2 ** nd
-            sc = pool(torch.nn.functional.pad(sc, pad, value=1.0), 2)
-            cshape = tuple(rc.shape[2:])
+            pads = _pads(sc)
+            sc = _pool(torch.nn.functional.pad(sc, pads, value=1.0), nd) / 2 ** nd
             mask = sc[0, 0] >= 1.0
-            Ac = Laplacian(cshape, bc=A.bc, obstacles=mask if bool(mask.any()) else None, dtype=r.dtype, device=r.device)
-            qc = torch.nn.functional.interpolate(self.direction(Ac, rc[:, 0]).unsqueeze(1), scale_factor=2 ** lv,
-                                                 mode="nearest")
-            q = qc[(slice(None), 0) + tuple(slice(0, n) for n in shape)]
-            out.append(q.masked_fill(solid, 0) if A.obstacles is not None else q)
+            obst = mask if bool(mask.any()) else None
+            cshape = tuple(sc.shape[2:])
+            if logk is not None:  # geometric mean over the children
+                logk = _pool(torch.nn.functional.pad(logk, pads, mode="replicate"), nd) / 2 ** nd
+                Ac = Diffusion(torch.exp(logk[0, 0]), bc=A.bc, obstacles=obst, dtype=dtype, device=dev)
+            else:
+                Ac = Laplacian(cshape, bc=A.bc, obstacles=obst, dtype=dtype, device=dev)
+            weight = prolong((~mask).to(dtype)[None], lv, A.shape_in)
+            out.append((pads, Ac, weight))
         return out
+
+    def _coarse_direction(self, A: LinearOperator, r: torch.Tensor, hierarchy: list, lv: int) -> torch.Tensor:
+        """The network's direction for ``r`` restricted to coarse level ``lv`` (block sums), interpolated back.
+
+        The coarse direction is interpolated (bi/trilinearly between cell centres) and divided by the
+        interpolated coarse fluid indicator, so solid coarse cells do not pull it towards zero (constants stay
+        constant next to obstacles), then masked to the fine fluid.  It is only a search direction
+        (A-orthogonalised, exact line search), so an imperfect transfer cannot hurt.
+        """
+        nd = A.ndim_in
+        rc = r.unsqueeze(1)
+        for pads, _, _ in hierarchy[:lv]:
+            rc = _pool(torch.nn.functional.pad(rc, pads), nd)
+        _, Ac, weight = hierarchy[lv - 1]
+        q = prolong(self.direction(Ac, rc[:, 0]), lv, A.shape_in) / weight.clamp_min(1e-3)
+        return q.masked_fill(A.obstacles, 0) if A.obstacles is not None else q
 
     def preconditioner(self) -> "DCDMPreconditioner":
         """This solver's network as a preconditioner for ``CG(M=..., flexible=True)``."""
         return DCDMPreconditioner(self)
 
 
-AUGMENTED = {"augment": True, "k": 5, "coarse": "auto"}
-"""krylon's recommended DCDM options ("DCDM+r"): besides the network's direction for the residual, each
-iteration searches along the residual itself and along the network's directions for the residual restricted
-to every coarser grid down to 16 cells per axis (brought back piecewise constant); the last 5 iterations'
-directions are kept.  All are A-orthogonalised and taken with exact line searches, so none can hurt.  The
-coarse-level directions are what carries a network trained on small grids to large ones: measured with the
-shipped 2-D model (trained on 64^2 and 128^2), iterations to 1e-4 on unseen scenes went from no convergence
-in 100 iterations at 256^2 and 512^2 (the paper's iteration) to ~20-40."""
+AUGMENTED = {"augment": True, "k": 2, "coarse": "auto"}
+"""krylon's recommended DCDM options ("DCDM+r"): multilevel network directions (``coarse="auto"``: every coarser
+grid down to 16 cells per axis, coarsest first, then the grid itself), then the residual, each computed from the
+residual left by the ones before it, A-orthogonalised against them and the directions of the previous ``k = 2``
+iterations and taken with an exact line search, so none can hurt.  Measured with the shipped 2-D model (trained
+on 64^2 and 128^2) on unseen scenes: 6-9 iterations to 1e-4 from 128^2 to 1024^2, where the paper's iteration
+does not converge in 100 iterations from 128^2 up (see BENCHMARKS.md)."""
 
 COARSEST_AUTO = 16  # coarse="auto": coarse-level directions down to grids of this many cells per axis
 
@@ -369,6 +410,32 @@ STALL_MOVE = 1e-3  # relative residual change per iteration below which an itera
 STALL_HINT = ("DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
               "what the network learned); add the residual and coarse-grid directions, "
               "DCDM(model, **krylon.solvers.dcdm.AUGMENTED), which keep making progress, or retrain the network")
+
+
+def _pads(u: torch.Tensor) -> list:
+    """``F.pad`` widths that make every grid axis of ``(B, C, *grid)`` even (one cell at the high end)."""
+    pads = []
+    for n in reversed(u.shape[2:]):
+        pads += [0, n % 2]
+    return pads
+
+
+def _pool(u: torch.Tensor, nd: int) -> torch.Tensor:
+    """Sums over 2x2(x2) blocks of ``(B, C, *grid)`` with even grid axes."""
+    pool = torch.nn.functional.avg_pool2d if nd == 2 else torch.nn.functional.avg_pool3d
+    return pool(u, 2) * 2 ** nd
+
+
+def prolong(qc: torch.Tensor, level: int, shape) -> torch.Tensor:
+    """Interpolate ``(B, *coarse)`` fields from grid level ``level`` (cells ``2^level`` fine cells wide) to ``shape``.
+
+    Bi/trilinear interpolation between cell centres (``align_corners=False``; constant extrapolation at the
+    walls), cropped to ``shape`` (the coarse grids pad odd axes at the high end).
+    """
+    nd = len(shape)
+    mode = "bilinear" if nd == 2 else "trilinear"
+    q = torch.nn.functional.interpolate(qc.unsqueeze(1), scale_factor=2 ** level, mode=mode, align_corners=False)
+    return q[(slice(None), 0) + tuple(slice(0, n) for n in shape)]
 
 
 class DCDMPreconditioner(Preconditioner):

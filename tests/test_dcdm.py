@@ -451,6 +451,24 @@ def test_nan_input_is_an_error_and_a_nan_direction_a_reason(augment):
     assert bool(res.converged[0]) and bool(torch.isfinite(res.x[0]).all())  # the other system is unaffected
 
 
+@pytest.mark.parametrize("dim,level", [(2, 1), (2, 2), (3, 1), (3, 2)])
+def test_prolongation_reproduces_linear_fields_between_coarse_centres(dim, level):
+    from krylon.solvers.dcdm import prolong
+
+    nc, w = 6, 2 ** level  # coarse cells, fine cells per coarse cell
+    coef = torch.tensor([0.7, -1.3, 2.1][:dim], dtype=torch.float64)
+
+    def f(centres):  # an affine field evaluated at cell centres given in fine-cell units
+        grids = torch.meshgrid(*([centres] * dim), indexing="ij")
+        return 1.5 + sum(c * g for c, g in zip(coef, grids))
+
+    fine = prolong(f((torch.arange(nc, dtype=torch.float64) + 0.5) * w)[None], level, (nc * w - 1,) * dim)
+    assert fine.shape == (1,) + (nc * w - 1,) * dim  # cropped to an odd fine grid
+    exact = f(torch.arange(nc * w - 1, dtype=torch.float64) + 0.5)
+    inner = tuple(slice(w // 2, nc * w - w // 2 - 1) for _ in range(dim))  # between the outermost coarse centres
+    torch.testing.assert_close(fine[(0,) + inner], exact[inner])
+
+
 def test_coarse_level_directions_on_odd_grids_and_as_safe_extra_directions():
     from krylon.solvers import CG
     from krylon.solvers.dcdm import AUGMENTED
@@ -460,16 +478,21 @@ def test_coarse_level_directions_on_odd_grids_and_as_safe_extra_directions():
     b = torch.randn(2, 37, 50, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * (~mask)
     net = DCDMNet(dim=2, width=4, levels=2, odd=True).double()
     solver = DCDM(net, coarse="auto")
-    dirs = solver._coarse_directions(A, b, "auto")
-    assert len(dirs) == 1  # 37 -> 18 (>= 16) -> 9 (< 16): one coarse level
-    assert len(solver._coarse_directions(A, b, 3)) == 3
-    for d in dirs:
+    hier = solver._hierarchy(A, "auto", torch.float64, "cpu")
+    assert len(hier) == 1  # 37 -> 19 (>= 16) -> 10 (< 16): one coarse level
+    assert len(solver._hierarchy(A, 3, torch.float64, "cpu")) == 3
+    assert tuple(hier[0][1].shape_in) == (19, 25)
+    for lv in (1, 2, 3):
+        d = solver._coarse_direction(A, b, solver._hierarchy(A, 3, torch.float64, "cpu"), lv)
         assert d.shape == b.shape and bool(torch.isfinite(d).all())
         assert not bool(d[:, mask].any())  # masked to the fluid
-        # piecewise constant on 2x2 blocks of fluid cells
-        blk = d[:, :36:2, :50:2]
-        fl = ~mask[:36:2, :50:2] & ~mask[1:37:2, :50:2]
-        torch.testing.assert_close(blk[:, fl], d[:, 1:37:2, :50:2][:, fl])
+    # the transfer divides by the interpolated coarse fluid indicator: a direction that is constant on the
+    # coarse fluid cells comes back constant on every fine fluid cell, obstacles or not
+    const = DCDM(net, coarse="auto")
+    const.direction = lambda Ac, r: torch.ones_like(r).masked_fill(Ac.obstacles, 0) if Ac.obstacles is not None else torch.ones_like(r)
+    for lv in (1, 2):
+        d = const._coarse_direction(A, b, const._hierarchy(A, 2, torch.float64, "cpu"), lv)
+        torch.testing.assert_close(d[:, ~mask], torch.ones_like(d[:, ~mask]))
     # an untrained network with every extra direction still converges (exact line searches, true residual)
     ref = CG(rtol=1e-8).solve(A, b)
     res = DCDM(net, rtol=1e-8, maxiter=2000, **AUGMENTED).solve(A, b)

@@ -98,7 +98,8 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                 for name, solver in solvers:
                     if name in failed:
                         results["rows"].append({"grid": grid, "unknowns": N, "rtol": rtol,
-                                                "solver": name, "iterations": None, "time_s": None,
+                                                "solver": name, "iterations": None, "matvecs": None,
+                                                "net_passes": None, "time_s": None,
                                                 "true_rel_res": None, "converged": False, "status": "skipped"})
                         continue
                     sync(device)
@@ -108,7 +109,8 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                     t = time.perf_counter() - t0
                     rel = float(torch.linalg.vector_norm(b - A @ res.x) / torch.linalg.vector_norm(b))
                     row = {"grid": grid, "unknowns": N, "rtol": rtol, "solver": name,
-                           "iterations": int(res.iterations), "time_s": t, "true_rel_res": rel,
+                           "iterations": int(res.iterations), "matvecs": int(res.n_matvec),
+                           "net_passes": res.extras.get("network_passes"), "time_s": t, "true_rel_res": rel,
                            "converged": bool(res.converged), "status": Status.NAMES[int(res.status)]}
                     results["rows"].append(row)
                     write_json(out / "dcdm.json", results)  # finished rows survive an interrupted run
@@ -118,29 +120,38 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                             failed_smaller.add(name)
                     print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:10s} {row['iterations']:6d} it  {t:8.2f} s  rel.res {rel:.1e}  {row['status']}", flush=True)
     if results["rows"]:
-        print_table(results["rows"], ["grid", "rtol", "solver", "iterations", "time_s", "true_rel_res", "status"],
+        print_table(results["rows"], ["grid", "rtol", "solver", "iterations", "matvecs", "net_passes", "time_s", "true_rel_res", "status"],
                     title=f"\n== DCDM vs Krylov on unseen obstacle scenes (device {device}, torch threads {torch.get_num_threads()}) ==")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "dcdm.json", results)
     if plot and results["rows"]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, len(rtols), figsize=(6 * len(rtols), 4.2), squeeze=False)
-        for ax, rtol in zip(axes[0], rtols):
-            for name in dict.fromkeys(r["solver"] for r in results["rows"]):
-                pts = sorted((r["unknowns"], r["iterations"]) for r in results["rows"]
-                             if r["solver"] == name and r["rtol"] == rtol and r["converged"])
-                if pts:
-                    ax.loglog(*zip(*pts), marker="o", label=name)
-            ax.set_xlabel("unknowns")
-            ax.set_ylabel("iterations")
-            ax.set_title(f"iterations to rtol {rtol:g}")
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "dcdm_iterations.png", dpi=110)
-        plt.close(fig)
+        plot_iterations(results, rtols, out / "dcdm_iterations.png")
     print(f"\nwrote {out / 'dcdm.json'}")
     return results
+
+
+def plot_iterations(results: dict, rtols, path) -> None:
+    """Iterations versus unknowns per solver and tolerance; 2-D grids solid, 3-D dashed (same colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    names = list(dict.fromkeys(r["solver"] for r in rows))
+    colours = {name: f"C{i}" for i, name in enumerate(names)}
+    fig, axes = plt.subplots(1, len(rtols), figsize=(6 * len(rtols), 4.2), squeeze=False)
+    for ax, rtol in zip(axes[0], rtols):
+        for name in names:
+            for dim, style in ((2, "-"), (3, "--")):
+                pts = sorted((r["unknowns"], r["iterations"]) for r in rows if r["solver"] == name and r["rtol"] == rtol
+                             and r["converged"] and r["grid"].count("x") == dim - 1)
+                if pts:
+                    ax.loglog(*zip(*pts), style, marker="o", color=colours[name], label=f"{name} ({dim}-D)")
+        ax.set_xlabel("unknowns")
+        ax.set_ylabel("iterations")
+        ax.set_title(f"iterations to rtol {rtol:g} (2-D solid, 3-D dashed)")
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
