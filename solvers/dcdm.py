@@ -248,11 +248,11 @@ class DCDM(IterativeSolver):
                 active = active & ~bad
                 # candidate directions, each computed from the residual left by the ones before it (so the
                 # iteration is multiplicative, like a multigrid cycle): the network's directions on the coarse
-                # grids, coarsest first, then on the grid itself, then the residual (the last two are krylon's
-                # additions); each is A-orthogonalised against the stored and earlier directions and taken with an
-                # exact line search at once.  What is left after projecting out a direction that lies in the span
-                # is rounding noise of relative size ~eps * cond; below sqrt(eps) of the original energy norm it
-                # counts as dependent.
+                # grids, coarsest first, then on the grid itself, then the residual (all but the network's
+                # direction on the grid itself are krylon's additions).  Each is A-orthogonalised against the
+                # stored and earlier directions and taken with an exact line search at once.  What is left after
+                # projecting out a direction that lies in the span is rounding noise of relative size
+                # ~eps * cond; below sqrt(eps) of the original energy norm it counts as dependent.
                 dep_tol = torch.finfo(rnorm.dtype).eps ** 0.5
                 indef = torch.zeros_like(active)
                 dependent = active.clone()
