@@ -79,7 +79,7 @@ class DCDM(IterativeSolver):
         an iteration has one direction).
     coarse : int or "auto"
         Multilevel directions (krylon's addition; 0 = the paper's method): each iteration first searches along
-        the network's directions for the residual restricted (2x2(x2) block sums) to this many successively
+        the network's directions for the residual restricted (2x2(x2) block means) to this many successively
         coarser grids (``"auto"``: down to 16 cells per axis), coarsest first, each interpolated back
         (:func:`prolong`) and computed from the residual left by the coarser ones -- like the upward leg of a
         multigrid V-cycle with the network as the coarse solver and smoother -- and then along its direction
@@ -236,6 +236,7 @@ class DCDM(IterativeSolver):
         # 0: the network on the grid itself; l >= 1: on coarse level l; None: the residual
         candidates = list(range(len(hierarchy), 0, -1)) + [0] + ([None] if opts["augment"] else [])
         n_passes = 0
+        dep_tol = torch.finfo(rnorm.dtype).eps ** 0.5
         P, AP, PAP = [], [], []
         since_best = torch.zeros(nb, dtype=torch.int64, device=dev)
         prog = _Progress(opts["progress"], maxiter, self.name)
@@ -252,8 +253,7 @@ class DCDM(IterativeSolver):
                 # direction on the grid itself are krylon's additions).  Each is A-orthogonalised against the
                 # stored and earlier directions and taken with an exact line search at once.  What is left after
                 # projecting out a direction that lies in the span is rounding noise of relative size
-                # ~eps * cond; below sqrt(eps) of the original energy norm it counts as dependent.
-                dep_tol = torch.finfo(rnorm.dtype).eps ** 0.5
+                # ~eps * cond; below sqrt(eps) of the original energy norm (dep_tol) it counts as dependent.
                 indef = torch.zeros_like(active)
                 dependent = active.clone()
                 new_dirs = []
@@ -362,12 +362,12 @@ class DCDM(IterativeSolver):
             if min(sc.shape[2:]) < 4:
                 break
             pads = _pads(sc)
-            sc = _pool(torch.nn.functional.pad(sc, pads, value=1.0), nd) / 2 ** nd
+            sc = _pool(torch.nn.functional.pad(sc, pads, value=1.0), nd)
             mask = sc[0, 0] >= 1.0
             obst = mask if bool(mask.any()) else None
             cshape = tuple(sc.shape[2:])
             if logk is not None:  # geometric mean over the children
-                logk = _pool(torch.nn.functional.pad(logk, pads, mode="replicate"), nd) / 2 ** nd
+                logk = _pool(torch.nn.functional.pad(logk, pads, mode="replicate"), nd)
                 Ac = Diffusion(torch.exp(logk[0, 0]), bc=A.bc, obstacles=obst, dtype=dtype, device=dev)
             else:
                 Ac = Laplacian(cshape, bc=A.bc, obstacles=obst, dtype=dtype, device=dev)
@@ -376,7 +376,9 @@ class DCDM(IterativeSolver):
         return out
 
     def _coarse_direction(self, A: LinearOperator, r: torch.Tensor, hierarchy: list, lv: int) -> torch.Tensor:
-        """The network's direction for ``r`` restricted to coarse level ``lv`` (block sums), interpolated back.
+        """The network's direction for ``r`` restricted to coarse level ``lv`` (block means), interpolated back.
+
+        The restriction's scale is irrelevant: :meth:`direction` normalises its input to unit RMS.
 
         The coarse direction is interpolated (bi/trilinearly between cell centres) and divided by the
         interpolated coarse fluid indicator, so solid coarse cells do not pull it towards zero (constants stay
@@ -421,9 +423,9 @@ def _pads(u: torch.Tensor) -> list:
 
 
 def _pool(u: torch.Tensor, nd: int) -> torch.Tensor:
-    """Sums over 2x2(x2) blocks of ``(B, C, *grid)`` with even grid axes."""
+    """Means over 2x2(x2) blocks of ``(B, C, *grid)`` with even grid axes."""
     pool = torch.nn.functional.avg_pool2d if nd == 2 else torch.nn.functional.avg_pool3d
-    return pool(u, 2) * 2 ** nd
+    return pool(u, 2)
 
 
 def prolong(qc: torch.Tensor, level: int, shape) -> torch.Tensor:
