@@ -19,6 +19,8 @@ __all__ = [
     "axpy_",
     "cg_step",
     "cg_step_",
+    "residual_update_",
+    "advance_",
     "xpby_",
     "a_orthogonalize",
 ]
@@ -75,8 +77,9 @@ def expand(c: torch.Tensor, ndim: int) -> torch.Tensor:
 
 def axpy_(y: torch.Tensor, alpha, x: torch.Tensor, ndim: int) -> torch.Tensor:
     """In place ``y += alpha * x`` with ``alpha`` a scalar or one value per system."""
-    if isinstance(alpha, torch.Tensor) and alpha.dim() > 0:
-        return y.addcmul_(expand(alpha, ndim), x)
+    if isinstance(alpha, torch.Tensor):
+        _scaled_add_(y, alpha, x, ndim, 1.0)
+        return y
     return y.add_(x, alpha=alpha)
 
 
@@ -96,18 +99,48 @@ def cg_step(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor,
     return x, r, cg_step_(x, r, p, Ap, alpha, ndim)
 
 
-def cg_step_(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int) -> torch.Tensor:
-    """In-place eager version of :func:`cg_step` (the reference); returns ``||r||^2``."""
+def _scaled_add_(y: torch.Tensor, alpha: torch.Tensor, x: torch.Tensor, ndim: int, sign: float) -> None:
+    """In place ``y += sign * alpha * x`` with ``alpha`` one value per system (or a 0-dim tensor)."""
     if alpha.dim() == 0 and alpha.device.type == "cpu" and not alpha.is_complex():
         # one system on the CPU: a Python scalar takes the plain axpy kernel (no host sync cost here)
-        a = float(alpha)
-        x.add_(p, alpha=a)
-        r.sub_(Ap, alpha=a)
+        y.add_(x, alpha=sign * float(alpha))
     else:
-        a = expand(alpha, ndim)
-        x.addcmul_(a, p)
-        r.addcmul_(a, Ap, value=-1)
+        y.addcmul_(expand(alpha, ndim), x, value=sign)
+
+
+def cg_step_(x: torch.Tensor, r: torch.Tensor, p: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int) -> torch.Tensor:
+    """In-place eager version of :func:`cg_step` (the reference); returns ``||r||^2``."""
+    _scaled_add_(x, alpha, p, ndim, 1.0)
+    _scaled_add_(r, alpha, Ap, ndim, -1.0)
     return norm(r, ndim) ** 2
+
+
+def residual_update_(r: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndim: int) -> torch.Tensor:
+    """In place ``r -= alpha Ap`` (``alpha`` one value per system); returns ``||r||^2`` per system.
+
+    One fused pass on the CPU when numba is present (:mod:`krylon.kernels.fused_cpu`), else two eager passes.
+    """
+    from . import fused_cpu
+
+    if not alpha.is_complex() and fused_cpu.usable(r, Ap):
+        return fused_cpu.residual_update(r, Ap, alpha, ndim)
+    _scaled_add_(r, alpha, Ap, ndim, -1.0)
+    return norm(r, ndim) ** 2
+
+
+def advance_(x: torch.Tensor, p: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor, ndim: int) -> None:
+    """In place ``x += alpha p`` and then ``p = z + beta p``: the CG solution and direction updates.
+
+    Both read the old ``p``, so CG can defer its ``x`` update to here and save a pass over
+    ``p``; one fused pass on the CPU when numba is present.  ``z`` may be ``r`` (no preconditioner).
+    """
+    from . import fused_cpu
+
+    if not (alpha.is_complex() or (isinstance(beta, torch.Tensor) and beta.is_complex())) and fused_cpu.usable(x, p, z):
+        fused_cpu.advance(x, p, z, alpha, beta, ndim)
+        return
+    _scaled_add_(x, alpha, p, ndim, 1.0)
+    xpby_(p, z, beta, ndim)
 
 
 def xpby_(p: torch.Tensor, z: torch.Tensor, beta: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -42,6 +42,7 @@ __all__ = [
     "StencilWeights",
     "stencil_weights",
     "apply_constant",
+    "apply_constant_dot",
     "apply_weights",
     "assemble_coo",
 ]
@@ -189,6 +190,13 @@ def apply_weights(u: torch.Tensor, w: StencilWeights, out: torch.Tensor | None =
     return out
 
 
+def _sides(bc, ndim: int):
+    """``bc`` as (low, high) pairs per axis; already-parsed pairs pass through without re-validation (hot path)."""
+    if isinstance(bc, tuple) and bc and isinstance(bc[0], tuple):
+        return bc
+    return parse_bc(bc, ndim)
+
+
 def apply_constant(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply the constant-coefficient Laplacian (no obstacles) with scalar weights only.
 
@@ -196,7 +204,7 @@ def apply_constant(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Ten
     for memory bandwidth in the CG hot loop.
     """
     ndim = len(spacing)
-    sides = parse_bc(bc, ndim) if not (isinstance(bc, tuple) and bc and isinstance(bc[0], tuple)) else bc
+    sides = _sides(bc, ndim)
     from . import compiled
 
     if compiled.enabled(u):
@@ -221,6 +229,22 @@ def apply_constant(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Ten
         if high == "neumann":
             out[last].sub_(u[last], alpha=inv[a])
     return out
+
+
+def apply_constant_dot(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Tensor | None = None):
+    """:func:`apply_constant` and the per-system quadratic form ``u . A u``; returns ``(A u, u . A u)``.
+
+    On the CPU with numba present this is one fused pass (:mod:`krylon.kernels.fused_cpu`) instead of
+    2d + 2 eager passes; the eager pair is the reference.
+    """
+    from . import fused_cpu, linalg
+
+    ndim = len(spacing)
+    sides = _sides(bc, ndim)
+    if out is not None and ndim in (2, 3) and fused_cpu.usable(u, out):
+        return out, fused_cpu.stencil_dot(u, out, spacing, sides)
+    out = apply_constant(u, spacing, sides, out=out)
+    return out, linalg.dot(u, out, ndim)
 
 
 def assemble_coo(shape: Sequence[int], w: StencilWeights):

@@ -176,6 +176,17 @@ class LinearOperator(nn.Module):
             return self._matvec_out(x, out)
         return self._matvec(x)
 
+    def matvec_dot(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A x, x^H A x)``: the product and, per system, the real part of the quadratic form.
+
+        What CG needs each iteration.  Operators that can do both in one pass over ``x``
+        (the constant-coefficient stencils on the CPU, with numba) override this.
+        """
+        if self.shape_in != self.shape_out:
+            raise ValueError(f"{type(self).__name__}.matvec_dot needs a square operator, got {self.shape_in} -> {self.shape_out}")
+        y = self.matvec(x, out=out)
+        return y, linalg.dot(x, y, len(self.shape_in)).real
+
     _supports_out = False
 
     def _matvec_out(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

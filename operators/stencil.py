@@ -104,6 +104,13 @@ class _StencilOperator(LinearOperator):
             out = None  # a batched coefficient broadcasts the result beyond x's shape
         return _st.apply_weights(x, w, out=out)
 
+    def matvec_dot(self, x, out=None):
+        if self._uses_fast_path() and out is not None and out.shape == x.shape and out.dtype == x.dtype \
+                and out.device == x.device and out is not x and not x.is_complex():
+            self._check(x, self.shape_in, "matvec_dot")
+            return _st.apply_constant_dot(x, self.spacing, self.bc, out=out)
+        return super().matvec_dot(x, out=out)
+
     def diagonal(self) -> torch.Tensor:
         return torch.broadcast_to(self.weights().diag, self.shape_in).clone()
 

@@ -378,9 +378,8 @@ class CG(IterativeSolver):
                 if not fast and k % sync_every == 0 and not bool(active.any()):
                     break
                 k += 1
-                Ap = A.matvec(p, out=Ap)
+                Ap, pAp = A.matvec_dot(p, out=Ap)  # one fused pass where the operator has one
                 n_matvec += 1
-                pAp = linalg.dot(p, Ap, nd).real
                 if flexible:
                     r_old.copy_(r)
                 updated = False
@@ -389,11 +388,16 @@ class CG(IterativeSolver):
                     iterations += fast_iters
                 if fast:
                     alpha = rz / pAp
-                    x, r, rr = linalg.cg_step(x, r, p, Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+                    a = alpha.to(x.dtype) if x.is_complex() else alpha
+                    rr = linalg.residual_update_(r, Ap, a, nd)
+                    # x += alpha p is deferred to the p update below (linalg.advance_), which reads p anyway
+                    x_behind = True
                     fast_iters += 1
                     updated = True
                     stalled = False
                     if k % check_every == 0:
+                        linalg.axpy_(x, a, p, nd)
+                        x_behind = False
                         r = torch.sub(b, A.matvec(x), out=r)
                         n_matvec += 1
                         rr = linalg.norm(r, nd) ** 2
@@ -410,13 +414,18 @@ class CG(IterativeSolver):
                             rnorm = rnorm_fast
                             history.append(rnorm)
                             num = rz_new - linalg.dot(r_old, z, nd).real if flexible else rz_new
-                            linalg.xpby_(p, z, num / rz, nd)
+                            if x_behind:
+                                linalg.advance_(x, p, z, a, num / rz, nd)
+                            else:
+                                linalg.xpby_(p, z, num / rz, nd)
                             rz = rz_new
                             if callback is not None:
                                 callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))
                             prog.update(k, float((rnorm / torch.clamp(bnorm, min=1e-300)).max()) if opts["progress"] else None)
                             continue
                     # something happened this iteration: finish it on the general path
+                    if x_behind:
+                        linalg.axpy_(x, a, p, nd)
                     fast = False
                     iterations += fast_iters
                 if not updated:

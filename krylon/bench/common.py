@@ -40,6 +40,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _fused_cpu_state() -> str:
+    """Whether CG's fused CPU kernels (numba) are on, and which numba compiles them."""
+    from krylon.kernels import fused_cpu
+
+    if not fused_cpu.available():
+        return "off (numba missing or KRYLON_NUMBA=0)"
+    import numba
+
+    return f"numba {numba.__version__}"
+
+
 def machine_info(device: str = "cpu") -> dict:
     import numpy
     import scipy
@@ -54,6 +65,7 @@ def machine_info(device: str = "cpu") -> dict:
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
         "device": device,
+        "fused_cpu_kernels": _fused_cpu_state(),
     }
     if str(device).startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()

@@ -1,0 +1,258 @@
+"""Fused CPU kernels for the conjugate-gradient hot loop, compiled with numba (optional).
+
+Eager PyTorch moves every field through memory once per elementary operation:
+one CG iteration with the 5/7-point Laplacian is about 26 full passes
+(the stencil alone is 2d + 1).  On a CPU those passes run at memory bandwidth,
+so their count *is* the cost.  These kernels do the same arithmetic in three
+passes, about 10 field streams in all:
+
+* :func:`stencil_dot`      ``Ap = A p`` and ``p . Ap`` per system, reading ``p`` once
+* :func:`residual_update`  ``r -= alpha Ap`` and ``||r||^2``
+* :func:`advance`          ``x += alpha p`` and ``p = z + beta p`` (the x update
+  is deferred to here, where ``p`` is read anyway)
+
+They are used only where they apply (a real float32/float64 contiguous CPU
+tensor, big enough that the call overhead does not matter, and either one
+torch thread or a field too small for torch to split across threads; see
+:func:`usable`) and only when numba can be imported; everything else takes
+the eager path in :mod:`krylon.kernels.linalg` and :mod:`krylon.kernels.stencil`,
+which stays the reference the tests compare against.  ``KRYLON_NUMBA=0``
+turns them off.
+
+numba is an optional dependency (the ``fast`` extra): it is the well-kept tool
+for compiled loops over numpy buffers, and ``torch.compile``'s CPU code was
+measured slower than eager here (see BENCHMARKS.md).  Kernels are compiled on
+first use (about a second per dtype) and cached on disk.
+
+Accumulations (dots, norms) are done in float64 whatever the field dtype.
+Floating-point reassociation is allowed (so the reductions vectorise), but
+not the "no NaN/Inf" assumptions, so a NaN still propagates to the solver's
+breakdown checks.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+__all__ = ["available", "usable", "stencil_dot", "residual_update", "advance", "MIN_ELEMENTS"]
+
+#: below this many field values per call the eager path is as fast (call overhead dominates)
+MIN_ELEMENTS = 4096
+
+#: torch parallelises an elementwise pass only above this many values (at::internal::GRAIN_SIZE)
+_TORCH_GRAIN = 32768
+
+_BC_CODE = {"dirichlet": 0, "neumann": 1, "periodic": 2}
+_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """True when numba can be imported and ``KRYLON_NUMBA`` is not ``0``."""
+    if os.environ.get("KRYLON_NUMBA", "1") == "0":
+        return False
+    try:
+        import numba  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the environment
+        return False
+    return True
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Can the fused kernels run on these tensors (and are they worth it)?"""
+    t = tensors[0]
+    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.requires_grad:
+        return False
+    if t.numel() < MIN_ELEMENTS:
+        return False
+    if t.numel() >= _TORCH_GRAIN and torch.get_num_threads() != 1:
+        # eager torch splits a pass over this many values across its threads; these kernels are serial
+        return False
+    for s in tensors:
+        if s.dtype != t.dtype or s.device != t.device or not s.is_contiguous() or s.requires_grad:
+            return False
+    return available()
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    import numba as nb
+
+    def jit(fn):
+        opts = dict(fastmath=_FASTMATH, nogil=True, boundscheck=False)
+        try:
+            return nb.njit(cache=True, **opts)(fn)  # compiled once, then loaded from numba's on-disk cache
+        except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
+            return nb.njit(**opts)(fn)
+
+    @jit
+    def _neighbour(n, i, lo_code, hi_code, inv, lower):
+        """(index, weight) of the lower/upper neighbour of index i on an axis of length n."""
+        if lower:
+            if i > 0:
+                return i - 1, inv
+            code = lo_code
+            wrap = n - 1
+        else:
+            if i < n - 1:
+                return i + 1, inv
+            code = hi_code
+            wrap = 0
+        if code == 2:  # periodic
+            return wrap, inv
+        if code == 1:  # neumann: the ghost equals the cell itself
+            return i, inv
+        return i, 0.0  # dirichlet: the ghost is zero
+
+    @jit
+    def stencil_dot_kernel(u, out, inv, bc, dots):
+        # u, out: (B, n0, n1, n2); inv: (3,) weights 1/h^2 (0 for a dummy axis); bc: (6,) codes, (lo, hi) per axis
+        B, n0, n1, n2 = u.shape
+        c = 2.0 * (inv[0] + inv[1] + inv[2])
+        w2 = inv[2]
+        for b in range(B):
+            acc = 0.0
+            for i in range(n0):
+                im, ci_m = _neighbour(n0, i, bc[0], bc[1], inv[0], True)
+                ip, ci_p = _neighbour(n0, i, bc[0], bc[1], inv[0], False)
+                for j in range(n1):
+                    jm, cj_m = _neighbour(n1, j, bc[2], bc[3], inv[1], True)
+                    jp, cj_p = _neighbour(n1, j, bc[2], bc[3], inv[1], False)
+                    ur = u[b, i, j]
+                    a0 = u[b, im, j]
+                    a1 = u[b, ip, j]
+                    a2 = u[b, i, jm]
+                    a3 = u[b, i, jp]
+                    o = out[b, i, j]
+                    if ci_m == 0.0 and ci_p == 0.0:
+                        # a 2-D grid (axis 0 is a dummy of length 1), or a Dirichlet end plane: two rows fewer
+                        for k in range(1, n2 - 1):
+                            v = c * ur[k] - cj_m * a2[k] - cj_p * a3[k] - w2 * (ur[k - 1] + ur[k + 1])
+                            o[k] = v
+                            acc += ur[k] * v
+                    else:
+                        for k in range(1, n2 - 1):
+                            v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
+                                 - w2 * (ur[k - 1] + ur[k + 1]))
+                            o[k] = v
+                            acc += ur[k] * v
+                    # the two ends of the row (one when n2 == 1) follow the last axis' boundary conditions
+                    last = n2 - 1
+                    for t in range(2 if last > 0 else 1):
+                        k = t * last
+                        km, ck_m = _neighbour(n2, k, bc[4], bc[5], w2, True)
+                        kp, ck_p = _neighbour(n2, k, bc[4], bc[5], w2, False)
+                        v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
+                             - ck_m * ur[km] - ck_p * ur[kp])
+                        o[k] = v
+                        acc += ur[k] * v
+            dots[b] = acc
+
+    @jit
+    def residual_kernel(r, ap, alpha, rr):
+        # r, ap: (B, N); r -= alpha[b] ap; rr[b] = ||r[b]||^2
+        for b in range(r.shape[0]):
+            a = alpha[b]
+            rb = r[b]
+            ab = ap[b]
+            acc = 0.0
+            for k in range(rb.shape[0]):
+                v = rb[k] - a * ab[k]
+                rb[k] = v
+                acc += v * v
+            rr[b] = acc
+
+    @jit
+    def advance_kernel(x, p, z, alpha, beta):
+        # x += alpha p; p = z + beta p (both from the old p)
+        for b in range(x.shape[0]):
+            a = alpha[b]
+            be = beta[b]
+            xb = x[b]
+            pb = p[b]
+            zb = z[b]
+            for k in range(xb.shape[0]):
+                pk = pb[k]
+                xb[k] += a * pk
+                pb[k] = zb[k] + be * pk
+
+    return stencil_dot_kernel, residual_kernel, advance_kernel
+
+
+def _per_system(c, nb: int):
+    """Per-system coefficients as a contiguous float64 numpy array of length nb (a view when possible)."""
+    import numpy as np
+
+    if isinstance(c, torch.Tensor):
+        c = c.detach()
+        if c.dtype != torch.float64:
+            c = c.to(torch.float64)
+        a = c.reshape(-1).numpy()
+    else:
+        a = np.asarray(c, dtype=np.float64).reshape(-1)
+    if a.size == nb:
+        return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+    if a.size == 1:
+        return np.full(nb, a[0])
+    raise ValueError(f"expected one coefficient per system ({nb}), got {a.size}")
+
+
+def _flat(t: torch.Tensor, nb: int):
+    """A contiguous field batch as a (nb, N) numpy view (no copy)."""
+    return t.detach().numpy().reshape(nb, -1)
+
+
+def _systems(t: torch.Tensor, ndim: int) -> tuple[tuple[int, ...], int]:
+    batch = tuple(t.shape[: t.dim() - ndim])
+    nb = 1
+    for s in batch:
+        nb *= s
+    return batch, nb
+
+
+def stencil_dot(u: torch.Tensor, out: torch.Tensor, spacing, sides) -> torch.Tensor:
+    """``out = A u`` (constant-coefficient Laplacian, no obstacles) and ``u . A u`` per system.
+
+    ``sides`` holds one ``(low, high)`` boundary-condition pair per grid axis (2 or 3 axes).
+    Returns the dots, shape ``batch``, in ``u``'s dtype.
+    """
+    ndim = len(spacing)
+    if ndim not in (2, 3):
+        raise ValueError(f"fused stencil supports 2-D and 3-D grids, got {ndim}-D")
+    batch, nb = _systems(u, ndim)
+    shape4 = (nb,) + (1,) * (3 - ndim) + tuple(u.shape[u.dim() - ndim:])
+    inv, codes = _stencil_constants(tuple(float(h) for h in spacing), tuple(tuple(p) for p in sides))
+    dots = torch.empty(batch, dtype=torch.float64)
+    _kernels()[0](u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), inv, codes,
+                  dots.numpy().reshape(nb))
+    return dots if u.dtype == torch.float64 else dots.to(u.dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _stencil_constants(spacing: tuple, sides: tuple):
+    import numpy as np
+
+    ndim = len(spacing)
+    inv = np.zeros(3)
+    inv[3 - ndim:] = [1.0 / h ** 2 for h in spacing]
+    codes = np.asarray([0, 0] * (3 - ndim) + [_BC_CODE[s] for pair in sides for s in pair], dtype=np.int64)
+    inv.flags.writeable = False
+    codes.flags.writeable = False
+    return inv, codes
+
+
+def residual_update(r: torch.Tensor, ap: torch.Tensor, alpha, ndim: int) -> torch.Tensor:
+    """In place ``r -= alpha Ap`` (alpha one value per system); returns ``||r||^2`` per system."""
+    batch, nb = _systems(r, ndim)
+    rr = torch.empty(batch, dtype=torch.float64)
+    _kernels()[1](_flat(r, nb), _flat(ap, nb), _per_system(alpha, nb), rr.numpy().reshape(nb))
+    return rr if r.dtype == torch.float64 else rr.to(r.dtype)
+
+
+def advance(x: torch.Tensor, p: torch.Tensor, z: torch.Tensor, alpha, beta, ndim: int) -> None:
+    """In place ``x += alpha p`` and ``p = z + beta p`` (alpha, beta one value per system)."""
+    _, nb = _systems(x, ndim)
+    _kernels()[2](_flat(x, nb), _flat(p, nb), _flat(z, nb), _per_system(alpha, nb), _per_system(beta, nb))

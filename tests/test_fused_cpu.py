@@ -1,0 +1,189 @@
+"""The numba-fused CPU kernels of the CG hot loop agree with the eager reference, and CG uses them correctly."""
+
+import itertools
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+from krylon.kernels import fused_cpu, linalg
+from krylon.kernels import stencil as st
+from krylon.operators import Laplacian
+from krylon.solvers import CG
+
+pytest.importorskip("numba")
+
+BCS = ("dirichlet", "neumann", "periodic")
+PAIRS = [(lo, hi) for lo in BCS for hi in BCS if (lo == "periodic") == (hi == "periodic")]
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def numba_on(monkeypatch):
+    monkeypatch.delenv("KRYLON_NUMBA", raising=False)
+    fused_cpu.available.cache_clear()
+    yield
+    fused_cpu.available.cache_clear()
+
+
+def _check_stencil(grid, sides, spacing, dtype, batch=(2,)):
+    g = torch.Generator().manual_seed(len(grid) * 100 + sum(grid))
+    u = torch.randn(batch + grid, generator=g, dtype=dtype)
+    out = torch.full_like(u, float("nan"))  # every entry must be written
+    d = fused_cpu.stencil_dot(u, out, spacing, sides)
+    ref = st.apply_constant(u.double(), spacing, sides)
+    tol = 1e-13 if dtype == torch.float64 else 2e-5
+    scale = max(float(ref.abs().max()), float(u.abs().max()))  # A u = 0 for an all-Neumann single cell
+    assert float((out.double() - ref).abs().max() / scale) < tol, (grid, sides)
+    dref = linalg.dot(u.double(), ref, len(grid))
+    assert d.dtype == dtype and d.shape == batch
+    dscale = float(linalg.dot(u.double(), u.double(), len(grid)).max()) * scale
+    assert float((d.double() - dref).abs().max()) <= 10 * tol * dscale
+
+
+@pytest.mark.parametrize("grid", [(5, 7), (1, 6), (6, 1), (2, 2), (1, 1), (3, 2)])
+def test_stencil_dot_2d_every_boundary_combination(grid):
+    # all 4 x 4 = 16 side combinations on grids that include the degenerate lengths 1 and 2
+    for sides in itertools.product(PAIRS, repeat=2):
+        _check_stencil(grid, sides, (0.7, 1.3), torch.float64)
+
+
+@pytest.mark.parametrize("grid", [(4, 5, 6), (1, 3, 2), (3, 1, 1), (2, 2, 5)])
+def test_stencil_dot_3d_boundary_combinations(grid):
+    for sides in itertools.product(PAIRS, repeat=3):
+        _check_stencil(grid, sides, (0.5, 1.0, 2.0), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [(), (1,), (2, 3)])
+def test_stencil_dot_dtypes_and_batches(dtype, batch):
+    _check_stencil((9, 8), (("dirichlet", "neumann"), ("periodic", "periodic")), (1.0, 0.5), dtype, batch)
+    _check_stencil((4, 6, 5), (("neumann", "neumann"), ("dirichlet", "dirichlet"), ("periodic", "periodic")),
+                   (1.0, 1.0, 1.0), dtype, batch)
+
+
+def test_stencil_dot_propagates_nan():
+    u = torch.ones(1, 8, 8, dtype=torch.float64)
+    u[0, 3, 4] = float("nan")
+    out = torch.empty_like(u)
+    d = fused_cpu.stencil_dot(u, out, (1.0, 1.0), (("dirichlet", "dirichlet"),) * 2)
+    assert torch.isnan(d).all()
+    assert torch.isnan(out[0, 2:5, 3:6]).sum() == 5  # the cell and its four neighbours
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_residual_update_and_advance_match_eager(dtype):
+    g = torch.Generator().manual_seed(3)
+    x, r, p, ap, z = (torch.randn(3, 7, 9, generator=g, dtype=dtype) for _ in range(5))
+    alpha = torch.tensor([0.5, 0.0, -1.5], dtype=dtype)  # 0 leaves system 1 unchanged
+    beta = torch.tensor([0.25, 2.0, 0.0], dtype=dtype)
+    r1, r2 = r.clone(), r.clone()
+    rr1 = fused_cpu.residual_update(r1, ap, alpha, 2)
+    r2 -= alpha[:, None, None] * ap
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r1, r2, **tol)
+    torch.testing.assert_close(rr1, (r2 * r2).sum((1, 2)), **tol)
+    assert torch.equal(r1[1], r[1])
+    x1, p1 = x.clone(), p.clone()
+    fused_cpu.advance(x1, p1, z, alpha, beta, 2)
+    torch.testing.assert_close(x1, x + alpha[:, None, None] * p, **tol)
+    torch.testing.assert_close(p1, z + beta[:, None, None] * p, **tol)
+    # a 0-dim coefficient applies to the single system
+    x2 = x[0].clone()
+    p2 = p[0].clone()
+    fused_cpu.advance(x2, p2, z[0], torch.tensor(0.5, dtype=dtype), torch.tensor(0.25, dtype=dtype), 2)
+    torch.testing.assert_close(x2, x1[0], **tol)
+    torch.testing.assert_close(p2, p1[0], **tol)
+
+
+def test_usable_only_where_it_applies(one_thread, numba_on):
+    big = torch.zeros(64, 64, dtype=torch.float64)
+    assert fused_cpu.usable(big, big)
+    assert not fused_cpu.usable(torch.zeros(8, 8, dtype=torch.float64))           # too small to pay off
+    assert not fused_cpu.usable(big.to(torch.complex128))                          # complex: eager
+    assert not fused_cpu.usable(big.t(), big)                                      # not contiguous
+    assert not fused_cpu.usable(big, big.float())                                  # mixed dtypes
+    assert not fused_cpu.usable(big.clone().requires_grad_())                      # autograd: eager
+    torch.set_num_threads(2)
+    assert fused_cpu.usable(big)                                      # below torch's grain: eager is serial too
+    assert not fused_cpu.usable(torch.zeros(256, 256, dtype=torch.float64))  # eager would use the threads
+
+
+def test_env_switch_turns_the_kernels_off(monkeypatch, one_thread):
+    monkeypatch.setenv("KRYLON_NUMBA", "0")
+    fused_cpu.available.cache_clear()
+    try:
+        assert not fused_cpu.usable(torch.zeros(64, 64, dtype=torch.float64))
+    finally:
+        fused_cpu.available.cache_clear()
+
+
+def _calls(monkeypatch):
+    """Count calls of the fused kernels (to prove which path a solve took)."""
+    seen = {"stencil_dot": 0, "residual_update": 0, "advance": 0}
+    for name in seen:
+        orig = getattr(fused_cpu, name)
+
+        def wrapped(*a, _orig=orig, _name=name, **k):
+            seen[_name] += 1
+            return _orig(*a, **k)
+        monkeypatch.setattr(fused_cpu, name, wrapped)
+    return seen
+
+
+@pytest.mark.parametrize("shape, bc", [((64, 80), "dirichlet"), ((20, 18, 16), (("dirichlet", "neumann"), "periodic", "dirichlet"))])
+def test_cg_with_fused_kernels_matches_scipy_and_eager(shape, bc, monkeypatch, one_thread, numba_on):
+    A = Laplacian(shape, bc=bc, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    b = torch.rand((3,) + shape, generator=g, dtype=torch.float64)
+    seen = _calls(monkeypatch)
+    res = CG(rtol=1e-10).solve(A, b)
+    assert seen["stencil_dot"] > 10 and seen["advance"] > 10 and seen["residual_update"] > 10
+    assert bool(res.converged.all())
+    K = A.to_scipy()
+    for i in range(3):
+        ref = spla.spsolve(K.tocsc(), b[i].reshape(-1).numpy())
+        np.testing.assert_allclose(res.x[i].reshape(-1).numpy(), ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    # the eager path takes the same number of iterations (rounding may shift it by one or two)
+    monkeypatch.setenv("KRYLON_NUMBA", "0")
+    fused_cpu.available.cache_clear()
+    before = dict(seen)
+    res0 = CG(rtol=1e-10).solve(A, b)
+    assert seen == before
+    assert (res.iterations - res0.iterations).abs().max() <= 2
+    torch.testing.assert_close(res.x, res0.x, rtol=0, atol=1e-8 * float(res0.x.abs().max()))
+
+
+def test_cg_fused_single_system_float32_and_callback(monkeypatch, one_thread, numba_on):
+    A = Laplacian((96, 96), bc="dirichlet", dtype=torch.float32)
+    b = torch.rand(96, 96, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    seen = _calls(monkeypatch)
+    xs = []
+    res = CG(rtol=1e-3).solve(A, b, callback=lambda st_: xs.append(st_.x.clone()))
+    assert seen["advance"] > 0 and bool(res.converged)
+    # the callback sees the current iterate (x is not one step behind): its residual matches the reported one
+    k = len(xs) // 2
+    true = float(torch.linalg.vector_norm(b - A.matvec(xs[k])))
+    reported = float(res.residual_norms[k + 1])
+    assert abs(true - reported) <= 1e-3 * reported
+    assert float(torch.linalg.vector_norm(b - A.matvec(res.x))) <= 1.01e-3 * float(torch.linalg.vector_norm(b))
+
+
+def test_cg_fused_path_per_system_convergence(monkeypatch, one_thread, numba_on):
+    # one easy system (b = A e_smooth) and one hard one: the easy one stops early, the hard one finishes
+    A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    b = torch.stack([torch.zeros(64, 64, dtype=torch.float64), torch.rand(64, 64, generator=g, dtype=torch.float64)])
+    b[0, 10, 10] = 1.0
+    res = CG(rtol=1e-9).solve(A, b)
+    assert bool(res.converged.all())
+    for i in range(2):
+        assert float(torch.linalg.vector_norm(b[i] - A.matvec(res.x[i]))) <= 1e-9 * float(torch.linalg.vector_norm(b[i]))
