@@ -12,12 +12,15 @@ passes, about 10 field streams in all:
   is deferred to here, where ``p`` is read anyway)
 
 They are used only where they apply (a real float32/float64 contiguous CPU
-tensor, big enough that the call overhead does not matter, and either one
-torch thread or a field too small for torch to split across threads; see
-:func:`usable`) and only when numba can be imported; everything else takes
-the eager path in :mod:`krylon.kernels.linalg` and :mod:`krylon.kernels.stencil`,
-which stays the reference the tests compare against.  ``KRYLON_NUMBA=0``
-turns them off.
+tensor, no overlapping outputs, big enough that the call overhead does not
+matter; see :func:`usable`) and only when numba can be imported; everything
+else takes the eager path in :mod:`krylon.kernels.linalg` and
+:mod:`krylon.kernels.stencil`, which stays the reference the tests compare
+against.  ``KRYLON_NUMBA=0`` turns them off.  With several torch threads a
+large field runs on a multi-threaded build of the same kernels (numba's
+``prange``, as many threads as torch uses) when that is safe: from the main
+thread of the process that imported krylon, on a threading layer other than
+numba's slow workqueue; otherwise the eager (multi-threaded) passes run.
 
 numba is an optional dependency (the ``fast`` extra): it is the well-kept tool
 for compiled loops over numpy buffers, and ``torch.compile``'s CPU code was
@@ -34,10 +37,11 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 
 import torch
 
-__all__ = ["available", "usable", "stencil_dot", "residual_update", "advance", "MIN_ELEMENTS"]
+__all__ = ["available", "usable", "stencil_dot", "residual_update", "advance", "Unavailable", "MIN_ELEMENTS"]
 
 #: below this many field values per call the eager path is as fast (call overhead dominates)
 MIN_ELEMENTS = 4096
@@ -68,27 +72,100 @@ def usable(*tensors: torch.Tensor) -> bool:
         return False
     if t.numel() < MIN_ELEMENTS:
         return False
-    if t.numel() >= _TORCH_GRAIN and torch.get_num_threads() != 1:
-        # eager torch splits a pass over this many values across its threads; these kernels are serial
-        return False
+    spans = []
     for s in tensors:
         if s.dtype != t.dtype or s.device != t.device or not s.is_contiguous() or s.requires_grad:
             return False
+        start = s.data_ptr()
+        spans.append((start, start + s.numel() * s.element_size()))
+    spans.sort()
+    if any(nxt[0] < prev[1] for prev, nxt in zip(spans, spans[1:])):
+        return False  # overlapping memory (an output aliasing an input): the eager path raises a clear error
+    if t.numel() >= _TORCH_GRAIN and torch.get_num_threads() > 1 and not _parallel_ok():
+        # eager torch would split this pass across its threads; serial kernels would lose to it
+        return False
     return available()
 
 
+_FIRST_PID = os.getpid()
+
+
+def _parallel_ok() -> bool:
+    """May a multi-threaded kernel be launched from here?
+
+    Only from the main thread of the process that imported this module: numba's OpenMP threading layer
+    (GNU OpenMP) is not safe to use in a process forked after it started, and its workqueue layer is not
+    thread-safe (and, measured, far slower: it is never used).
+    """
+    return (os.getpid() == _FIRST_PID and threading.current_thread() is threading.main_thread()
+            and _threading_layer() not in (None, "workqueue"))
+
+
 @functools.lru_cache(maxsize=1)
-def _kernels():
+def _threading_layer():
+    """The numba threading layer a parallel kernel runs on (found by launching a tiny one), or None."""
+    if not available():
+        return None
+    try:
+        import numba as nb
+
+        _kernels(True)[1](torch.zeros(1, 8, dtype=torch.float64).numpy(), torch.zeros(1, 8, dtype=torch.float64).numpy(),
+                          torch.zeros(1, dtype=torch.float64).numpy(), torch.zeros(1, dtype=torch.float64).numpy())
+        return nb.threading_layer()
+    except Exception:  # pragma: no cover - depends on the numba build
+        return None
+
+
+class Unavailable(RuntimeError):
+    """The kernels could not be compiled here; the caller takes the eager path (nothing was modified)."""
+
+
+def _launch(index: int, numel: int, *args):
+    """Run kernel ``index`` (0 stencil, 1 residual, 2 advance), on torch's thread count where that is safe."""
     import numba as nb
 
-    def jit(fn):
-        opts = dict(fastmath=_FASTMATH, nogil=True, boundscheck=False)
+    threads = torch.get_num_threads()
+    parallel = threads > 1 and numel >= _TORCH_GRAIN and _parallel_ok()
+    try:
+        if parallel:
+            nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
+        return _kernels(parallel)[index](*args)
+    except (nb.core.errors.NumbaError, OSError, ImportError) as exc:
+        # compilation fails before any array is touched (broken llvmlite, unreadable cache): turn the
+        # kernels off for this process and let the caller run the eager passes
+        import warnings
+
+        warnings.warn(f"krylon: numba could not compile the fused CPU kernels ({type(exc).__name__}: {exc}); "
+                      "using the eager path", RuntimeWarning, stacklevel=3)
+        os.environ["KRYLON_NUMBA"] = "0"
+        available.cache_clear()
+        raise Unavailable(str(exc)) from exc
+
+
+#: values per work item of the parallel update kernels, and grid rows per work item of the stencil
+_CHUNK = 16384
+_ROWS = 8
+
+
+@functools.lru_cache(maxsize=2)
+def _kernels(parallel: bool):
+    """The three kernels, compiled serial or multi-threaded (``prange`` is ``range`` in the serial build)."""
+    import numba as nb
+    import numpy as np
+    from numba import prange
+
+    # numba's on-disk cache keys a function by its bytecode and closure, not by its compile options: the
+    # kernels name `build` so that the serial and the parallel builds are cached apart
+    build = "parallel" if parallel else "serial"
+
+    def jit(fn, par=parallel):
+        opts = dict(fastmath=_FASTMATH, nogil=True, boundscheck=False, parallel=par)
         try:
             return nb.njit(cache=True, **opts)(fn)  # compiled once, then loaded from numba's on-disk cache
         except RuntimeError:  # no writable cache location (read-only install, no home): compile per process
             return nb.njit(**opts)(fn)
 
-    @jit
+    @functools.partial(jit, par=False)
     def _neighbour(n, i, lo_code, hi_code, inv, lower):
         """(index, weight) of the lower/upper neighbour of index i on an axis of length n."""
         if lower:
@@ -109,71 +186,99 @@ def _kernels():
 
     @jit
     def stencil_dot_kernel(u, out, inv, bc, dots):
-        # u, out: (B, n0, n1, n2); inv: (3,) weights 1/h^2 (0 for a dummy axis); bc: (6,) codes, (lo, hi) per axis
+        build  # noqa: B018 - a closure variable, see above
+        # u, out: (B, n0, n1, n2); inv: (3,) weights 1/h^2 (0 for a dummy axis); bc: (6,) codes, (lo, hi) per axis.
+        # One work item per block of _ROWS grid rows (b, i, j0..j0+_ROWS); each leaves its share of u . A u in part[].
         B, n0, n1, n2 = u.shape
         c = 2.0 * (inv[0] + inv[1] + inv[2])
         w2 = inv[2]
-        for b in range(B):
+        nj = (n1 + _ROWS - 1) // _ROWS
+        items = n0 * nj
+        part = np.empty(B * items)
+        for t in prange(B * items):
+            b = t // items
+            i = (t % items) // nj
+            j0 = (t % nj) * _ROWS
+            im, ci_m = _neighbour(n0, i, bc[0], bc[1], inv[0], True)
+            ip, ci_p = _neighbour(n0, i, bc[0], bc[1], inv[0], False)
             acc = 0.0
-            for i in range(n0):
-                im, ci_m = _neighbour(n0, i, bc[0], bc[1], inv[0], True)
-                ip, ci_p = _neighbour(n0, i, bc[0], bc[1], inv[0], False)
-                for j in range(n1):
-                    jm, cj_m = _neighbour(n1, j, bc[2], bc[3], inv[1], True)
-                    jp, cj_p = _neighbour(n1, j, bc[2], bc[3], inv[1], False)
-                    ur = u[b, i, j]
-                    a0 = u[b, im, j]
-                    a1 = u[b, ip, j]
-                    a2 = u[b, i, jm]
-                    a3 = u[b, i, jp]
-                    o = out[b, i, j]
-                    if ci_m == 0.0 and ci_p == 0.0:
-                        # a 2-D grid (axis 0 is a dummy of length 1), or a Dirichlet end plane: two rows fewer
-                        for k in range(1, n2 - 1):
-                            v = c * ur[k] - cj_m * a2[k] - cj_p * a3[k] - w2 * (ur[k - 1] + ur[k + 1])
-                            o[k] = v
-                            acc += ur[k] * v
-                    else:
-                        for k in range(1, n2 - 1):
-                            v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
-                                 - w2 * (ur[k - 1] + ur[k + 1]))
-                            o[k] = v
-                            acc += ur[k] * v
-                    # the two ends of the row (one when n2 == 1) follow the last axis' boundary conditions
-                    last = n2 - 1
-                    for t in range(2 if last > 0 else 1):
-                        k = t * last
-                        km, ck_m = _neighbour(n2, k, bc[4], bc[5], w2, True)
-                        kp, ck_p = _neighbour(n2, k, bc[4], bc[5], w2, False)
-                        v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
-                             - ck_m * ur[km] - ck_p * ur[kp])
+            for j in range(j0, min(j0 + _ROWS, n1)):
+                jm, cj_m = _neighbour(n1, j, bc[2], bc[3], inv[1], True)
+                jp, cj_p = _neighbour(n1, j, bc[2], bc[3], inv[1], False)
+                ur = u[b, i, j]
+                a0 = u[b, im, j]
+                a1 = u[b, ip, j]
+                a2 = u[b, i, jm]
+                a3 = u[b, i, jp]
+                o = out[b, i, j]
+                if ci_m == 0.0 and ci_p == 0.0:
+                    # a 2-D grid (axis 0 is a dummy of length 1 with zero weight): two rows fewer
+                    for k in range(1, n2 - 1):
+                        v = c * ur[k] - cj_m * a2[k] - cj_p * a3[k] - w2 * (ur[k - 1] + ur[k + 1])
                         o[k] = v
                         acc += ur[k] * v
-            dots[b] = acc
+                else:
+                    for k in range(1, n2 - 1):
+                        v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
+                             - w2 * (ur[k - 1] + ur[k + 1]))
+                        o[k] = v
+                        acc += ur[k] * v
+                # the two ends of the row (one when n2 == 1) follow the last axis' boundary conditions
+                last = n2 - 1
+                for e in range(2 if last > 0 else 1):
+                    k = e * last
+                    km, ck_m = _neighbour(n2, k, bc[4], bc[5], w2, True)
+                    kp, ck_p = _neighbour(n2, k, bc[4], bc[5], w2, False)
+                    v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
+                         - ck_m * ur[km] - ck_p * ur[kp])
+                    o[k] = v
+                    acc += ur[k] * v
+            part[t] = acc
+        for b in range(B):
+            s = 0.0
+            for t in range(b * items, (b + 1) * items):
+                s += part[t]
+            dots[b] = s
 
     @jit
     def residual_kernel(r, ap, alpha, rr):
-        # r, ap: (B, N); r -= alpha[b] ap; rr[b] = ||r[b]||^2
-        for b in range(r.shape[0]):
+        build  # noqa: B018 - a closure variable, see above
+        # r, ap: (B, N); r -= alpha[b] ap; rr[b] = ||r[b]||^2, in chunks of _CHUNK values
+        B, N = r.shape
+        nch = (N + _CHUNK - 1) // _CHUNK
+        part = np.empty(B * nch)
+        for t in prange(B * nch):
+            b = t // nch
+            c0 = (t % nch) * _CHUNK
             a = alpha[b]
-            rb = r[b]
-            ab = ap[b]
+            rb = r[b, c0:c0 + _CHUNK]
+            ab = ap[b, c0:c0 + _CHUNK]
             acc = 0.0
             for k in range(rb.shape[0]):
                 v = rb[k] - a * ab[k]
                 rb[k] = v
                 acc += v * v
-            rr[b] = acc
+            part[t] = acc
+        for b in range(B):
+            s = 0.0
+            for t in range(b * nch, (b + 1) * nch):
+                s += part[t]
+            rr[b] = s
 
     @jit
     def advance_kernel(x, p, z, alpha, beta):
+        build  # noqa: B018 - a closure variable, see above
         # x += alpha p; p = z + beta p (both from the old p)
-        for b in range(x.shape[0]):
+        B, N = x.shape
+        nch = (N + _CHUNK - 1) // _CHUNK
+        for t in prange(B * nch):
+            b = t // nch
+            c0 = (t % nch) * _CHUNK
             a = alpha[b]
             be = beta[b]
-            xb = x[b]
-            pb = p[b]
-            zb = z[b]
+            xb = x[b, c0:c0 + _CHUNK]
+            pb = p[b, c0:c0 + _CHUNK]
+            zb = z[b, c0:c0 + _CHUNK]
             for k in range(xb.shape[0]):
                 pk = pb[k]
                 xb[k] += a * pk
@@ -226,8 +331,8 @@ def stencil_dot(u: torch.Tensor, out: torch.Tensor, spacing, sides) -> torch.Ten
     shape4 = (nb,) + (1,) * (3 - ndim) + tuple(u.shape[u.dim() - ndim:])
     inv, codes = _stencil_constants(tuple(float(h) for h in spacing), tuple(tuple(p) for p in sides))
     dots = torch.empty(batch, dtype=torch.float64)
-    _kernels()[0](u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), inv, codes,
-                  dots.numpy().reshape(nb))
+    _launch(0, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), inv, codes,
+            dots.numpy().reshape(nb))
     return dots if u.dtype == torch.float64 else dots.to(u.dtype)
 
 
@@ -248,11 +353,11 @@ def residual_update(r: torch.Tensor, ap: torch.Tensor, alpha, ndim: int) -> torc
     """In place ``r -= alpha Ap`` (alpha one value per system); returns ``||r||^2`` per system."""
     batch, nb = _systems(r, ndim)
     rr = torch.empty(batch, dtype=torch.float64)
-    _kernels()[1](_flat(r, nb), _flat(ap, nb), _per_system(alpha, nb), rr.numpy().reshape(nb))
+    _launch(1, r.numel(), _flat(r, nb), _flat(ap, nb), _per_system(alpha, nb), rr.numpy().reshape(nb))
     return rr if r.dtype == torch.float64 else rr.to(r.dtype)
 
 
 def advance(x: torch.Tensor, p: torch.Tensor, z: torch.Tensor, alpha, beta, ndim: int) -> None:
     """In place ``x += alpha p`` and ``p = z + beta p`` (alpha, beta one value per system)."""
     _, nb = _systems(x, ndim)
-    _kernels()[2](_flat(x, nb), _flat(p, nb), _flat(z, nb), _per_system(alpha, nb), _per_system(beta, nb))
+    _launch(2, x.numel(), _flat(x, nb), _flat(p, nb), _flat(z, nb), _per_system(alpha, nb), _per_system(beta, nb))

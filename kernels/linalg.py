@@ -123,7 +123,10 @@ def residual_update_(r: torch.Tensor, Ap: torch.Tensor, alpha: torch.Tensor, ndi
     from . import fused_cpu
 
     if not alpha.is_complex() and fused_cpu.usable(r, Ap):
-        return fused_cpu.residual_update(r, Ap, alpha, ndim)
+        try:
+            return fused_cpu.residual_update(r, Ap, alpha, ndim)
+        except fused_cpu.Unavailable:
+            pass
     _scaled_add_(r, alpha, Ap, ndim, -1.0)
     return norm(r, ndim) ** 2
 
@@ -137,8 +140,11 @@ def advance_(x: torch.Tensor, p: torch.Tensor, z: torch.Tensor, alpha: torch.Ten
     from . import fused_cpu
 
     if not (alpha.is_complex() or (isinstance(beta, torch.Tensor) and beta.is_complex())) and fused_cpu.usable(x, p, z):
-        fused_cpu.advance(x, p, z, alpha, beta, ndim)
-        return
+        try:
+            fused_cpu.advance(x, p, z, alpha, beta, ndim)
+            return
+        except fused_cpu.Unavailable:
+            pass
     _scaled_add_(x, alpha, p, ndim, 1.0)
     xpby_(p, z, beta, ndim)
 

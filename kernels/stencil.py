@@ -242,7 +242,10 @@ def apply_constant_dot(u: torch.Tensor, spacing: Sequence[float], bc, out: torch
     ndim = len(spacing)
     sides = _sides(bc, ndim)
     if out is not None and ndim in (2, 3) and fused_cpu.usable(u, out):
-        return out, fused_cpu.stencil_dot(u, out, spacing, sides)
+        try:
+            return out, fused_cpu.stencil_dot(u, out, spacing, sides)
+        except fused_cpu.Unavailable:
+            pass
     out = apply_constant(u, spacing, sides, out=out)
     return out, linalg.dot(u, out, ndim)
 

@@ -331,12 +331,14 @@ class CG(IterativeSolver):
         dev = b.device
         E = lambda t: linalg.expand(t, nd)  # noqa: E731
         n_matvec = 0
+        # dense row-major work vectors whatever the layout of b and x0 (the fused CPU kernels need them)
+        dense = torch.contiguous_format
         if prob.x0 is None:
-            x = torch.zeros_like(b)
-            r = b.clone()
+            x = torch.zeros_like(b, memory_format=dense)
+            r = b.clone(memory_format=dense)
         else:
-            x = prob.x0.clone()
-            r = b - A.matvec(x)
+            x = prob.x0.clone(memory_format=dense)
+            r = (b - A.matvec(x)).contiguous()
             n_matvec += 1
         rnorm = linalg.norm(r, nd)
         status = torch.full(batch, Status.RUNNING, dtype=torch.int8, device=dev)
@@ -352,7 +354,7 @@ class CG(IterativeSolver):
         history = [rnorm.clone()]
         z = M(r) if M is not None else r
         rz = linalg.dot(r, z, nd).real if M is not None else rnorm ** 2
-        p = z.clone()
+        p = z.clone(memory_format=dense)
         Ap = torch.empty_like(p)  # reused every iteration: no allocation in the hot loop
         flexible = bool(opts.get("flexible")) and M is not None
         r_old = torch.empty_like(r) if flexible else None
@@ -488,8 +490,14 @@ class CG(IterativeSolver):
                     z, rz_new = r, rr
                 num = rz_new - linalg.dot(r_old, z, nd).real if flexible else rz_new
                 beta = _where(active & (rz != 0), num / _where(rz == 0, torch.ones_like(rz), rz), torch.zeros_like(rz))
-                # p = z + beta p in place; frozen systems have alpha = 0, so p's value does not matter for them
+                # p = z + beta p in place; frozen systems have alpha = 0, so p's value does not matter for them ...
                 linalg.xpby_(p, z, beta, nd)
+                if k % sync_every == 0:
+                    # ... unless it is not finite: 0 * NaN = NaN would reach x.  A system stopped by a NaN keeps a
+                    # zero direction, so its x stays the last finite iterate (checked where the host syncs anyway)
+                    broken = (status == Status.NAN) | (status == Status.PRECONDITIONER) | (status == Status.INDEFINITE)
+                    if bool(broken.any()):
+                        p.masked_fill_(E(broken), 0)
                 rz = _where(active, rz_new, rz)
                 if callback is not None:
                     callback(IterationState(iteration=k, residual_norms=rnorm.clone(), _x=x))

@@ -222,7 +222,7 @@ class IC0(Preconditioner):
         dt = self._L.dtype
         y = _tri_solve(self._L, flat.to(dt), upper=False)
         z = _tri_solve(self._U, y * self._d.unsqueeze(1), upper=True)
-        return z.transpose(0, 1).reshape(shape).to(r.dtype)
+        return z.transpose(0, 1).reshape(shape).to(r.dtype).contiguous()
 
 
 class _Adapter(Preconditioner):

@@ -106,7 +106,7 @@ def test_residual_update_and_advance_match_eager(dtype):
 
 def test_usable_only_where_it_applies(one_thread, numba_on):
     big = torch.zeros(64, 64, dtype=torch.float64)
-    assert fused_cpu.usable(big, big)
+    assert fused_cpu.usable(big, big.clone())
     assert not fused_cpu.usable(torch.zeros(8, 8, dtype=torch.float64))           # too small to pay off
     assert not fused_cpu.usable(big.to(torch.complex128))                          # complex: eager
     assert not fused_cpu.usable(big.t(), big)                                      # not contiguous
@@ -114,7 +114,8 @@ def test_usable_only_where_it_applies(one_thread, numba_on):
     assert not fused_cpu.usable(big.clone().requires_grad_())                      # autograd: eager
     torch.set_num_threads(2)
     assert fused_cpu.usable(big)                                      # below torch's grain: eager is serial too
-    assert not fused_cpu.usable(torch.zeros(256, 256, dtype=torch.float64))  # eager would use the threads
+    # above it, only where the multi-threaded build may run (else eager torch would use the threads)
+    assert fused_cpu.usable(torch.zeros(256, 256, dtype=torch.float64)) == fused_cpu._parallel_ok()
 
 
 def test_env_switch_turns_the_kernels_off(monkeypatch, one_thread):
@@ -187,3 +188,73 @@ def test_cg_fused_path_per_system_convergence(monkeypatch, one_thread, numba_on)
     assert bool(res.converged.all())
     for i in range(2):
         assert float(torch.linalg.vector_norm(b[i] - A.matvec(res.x[i]))) <= 1e-9 * float(torch.linalg.vector_norm(b[i]))
+
+
+def test_overlapping_output_is_refused_like_eager(one_thread, numba_on):
+    A = Laplacian((64, 64), dtype=torch.float64)
+    x = torch.randn(64, 64, dtype=torch.float64)
+    assert not fused_cpu.usable(x, x.view_as(x))
+    with pytest.raises(RuntimeError, match="memory location"):
+        A.matvec_dot(x, out=x.view_as(x))
+
+
+def test_non_contiguous_inputs_still_take_the_fused_path(monkeypatch, one_thread, numba_on):
+    # CG's work vectors are dense whatever the layout of b, and IC0 returns dense batches
+    from krylon.solvers import IC0
+
+    A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    seen = _calls(monkeypatch)
+    bt = torch.rand(64, 64, generator=g, dtype=torch.float64).t()
+    res = CG(rtol=1e-8).solve(A, bt)
+    assert bool(res.converged) and seen["stencil_dot"] >= int(res.iterations)
+    seen["stencil_dot"] = 0
+    res = CG(rtol=1e-8, M=IC0()).solve(A, torch.rand(2, 64, 64, generator=g, dtype=torch.float64))
+    assert bool(res.converged.all()) and seen["stencil_dot"] >= int(res.iterations.max())
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, one_thread, numba_on):
+    import numba
+
+    def broken(parallel):
+        raise numba.core.errors.TypingError("simulated compiler failure")
+
+    monkeypatch.setattr(fused_cpu, "_kernels", broken)
+    monkeypatch.setenv("KRYLON_NUMBA", "1")
+    A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)
+    b = torch.rand(64, 64, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="eager path"):
+        res = CG(rtol=1e-8).solve(A, b)
+    assert bool(res.converged)
+    assert float(torch.linalg.vector_norm(b - A.matvec(res.x))) <= 1e-8 * float(torch.linalg.vector_norm(b))
+    assert not fused_cpu.available()
+
+
+def test_multithreaded_kernels_match_serial(numba_on):
+    # with several torch threads a large field runs on the prange build of the same kernels
+    if not fused_cpu._parallel_ok():
+        pytest.skip("numba has no safe threading layer here")
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(7)
+        u = torch.randn(2, 200, 190, generator=g, dtype=torch.float64)
+        out = torch.empty_like(u)
+        sides = (("dirichlet", "neumann"), ("periodic", "periodic"))
+        d = fused_cpu.stencil_dot(u, out, (1.0, 0.5), sides)
+        ref = st.apply_constant(u, (1.0, 0.5), sides)
+        torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-12)
+        torch.testing.assert_close(d, linalg.dot(u, ref, 2), rtol=1e-12, atol=0)
+        r, ap = torch.randn(2, 70000, generator=g, dtype=torch.float64), torch.randn(2, 70000, generator=g, dtype=torch.float64)
+        alpha = torch.tensor([0.3, -0.7], dtype=torch.float64)
+        r1 = r.clone()
+        rr = fused_cpu.residual_update(r1, ap, alpha, 1)
+        torch.testing.assert_close(r1, r - alpha[:, None] * ap)
+        torch.testing.assert_close(rr, (r1 * r1).sum(1))
+        A = Laplacian((256, 256), bc="dirichlet", dtype=torch.float64)
+        b = torch.rand(256, 256, generator=g, dtype=torch.float64)
+        res = CG(rtol=1e-8).solve(A, b)
+        assert bool(res.converged)
+        assert float(torch.linalg.vector_norm(b - A.matvec(res.x))) <= 1e-8 * float(torch.linalg.vector_norm(b))
+    finally:
+        torch.set_num_threads(n)

@@ -1211,3 +1211,28 @@ class TestCUDA:
             assert res.x.device.type == "cuda" and bool(res.converged.all())
         res = CG(rtol=1e-12).solve(A, b)
         assert not bool(res.converged.any())
+
+
+def test_cg_system_stopped_by_a_nan_keeps_its_last_finite_iterate():
+    # the preconditioner turns system 0 to NaN after 12 applications; system 1 must still converge, and
+    # system 0's x must be the finite iterate it had when it stopped (not 0 * NaN = NaN)
+    from krylon.operators import Laplacian
+
+    A = Laplacian((12, 12), bc="dirichlet", dtype=F64)
+    b = torch.rand(2, 12, 12, generator=torch.Generator().manual_seed(1), dtype=F64)
+    calls = {"n": 0}
+
+    def M(r):
+        calls["n"] += 1
+        z = r.clone()
+        if calls["n"] > 12:
+            z[0] = float("nan")
+        return z
+
+    res = CG(rtol=1e-10, M=M).solve(A, b)
+    assert res.status.tolist() == [Status.PRECONDITIONER, Status.CONVERGED]
+    assert bool(torch.isfinite(res.x[0]).all())
+    # M was applied once before the first step, so the NaN came after step 12: the iterate of 12 plain steps
+    assert int(res.iterations[0]) == 12
+    stopped = CG(rtol=1e-10, maxiter=12).solve(A, b[0])
+    torch.testing.assert_close(res.x[0], stopped.x, rtol=1e-10, atol=1e-12)
