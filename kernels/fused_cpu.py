@@ -184,6 +184,15 @@ def _kernels(parallel: bool):
             return i, inv
         return i, 0.0  # dirichlet: the ghost is zero
 
+    @functools.partial(jit, par=False)
+    def _sum_parts(part, per_system, out):
+        """out[b] = sum of the partial sums part[b * per_system:(b + 1) * per_system] (a fixed order)."""
+        for b in range(out.shape[0]):
+            s = 0.0
+            for t in range(b * per_system, (b + 1) * per_system):
+                s += part[t]
+            out[b] = s
+
     @jit
     def stencil_dot_kernel(u, out, inv, bc, dots):
         build  # noqa: B018 - a closure variable, see above
@@ -234,11 +243,7 @@ def _kernels(parallel: bool):
                     o[k] = v
                     acc += ur[k] * v
             part[t] = acc
-        for b in range(B):
-            s = 0.0
-            for t in range(b * items, (b + 1) * items):
-                s += part[t]
-            dots[b] = s
+        _sum_parts(part, items, dots)
 
     @jit
     def residual_kernel(r, ap, alpha, rr):
@@ -259,11 +264,7 @@ def _kernels(parallel: bool):
                 rb[k] = v
                 acc += v * v
             part[t] = acc
-        for b in range(B):
-            s = 0.0
-            for t in range(b * nch, (b + 1) * nch):
-                s += part[t]
-            rr[b] = s
+        _sum_parts(part, nch, rr)
 
     @jit
     def advance_kernel(x, p, z, alpha, beta):
