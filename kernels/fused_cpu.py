@@ -7,6 +7,9 @@ so their count *is* the cost.  These kernels do the same arithmetic in three
 passes, about 10 field streams in all:
 
 * :func:`stencil_dot`      ``Ap = A p`` and ``p . Ap`` per system, reading ``p`` once
+  (constant-coefficient Laplacian, any boundary conditions)
+* :func:`weighted_stencil_dot`  the same for a general stencil (obstacles, ``-div(k grad u)``) from
+  the diagonal and one array of face weights per axis (:func:`prepare_weights`)
 * :func:`residual_update`  ``r -= alpha Ap`` and ``||r||^2``
 * :func:`advance`          ``x += alpha p`` and ``p = z + beta p`` (the x update
   is deferred to here, where ``p`` is read anyway)
@@ -41,7 +44,8 @@ import threading
 
 import torch
 
-__all__ = ["available", "usable", "stencil_dot", "residual_update", "advance", "Unavailable", "MIN_ELEMENTS"]
+__all__ = ["available", "usable", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
+           "Unavailable", "MIN_ELEMENTS"]
 
 #: below this many field values per call the eager path is as fast (call overhead dominates)
 MIN_ELEMENTS = 4096
@@ -121,7 +125,7 @@ class Unavailable(RuntimeError):
 
 
 def _launch(index: int, numel: int, *args):
-    """Run kernel ``index`` (0 stencil, 1 residual, 2 advance), on torch's thread count where that is safe."""
+    """Run kernel ``index`` (0 stencil, 1 residual, 2 advance, 3 weighted stencil) on torch's thread count where safe."""
     import numba as nb
 
     threads = torch.get_num_threads()
@@ -185,6 +189,18 @@ def _kernels(parallel: bool):
         return i, 0.0  # dirichlet: the ghost is zero
 
     @functools.partial(jit, par=False)
+    def _row_blocks(n0, n1):
+        """Work items of the stencils per system: blocks of _ROWS grid rows (i, j0..j0+_ROWS)."""
+        return n0 * ((n1 + _ROWS - 1) // _ROWS)
+
+    @functools.partial(jit, par=False)
+    def _work_item(t, n0, n1):
+        """(system b, plane i, first row j0) of work item t."""
+        items = _row_blocks(n0, n1)
+        nj = (n1 + _ROWS - 1) // _ROWS
+        return t // items, (t % items) // nj, (t % nj) * _ROWS
+
+    @functools.partial(jit, par=False)
     def _sum_parts(part, per_system, out):
         """out[b] = sum of the partial sums part[b * per_system:(b + 1) * per_system] (a fixed order)."""
         for b in range(out.shape[0]):
@@ -201,13 +217,10 @@ def _kernels(parallel: bool):
         B, n0, n1, n2 = u.shape
         c = 2.0 * (inv[0] + inv[1] + inv[2])
         w2 = inv[2]
-        nj = (n1 + _ROWS - 1) // _ROWS
-        items = n0 * nj
+        items = _row_blocks(n0, n1)
         part = np.empty(B * items)
         for t in prange(B * items):
-            b = t // items
-            i = (t % items) // nj
-            j0 = (t % nj) * _ROWS
+            b, i, j0 = _work_item(t, n0, n1)
             im, ci_m = _neighbour(n0, i, bc[0], bc[1], inv[0], True)
             ip, ci_p = _neighbour(n0, i, bc[0], bc[1], inv[0], False)
             acc = 0.0
@@ -240,6 +253,68 @@ def _kernels(parallel: bool):
                     kp, ck_p = _neighbour(n2, k, bc[4], bc[5], w2, False)
                     v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
                          - ck_m * ur[km] - ck_p * ur[kp])
+                    o[k] = v
+                    acc += ur[k] * v
+            part[t] = acc
+        _sum_parts(part, items, dots)
+
+    @jit
+    def weighted_dot_kernel(u, out, diag, lower, per, dots):
+        build  # noqa: B018 - a closure variable, see above
+        # -div(k grad u) with precomputed weights: u, out (B, n0, n1, n2); diag (n0, n1, n2);
+        # lower[a] (n0, n1, n2) = weight of the face between a cell and its lower neighbour on axis a (at the
+        # first cell: the periodic wrap's weight, or 0); per (3,) = 1 for a periodic axis.  Boundary and
+        # obstacle terms are in diag and in zero face weights, so no boundary codes are needed here.
+        B, n0, n1, n2 = u.shape
+        items = _row_blocks(n0, n1)
+        part = np.empty(B * items)
+        for t in prange(B * items):
+            b, i, j0 = _work_item(t, n0, n1)
+            # the upper neighbour's face weight is the lower weight of the next cell (of cell 0 when wrapping)
+            im = i - 1 if i > 0 else n0 - 1
+            ip = i + 1 if i < n0 - 1 else 0
+            m_ip = 1.0 if (i < n0 - 1 or per[0] == 1) else 0.0
+            axis0 = n0 > 1 or per[0] == 1
+            acc = 0.0
+            for j in range(j0, min(j0 + _ROWS, n1)):
+                jm = j - 1 if j > 0 else n1 - 1
+                jp = j + 1 if j < n1 - 1 else 0
+                m_jp = 1.0 if (j < n1 - 1 or per[1] == 1) else 0.0
+                ur = u[b, i, j]
+                um1 = u[b, i, jm]
+                up1 = u[b, i, jp]
+                d = diag[i, j]
+                l1 = lower[1, i, j]
+                h1 = lower[1, i, jp]
+                l2 = lower[2, i, j]
+                o = out[b, i, j]
+                if axis0:
+                    um0 = u[b, im, j]
+                    up0 = u[b, ip, j]
+                    l0 = lower[0, i, j]
+                    h0 = lower[0, ip, j]
+                    for k in range(1, n2 - 1):
+                        v = (d[k] * ur[k] - l0[k] * um0[k] - m_ip * h0[k] * up0[k] - l1[k] * um1[k]
+                             - m_jp * h1[k] * up1[k] - l2[k] * ur[k - 1] - l2[k + 1] * ur[k + 1])
+                        o[k] = v
+                        acc += ur[k] * v
+                else:  # a 2-D grid: axis 0 is a dummy of length 1
+                    for k in range(1, n2 - 1):
+                        v = (d[k] * ur[k] - l1[k] * um1[k] - m_jp * h1[k] * up1[k]
+                             - l2[k] * ur[k - 1] - l2[k + 1] * ur[k + 1])
+                        o[k] = v
+                        acc += ur[k] * v
+                last = n2 - 1
+                for e in range(2 if last > 0 else 1):
+                    k = e * last
+                    v = d[k] * ur[k] - l1[k] * um1[k] - m_jp * h1[k] * up1[k]
+                    if axis0:
+                        v -= lower[0, i, j, k] * u[b, im, j, k] + m_ip * lower[0, ip, j, k] * u[b, ip, j, k]
+                    v -= l2[k] * ur[k - 1 if k > 0 else last]  # at k = 0: the wrap weight (0 unless periodic)
+                    if k < last:
+                        v -= l2[k + 1] * ur[k + 1]
+                    elif per[2] == 1:
+                        v -= l2[0] * ur[0]
                     o[k] = v
                     acc += ur[k] * v
             part[t] = acc
@@ -285,7 +360,7 @@ def _kernels(parallel: bool):
                 xb[k] += a * pk
                 pb[k] = zb[k] + be * pk
 
-    return stencil_dot_kernel, residual_kernel, advance_kernel
+    return stencil_dot_kernel, residual_kernel, advance_kernel, weighted_dot_kernel
 
 
 def _per_system(c, nb: int):
@@ -334,6 +409,35 @@ def stencil_dot(u: torch.Tensor, out: torch.Tensor, spacing, sides) -> torch.Ten
     dots = torch.empty(batch, dtype=torch.float64)
     _launch(0, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), inv, codes,
             dots.numpy().reshape(nb))
+    return dots if u.dtype == torch.float64 else dots.to(u.dtype)
+
+
+def prepare_weights(diag: torch.Tensor, lower: torch.Tensor, periodic) -> tuple:
+    """The weighted kernel's operands for one grid: ``diag`` (grid) and ``lower`` (d, *grid) padded to 3 axes.
+
+    ``lower[a]`` holds, for every cell, the weight of the face to its lower neighbour on axis ``a`` (at the
+    first cell of the axis the periodic wrap's weight, else 0); see :func:`krylon.kernels.stencil.lower_face_weights`.
+    Build once per operator and pass to :func:`weighted_stencil_dot`.
+    """
+    import numpy as np
+
+    ndim = lower.shape[0]
+    grid = tuple(diag.shape)
+    pad = (1,) * (3 - ndim)
+    lo = torch.zeros((3,) + pad + grid, dtype=diag.dtype)
+    lo[3 - ndim:] = lower.detach().reshape((ndim,) + pad + grid)
+    per = np.asarray([0] * (3 - ndim) + [1 if p else 0 for p in periodic], dtype=np.int64)
+    return diag.detach().contiguous().reshape(pad + grid), lo, per, ndim
+
+
+def weighted_stencil_dot(u: torch.Tensor, out: torch.Tensor, prepared: tuple) -> torch.Tensor:
+    """``out = A u`` for a general stencil (operands from :func:`prepare_weights`) and ``u . A u`` per system."""
+    diag, lo, per, ndim = prepared
+    batch, nb = _systems(u, ndim)
+    shape4 = (nb,) + tuple(diag.shape)
+    dots = torch.empty(batch, dtype=torch.float64)
+    _launch(3, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), diag.numpy(),
+            lo.numpy(), per, dots.numpy().reshape(nb))
     return dots if u.dtype == torch.float64 else dots.to(u.dtype)
 
 

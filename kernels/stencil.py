@@ -30,7 +30,7 @@ same weights for scipy peers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -44,6 +44,8 @@ __all__ = [
     "apply_constant",
     "apply_constant_dot",
     "apply_weights",
+    "apply_weights_dot",
+    "lower_face_weights",
     "assemble_coo",
 ]
 
@@ -107,6 +109,8 @@ class StencilWeights:
     diag: torch.Tensor
     faces: list
     wraps: list
+    #: operands of the fused CPU kernel, built on first use (see :func:`apply_weights_dot`)
+    fused: object = field(default=None, repr=False, compare=False)
 
 
 def _face_coefficients(k: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
@@ -195,6 +199,47 @@ def _sides(bc, ndim: int):
     if isinstance(bc, tuple) and bc and isinstance(bc[0], tuple):
         return bc
     return parse_bc(bc, ndim)
+
+
+def lower_face_weights(w: StencilWeights, shape: Sequence[int]) -> torch.Tensor:
+    """Every cell's weight of the face to its lower neighbour, per axis: a ``(d, *shape)`` tensor.
+
+    Entry ``[a][..., i, ...]`` (``i`` on axis ``a``) is ``faces[a][..., i - 1, ...]`` for ``i >= 1``; at ``i = 0``
+    it is the periodic wrap's weight, or 0 (Dirichlet and Neumann sides live in the diagonal).  The weight
+    to the upper neighbour is the next cell's entry, so one array per axis describes the whole stencil.
+    Needs unbatched weights (each of grid shape but the face axis).
+    """
+    shape = tuple(int(n) for n in shape)
+    ndim = len(shape)
+    lower = torch.zeros((ndim,) + shape, dtype=w.diag.dtype, device=w.diag.device)
+    for a in range(ndim):
+        lower[a][_idx(a, ndim, slice(1, None))] = w.faces[a]
+        if w.wraps[a] is not None:
+            lower[a][_idx(a, ndim, slice(0, 1))] = w.wraps[a]
+    return lower
+
+
+def apply_weights_dot(u: torch.Tensor, w: StencilWeights, out: torch.Tensor | None = None):
+    """:func:`apply_weights` and the per-system quadratic form ``u . A u``; returns ``(A u, u . A u)``.
+
+    One fused pass on the CPU with numba (:mod:`krylon.kernels.fused_cpu`) when the weights are one grid's
+    (not batched) and carry no autograd graph; otherwise the eager pair, which is the reference.
+    """
+    from . import fused_cpu, linalg
+
+    ndim = len(w.faces)
+    grid = tuple(u.shape[u.dim() - ndim:])
+    if (out is not None and ndim in (2, 3) and tuple(w.diag.shape) == grid and w.diag.dtype == u.dtype
+            and all(f.dim() == ndim for f in w.faces)
+            and not (torch.is_grad_enabled() and w.diag.requires_grad) and fused_cpu.usable(u, out)):
+        try:
+            if w.fused is None:
+                w.fused = fused_cpu.prepare_weights(w.diag, lower_face_weights(w, grid), [x is not None for x in w.wraps])
+            return out, fused_cpu.weighted_stencil_dot(u, out, w.fused)
+        except fused_cpu.Unavailable:
+            pass
+    out = apply_weights(u, w, out=out)
+    return out, linalg.dot(u, out, ndim)
 
 
 def apply_constant(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -109,6 +109,11 @@ class _StencilOperator(LinearOperator):
                 and out.device == x.device and out is not x and not x.is_complex():
             self._check(x, self.shape_in, "matvec_dot")
             return _st.apply_constant_dot(x, self.spacing, self.bc, out=out)
+        if not self._uses_fast_path() and out is not None and out.shape == x.shape and out.dtype == x.dtype \
+                and out.device == x.device and out is not x and not x.is_complex() \
+                and tuple(self.weights().diag.shape) == self.shape_in:  # one grid's weights (not a batch of them)
+            self._check(x, self.shape_in, "matvec_dot")
+            return _st.apply_weights_dot(x, self.weights(), out=out)
         return super().matvec_dot(x, out=out)
 
     def diagonal(self) -> torch.Tensor:

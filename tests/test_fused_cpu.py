@@ -49,17 +49,42 @@ def _check_stencil(grid, sides, spacing, dtype, batch=(2,)):
     assert float((d.double() - dref).abs().max()) <= 10 * tol * dscale
 
 
+def _check_weighted(grid, sides, spacing, dtype, batch=(2,), solid=True, coefficient=True):
+    g = torch.Generator().manual_seed(sum(grid) + 7 * len(grid))
+    k = (0.1 + torch.rand(grid, generator=g, dtype=torch.float64)) if coefficient else None
+    mask = (torch.rand(grid, generator=g) < 0.2) if solid else None
+    w = st.stencil_weights(grid, spacing, sides, coefficient=k, solid=mask, dtype=dtype)
+    u = torch.randn(batch + grid, generator=g, dtype=dtype)
+    out = torch.full_like(u, float("nan"))
+    prep = fused_cpu.prepare_weights(w.diag, st.lower_face_weights(w, grid), [x is not None for x in w.wraps])
+    d = fused_cpu.weighted_stencil_dot(u, out, prep)
+    ref = st.apply_weights(u, w)
+    tol = 1e-13 if dtype == torch.float64 else 2e-5
+    scale = max(float(ref.abs().max()), float(u.abs().max() * w.diag.abs().max()))
+    assert float((out - ref).abs().max()) <= tol * scale, (grid, sides)
+    dref = linalg.dot(u, ref, len(grid))
+    assert float((d - dref).abs().max()) <= 10 * tol * scale * float(linalg.dot(u, u, len(grid)).max())
+
+
+
+
+
+CHECKS = [pytest.param(_check_stencil, id="constant"), pytest.param(_check_weighted, id="weighted")]
+
+
+@pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("grid", [(5, 7), (1, 6), (6, 1), (2, 2), (1, 1), (3, 2)])
-def test_stencil_dot_2d_every_boundary_combination(grid):
+def test_stencil_dot_2d_every_boundary_combination(grid, check):
     # all 4 x 4 = 16 side combinations on grids that include the degenerate lengths 1 and 2
     for sides in itertools.product(PAIRS, repeat=2):
-        _check_stencil(grid, sides, (0.7, 1.3), torch.float64)
+        check(grid, sides, (0.7, 1.3), torch.float64)
 
 
+@pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("grid", [(4, 5, 6), (1, 3, 2), (3, 1, 1), (2, 2, 5)])
-def test_stencil_dot_3d_boundary_combinations(grid):
+def test_stencil_dot_3d_boundary_combinations(grid, check):
     for sides in itertools.product(PAIRS, repeat=3):
-        _check_stencil(grid, sides, (0.5, 1.0, 2.0), torch.float64)
+        check(grid, sides, (0.5, 1.0, 2.0), torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -258,3 +283,39 @@ def test_multithreaded_kernels_match_serial(numba_on):
         assert float(torch.linalg.vector_norm(b - A.matvec(res.x))) <= 1e-8 * float(torch.linalg.vector_norm(b))
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weighted_stencil_dot_dtypes_batches_and_plain_obstacles(dtype):
+    _check_weighted((9, 8), (("dirichlet", "neumann"), ("periodic", "periodic")), (1.0, 0.5), dtype, batch=())
+    _check_weighted((4, 6, 5), (("neumann", "neumann"), ("dirichlet", "dirichlet"), ("periodic", "periodic")),
+                    (1.0, 1.0, 1.0), dtype, batch=(2, 3))
+    _check_weighted((12, 10), "dirichlet", 1.0, dtype, coefficient=False)           # Laplacian with obstacles
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda m: Laplacian((64, 72), bc="neumann", obstacles=m), id="laplacian-obstacles"),
+    pytest.param(lambda m: __import__("krylon.operators", fromlist=["Diffusion"]).Diffusion(
+        0.2 + torch.rand(64, 72, generator=torch.Generator().manual_seed(9), dtype=torch.float64),
+        bc=(("dirichlet", "neumann"), "periodic")), id="diffusion"),
+])
+def test_cg_on_weighted_operators_uses_the_fused_stencil(make, monkeypatch, one_thread, numba_on):
+    mask = torch.zeros(64, 72, dtype=torch.bool)
+    mask[20:30, 10:50] = True
+    A = make(mask)
+    calls = {"n": 0}
+    orig = fused_cpu.weighted_stencil_dot
+
+    def counted(*a, **k):
+        calls["n"] += 1
+        return orig(*a, **k)
+    monkeypatch.setattr(fused_cpu, "weighted_stencil_dot", counted)
+    g = torch.Generator().manual_seed(8)
+    b = torch.rand(2, 64, 72, generator=g, dtype=torch.float64)
+    if A.obstacles is not None:
+        b = b.masked_fill(mask, 0)
+    b = A.project_range(b) if "positive_definite" not in A.tags else b
+    res = CG(rtol=1e-9).solve(A, b)
+    assert bool(res.converged.all()) and calls["n"] >= int(res.iterations.max())
+    for i in range(2):
+        assert float(torch.linalg.vector_norm(b[i] - A.matvec(res.x[i]))) <= 1.01e-9 * float(torch.linalg.vector_norm(b[i]))
