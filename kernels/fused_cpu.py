@@ -38,13 +38,14 @@ breakdown checks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
 
 import torch
 
-__all__ = ["available", "usable", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
+__all__ = ["available", "usable", "disabled", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
            "Unavailable", "MIN_ELEMENTS"]
 
 #: below this many field values per call the eager path is as fast (call overhead dominates)
@@ -118,6 +119,22 @@ def _threading_layer():
         return nb.threading_layer()
     except Exception:  # pragma: no cover - depends on the numba build
         return None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Run the block on the eager path (as with ``KRYLON_NUMBA=0``), e.g. to compare the two."""
+    before = os.environ.get("KRYLON_NUMBA")
+    os.environ["KRYLON_NUMBA"] = "0"
+    available.cache_clear()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("KRYLON_NUMBA", None)
+        else:
+            os.environ["KRYLON_NUMBA"] = before
+        available.cache_clear()
 
 
 class Unavailable(RuntimeError):

@@ -319,3 +319,12 @@ def test_cg_on_weighted_operators_uses_the_fused_stencil(make, monkeypatch, one_
     assert bool(res.converged.all()) and calls["n"] >= int(res.iterations.max())
     for i in range(2):
         assert float(torch.linalg.vector_norm(b[i] - A.matvec(res.x[i]))) <= 1.01e-9 * float(torch.linalg.vector_norm(b[i]))
+
+
+def test_disabled_context_restores_the_setting(monkeypatch, numba_on):
+    monkeypatch.setenv("KRYLON_NUMBA", "1")
+    fused_cpu.available.cache_clear()
+    assert fused_cpu.available()
+    with fused_cpu.disabled():
+        assert not fused_cpu.available()
+    assert fused_cpu.available()

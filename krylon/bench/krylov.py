@@ -53,6 +53,7 @@ def run(size: str = "default", *, device: str = "cpu", repeats: int = 3, rtol: f
     import numpy as np
     import torch
 
+    from ..kernels import fused_cpu
     from ..solvers import CG, IC0, SpectralPoisson
 
     if size not in SIZES:
@@ -87,6 +88,9 @@ def run(size: str = "default", *, device: str = "cpu", repeats: int = 3, rtol: f
             return res, t
 
         res_cg, t_cg = krylon_row("krylon CG (matrix-free)", CG(rtol=rtol, maxiter=maxiter))
+        if not on_gpu and fused_cpu.available():
+            with fused_cpu.disabled():  # the same solve on the eager passes: what the fused kernels gain
+                krylon_row("krylon CG (eager, KRYLON_NUMBA=0)", CG(rtol=rtol, maxiter=maxiter))
         if not on_gpu or n <= 2_000_000:
             # IC0's triangular solves are sequential (~10 stencil applications each): one timed run
             krylon_row("krylon PCG-IC0", CG(rtol=rtol, maxiter=maxiter), setup=lambda: IC0(A), reps=1)
