@@ -279,13 +279,16 @@ def apply_constant(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Ten
 def apply_constant_dot(u: torch.Tensor, spacing: Sequence[float], bc, out: torch.Tensor | None = None):
     """:func:`apply_constant` and the per-system quadratic form ``u . A u``; returns ``(A u, u . A u)``.
 
-    On the CPU with numba present this is one fused pass (:mod:`krylon.kernels.fused_cpu`) instead of
-    2d + 2 eager passes; the eager pair is the reference.
+    On the CPU with numba present this is one fused pass (:mod:`krylon.kernels.fused_cpu`), on CUDA one
+    compiled kernel (:mod:`krylon.kernels.compiled`), instead of 2d + 2 eager passes; the eager pair is the
+    reference.  Always use the returned tensor.
     """
-    from . import fused_cpu, linalg
+    from . import compiled, fused_cpu, linalg
 
     ndim = len(spacing)
     sides = _sides(bc, ndim)
+    if compiled.enabled(u):
+        return compiled.stencil_dot(u, spacing, sides)  # one Triton kernel on CUDA (a new tensor, not out)
     if out is not None and ndim in (2, 3) and fused_cpu.usable(u, out):
         try:
             return out, fused_cpu.stencil_dot(u, out, spacing, sides)

@@ -55,3 +55,15 @@ def test_cuda_cg_uses_fused_path_and_matches_cpu():
     res_gpu = CG(rtol=1e-10).solve(Laplacian((64, 64), device="cuda"), b.cuda())
     assert bool(res_gpu.converged.all())
     torch.testing.assert_close(res_gpu.x.cpu(), res_cpu.x, rtol=1e-7, atol=1e-9)
+
+
+def test_apply_constant_dot_takes_the_compiled_kernel_where_enabled(monkeypatch):
+    # on CUDA apply_constant_dot returns compiled.stencil_dot's result; run that branch on the CPU via inductor
+    g = torch.Generator().manual_seed(2)
+    u = torch.randn(2, 9, 11, generator=g, dtype=torch.float64)
+    sides = st.parse_bc((("dirichlet", "neumann"), "periodic"), 2)
+    ref = st.apply_constant(u, (1.0, 0.5), sides)
+    monkeypatch.setattr(compiled, "enabled", lambda t: True)
+    out, d = st.apply_constant_dot(u, (1.0, 0.5), sides, out=torch.empty_like(u))
+    torch.testing.assert_close(out, ref, rtol=1e-13, atol=1e-12)
+    torch.testing.assert_close(d, linalg.dot(u, ref, 2), rtol=1e-12, atol=1e-10)

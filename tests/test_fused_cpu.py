@@ -29,6 +29,7 @@ def one_thread():
 @pytest.fixture
 def numba_on(monkeypatch):
     monkeypatch.delenv("KRYLON_NUMBA", raising=False)
+    monkeypatch.setitem(fused_cpu._warmup, "done", True)  # as in a process that has already done long solves
     fused_cpu.available.cache_clear()
     yield
     fused_cpu.available.cache_clear()
@@ -328,3 +329,21 @@ def test_disabled_context_restores_the_setting(monkeypatch, numba_on):
     with fused_cpu.disabled():
         assert not fused_cpu.available()
     assert fused_cpu.available()
+
+
+def test_short_jobs_stay_eager_until_the_warmup_is_repaid(monkeypatch, one_thread):
+    monkeypatch.delenv("KRYLON_NUMBA", raising=False)
+    fused_cpu.available.cache_clear()
+    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
+    seen = _calls(monkeypatch)
+    A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)
+    b = torch.rand(64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    res = CG(rtol=1e-8).solve(A, b)                       # ~200 iterations of 4096 values: far below the warm-up
+    assert bool(res.converged) and sum(seen.values()) == 0
+    # a long job switches over mid-solve, and the answer is the same
+    monkeypatch.setattr(fused_cpu, "WARMUP_VALUES", 100 * 3 * 4096)
+    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
+    res2 = CG(rtol=1e-8).solve(A, b)
+    assert 0 < seen["stencil_dot"] < int(res2.iterations)
+    assert abs(int(res2.iterations) - int(res.iterations)) <= 2
+    torch.testing.assert_close(res2.x, res.x, rtol=0, atol=1e-7 * float(res.x.abs().max()))
