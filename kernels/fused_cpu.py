@@ -47,7 +47,7 @@ import threading
 
 import torch
 
-__all__ = ["available", "usable", "disabled", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
+__all__ = ["available", "usable", "warm", "disabled", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
            "Unavailable", "MIN_ELEMENTS"]
 
 #: below this many field values per call the eager path is as fast (call overhead dominates)
@@ -71,30 +71,37 @@ def available() -> bool:
     return True
 
 
+_FLOATS = (torch.float32, torch.float64)
+
+
 def usable(*tensors: torch.Tensor) -> bool:
-    """Can the fused kernels run on these tensors (and are they worth it)?"""
+    """Can the fused kernels run on these tensors (and are they worth it)?  (Called per operation: kept lean.)"""
     t = tensors[0]
-    if t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) or t.requires_grad:
+    n = t.numel()
+    dt = t.dtype
+    if n < MIN_ELEMENTS or dt not in _FLOATS or not t.is_cpu:
         return False
-    if t.numel() < MIN_ELEMENTS:
-        return False
-    spans = []
     for s in tensors:
-        if s.dtype != t.dtype or s.device != t.device or not s.is_contiguous() or s.requires_grad:
+        if s.dtype is not dt or not s.is_cpu or s.requires_grad or not s.is_contiguous():
             return False
-        start = s.data_ptr()
-        spans.append((start, start + s.numel() * s.element_size()))
-    spans.sort()
-    if any(nxt[0] < prev[1] for prev, nxt in zip(spans, spans[1:])):
-        return False  # overlapping memory (an output aliasing an input): the eager path raises a clear error
-    if not _warmed_up(t.numel()):
+    if len(tensors) > 1 and _overlap(tensors):
+        return False  # an output aliasing an input: the eager path raises a clear error
+    if not (_warmup["done"] or _warmed_up(n)) or not available():
         return False
-    if not available():
-        return False
-    if t.numel() >= _TORCH_GRAIN and torch.get_num_threads() > 1 and not _parallel_ok():
+    if n >= _TORCH_GRAIN and torch.get_num_threads() > 1 and not _parallel_ok():
         # eager torch would split this pass across its threads; serial kernels would lose to it
         return False
     return True
+
+
+def _overlap(tensors) -> bool:
+    """Do any two of these (contiguous) tensors share memory?"""
+    spans = [(s.data_ptr(), s.nbytes) for s in tensors]
+    for i, (pi, ni) in enumerate(spans):
+        for pj, nj in spans[:i]:
+            if pi < pj + nj and pj < pi + ni:
+                return True
+    return False
 
 
 #: field values the eager path processes, in calls the kernels could have taken, before the kernels are
@@ -104,6 +111,36 @@ def usable(*tensors: torch.Tensor) -> bool:
 #: (the ski-rental rule: rent until the rent paid would have bought the skis).
 WARMUP_VALUES = 1 << 28
 _warmup = {"values": 0, "done": False}
+
+
+def warm(dtypes=(torch.float64,)) -> float:
+    """Load (compiling on the very first run) the kernels now and skip the warm-up; returns the seconds taken.
+
+    For long-running codes and benchmarks that want the fused path from the first iteration.  Loads the
+    serial build, and the multi-threaded one when torch uses several threads.  Returns 0.0 and changes
+    nothing when the kernels are unavailable.
+    """
+    import time
+
+    if not available():
+        return 0.0
+    t0 = time.perf_counter()
+    _warmup["done"] = True
+    builds = [False] + ([True] if torch.get_num_threads() > 1 and _parallel_ok() else [])
+    for dtype in dtypes:
+        u = torch.zeros(1, 3, 3, dtype=dtype)
+        big = torch.zeros(2, 8, dtype=dtype)
+        one = torch.zeros(2, dtype=torch.float64).numpy()
+        for parallel in builds:
+            k = _kernels(parallel)
+            inv, codes = _stencil_constants((1.0, 1.0), (("dirichlet", "dirichlet"),) * 2)
+            k[0](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), inv, codes, one[:1].copy())
+            k[1](big.numpy(), big.clone().numpy(), one, one.copy())
+            k[2](big.numpy(), big.clone().numpy(), big.clone().numpy(), one, one)
+            prep = prepare_weights(torch.ones(3, 3, dtype=dtype), torch.zeros(2, 3, 3, dtype=dtype), [False, False])
+            k[3](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), prep[0].numpy(), prep[1].numpy(),
+                 prep[2], one[:1].copy())
+    return time.perf_counter() - t0
 
 
 def _warmed_up(numel: int) -> bool:
@@ -169,15 +206,15 @@ class Unavailable(RuntimeError):
 
 def _launch(index: int, numel: int, *args):
     """Run kernel ``index`` (0 stencil, 1 residual, 2 advance, 3 weighted stencil) on torch's thread count where safe."""
-    import numba as nb
-
     threads = torch.get_num_threads()
     parallel = threads > 1 and numel >= _TORCH_GRAIN and _parallel_ok()
     try:
         if parallel:
+            import numba as nb
+
             nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
         return _kernels(parallel)[index](*args)
-    except (nb.core.errors.NumbaError, OSError, ImportError) as exc:
+    except _compile_errors() as exc:
         # compilation fails before any array is touched (broken llvmlite, unreadable cache): turn the
         # kernels off for this process and let the caller run the eager passes
         import warnings
@@ -187,6 +224,13 @@ def _launch(index: int, numel: int, *args):
         os.environ["KRYLON_NUMBA"] = "0"
         available.cache_clear()
         raise Unavailable(str(exc)) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _compile_errors() -> tuple:
+    import numba as nb
+
+    return (nb.core.errors.NumbaError, OSError, ImportError)
 
 
 @functools.lru_cache(maxsize=2)
@@ -239,7 +283,7 @@ def stencil_dot(u: torch.Tensor, out: torch.Tensor, spacing, sides) -> torch.Ten
         raise ValueError(f"fused stencil supports 2-D and 3-D grids, got {ndim}-D")
     batch, nb = _systems(u, ndim)
     shape4 = (nb,) + (1,) * (3 - ndim) + tuple(u.shape[u.dim() - ndim:])
-    inv, codes = _stencil_constants(tuple(float(h) for h in spacing), tuple(tuple(p) for p in sides))
+    inv, codes = _stencil_constants(tuple(spacing), tuple(map(tuple, sides)))
     dots = torch.empty(batch, dtype=torch.float64)
     _launch(0, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), inv, codes,
             dots.numpy().reshape(nb))
@@ -281,7 +325,7 @@ def _stencil_constants(spacing: tuple, sides: tuple):
 
     ndim = len(spacing)
     inv = np.zeros(3)
-    inv[3 - ndim:] = [1.0 / h ** 2 for h in spacing]
+    inv[3 - ndim:] = [1.0 / float(h) ** 2 for h in spacing]
     codes = np.asarray([0, 0] * (3 - ndim) + [_BC_CODE[s] for pair in sides for s in pair], dtype=np.int64)
     inv.flags.writeable = False
     codes.flags.writeable = False

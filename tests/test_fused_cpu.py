@@ -347,3 +347,16 @@ def test_short_jobs_stay_eager_until_the_warmup_is_repaid(monkeypatch, one_threa
     assert 0 < seen["stencil_dot"] < int(res2.iterations)
     assert abs(int(res2.iterations) - int(res.iterations)) <= 2
     torch.testing.assert_close(res2.x, res.x, rtol=0, atol=1e-7 * float(res.x.abs().max()))
+
+
+def test_warm_loads_the_kernels_and_skips_the_warmup(monkeypatch, one_thread):
+    monkeypatch.delenv("KRYLON_NUMBA", raising=False)
+    fused_cpu.available.cache_clear()
+    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
+    assert fused_cpu.warm((torch.float32, torch.float64)) > 0
+    seen = _calls(monkeypatch)
+    A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)
+    res = CG(rtol=1e-8).solve(A, torch.rand(64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    assert bool(res.converged) and seen["stencil_dot"] >= int(res.iterations)
+    with fused_cpu.disabled():
+        assert fused_cpu.warm() == 0.0
