@@ -86,7 +86,7 @@ def usable(*tensors: torch.Tensor) -> bool:
             return False
     if len(tensors) > 1 and _overlap(tensors):
         return False  # an output aliasing an input: the eager path raises a clear error
-    if not (_warmup["done"] or _warmed_up(n)) or not available():
+    if _off["n"] or not (_warmup["done"] or _warmed_up(n)) or not available():
         return False
     if n >= _TORCH_GRAIN and torch.get_num_threads() > 1 and not _parallel_ok():
         # eager torch would split this pass across its threads; serial kernels would lose to it
@@ -122,11 +122,21 @@ def warm(dtypes=(torch.float64,)) -> float:
     """
     import time
 
-    if not available():
+    if not available() or _off["n"]:
         return 0.0
     t0 = time.perf_counter()
-    _warmup["done"] = True
     builds = [False] + ([True] if torch.get_num_threads() > 1 and _parallel_ok() else [])
+    try:
+        _load(dtypes, builds)
+    except _compile_errors() as exc:
+        _give_up(exc)
+        return 0.0
+    _warmup["done"] = True
+    return time.perf_counter() - t0
+
+
+def _load(dtypes, builds) -> None:
+    """Run every kernel once on tiny arrays (loads them from numba's cache, or compiles them)."""
     for dtype in dtypes:
         u = torch.zeros(1, 3, 3, dtype=dtype)
         big = torch.zeros(2, 8, dtype=dtype)
@@ -140,7 +150,6 @@ def warm(dtypes=(torch.float64,)) -> float:
             prep = prepare_weights(torch.ones(3, 3, dtype=dtype), torch.zeros(2, 3, 3, dtype=dtype), [False, False])
             k[3](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), prep[0].numpy(), prep[1].numpy(),
                  prep[2], one[:1].copy())
-    return time.perf_counter() - t0
 
 
 def _warmed_up(numel: int) -> bool:
@@ -184,20 +193,23 @@ def _threading_layer():
         return None
 
 
+_off = {"n": 0}
+_off_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def disabled():
-    """Run the block on the eager path (as with ``KRYLON_NUMBA=0``), e.g. to compare the two."""
-    before = os.environ.get("KRYLON_NUMBA")
-    os.environ["KRYLON_NUMBA"] = "0"
-    available.cache_clear()
+    """Run the block on the eager path (as with ``KRYLON_NUMBA=0``), e.g. to compare the two.
+
+    Process-wide and nestable (a counter, so blocks in several threads may overlap in any order).
+    """
+    with _off_lock:
+        _off["n"] += 1
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("KRYLON_NUMBA", None)
-        else:
-            os.environ["KRYLON_NUMBA"] = before
-        available.cache_clear()
+        with _off_lock:
+            _off["n"] -= 1
 
 
 class Unavailable(RuntimeError):
@@ -215,15 +227,19 @@ def _launch(index: int, numel: int, *args):
             nb.set_num_threads(min(threads, nb.config.NUMBA_NUM_THREADS))
         return _kernels(parallel)[index](*args)
     except _compile_errors() as exc:
-        # compilation fails before any array is touched (broken llvmlite, unreadable cache): turn the
-        # kernels off for this process and let the caller run the eager passes
-        import warnings
-
-        warnings.warn(f"krylon: numba could not compile the fused CPU kernels ({type(exc).__name__}: {exc}); "
-                      "using the eager path", RuntimeWarning, stacklevel=3)
-        os.environ["KRYLON_NUMBA"] = "0"
-        available.cache_clear()
+        # compilation fails before any array is touched (broken llvmlite, unreadable cache)
+        _give_up(exc)
         raise Unavailable(str(exc)) from exc
+
+
+def _give_up(exc: BaseException) -> None:
+    """Turn the kernels off for this process (the callers run the eager passes), with a warning."""
+    import warnings
+
+    warnings.warn(f"krylon: numba could not compile the fused CPU kernels ({type(exc).__name__}: {exc}); "
+                  "using the eager path", RuntimeWarning, stacklevel=4)
+    os.environ["KRYLON_NUMBA"] = "0"
+    available.cache_clear()
 
 
 @functools.lru_cache(maxsize=1)
@@ -305,7 +321,7 @@ def prepare_weights(diag: torch.Tensor, lower: torch.Tensor, periodic) -> tuple:
     lo = torch.zeros((3,) + pad + grid, dtype=diag.dtype)
     lo[3 - ndim:] = lower.detach().reshape((ndim,) + pad + grid)
     per = np.asarray([0] * (3 - ndim) + [1 if p else 0 for p in periodic], dtype=np.int64)
-    return diag.detach().contiguous().reshape(pad + grid), lo, per, ndim
+    return diag.detach().clone(memory_format=torch.contiguous_format).reshape(pad + grid), lo, per, ndim
 
 
 def weighted_stencil_dot(u: torch.Tensor, out: torch.Tensor, prepared: tuple) -> torch.Tensor:

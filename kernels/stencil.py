@@ -109,8 +109,9 @@ class StencilWeights:
     diag: torch.Tensor
     faces: list
     wraps: list
-    #: operands of the fused CPU kernel, built on first use (see :func:`apply_weights_dot`)
-    fused: object = field(default=None, repr=False, compare=False)
+    #: operands of the fused CPU kernel and the key of the weights they were built from (see
+    #: :func:`apply_weights_dot`); not copied by ``dataclasses.replace``
+    fused: object = field(default=None, init=False, repr=False, compare=False)
 
 
 def _face_coefficients(k: torch.Tensor, axis: int, ndim: int) -> torch.Tensor:
@@ -233,9 +234,11 @@ def apply_weights_dot(u: torch.Tensor, w: StencilWeights, out: torch.Tensor | No
             and all(f.dim() == ndim for f in w.faces)
             and not (torch.is_grad_enabled() and w.diag.requires_grad) and fused_cpu.usable(u, out)):
         try:
-            if w.fused is None:
-                w.fused = fused_cpu.prepare_weights(w.diag, lower_face_weights(w, grid), [x is not None for x in w.wraps])
-            return out, fused_cpu.weighted_stencil_dot(u, out, w.fused)
+            # rebuilt when any weight tensor was replaced or changed in place (pointer and version counter)
+            key = tuple((t.data_ptr(), t._version) for t in [w.diag, *w.faces, *(x for x in w.wraps if x is not None)])
+            if w.fused is None or w.fused[0] != key:
+                w.fused = (key, fused_cpu.prepare_weights(w.diag, lower_face_weights(w, grid), [x is not None for x in w.wraps]))
+            return out, fused_cpu.weighted_stencil_dot(u, out, w.fused[1])
         except fused_cpu.Unavailable:
             pass
     out = apply_weights(u, w, out=out)

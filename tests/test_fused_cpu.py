@@ -322,13 +322,47 @@ def test_cg_on_weighted_operators_uses_the_fused_stencil(make, monkeypatch, one_
         assert float(torch.linalg.vector_norm(b[i] - A.matvec(res.x[i]))) <= 1.01e-9 * float(torch.linalg.vector_norm(b[i]))
 
 
-def test_disabled_context_restores_the_setting(monkeypatch, numba_on):
+def test_disabled_context_nests_and_restores(monkeypatch, one_thread, numba_on):
+    big = torch.zeros(64, 64, dtype=torch.float64)
+    assert fused_cpu.usable(big)
+    a, b = fused_cpu.disabled(), fused_cpu.disabled()
+    a.__enter__()
+    b.__enter__()
+    a.__exit__(None, None, None)   # overlapping blocks (two threads) closing out of order
+    assert not fused_cpu.usable(big)
+    b.__exit__(None, None, None)
+    assert fused_cpu.usable(big) and fused_cpu.available()
+
+
+def test_warm_survives_a_compile_failure(monkeypatch, numba_on):
+    import numba
+
+    def broken(parallel):
+        raise numba.core.errors.TypingError("simulated compiler failure")
+
+    monkeypatch.setattr(fused_cpu, "_kernels", broken)
     monkeypatch.setenv("KRYLON_NUMBA", "1")
-    fused_cpu.available.cache_clear()
-    assert fused_cpu.available()
-    with fused_cpu.disabled():
-        assert not fused_cpu.available()
-    assert fused_cpu.available()
+    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
+    with pytest.warns(RuntimeWarning, match="eager path"):
+        assert fused_cpu.warm() == 0.0
+    assert not fused_cpu._warmup["done"] and not fused_cpu.available()
+
+
+def test_cached_weight_operands_follow_changed_weights(one_thread, numba_on):
+    import dataclasses
+
+    g = torch.Generator().manual_seed(11)
+    w = st.stencil_weights((64, 72), 1.0, "dirichlet", coefficient=0.1 + torch.rand(64, 72, generator=g, dtype=torch.float64))
+    u = torch.randn(64, 72, generator=g, dtype=torch.float64)
+    out = torch.empty_like(u)
+    st.apply_weights_dot(u, w, out=out)                    # builds the cached operands
+    w2 = dataclasses.replace(w, diag=3 * w.diag)           # a new object does not inherit them
+    y, _ = st.apply_weights_dot(u, w2, out=out)
+    torch.testing.assert_close(y, st.apply_weights(u, w2))
+    w.faces[0].mul_(2)                                     # changed in place: rebuilt
+    w.diag.mul_(2)
+    y, _ = st.apply_weights_dot(u, w, out=out)
+    torch.testing.assert_close(y, st.apply_weights(u, w))
 
 
 def test_short_jobs_stay_eager_until_the_warmup_is_repaid(monkeypatch, one_thread):
