@@ -105,15 +105,15 @@ class _StencilOperator(LinearOperator):
         return _st.apply_weights(x, w, out=out)
 
     def matvec_dot(self, x, out=None):
-        if self._uses_fast_path() and out is not None and out.shape == x.shape and out.dtype == x.dtype \
-                and out.device == x.device and out is not x and not x.is_complex():
-            self._check(x, self.shape_in, "matvec_dot")
-            return _st.apply_constant_dot(x, self.spacing, self.bc, out=out)
-        if not self._uses_fast_path() and out is not None and out.shape == x.shape and out.dtype == x.dtype \
-                and out.device == x.device and out is not x and not x.is_complex() \
-                and tuple(self.weights().diag.shape) == self.shape_in:  # one grid's weights (not a batch of them)
-            self._check(x, self.shape_in, "matvec_dot")
-            return _st.apply_weights_dot(x, self.weights(), out=out)
+        if out is not None and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device \
+                and out is not x and not x.is_complex():
+            if self._uses_fast_path():
+                self._check(x, self.shape_in, "matvec_dot")
+                return _st.apply_constant_dot(x, self.spacing, self.bc, out=out)
+            w = self.weights()
+            if tuple(w.diag.shape) == self.shape_in:  # one grid's weights (not a batch of them)
+                self._check(x, self.shape_in, "matvec_dot")
+                return _st.apply_weights_dot(x, w, out=out)
         return super().matvec_dot(x, out=out)
 
     def diagonal(self) -> torch.Tensor:
