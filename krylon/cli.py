@@ -1,7 +1,7 @@
 """The ``krylon`` command (thin: argument parsing, then the library does the work).
 
     krylon solve poisson --grid 512 512 [--bc dirichlet] [--obstacles N] [--solver cg|pcg-jacobi|pcg-ic0|pcg-dst]
-    krylon bench krylov [--size quick|default|paper] [--threads 1] [--device cpu]
+    krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
 
 Heavy modules are imported after the arguments are parsed, so ``--threads``
 reaches the BLAS/OpenMP thread pools of numpy and torch before they start.
@@ -50,13 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--progress", action="store_true", help="show a progress bar")
     pp.add_argument("--model", default=None, help="DCDM checkpoint for --solver dcdm (default: the shipped model)")
 
-    b = sub.add_parser("bench", help="run a benchmark suite (prints a table, writes JSON and a PNG)")
-    b.add_argument("suite", choices=("krylov", "dcdm", "all"))
-    b.add_argument("--size", default="default", choices=("quick", "default", "paper"))
+    from .bench import SUITES
+
+    b = sub.add_parser("bench", help="run every family's quick benchmark suite and print one summary table "
+                       "(or one suite): tables, JSON and PNGs under --out")
+    b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"),
+                   help="one suite, or all of them (the default) followed by the summary table")
+    b.add_argument("--size", default=None, choices=("quick", "default", "paper"),
+                   help="problem sizes for every suite run (default: quick for all suites, default for one)")
     b.add_argument("--device", default="cpu")
     b.add_argument("--threads", type=int, default=1, help="CPU threads for krylon, numpy and scipy (default 1)")
     b.add_argument("--repeats", type=int, default=3, help="timed repeats; medians are reported")
-    b.add_argument("--rtol", type=float, default=1e-8)
+    b.add_argument("--rtol", type=float, default=None, help="tolerance of the krylov suite (default 1e-8)")
     b.add_argument("--out", default="bench-out", help="folder for JSON and PNG output")
     b.add_argument("--no-peers", action="store_true", help="skip scipy/pyamg")
     b.add_argument("--no-plot", action="store_true")
@@ -226,22 +231,23 @@ def _solve_poisson(args) -> int:
 def _bench(args) -> int:
     if args.repeats < 1:
         raise SystemExit("krylon: --repeats must be >= 1")
+    from .bench import SUITES
+    from .bench.summary import run_suites
     from .kernels import backend
 
     device = str(backend.resolve_device(args.device))
-    suites = ["krylov", "dcdm"] if args.suite == "all" else [args.suite]
-    for suite in suites:
-        if suite == "krylov":
-            from .bench import krylov
-
-            krylov.run(args.size, device=device, repeats=args.repeats, rtol=args.rtol, out=args.out,
-                       peers=not args.no_peers, plot=not args.no_plot)
-        elif suite == "dcdm":
-            from .bench import dcdm
-
-            dcdm.run(args.size, device=device, out=args.out, peers=not args.no_peers, plot=not args.no_plot,
-                     models=args.model)
-    return 0
+    every = args.suite == "all"
+    size = args.size or ("quick" if every else "default")
+    # the options each suite declares reach it (None: the suite's own default)
+    options = {"repeats": args.repeats, "rtol": args.rtol, "peers": not args.no_peers, "plot": not args.no_plot,
+               "models": args.model}
+    flags = {"--size": size, "--device": args.device, "--threads": args.threads, "--repeats": args.repeats,
+             "--rtol": args.rtol, "--out": args.out, "--no-peers": args.no_peers or None, "--no-plot": args.no_plot or None}
+    command = " ".join(["krylon bench", args.suite] + [k if v is True else f"{k} {v}" for k, v in flags.items() if v is not None]
+                       + [f"--model {m}" for m in args.model or []])
+    record = run_suites(list(SUITES) if every else [args.suite], size, device=device, out=args.out, options=options,
+                        command=command, isolate=every, write=every, plot=not args.no_plot)
+    return 0 if record["ok"] else 1
 
 
 def main(argv=None) -> int:

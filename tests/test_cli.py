@@ -54,6 +54,8 @@ def test_bench_krylov_writes_json_and_png(tmp_path):
             assert row["converged"] and row["true_rel_res"] <= 1e-8
     assert (tmp_path / "krylov_convergence.png").stat().st_size > 1000
     assert "batched CG" in p.stdout
+    assert "== summary: krylov at --size quick" in p.stdout  # one suite prints its summary rows too
+    assert "no peer" in p.stdout and not (tmp_path / "summary.json").exists()  # --no-peers; only the all-form writes it
 
 
 def test_train_dcdm_end_to_end_resume_and_fine_tune(tmp_path):

@@ -1,3 +1,28 @@
-"""Benchmark suites behind ``krylon bench`` (not tests: they measure speed and accuracy)."""
+"""Benchmark suites behind ``krylon bench`` (not tests: they measure speed and accuracy).
 
-SUITES = ("krylov", "dcdm")
+Each family registers one suite here: a module of this package with
+
+* ``SIZES``, keyed ``"quick"`` (a laptop CPU in seconds), ``"default"`` and ``"paper"`` (the papers' scales);
+* ``run(size, *, device, out, ...) -> dict``: runs the suite, prints its own tables, writes its JSON/PNGs
+  under ``out`` and returns the result (keyword options it does not declare are not passed to it);
+* ``summary(result) -> list[dict]``: its rows of the common summary, built with
+  :func:`krylon.bench.summary.compare` (krylon against its best peer, ``ratio > 1`` = krylon better).
+
+``krylon bench`` (or ``krylon bench all``) runs every registered suite in this order and prints one table.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+SUITES = {  # name -> module of this package; one line per family
+    "krylov": ".krylov",  # matrix-free CG vs scipy cg / pyamg; batched vs sequential right-hand sides
+    "dcdm": ".dcdm",  # learned conjugate directions vs CG, IC0-, DST-, pyamg-PCG on unseen obstacle scenes
+}
+
+
+def load(name: str):
+    """The module of suite ``name`` (imported on first use: suites import torch, scipy, matplotlib)."""
+    if name not in SUITES:
+        raise ValueError(f"unknown benchmark suite {name!r}; registered: {', '.join(SUITES)}")
+    return importlib.import_module(SUITES[name], __name__)

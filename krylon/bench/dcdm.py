@@ -159,3 +159,27 @@ def plot_iterations(results: dict, rtols, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary(result: dict) -> list[dict]:
+    """Rows of the ``krylon bench`` summary: per grid at the loosest tolerance, the best learned solver (any row
+    whose name says DCDM) against the best classical one, in iterations and in solve wall time (setup such as
+    IC0's factorisation or pyamg's hierarchy excluded, as in the suite's own table).  A learned solver that did
+    not converge or was skipped never wins; when none converged the row says so."""
+    from .summary import compare
+
+    rows = result["rows"]
+    if not rows:
+        return []
+    rtol = max(r["rtol"] for r in rows)
+    out = []
+    for grid in dict.fromkeys(r["grid"] for r in rows):
+        here = [r for r in rows if r["grid"] == grid and r["rtol"] == rtol]
+        learned = [r for r in here if "dcdm" in r["solver"].lower()]
+        classical = [r for r in here if "dcdm" not in r["solver"].lower()]
+        problem = f"poisson{grid.count('x') + 1}d {grid}, obstacles"
+        for metric, key in ((f"iterations to {rtol:.0e}", "iterations"), (f"solve time to {rtol:.0e} (s)", "time_s")):
+            out.append(compare("dcdm", problem, metric,
+                               [(r["solver"], r[key] if r["converged"] else None) for r in learned],
+                               [(r["solver"], r[key] if r["converged"] else None) for r in classical]))
+    return out

@@ -204,3 +204,32 @@ def _plot(histories, path, rtol):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def summary(result: dict) -> list[dict]:
+    """Rows of the ``krylon bench`` summary: per case, krylon CG against scipy's ``cg`` per iteration (the same
+    algorithm on the same matrix) and krylon's fastest solver against the fastest peer to tolerance, setup
+    included; per batched grid, all right-hand sides at once against one after another."""
+    from .summary import compare
+
+    def entries(rows, key, prefix=""):
+        # an entry that did not converge keeps its name with no value: it never wins, and a row whose every
+        # krylon entry failed says so instead of disappearing
+        return [(r["solver"], key(r) if r["converged"] else None) for r in rows if r["solver"].startswith(prefix)]
+
+    per_iter = lambda r: r["time_per_iter_ms"]  # noqa: E731
+    total = lambda r: r["time_s"] + (r.get("setup_s") or 0.0)  # noqa: E731
+    out = []
+    for case in result["cases"]:
+        mine = [r for r in case["rows"] if r["solver"].startswith("krylon")]
+        peers = [r for r in case["rows"] if not r["solver"].startswith("krylon")]
+        out.append(compare("krylov", case["case"], "CG time per iteration (ms)",
+                           entries(mine, per_iter, "krylon CG (matrix-free"), entries(peers, per_iter, "scipy cg")))
+        out.append(compare("krylov", case["case"], f"time to rtol {result['rtol']:g} incl. setup (s)",
+                           entries(mine, total), entries(peers, total)))
+    for b in result.get("batched", []):
+        conv = b["all_converged"]
+        out.append(compare("krylov", f"poisson{b['grid'].count('x') + 1}d {b['grid']}, {b['rhs']} right-hand sides",
+                           "CG wall time (s)", [(f"krylon CG, {b['rhs']} at once", b["batched_s"] if conv else None)],
+                           [("krylon CG, one at a time", b["sequential_s"] if conv else None)]))
+    return out

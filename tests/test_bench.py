@@ -1,0 +1,161 @@
+"""The ``krylon bench`` summary: rows built from synthetic suite results, the runner, and the command on tiny sizes."""
+
+import json
+import os
+import types
+
+import pytest
+
+from krylon.bench import SUITES, load
+from krylon.bench import summary as S
+
+
+def test_ratio_direction_says_krylon_better_above_one():
+    r = S.compare("f", "p", "time (s)", [("mine", 1.0)], [("peer", 3.0)])
+    assert r["ratio"] == pytest.approx(3.0) and r["ratio_is"] == "peer/krylon" and r["status"] == "ok"
+    r = S.compare("f", "p", "time (s)", [("mine", 4.0)], [("peer", 1.0)])
+    assert r["ratio"] == pytest.approx(0.25)  # a loss stays in the table
+    r = S.compare("f", "p", "throughput", [("mine", 6.0)], [("peer", 2.0)], better="higher")
+    assert r["ratio"] == pytest.approx(3.0) and r["ratio_is"] == "krylon/peer"
+    with pytest.raises(ValueError, match="better"):
+        S.compare("f", "p", "m", [], [], better="faster")
+
+
+def test_best_entries_are_chosen_and_failures_never_win():
+    r = S.compare("f", "p", "time (s)", [("a", 2.0), ("b", None), ("c", 1.5)],
+                  [("slow", 9.0), ("failed", None), ("fast", 3.0), ("nan", float("nan"))])
+    assert (r["krylon"], r["krylon_value"], r["peer"], r["peer_value"]) == ("c", 1.5, "fast", 3.0)
+    r = S.compare("f", "p", "time (s)", [("a", None), ("b", None)], [("peer", 1.0)])
+    assert r["ratio"] is None and r["status"] == "krylon: not converged" and r["krylon"] == "a"
+    r = S.compare("f", "p", "time (s)", [("a", 1.0)], [])
+    assert r["ratio"] is None and r["status"] == "no peer"
+    r = S.compare("f", "p", "time (s)", [("a", 1.0)], [("peer", None)])
+    assert r["status"] == "peer: not converged"
+
+
+def _krylov_result():
+    def row(solver, it, t, setup=0.0, conv=True):
+        return {"solver": solver, "iterations": it, "time_s": t, "setup_s": setup, "time_per_iter_ms": 1e3 * t / it,
+                "converged": conv}
+
+    rows = [row("krylon CG (matrix-free)", 100, 0.1), row("krylon CG (eager, KRYLON_NUMBA=0)", 100, 0.15),
+            row("krylon PCG-IC0 (1 run)", 30, 0.5, 0.2), row("krylon PCG-DST (spectral)", 1, 0.01, conv=False),
+            row("scipy cg (CSR, CPU)", 100, 0.3), row("pyamg SA-PCG (CPU)", 8, 0.05, 0.4)]
+    return {"rtol": 1e-8, "cases": [{"case": "poisson2d 64x64 float64", "rows": rows}],
+            "batched": [{"grid": "16x16", "rhs": 16, "batched_s": 0.1, "sequential_s": 0.5, "all_converged": True}]}
+
+
+def test_krylov_summary_rows():
+    per_iter, to_tol, batched = load("krylov").summary(_krylov_result())
+    assert (per_iter["krylon"], per_iter["peer"]) == ("krylon CG (matrix-free)", "scipy cg (CSR, CPU)")
+    assert per_iter["ratio"] == pytest.approx(3.0)
+    # setup counts: pyamg (0.05 + 0.4 s) loses to scipy cg (0.3 s); the unconverged DST row never wins
+    assert (to_tol["krylon"], to_tol["peer"]) == ("krylon CG (matrix-free)", "scipy cg (CSR, CPU)")
+    assert "1e-08" in to_tol["metric"] and to_tol["ratio"] == pytest.approx(3.0)
+    assert batched["ratio"] == pytest.approx(5.0) and batched["problem"].startswith("poisson2d 16x16")
+
+
+def _dcdm_result():
+    def row(grid, rtol, solver, it, t, status="converged"):
+        ok = status == "converged"
+        return {"grid": grid, "rtol": rtol, "solver": solver, "iterations": it if ok or status != "skipped" else None,
+                "time_s": t, "converged": ok, "status": status}
+
+    rows = []
+    for rtol in (1e-4, 1e-6):
+        rows += [row("64x64", rtol, "DCDM", 10, 0.3), row("64x64", rtol, "DCDM+r", 6, 0.4),
+                 row("64x64", rtol, "CG", 140, 0.04), row("64x64", rtol, "DST-PCG", 10, 0.01),
+                 row("64x64", rtol, "pyamg-PCG", 7, 0.02),
+                 row("32x32x32", rtol, "DCDM", 100, 3.0, "maxiter"), row("32x32x32", rtol, "DCDM+r", None, None, "skipped"),
+                 row("32x32x32", rtol, "CG", 70, 0.05)]
+    return {"rows": rows}
+
+
+def test_dcdm_summary_learned_vs_best_classical_and_losses_shown():
+    its, wall, its3, wall3 = load("dcdm").summary(_dcdm_result())
+    assert its["metric"] == "iterations to 1e-04" and its["problem"] == "poisson2d 64x64, obstacles"
+    assert (its["krylon"], its["peer"], its["ratio"]) == ("DCDM+r", "pyamg-PCG", pytest.approx(7 / 6))
+    assert (wall["krylon"], wall["peer"]) == ("DCDM", "DST-PCG") and wall["ratio"] == pytest.approx(0.01 / 0.3)
+    assert its3["problem"].startswith("poisson3d") and its3["status"] == "krylon: not converged"
+    assert wall3["ratio"] is None and wall3["peer"] == "CG"
+    assert load("dcdm").summary({"rows": []}) == []
+
+
+def test_summary_table_and_plot_with_failed_and_skipped_suites(tmp_path, capsys):
+    rows = load("dcdm").summary(_dcdm_result()) + [S.unavailable("fno", "error: RuntimeError: boom"),
+                                                    S.unavailable("dds", "skipped: missing h5py")]
+    text = S.print_summary(rows)
+    assert "krylon better" in text and "error: RuntimeError: boom" in text and "skipped: missing h5py" in text
+    assert "0.0333x" in text and "krylon: not converged" in text
+    S.plot_summary(rows, tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_run_suites_isolates_failures_and_passes_declared_options(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def run_ok(size, *, device="cpu", out="x", peers=True):
+        seen.update(size=size, device=device, peers=peers)
+        return {"value": 2.0}
+
+    def run_broken(size, *, device="cpu", out="x"):
+        raise RuntimeError("boom")
+
+    def run_missing(size, **kwargs):
+        raise ModuleNotFoundError("No module named 'notinstalled'", name="notinstalled")
+
+    fakes = {"ok": types.SimpleNamespace(run=run_ok, summary=lambda r: [S.compare("ok", "p", "m", [("k", 1.0)],
+                                                                                    [("p", r["value"])])]),
+             "broken": types.SimpleNamespace(run=run_broken, summary=None),
+             "missing": types.SimpleNamespace(run=run_missing, summary=None)}
+    monkeypatch.setattr(S, "load", fakes.__getitem__)
+    rec = S.run_suites(["ok", "broken", "missing"], "quick", out=tmp_path, options={"peers": False, "repeats": 5,
+                       "models": None}, command="krylon bench", plot=False)
+    assert seen == {"size": "quick", "device": "cpu", "peers": False}  # repeats not declared: not passed
+    assert not rec["ok"] and [r["status"] for r in rec["rows"]] == ["ok", "error: RuntimeError: boom",
+                                                                    "skipped: missing notinstalled"]
+    assert rec["suites"]["missing"]["status"] == "skipped" and rec["suites"]["broken"]["status"] == "error"
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert data["command"] == "krylon bench" and data["rows"][0]["ratio"] == 2.0 and "cpu" in data["machine"]
+    assert "summary" in capsys.readouterr().out
+    with pytest.raises(RuntimeError):
+        S.run_suites(["broken"], "quick", out=tmp_path, isolate=False, write=False)
+
+
+def test_registry_modules_provide_run_summary_and_sizes():
+    for name in SUITES:
+        module = load(name)
+        assert callable(module.run) and callable(module.summary) and {"quick", "default", "paper"} <= set(module.SIZES)
+    with pytest.raises(ValueError, match="registered"):
+        load("nope")
+
+
+@pytest.fixture
+def restore_threads():
+    import torch
+
+    env = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, monkeypatch, capsys, restore_threads):
+    from krylon import cli
+
+    monkeypatch.setitem(load("krylov").SIZES, "quick", {"cases": [(16, 16)], "batched": [(8, 8)], "gpu_extra": []})
+    monkeypatch.setitem(load("dcdm").SIZES, "quick", {2: [16], 3: []})
+    assert cli.main(["bench", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== summary: krylov, dcdm at --size quick" in out
+    data = json.loads((tmp_path / "summary.json").read_text())
+    assert set(data["suites"]) == set(SUITES) and all(s["status"] == "ok" for s in data["suites"].values())
+    assert data["command"].startswith("krylon bench all --size quick") and data["machine"]["torch_threads"] == 1
+    assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm"}
+    assert (tmp_path / "summary.png").stat().st_size > 1000
+    assert (tmp_path / "krylov.json").exists() and (tmp_path / "dcdm.json").exists()
