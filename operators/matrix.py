@@ -115,9 +115,6 @@ class ScipyOperator(LinearOperator):
     def device(self):
         return torch.device("cpu")
 
-    def _check(self, x, shape, what):
-        super()._check(x, shape, what)
-
     def _call(self, fn, x, n_out):
         batch = x.shape[:-1]
         xs = backend.to_numpy(x.reshape(-1, x.shape[-1]))
@@ -194,12 +191,10 @@ def wrap(obj: Any, *, shape=None, tags=(), dtype=None, device=None) -> LinearOpe
             raise ValueError("a scipy LinearOperator runs on the CPU; it cannot be placed on another device")
         return ScipyOperator(obj, tags=tags)
     if isinstance(obj, np.ndarray) or (isinstance(obj, (list, tuple)) and shape is None):
-        arr = np.asarray(obj)
+        arr = np.asarray(obj)  # also an np.matrix (an ndarray subclass), as a plain array
         if arr.ndim != 2:
             raise ValueError(f"a matrix must be 2-D, got an array of shape {arr.shape}")
         return DenseMatrix(backend.as_tensor(arr, dtype=dtype, device=device, name="matrix"), tags=tags)
-    if isinstance(obj, np.matrix):  # pragma: no cover - np.matrix is an ndarray subclass
-        return DenseMatrix(backend.as_tensor(np.asarray(obj), dtype=dtype, device=device), tags=tags)
     if callable(obj):
         shape_in, shape_out = _parse_callable_shape(shape)
         return CallableOperator(obj, shape_in, shape_out, dtype=backend._parse_dtype(dtype), tags=tags)
