@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn

@@ -5,7 +5,6 @@ Matrix operators act on vectors: fields of shape ``(*batch, n)``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,7 +29,8 @@ class DenseMatrix(LinearOperator):
         return (self.matrix,)
 
     def _matvec(self, x):
-        return torch.matmul(x.to(torch.promote_types(x.dtype, self.matrix.dtype)), self.matrix.transpose(0, 1).to(torch.promote_types(x.dtype, self.matrix.dtype)))
+        dt = torch.promote_types(x.dtype, self.matrix.dtype)
+        return torch.matmul(x.to(dt), self.matrix.transpose(0, 1).to(dt))
 
     def _rmatvec(self, y):
         m = self.matrix.conj() if self.matrix.is_complex() else self.matrix

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import krylon
-from krylon.datasets import read_attrs, write_dataset
-from krylon.datasets import hdf5
+from krylon.datasets import hdf5, read_attrs, write_dataset
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
