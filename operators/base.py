@@ -14,8 +14,11 @@ Tags
 ``"negative_definite"``     ``x^H A x < 0`` for ``x != 0`` (e.g. ``-A`` for a positive definite ``A``).
 ``"indefinite"``            eigenvalues of both signs (declared by the user, e.g. a shifted Laplacian).
 
-CG trusts these tags: it refuses an operator not tagged symmetric unless the
-caller asserts it (``assume="spd"``).
+Solvers read these tags up front: CG refuses an operator tagged ``negative_definite``
+or ``indefinite`` and, with ``strict=True``, one not tagged ``symmetric`` (an untagged
+operator is otherwise accepted, as scipy does).  Tags are set at construction, or added
+by :func:`aslinearoperator` / :meth:`LinearOperator.with_tags`, which return a new
+operator; contradictory tags raise ``ValueError``.
 """
 
 from __future__ import annotations

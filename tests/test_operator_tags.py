@@ -188,3 +188,12 @@ def test_scipy_operator_checks_inputs_like_every_operator():
     with pytest.raises(TypeError, match="torch.Tensor"):
         A.matvec(np.ones(3))
     assert type(aslinearoperator(sp.csr_array(_SPD))) is SparseMatrix
+
+
+def test_base_docstring_examples_run():
+    import doctest
+
+    import krylon.operators.base as base
+
+    result = doctest.testmod(base)
+    assert result.attempted > 0 and result.failed == 0
