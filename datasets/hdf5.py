@@ -45,9 +45,16 @@ def _h5py():
 
 
 def _version() -> str:
-    from krylon import __version__
+    """krylon's version from the installed distribution (pyproject's, the one source), like ``krylon.__version__``.
 
-    return __version__
+    Read here rather than imported from ``krylon``: datasets sits below the package's top level.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("krylon")
+    except metadata.PackageNotFoundError:  # running from an uninstalled tree
+        return "0+unknown"
 
 
 def _canonical_json(params: Mapping | None) -> str:

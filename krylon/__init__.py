@@ -1,11 +1,11 @@
 """krylon: solvers for operators and inverse problems on shared PyTorch FFT and linear-algebra kernels.
 
-The top-level names are loaded on first use, so ``import krylon`` (and the
-``krylon`` command's start-up) stays fast.
+The top-level names (``__version__`` too) are loaded on first use, so ``import krylon``
+(and the ``krylon`` command's start-up) stays fast.
 
->>> import krylon
+>>> import torch, krylon
 >>> A = krylon.Laplacian((16, 16))
->>> res = krylon.CG(rtol=1e-8).solve(A, krylon.torch_ones((16, 16)))
+>>> res = krylon.CG(rtol=1e-8).solve(A, torch.ones((16, 16), dtype=torch.float64))
 >>> bool(res.converged)
 True
 """
@@ -13,8 +13,6 @@ True
 from __future__ import annotations
 
 import importlib
-
-__version__ = "0.1.0"
 
 _SUBMODULES = ("kernels", "operators", "solvers", "datasets", "bench")
 _NAMES = {
@@ -27,14 +25,20 @@ _NAMES = {
 __all__ = ["__version__", *_SUBMODULES, *_NAMES]
 
 
-def torch_ones(shape, dtype=None):
-    """``torch.ones(shape, dtype=float64)``: a convenience for doctests and quick experiments."""
-    import torch
+def _installed_version() -> str:
+    """The version pyproject gives krylon (its one source), as installed; ``"0+unknown"`` when not installed."""
+    from importlib import metadata  # costs tens of milliseconds: only when asked for
 
-    return torch.ones(shape, dtype=dtype or torch.float64)
+    try:
+        return metadata.version("krylon")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def __getattr__(name):
+    if name == "__version__":
+        globals()["__version__"] = version = _installed_version()  # read once
+        return version
     if name in _SUBMODULES:
         return importlib.import_module(f"krylon.{name}")
     if name in _NAMES:

@@ -14,15 +14,19 @@ Tags
 ``"negative_definite"``     ``x^H A x < 0`` for ``x != 0`` (e.g. ``-A`` for a positive definite ``A``).
 ``"indefinite"``            eigenvalues of both signs (declared by the user, e.g. a shifted Laplacian).
 
-CG trusts these tags: it refuses an operator not tagged symmetric unless the
-caller asserts it (``assume="spd"``).
+Solvers read these tags up front: CG refuses an operator tagged ``negative_definite``
+or ``indefinite`` and, with ``strict=True``, one not tagged ``symmetric`` (an untagged
+operator is otherwise accepted, as scipy does).  Tags are set at construction, or added
+by :func:`aslinearoperator` / :meth:`LinearOperator.with_tags`, which return a new
+operator; contradictory tags raise ``ValueError``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +36,25 @@ from ..kernels import backend, linalg
 __all__ = ["LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS"]
 
 TAGS = ("symmetric", "positive_definite", "positive_semidefinite", "negative_definite", "indefinite")
+
+
+def _checked_tags(tags, shape_in: tuple[int, ...], shape_out: tuple[int, ...]) -> frozenset:
+    """``tags`` as a frozenset with implied tags added; unknown, contradictory or misplaced tags raise."""
+    if isinstance(tags, str):  # a bare string would otherwise become a set of characters
+        raise TypeError(f"tags must be a collection of tag names, got the string {tags!r}; write tags=({tags!r},)")
+    tags = frozenset(tags)
+    unknown = tags - set(TAGS)
+    if unknown:
+        raise ValueError(f"unknown tags {sorted(unknown)}; known tags are {TAGS}")
+    if "positive_definite" in tags:
+        tags = tags | {"positive_semidefinite"}
+    # the sign tags exclude one another: x^H A x >= 0, < 0, or of both signs
+    signs = [t for t in ("positive_semidefinite", "negative_definite", "indefinite") if t in tags]
+    if len(signs) > 1:
+        raise ValueError(f"contradictory tags {sorted(tags)}: {' and '.join(signs)} cannot both hold")
+    if tags and shape_in != shape_out:
+        raise ValueError(f"tags {sorted(tags)} need a square operator, got shape_in={shape_in}, shape_out={shape_out}")
+    return tags
 
 
 def _as_shape(s) -> tuple[int, ...]:
@@ -71,17 +94,7 @@ class LinearOperator(nn.Module):
         self.shape_in = _as_shape(shape_in)
         self.shape_out = self.shape_in if shape_out is None else _as_shape(shape_out)
         self._dtype = dtype
-        tags = frozenset(tags)
-        unknown = tags - set(TAGS)
-        if unknown:
-            raise ValueError(f"unknown tags {sorted(unknown)}; known tags are {TAGS}")
-        if "positive_definite" in tags:
-            tags = tags | {"positive_semidefinite"}
-        if tags & {"positive_semidefinite"} and tags & {"negative_definite", "indefinite"}:
-            raise ValueError(f"contradictory tags {sorted(tags)}")
-        if tags & {"symmetric", "positive_definite", "positive_semidefinite"} and self.shape_in != self.shape_out:
-            raise ValueError(f"tags {sorted(tags)} need a square operator, got shape_in={self.shape_in}, shape_out={self.shape_out}")
-        self.tags = tags
+        self.tags = _checked_tags(tags, self.shape_in, self.shape_out)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -155,10 +168,9 @@ class LinearOperator(nn.Module):
         if not backend.is_floating(x.dtype):
             raise TypeError(f"{type(self).__name__}.{what}: input dtype {x.dtype} is not a floating or complex dtype")
         dt = self.dtype
+        # compared by precision only: a complex operator takes a real field (and returns a complex one)
         if dt is not None and backend.real_dtype(x.dtype) != backend.real_dtype(dt):
             raise ValueError(f"{type(self).__name__}.{what}: input dtype {x.dtype} does not match the operator's dtype {dt}")
-        if dt is not None and dt.is_complex and not x.is_complex():
-            pass  # a complex operator applied to a real field: the result is complex
         dev = self.device
         if dev is not None and x.device != dev:
             raise ValueError(f"{type(self).__name__}.{what}: input is on {x.device} but the operator is on {dev}; move one of them with .to()")
@@ -219,6 +231,30 @@ class LinearOperator(nn.Module):
         eye = torch.eye(n, dtype=dt, device=self.device).reshape((n,) + self.shape_in)
         cols = self.matvec(eye).reshape(n, -1)
         return cols.transpose(0, 1).contiguous()
+
+    def with_tags(self, tags: Sequence[str]) -> "LinearOperator":
+        """This operator with ``tags`` added, as a new object; ``self`` is left as it is.
+
+        The result is of the same class and shares the tensors, submodules and settings of
+        ``self`` (no data is copied); its own containers are copies, so ``.to()`` or a new
+        buffer on one does not reach the other.  Contradictory tags raise ``ValueError``.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from krylon.operators import aslinearoperator
+        >>> A = aslinearoperator(torch.tensor([[-2.0, 1.0], [1.0, -3.0]]))
+        >>> B = A.with_tags(("symmetric", "negative_definite"))
+        >>> sorted(B.tags), sorted(A.tags), B.matrix is A.matrix
+        (['negative_definite', 'symmetric'], [], True)
+        """
+        new = _checked_tags(self.tags | _checked_tags(tags, self.shape_in, self.shape_out), self.shape_in, self.shape_out)
+        view = object.__new__(type(self))
+        # nn.Module keeps parameters, buffers, submodules and hooks in dicts (and sets): copy those
+        # containers, not what they hold, so the two operators share data but not registrations
+        view.__dict__.update({k: copy.copy(v) if isinstance(v, (dict, set)) else v for k, v in self.__dict__.items()})
+        view.tags = new
+        return view
 
     # ------------------------------------------------------------------ algebra
     def adjoint(self) -> "LinearOperator":
@@ -436,7 +472,8 @@ class _Scaled(LinearOperator):
 def aslinearoperator(obj: Any, *, shape=None, tags: Sequence[str] = (), dtype=None, device=None) -> LinearOperator:
     """Wrap ``obj`` as a :class:`LinearOperator`.
 
-    Accepts a krylon operator (returned as is), a dense torch tensor or numpy
+    Accepts a krylon operator (returned as is, or as a tagged view when ``tags`` adds any:
+    :meth:`LinearOperator.with_tags`; the argument is never changed), a dense torch tensor or numpy
     array (2-D matrix), a torch sparse CSR/COO tensor, a scipy sparse matrix or
     array, a ``scipy.sparse.linalg.LinearOperator``, or a callable with
     ``shape=(m, n)`` (vectors) or ``shape=(shape_out, shape_in)`` (fields).
@@ -444,7 +481,9 @@ def aslinearoperator(obj: Any, *, shape=None, tags: Sequence[str] = (), dtype=No
     Parameters
     ----------
     tags : structural tags to attach (e.g. ``("symmetric", "positive_definite")``).
-        Matrices are not inspected for symmetry: say what you know.
+        Matrices are not inspected for symmetry: say what you know.  Tags that contradict
+        each other or the operator's own (``negative_definite`` on a positive definite
+        Laplacian) raise ``ValueError``.
     dtype, device : optional conversion of a matrix's values.
 
     Examples
@@ -457,12 +496,8 @@ def aslinearoperator(obj: Any, *, shape=None, tags: Sequence[str] = (), dtype=No
     from . import matrix
 
     if isinstance(obj, LinearOperator):
-        if tags:
-            unknown = set(tags) - set(TAGS)
-            if unknown:
-                raise ValueError(f"unknown tags {sorted(unknown)}")
-            obj.tags = obj.tags | frozenset(tags)
-        return obj
+        added = _checked_tags(tags, obj.shape_in, obj.shape_out)
+        return obj if added <= obj.tags else obj.with_tags(added)
     return matrix.wrap(obj, shape=shape, tags=tags, dtype=dtype, device=device)
 
 
@@ -470,8 +505,12 @@ def dottest(A: LinearOperator, *, batch: Sequence[int] = (), dtype=None, device=
             generator: torch.Generator | None = None, raise_on_fail: bool = True) -> float:
     """Dot-product (adjoint) test: ``<A x, y> == <x, A^H y>`` for random ``x, y``.
 
-    Returns the relative mismatch ``|<Ax,y> - <x,A^H y>| / (||Ax|| ||y||)``.  With
-    ``raise_on_fail`` it raises ``AssertionError`` when the mismatch exceeds ``rtol``
+    Returns the relative mismatch, the largest over the ``batch`` of independent pairs,
+
+    ``|<Ax, y> - <x, A^H y>| / (||Ax|| ||y|| + ||x|| ||A^H y||)``
+
+    (each term of the denominator bounds the rounding error of one of the two inner products).
+    With ``raise_on_fail`` it raises ``AssertionError`` when the mismatch exceeds ``rtol``
     (default ``1e3 * eps`` of the dtype).
 
     Examples

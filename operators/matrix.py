@@ -5,7 +5,6 @@ Matrix operators act on vectors: fields of shape ``(*batch, n)``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,7 +29,8 @@ class DenseMatrix(LinearOperator):
         return (self.matrix,)
 
     def _matvec(self, x):
-        return torch.matmul(x.to(torch.promote_types(x.dtype, self.matrix.dtype)), self.matrix.transpose(0, 1).to(torch.promote_types(x.dtype, self.matrix.dtype)))
+        dt = torch.promote_types(x.dtype, self.matrix.dtype)
+        return torch.matmul(x.to(dt), self.matrix.transpose(0, 1).to(dt))
 
     def _rmatvec(self, y):
         m = self.matrix.conj() if self.matrix.is_complex() else self.matrix
@@ -115,9 +115,6 @@ class ScipyOperator(LinearOperator):
     def device(self):
         return torch.device("cpu")
 
-    def _check(self, x, shape, what):
-        super()._check(x, shape, what)
-
     def _call(self, fn, x, n_out):
         batch = x.shape[:-1]
         xs = backend.to_numpy(x.reshape(-1, x.shape[-1]))
@@ -194,12 +191,10 @@ def wrap(obj: Any, *, shape=None, tags=(), dtype=None, device=None) -> LinearOpe
             raise ValueError("a scipy LinearOperator runs on the CPU; it cannot be placed on another device")
         return ScipyOperator(obj, tags=tags)
     if isinstance(obj, np.ndarray) or (isinstance(obj, (list, tuple)) and shape is None):
-        arr = np.asarray(obj)
+        arr = np.asarray(obj)  # also an np.matrix (an ndarray subclass), as a plain array
         if arr.ndim != 2:
             raise ValueError(f"a matrix must be 2-D, got an array of shape {arr.shape}")
         return DenseMatrix(backend.as_tensor(arr, dtype=dtype, device=device, name="matrix"), tags=tags)
-    if isinstance(obj, np.matrix):  # pragma: no cover - np.matrix is an ndarray subclass
-        return DenseMatrix(backend.as_tensor(np.asarray(obj), dtype=dtype, device=device), tags=tags)
     if callable(obj):
         shape_in, shape_out = _parse_callable_shape(shape)
         return CallableOperator(obj, shape_in, shape_out, dtype=backend._parse_dtype(dtype), tags=tags)

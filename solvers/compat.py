@@ -36,9 +36,9 @@ Differences (krylon extensions)
 * The convergence test is always checked on the *true* residual before ``info = 0`` is
   returned (scipy's minres stops on its own estimate ``||r|| / (||A|| ||x||)``).
 * ``minres`` takes ``atol`` and complex Hermitian systems; ``gmres`` preconditions on the
-  right, so its ``'pr_norm'``/``'legacy'`` callback value is GMRES's estimate of the true
-  relative residual ``||b - A x|| / ||b||`` (scipy's is the left-preconditioned one; they agree
-  when ``M`` is None).
+  right (the residual it minimises is the true one), so with ``M`` its iterates differ from scipy's
+  left-preconditioned ones; its ``'pr_norm'``/``'legacy'`` callback value is scipy's quantity,
+  ``||M (b - A x_k)|| / ||b||``, for krylon's iterate ``x_k``.
 * ``A`` (or ``M``) may also be a torch tensor, a krylon
   :class:`~krylon.operators.LinearOperator` or :class:`~krylon.solvers.Preconditioner`, and
   ``M`` a pyamg multilevel solver.  When ``b`` is a torch tensor, ``x`` (and the iterates given
@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import warnings
 
 import numpy as np
 import torch
@@ -558,9 +559,11 @@ def gmres(A, b, x0=None, *, rtol=1e-5, atol=0.0, restart=None, maxiter=None, M=N
         Called as selected by ``callback_type``.
     callback_type : {'x', 'pr_norm', 'legacy'}, optional
         ``'x'``: ``callback(xk)`` once per restart cycle with the iterate at its end;
-        ``'pr_norm'``: ``callback(||r|| / ||b||)`` (a float) after every inner iteration;
+        ``'pr_norm'``: ``callback(||M r|| / ||b||)`` after every inner iteration, an ``np.float64``
+        (as scipy, at every precision);
         ``'legacy'`` (the default when a callback is given): like ``'pr_norm'``, but ``maxiter``
-        counts inner iterations.  Unknown values raise ``ValueError``.
+        counts inner iterations.  Leaving it unset with a callback warns (``DeprecationWarning``,
+        scipy's).  Unknown values raise ``ValueError``.
 
     Returns
     -------
@@ -571,10 +574,10 @@ def gmres(A, b, x0=None, *, rtol=1e-5, atol=0.0, restart=None, maxiter=None, M=N
 
     Notes
     -----
-    The residual norm given to a ``'pr_norm'``/``'legacy'`` callback is GMRES's estimate of the
-    true residual (krylon preconditions on the right); scipy reports the left-preconditioned
-    one.  Without ``M`` the two agree.  scipy warns (``DeprecationWarning``) when ``callback``
-    is given without ``callback_type``; krylon does not.
+    The value given to a ``'pr_norm'``/``'legacy'`` callback is scipy's: the preconditioned residual
+    norm ``||M (b - A x_k)||`` relative to the unpreconditioned ``||b||``.  Without ``M`` it is GMRES's
+    own estimate of ``||b - A x_k||``, at no cost; krylon preconditions on the right, so with ``M``
+    it is formed from the iterate (one more product with ``A`` and ``M`` per step, only then).
 
     Examples
     --------
@@ -587,9 +590,16 @@ def gmres(A, b, x0=None, *, rtol=1e-5, atol=0.0, restart=None, maxiter=None, M=N
     (0, True)
     >>> norms = []
     >>> x, info = gmres(A, b, rtol=1e-12, callback=norms.append, callback_type="pr_norm")
-    >>> len(norms), norms[-1] < 1e-12
+    >>> len(norms), bool(norms[-1] < 1e-12)
     (3, True)
     """
+    if callback is not None and callback_type is None:
+        # scipy's warning (same category and text), so filters written for scipy behave the same;
+        # stacklevel 2 names the caller's line, the one to change
+        warnings.warn("krylon.solvers.gmres called without specifying `callback_type`. The default value will be "
+                      "changed in a future release. For compatibility, specify a value for `callback_type` "
+                      "explicitly, e.g., ``gmres(..., callback_type='pr_norm')``, or to retain the old behavior "
+                      "``gmres(..., callback_type='legacy')``", DeprecationWarning, stacklevel=2)
     if callback_type is None:
         callback_type = "legacy"
     if callback_type not in ("x", "pr_norm", "legacy"):
@@ -632,7 +642,13 @@ def gmres(A, b, x0=None, *, rtol=1e-5, atol=0.0, restart=None, maxiter=None, M=N
         bnorm = sys_.bnorm
 
         def cb(state):
-            callback(float(state.residual_norms.reshape(-1)[0]) / bnorm)
+            if sys_.M is None:
+                rnorm = float(state.residual_norms.reshape(-1)[0])
+            else:  # scipy's value is the left-preconditioned residual: form it from the iterate
+                with torch.no_grad():
+                    r = sys_.b.detach() - sys_.op.matvec(state.x.detach())
+                    rnorm = float(torch.linalg.vector_norm(sys_.M(r)))
+            callback(np.float64(rnorm / bnorm))  # scipy passes a numpy float64 at every precision
 
     res = GMRES(maxiter=inner, callback=cb, **opts).solve(sys_.op, sys_.b, sys_.x0)
     return sys_.export(res.x), _info(res, maxiter)

@@ -15,6 +15,7 @@ solver on the same input (same ``info``, solutions agreeing within the same boun
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import itertools
 
@@ -33,6 +34,8 @@ SCIPY = {"cg": spla.cg, "minres": spla.minres, "gmres": spla.gmres}
 SINGLE = (np.float32, np.complex64)
 # full GMRES for the grid checks that are not about restarting (krylon's GMRES(20) needs ~400 steps on poisson1d)
 FULL = {"cg": {}, "minres": {}, "gmres": {"restart": 64}}
+# scipy's (and krylon's) gmres warns when a callback comes without callback_type
+LEGACY_CALLBACK_WARNING = "ignore:.*called without specifying `callback_type`:DeprecationWarning"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -219,6 +222,7 @@ def test_converges_like_scipy(name, solver):
         assert np.linalg.norm(x - xr) <= 1.01 * cond * (res + res_r) * np.linalg.norm(xs) + 1e-12 * np.linalg.norm(xs)
 
 
+@pytest.mark.filterwarnings(LEGACY_CALLBACK_WARNING)  # gmres's default callback_type, as scipy's test
 @pytest.mark.parametrize("name, solver", CASES)
 def test_maxiter_one_gives_one_callback(name, solver):
     A, b = make_case(name)
@@ -304,6 +308,7 @@ def test_atol_rtol_grid_with_badly_scaled_preconditioners(solver):
         assert np.linalg.norm(A @ x - b) <= 1.00025 * max(atol, rtol * bnorm)
 
 
+@pytest.mark.filterwarnings(LEGACY_CALLBACK_WARNING)  # gmres's default callback_type, as scipy's test
 @pytest.mark.parametrize("solver", _ALL)
 def test_zero_rhs_returns_zeros(solver):
     rng = _rng(12)
@@ -342,6 +347,7 @@ def test_x0_speeds_up_and_is_respected(solver):
     assert not np.allclose(first["zero"], first["x0"])
 
 
+@pytest.mark.filterwarnings(LEGACY_CALLBACK_WARNING)  # gmres's default callback_type, as scipy's test
 @pytest.mark.parametrize("solver", _ALL)
 def test_x0_that_already_solves_the_system(solver):
     A = np.eye(2)
@@ -505,14 +511,63 @@ def test_gmres_legacy_callback_residual():
     A = sp.csr_array(tridiag(6, 1.0, -2.0, 1.0))
     b = np.ones(6)
     seen = []
-    x, info = ks.gmres(A, b, x0=np.zeros(6), rtol=1e-16, maxiter=1, callback=seen.append)
+    with pytest.warns(DeprecationWarning, match="called without specifying `callback_type`"):
+        x, info = ks.gmres(A, b, x0=np.zeros(6), rtol=1e-16, maxiter=1, callback=seen.append)
     np.testing.assert_allclose(seen, [0.81649658092772603], rtol=1e-10)
     assert info == 1
-    # krylon preconditions on the right: scaling M does not change the (true) residual reported,
-    # where scipy's left-preconditioned value is scaled with M (1e-3 * 0.8165 here)
+    # scipy's legacy value is the left-preconditioned residual relative to ||b||: scaled with M
+    # (1e-3 * 0.8165 here), although krylon preconditions on the right
     seen = []
-    ks.gmres(A, b, M=1e-3 * np.eye(6), rtol=1e-16, maxiter=1, callback=seen.append)
-    np.testing.assert_allclose(seen, [0.81649658092772603], rtol=1e-10)
+    ks.gmres(A, b, M=1e-3 * np.eye(6), rtol=1e-16, maxiter=1, callback=seen.append, callback_type="legacy")
+    np.testing.assert_allclose(seen, [1e-3 * 0.81649658092772603], rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("callback_type", ["legacy", "pr_norm"])
+def test_gmres_residual_callback_is_scipys_numpy_float64(dtype, callback_type):
+    """scipy passes an ``np.float64`` at every precision (the legacy callback used to get a Python float)."""
+    A = (np.diag(np.arange(1.0, 11.0)) + 0.1 * np.ones((10, 10))).astype(dtype)
+    b = np.arange(10.0).astype(dtype)
+    for M in (None, np.diag(1.0 / np.arange(1.0, 11.0)).astype(dtype)):
+        ours, theirs = [], []
+        ks.gmres(A, b, maxiter=3, M=M, callback=ours.append, callback_type=callback_type)
+        spla.gmres(A, b, maxiter=3, M=M, callback=theirs.append, callback_type=callback_type)
+        assert len(ours) == len(theirs) > 0
+        assert {type(v) for v in ours} == {type(v) for v in theirs} == {np.float64}
+        assert all(np.ndim(v) == 0 for v in ours)
+
+
+def test_gmres_preconditioned_callback_value_is_left_preconditioned_residual():
+    """With a general M the value is ||M (b - A x_k)|| / ||b|| of krylon's own iterate x_k."""
+    rng = _rng(23)
+    A = rng.uniform(size=(12, 12)) + 4 * np.eye(12)
+    b = rng.uniform(size=12)
+    M = np.diag(1.0 / np.diag(A)) + 0.01 * rng.uniform(size=(12, 12))
+    values, iterates = [], []
+    ks.gmres(A, b, M=M, rtol=1e-12, restart=4, maxiter=2, callback=values.append, callback_type="pr_norm")
+    for k in range(1, len(values) + 1):  # the iterate after k inner steps: the same solve, stopped there
+        if k <= 4:
+            x, _ = ks.gmres(A, b, M=M, rtol=1e-12, restart=4, maxiter=k, callback=lambda r: None,
+                            callback_type="legacy")
+            iterates.append(x)
+    expected = [np.linalg.norm(M @ (b - A @ x)) / np.linalg.norm(b) for x in iterates]
+    np.testing.assert_allclose(values[:4], expected, rtol=1e-8)
+
+
+def test_gmres_warns_like_scipy_without_callback_type():
+    """scipy's DeprecationWarning when a callback comes without callback_type; none otherwise."""
+    A, b = np.eye(3) * 2.0, np.ones(3)
+    with pytest.warns(DeprecationWarning, match="called without specifying `callback_type`") as rec:
+        ks.gmres(A, b, callback=lambda r: None)
+    assert rec[0].filename == __file__  # attributed to the caller's line
+    with pytest.warns(DeprecationWarning, match="called without specifying `callback_type`"):
+        spla.gmres(A, b, callback=lambda r: None)
+    import warnings
+
+    for kw in ({}, {"callback": lambda r: None, "callback_type": "legacy"}, {"callback_type": "x"}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ks.gmres(A, b, **kw)
 
 
 def test_gmres_pr_norm_sequence_matches_scipy():
@@ -566,10 +621,11 @@ def test_gmres_callback_types():
         count[0] += 1
         assert isinstance(x, np.ndarray) and x.shape == (20,)
 
-    # legacy (the default): maxiter counts inner iterations; 2 are not enough
+    # legacy (the default, with scipy's DeprecationWarning): maxiter counts inner iterations; 2 are not enough
     for kw in ({}, {"callback_type": "legacy"}):
         count[0] = 0
-        x, info = ks.gmres(A, b, rtol=1e-6, atol=0, callback=pr_norm_cb, maxiter=2, restart=50, **kw)
+        with pytest.warns(DeprecationWarning) if not kw else contextlib.nullcontext():
+            x, info = ks.gmres(A, b, rtol=1e-6, atol=0, callback=pr_norm_cb, maxiter=2, restart=50, **kw)
         assert info == 2 and count[0] == 2
     # pr_norm: maxiter counts cycles; one cycle of 20 solves it
     count[0] = 0
