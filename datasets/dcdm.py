@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..kernels import stencil as st
+from ..operators.learned.dcdm import dirichlet_marker  # a network input: defined with the network, re-exported here
 from .geometry import random_obstacles
 from .hdf5 import DatasetWriter
 
@@ -106,21 +107,6 @@ def smooth_rhs(count: int, shape, *, generator=None, slopes=(1.0, 5.0), offset_p
     use = (torch.rand(count, generator=generator, dtype=dtype) < offset_probability).to(dtype)
     c = 2.0 * torch.randn(count, generator=generator, dtype=dtype) * use
     return u + c.reshape((-1,) + (1,) * len(shape)) * rms
-
-
-def dirichlet_marker(shape, bc) -> torch.Tensor:
-    """1 on cells next to a Dirichlet boundary face, else 0 (tells the network where the solution is pinned)."""
-    sides = st.parse_bc(bc, len(shape))
-    m = torch.zeros(shape)
-    for a, (lo, hi) in enumerate(sides):
-        idx = [slice(None)] * len(shape)
-        if lo == "dirichlet":
-            idx[a] = 0
-            m[tuple(idx)] = 1
-        if hi == "dirichlet":
-            idx[a] = -1
-            m[tuple(idx)] = 1
-    return m
 
 
 def scene(shape, seed: int, index: int, *, max_obstacles: int = 8, bc_choices=("dirichlet", "smoke")):

@@ -1,7 +1,7 @@
 """An incompressible smoke simulation (2-D, or 3-D with ``--dim 3``) whose pressure solve is one line that takes any krylon solver.
 
     python examples/smoke_simulation.py --solver pcg-ic0 --frames 40 --n 128 --out smoke-frames
-    python examples/smoke_simulation.py --dim 3 --n 64 --solver dcdm+r --frames 10
+    python examples/smoke_simulation.py --dim 3 --n 64 --solver dcdm --frames 10
 
 Staggered (MAC) grid: velocities on cell faces, pressure and density at cell centres.
 Each frame: semi-Lagrangian advection (multilinear back-tracing), buoyancy from the density,
@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from krylon.datasets.geometry import random_obstacles
 from krylon.operators import Laplacian
 from krylon.solvers import CG, DCDM, IC0
-from krylon.solvers.dcdm import AUGMENTED
 
 
 def sample(field, coords):
@@ -104,8 +103,8 @@ def make_solver(name, dim=2, model=None):
         return CG(maxiter=20000)
     if name == "pcg-ic0":
         return CG(M=IC0(), maxiter=5000)
-    if name in ("dcdm", "dcdm+r", "fpcg-dcdm"):
-        kw = dict(AUGMENTED, maxiter=200) if name == "dcdm+r" else {"maxiter": 200}
+    if name in ("dcdm", "dcdm-paper", "dcdm+r", "fpcg-dcdm"):  # dcdm+r: the old name of dcdm
+        kw = {"variant": "paper" if name == "dcdm-paper" else "multilevel", "maxiter": 200}
         dcdm = DCDM.load(model, **kw) if model else DCDM.pretrained(f"poisson{dim}d", **kw)
         if name == "fpcg-dcdm":  # the network as the preconditioner of flexible CG
             return CG(M=dcdm.preconditioner(), flexible=True, maxiter=500)
@@ -118,7 +117,7 @@ def main():
     ap.add_argument("--dim", type=int, default=2, choices=(2, 3))
     ap.add_argument("--n", type=int, default=None, help="cells per axis (default 128 in 2-D, 64 in 3-D)")
     ap.add_argument("--frames", type=int, default=40)
-    ap.add_argument("--solver", default="pcg-ic0", choices=("cg", "pcg-ic0", "dcdm", "dcdm+r", "fpcg-dcdm"))
+    ap.add_argument("--solver", default="pcg-ic0", choices=("cg", "pcg-ic0", "dcdm", "dcdm-paper", "dcdm+r", "fpcg-dcdm"))
     ap.add_argument("--model", default=None, help="a DCDM checkpoint (krylon train dcdm); default: the shipped one")
     ap.add_argument("--rtol", type=float, default=1e-4)
     ap.add_argument("--obstacles", type=int, default=4)

@@ -13,7 +13,11 @@ import argparse
 import os
 import sys
 
-SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm", "dcdm+r", "fpcg-dcdm")
+SOLVER_CHOICES = ("cg", "pcg-jacobi", "pcg-ic0", "pcg-dst", "minres", "gmres", "dcdm", "dcdm-paper", "dcdm+r",
+                  "fpcg-dcdm")
+# dcdm: DCDM's default (multilevel) iteration; dcdm-paper: the paper's plain iteration; dcdm+r: the old name of the
+# multilevel iteration, from before it was the default (still accepted, with a note on stderr)
+DCDM_VARIANTS = {"dcdm": "multilevel", "dcdm-paper": "paper", "dcdm+r": "multilevel", "fpcg-dcdm": "multilevel"}
 
 
 def _set_threads(threads: int | None) -> None:
@@ -39,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     pp.add_argument("--grid", type=int, nargs="+", default=[256, 256], metavar="N", help="grid size per axis (2 or 3 numbers)")
     pp.add_argument("--bc", default="dirichlet", choices=("dirichlet", "neumann", "periodic"))
     pp.add_argument("--obstacles", type=int, default=0, metavar="N", help="number of random solid obstacles")
-    pp.add_argument("--solver", default="cg", choices=SOLVER_CHOICES)
+    pp.add_argument("--solver", default="cg", choices=SOLVER_CHOICES,
+                    help="dcdm: learned conjugate directions, multilevel iteration (the default); dcdm-paper: the "
+                         "paper's plain iteration; dcdm+r: old name of dcdm; fpcg-dcdm: the network in flexible CG")
     pp.add_argument("--rtol", type=float, default=1e-8)
     pp.add_argument("--atol", type=float, default=0.0)
     pp.add_argument("--maxiter", type=int, default=None)
@@ -191,13 +197,14 @@ def _solve_poisson(args) -> int:
         b = torch.where(fluid, b - b[fluid].mean(), b)
     opts = dict(rtol=args.rtol, atol=args.atol, maxiter=args.maxiter, progress=args.progress)
     setup_t0 = time.perf_counter()
-    if args.solver in ("dcdm", "dcdm+r", "fpcg-dcdm"):
+    if args.solver in DCDM_VARIANTS:
         from .solvers import DCDM
-        from .solvers.dcdm import AUGMENTED
 
+        if args.solver == "dcdm+r":
+            print("krylon: note: --solver dcdm+r is now --solver dcdm (the multilevel iteration is DCDM's default; "
+                  "the paper's iteration is --solver dcdm-paper)", file=sys.stderr)
         dkw = {k: v for k, v in opts.items() if v is not None}
-        if args.solver == "dcdm+r":  # krylon's additions: residual and coarse-grid directions
-            dkw.update(AUGMENTED)
+        dkw["variant"] = DCDM_VARIANTS[args.solver]
         solver = DCDM.load(args.model, **dkw) if args.model else DCDM.pretrained(f"poisson{len(shape)}d", **dkw)
         if args.solver == "fpcg-dcdm":  # the network as a preconditioner inside flexible CG
             solver = CG(M=solver.preconditioner(), flexible=True, **opts)

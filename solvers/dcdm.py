@@ -13,57 +13,57 @@ One matrix-vector product per iteration: ``A q`` is orthogonalised with the
 same coefficients as ``q``, and the true residual is recomputed every
 ``check_every`` iterations and before convergence is reported.
 
-krylon's multilevel extension (``coarse=``, ``augment=``, :data:`AUGMENTED`) adds
-directions per iteration -- the network's on coarser grids, then on the grid
-itself, then the residual -- each computed from the residual the previous ones
-left and taken the same way; it is what carries a network trained on small
-grids to large ones.
+krylon's multilevel extension (``coarse=``, ``augment=``) adds directions per
+iteration -- the network's on coarser grids, then on the grid itself, then the
+residual -- each computed from the residual the previous ones left and taken the
+same way; it is what carries a network trained on small grids to large ones, and
+it is the default (``variant="multilevel"``).  The paper's plain iteration is
+``variant="paper"``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import torch
 
 from ..kernels import backend, linalg
+from ..kernels import validate as _v
 from ..operators import LinearOperator
+from ..operators.learned import registry
+from ..operators.learned.dcdm import DCDMNet, dirichlet_marker, input_channels
 from ..operators.stencil import Diffusion, _StencilOperator
 from .krylov import IterativeSolver, _Problem, _Progress, _where
 from .preconditioners import Preconditioner
 from .result import IterationState, Status
 
-__all__ = ["DCDM", "DCDMPreconditioner", "network_inputs", "PRETRAINED", "AUGMENTED"]
+__all__ = ["DCDM", "DCDMPreconditioner", "network_inputs", "VARIANTS", "AUGMENTED"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "operators" / "learned" / "weights"
-PRETRAINED = {"poisson2d": "dcdm_poisson2d", "poisson3d": "dcdm_poisson3d"}
+VARIANTS = {
+    "multilevel": {"k": 2, "augment": True, "coarse": "auto"},
+    "paper": {"k": 2, "augment": False, "coarse": 0},
+}
+"""The iterations ``DCDM(model, variant=...)`` selects (defaults of ``k``, ``augment``, ``coarse``; each can be
+overridden).  ``"multilevel"`` (the default, krylon's): per iteration the network's directions on every coarser
+grid down to 16 cells per axis, coarsest first, then on the grid itself, then the residual, each computed from the
+residual left by the ones before it, A-orthogonalised against them and the directions of the previous ``k = 2``
+iterations and taken with an exact line search, so none can hurt.  ``"paper"``: Kaneda et al.'s iteration, one
+network direction per iteration against the last ``k = 2``.  Measured with the shipped 2-D model (trained on 64^2
+and 128^2) on unseen scenes: ``"multilevel"`` reaches 1e-4 in 6-9 iterations from 128^2 to 1024^2; ``"paper"``
+stalls from 128^2 up (see BENCHMARKS.md)."""
 
 
 def network_inputs(A: LinearOperator, r: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Stack the network's input channels for residuals ``r`` of shape ``(B, *grid)``.
+    """The network's input channels for scaled residuals ``r`` (``(B, *grid)``) of the stencil operator ``A``.
 
-    Channel 0: the (normalised) residual; 1: the fluid mask (1 fluid, 0 solid);
-    2: the Dirichlet marker (1 on fluid cells next to a Dirichlet boundary face);
-    3: the centred log-coefficient of a :class:`~krylon.operators.Diffusion` operator (0 for a Laplacian).
+    The fluid mask, Dirichlet marker and log-coefficient (of a :class:`~krylon.operators.Diffusion`) come from
+    ``A``; the channels are assembled by :func:`krylon.operators.learned.dcdm.input_channels`, the function
+    :func:`dcdm_loss` uses at training time.
     """
-    from ..datasets.dcdm import dirichlet_marker
-
-    fluid = torch.ones(A.shape_in, dtype=r.dtype, device=r.device) if A.obstacles is None else (~A.obstacles).to(r.dtype)
-    chans = [r]
-    if in_channels >= 2:
-        chans.append(fluid.expand_as(r))
-    if in_channels >= 3:
-        chans.append((dirichlet_marker(A.shape_in, A.bc).to(dtype=r.dtype, device=r.device) * fluid).expand_as(r))
-    if in_channels >= 4:
-        if isinstance(A, Diffusion):
-            logk = torch.log(A.coefficient.detach()).to(r.dtype)
-            logk = logk - logk.mean()
-        else:
-            logk = torch.zeros(A.shape_in, dtype=r.dtype, device=r.device)
-        chans.append(logk.expand_as(r))
-    return torch.stack(chans, dim=1)
+    fluid = torch.ones(A.shape_in, dtype=torch.bool) if A.obstacles is None else ~A.obstacles
+    marker = dirichlet_marker(A.shape_in, A.bc) if in_channels >= 3 else None
+    logk = torch.log(A.coefficient.detach()) if in_channels >= 4 and isinstance(A, Diffusion) else None
+    return input_channels(r, fluid, marker, logk, in_channels=in_channels)
 
 
 class DCDM(IterativeSolver):
@@ -74,6 +74,11 @@ class DCDM(IterativeSolver):
     model : torch.nn.Module
         Maps ``(B, C, *grid)`` inputs (see :func:`network_inputs`) to ``(B, 1, *grid)``
         directions; usually a :class:`~krylon.operators.learned.dcdm.DCDMNet`.
+    variant : {"multilevel", "paper"}
+        Defaults of ``k``, ``augment`` and ``coarse`` (:data:`VARIANTS`): ``"multilevel"`` (the default:
+        ``k=2, augment=True, coarse="auto"``), the configuration that converges on grids larger than the
+        training grid; ``"paper"`` (``k=2, augment=False, coarse=0``), Kaneda et al.'s plain iteration.
+        An option given explicitly overrides the variant's.
     k : int
         New directions are A-orthogonalised against those of the last ``k`` iterations (2 in the paper, where
         an iteration has one direction).
@@ -99,8 +104,8 @@ class DCDM(IterativeSolver):
         A system whose residual has moved by less than 0.1 % per iteration (``|alpha| ||A q|| < 1e-3 ||r||``)
         for this many iterations in a row stops with status ``stagnation``: the network's directions have
         become (nearly) A-dependent on the previous ones, a fixed point the iteration cannot leave (the
-        residual is outside what the network learned).  The extra directions of :data:`AUGMENTED` (residual
-        and coarse-grid network directions) keep the iteration moving.
+        residual is outside what the network learned).  The extra directions of the default multilevel variant
+        (residual and coarse-grid network directions) keep the iteration moving.
     rtol, atol, maxiter, callback, progress, check_every
         As for the Krylov solvers (``maxiter`` defaults to 100, the paper's budget).
 
@@ -109,7 +114,7 @@ class DCDM(IterativeSolver):
     >>> import torch
     >>> from krylon.operators import Laplacian
     >>> from krylon.operators.learned.dcdm import DCDMNet
-    >>> solver = DCDM(DCDMNet(dim=2), k=2, rtol=1e-4)       # or DCDM.load("runs/dcdm/dcdm.pt")
+    >>> solver = DCDM(DCDMNet(dim=2), rtol=1e-4)       # or DCDM.pretrained("poisson2d"), DCDM.load("runs/dcdm/dcdm.pt")
     >>> res = solver.solve(Laplacian((32, 32)), torch.rand(32, 32, dtype=torch.float64), maxiter=5)
     >>> res.x.shape
     torch.Size([32, 32])
@@ -117,8 +122,12 @@ class DCDM(IterativeSolver):
 
     name = "DCDM"
 
-    def __init__(self, model: torch.nn.Module, *, k: int = 2, augment: bool = False, coarse: int = 0,
-                 stall_window: int = 10, **kw):
+    def __init__(self, model: torch.nn.Module, *, variant: str = "multilevel", k: int | None = None,
+                 augment: bool | None = None, coarse: int | str | None = None, stall_window: int = 10, **kw):
+        self.variant = _v.choice(variant, "variant", tuple(VARIANTS))
+        k = VARIANTS[variant]["k"] if k is None else k
+        augment = VARIANTS[variant]["augment"] if augment is None else augment
+        coarse = VARIANTS[variant]["coarse"] if coarse is None else coarse
         kw.setdefault("maxiter", 100)
         kw.setdefault("differentiable", False)
         super().__init__(**kw)
@@ -139,44 +148,22 @@ class DCDM(IterativeSolver):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def pretrained(cls, name: str, **kw) -> "DCDM":
-        """Load a shipped model: ``"poisson2d"`` or ``"poisson3d"`` (no download, ``weights_only=True``)."""
-        if name not in PRETRAINED:
-            raise ValueError(f"unknown pretrained DCDM model {name!r}; available: {sorted(PRETRAINED)}")
-        path = (WEIGHTS_DIR / PRETRAINED[name]).with_suffix(".pt")
-        if not path.exists():
-            raise FileNotFoundError(f"no pretrained DCDM model {name!r} is shipped in this version of krylon "
-                                    f"(expected {path}); train one with `krylon train dcdm` and use DCDM.load(path)")
-        return cls.load(path, **kw)
+    def pretrained(cls, name: str, *, map_location="cpu", **kw) -> "DCDM":
+        """A solver with a shipped model, ``"poisson2d"`` or ``"poisson3d"`` (no download, ``weights_only=True``).
+
+        ``kw``: solver options (default: the multilevel iteration; ``variant="paper"`` for the paper's).  The
+        weights are found by :mod:`krylon.operators.learned.registry`; ``ValueError`` lists the known names.
+        """
+        return cls(registry.load_pretrained("dcdm", name, map_location=map_location), **kw)
 
     @classmethod
     def load(cls, path, map_location="cpu", **kw) -> "DCDM":
         """Rebuild a DCDM solver from a checkpoint written by :meth:`save` or ``krylon train dcdm``."""
-        from ..operators.learned.dcdm import DCDMNet
-
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no DCDM checkpoint at {path}")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path} is not a readable DCDM checkpoint (corrupted or not a torch file): {exc}") from exc
-        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
-            raise ValueError(f"{path} is not a DCDM checkpoint (expected keys 'state_dict' and 'config')")
-        config = ckpt["config"]
-        if isinstance(config, str):
-            config = json.loads(config)
-        net = DCDMNet(**config)
-        try:
-            net.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as exc:
-            raise ValueError(f"{path}: the weights do not match the network configuration {config}: {exc}") from exc
-        net.eval()
-        return cls(net, **kw)
+        return cls(registry.load_checkpoint(path, map_location=map_location, default=DCDMNet, expect=DCDMNet), **kw)
 
     def save(self, path) -> None:
-        """Write ``{"state_dict", "config"}`` (loadable with ``weights_only=True``)."""
-        torch.save({"state_dict": self.model.state_dict(), "config": json.dumps(self.model.config)}, path)
+        """Write the network's checkpoint ``{"state_dict", "config", "model"}`` (loadable with ``weights_only=True``)."""
+        registry.save_checkpoint(self.model, path)
 
     # ------------------------------------------------------------------ the iteration
     def _check_operator(self, A: LinearOperator):
@@ -398,20 +385,16 @@ class DCDM(IterativeSolver):
         return DCDMPreconditioner(self)
 
 
-AUGMENTED = {"augment": True, "k": 2, "coarse": "auto"}
-"""krylon's recommended DCDM options ("DCDM+r"): multilevel network directions (``coarse="auto"``: every coarser
-grid down to 16 cells per axis, coarsest first, then the grid itself), then the residual, each computed from the
-residual left by the ones before it, A-orthogonalised against them and the directions of the previous ``k = 2``
-iterations and taken with an exact line search, so none can hurt.  Measured with the shipped 2-D model (trained
-on 64^2 and 128^2) on unseen scenes: 6-9 iterations to 1e-4 from 128^2 to 1024^2, where the paper's iteration
-does not converge in 100 iterations from 128^2 up (see BENCHMARKS.md)."""
+AUGMENTED = dict(VARIANTS["multilevel"])
+"""The options of the default ``variant="multilevel"`` (once spelled out as ``DCDM(model, **AUGMENTED)``, "DCDM+r";
+kept so such code still runs -- ``DCDM(model)`` is the same iteration now)."""
 
 COARSEST_AUTO = 16  # coarse="auto": coarse-level directions down to grids of this many cells per axis
 
 STALL_MOVE = 1e-3  # relative residual change per iteration below which an iteration counts as stalled
 STALL_HINT = ("DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
-              "what the network learned); add the residual and coarse-grid directions, "
-              "DCDM(model, **krylon.solvers.dcdm.AUGMENTED), which keep making progress, or retrain the network")
+              "what the network learned); the multilevel iteration, DCDM(model) (variant='multilevel', the "
+              "default: coarse-grid and residual directions), keeps making progress, or retrain the network")
 
 
 def _pads(u: torch.Tensor) -> list:
@@ -493,19 +476,23 @@ def batch_weights(fluid: torch.Tensor, bc_dirichlet: torch.Tensor, dtype=torch.f
 def dcdm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Scale-invariant DCDM loss: ``mean_i || b_i - A_i q_i (q_i^T b_i)/(q_i^T A_i q_i) ||^2`` with ``q_i = f(b_i)``.
 
-    The network sees ``b_i`` scaled to unit RMS over the fluid cells, exactly as :meth:`DCDM.direction` feeds it.
+    The network sees ``b_i`` scaled to unit RMS over the fluid cells, exactly as :meth:`DCDM.direction` feeds a
+    residual, with the channels assembled by the same function as at inference
+    (:func:`~krylon.operators.learned.dcdm.input_channels`).
 
     ``batch`` holds ``b`` (unit-norm right-hand sides), ``fluid`` and ``dirichlet`` masks and ``bc_dirichlet``.
     """
     from ..kernels import stencil as st
 
-    b, fluid, dirichlet = batch["b"], batch["fluid"].bool(), batch["dirichlet"].bool()
+    b, fluid = batch["b"], batch["fluid"].bool()
     nd = b.dim() - 1
     dt = next(model.parameters()).dtype
     dims = tuple(range(1, nd + 1))
-    rms_scale = fluid.to(dt).sum(dims).clamp_min(1).sqrt().reshape((-1,) + (1,) * nd)  # unit-norm b -> unit RMS input
-    chans = [b.to(dt) * rms_scale, fluid.to(dt), dirichlet.to(dt)][: model.config["in_channels"]]
-    q = model(torch.stack(chans, dim=1))[:, 0] * fluid.to(dt)
+    bn = b.to(dt).pow(2).sum(dims).sqrt()
+    scale = fluid.to(dt).sum(dims).clamp_min(1).sqrt() / torch.where(bn == 0, torch.ones_like(bn), bn)
+    inp = input_channels(b.to(dt) * scale.reshape((-1,) + (1,) * nd), fluid, batch["dirichlet"],
+                         in_channels=model.config["in_channels"])
+    q = model(inp)[:, 0] * fluid.to(dt)
     W = batch_weights(fluid, batch["bc_dirichlet"], dtype=dt)
     Aq = st.apply_weights(q, W) * fluid.to(dt)
     qb = (q * b).sum(dims)

@@ -79,7 +79,7 @@ def test_train_dcdm_end_to_end_resume_and_fine_tune(tmp_path):
     assert p.returncode != 0 and "--init model" in p.stderr
 
 
-@pytest.mark.parametrize("solver", ["dcdm", "dcdm+r", "fpcg-dcdm"])
+@pytest.mark.parametrize("solver", ["dcdm", "dcdm-paper", "dcdm+r", "fpcg-dcdm"])
 def test_solve_poisson_with_the_shipped_dcdm_model(solver):
     p = run("solve", "poisson", "--grid", "48", "48", "--obstacles", "3", "--solver", solver, "--rtol", "1e-4",
             "--threads", "1")
@@ -87,3 +87,16 @@ def test_solve_poisson_with_the_shipped_dcdm_model(solver):
     rel = float(p.stdout.split("||b - A x|| / ||b|| = ")[1].split()[0])
     its = int(p.stdout.split("iterations")[1].split()[0])
     assert rel <= 1e-4 and its <= 40  # CG needs ~100 here
+
+
+def test_dcdm_solver_follows_the_library_default_and_dcdm_plus_r_is_its_old_name():
+    args = ("solve", "poisson", "--grid", "96", "96", "--obstacles", "4", "--rtol", "1e-4", "--threads", "1")
+    its = {}
+    for solver in ("dcdm", "dcdm+r"):
+        p = run(*args, "--solver", solver)
+        assert p.returncode == 0, p.stdout + p.stderr
+        its[solver] = int(p.stdout.split("iterations")[1].split()[0])
+        assert ("now --solver dcdm" in p.stderr) == (solver == "dcdm+r")
+    assert its["dcdm"] == its["dcdm+r"] <= 12  # the multilevel iteration, DCDM.pretrained's default
+    p = run(*args, "--solver", "dcdm-paper", "--maxiter", "3")  # the paper's plain iteration, on request
+    assert "iterations  3" in p.stdout, p.stdout + p.stderr

@@ -82,13 +82,13 @@ def test_batch_weights_reproduce_the_operator():
 def test_directions_are_a_orthogonal_and_perfect_network_converges_in_one_step():
     A = Laplacian((10, 9), obstacles=torch.zeros(10, 9, dtype=torch.bool))
     b = torch.rand(10, 9, dtype=torch.float64)
-    res = DCDM(InverseNet(A), rtol=1e-10).solve(A, b)
+    res = DCDM(InverseNet(A), variant="paper", rtol=1e-10).solve(A, b)
     assert bool(res.converged) and int(res.iterations) == 1
     # an imperfect network: record directions and check A-orthogonality to the previous k=2
     torch.manual_seed(1)
     net = DCDMNet(dim=2).double()
     dirs = []
-    solver = DCDM(net, k=2, rtol=1e-6, maxiter=6)
+    solver = DCDM(net, variant="paper", k=2, rtol=1e-6, maxiter=6)
     orig = solver.direction
 
     def spy(A_, r):
@@ -259,7 +259,7 @@ def test_identity_network_reproduces_cg():
     A = Laplacian((24, 24), bc=bc, obstacles=mask)
     b = torch.randn(24, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (~mask)
     ref = CG(rtol=1e-8).solve(A, b)
-    res = DCDM(_Recorder(), k=1, rtol=1e-8, maxiter=1000).solve(A, b)
+    res = DCDM(_Recorder(), variant="paper", k=1, rtol=1e-8, maxiter=1000).solve(A, b)
     assert bool(res.converged)
     assert abs(int(res.iterations) - int(ref.iterations)) <= 2
 
@@ -281,11 +281,12 @@ class _Stuck(torch.nn.Module):
 def test_stalled_network_stops_with_a_reason_not_maxiter():
     A = Laplacian((16, 16))
     b = torch.randn(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    res = DCDM(_Stuck(), rtol=1e-8, maxiter=500, stall_window=10).solve(A, b)
+    # (the paper's iteration: the default multilevel one does not stall here, see the next tests)
+    res = DCDM(_Stuck(), variant="paper", rtol=1e-8, maxiter=500, stall_window=10).solve(A, b)
     assert not bool(res.converged)
     assert int(res.status) == 4  # stagnation
     assert int(res.iterations) < 30
-    assert "AUGMENTED" in res.reason and "stalled" in res.reason
+    assert "variant='multilevel'" in res.reason and "stalled" in res.reason
     with pytest.raises(ValueError, match="stall_window"):
         DCDM(_Stuck(), stall_window=0)
 
@@ -373,8 +374,8 @@ def test_augmented_dcdm_survives_a_useless_network_and_keeps_a_perfect_one():
     ref = CG(rtol=1e-8).solve(A, b)
     # the paper's iteration stalls on a network that ignores the residual; with the residual in the search
     # space it converges at (at worst) about CG's pace, and checks convergence on the true residual
-    assert not bool(DCDM(_Stuck(), rtol=1e-8, maxiter=500).solve(A, b).converged.any())
-    res = DCDM(_Stuck(), augment=True, rtol=1e-8, maxiter=1000).solve(A, b)
+    assert not bool(DCDM(_Stuck(), variant="paper", rtol=1e-8, maxiter=500).solve(A, b).converged.any())
+    res = DCDM(_Stuck(), variant="paper", augment=True, rtol=1e-8, maxiter=1000).solve(A, b)
     assert bool(res.converged.all())
     assert int(res.iterations.max()) <= 1.5 * int(ref.iterations.max())
     rel = torch.linalg.vector_norm(b - A @ res.x, dim=(1, 2)) / torch.linalg.vector_norm(b, dim=(1, 2))
@@ -389,7 +390,7 @@ def test_augmented_dcdm_survives_a_useless_network_and_keeps_a_perfect_one():
             r = x[:, 0].reshape(x.shape[0], -1)
             return torch.linalg.solve(Ad, r.T).T.reshape(x.shape[0], 1, 24, 24)
 
-    res = DCDM(Exact(), augment=True, rtol=1e-10).solve(A, b)
+    res = DCDM(Exact(), variant="paper", augment=True, rtol=1e-10).solve(A, b)
     assert bool(res.converged.all()) and int(res.iterations.max()) == 1
 
 
@@ -400,12 +401,17 @@ def test_bench_dcdm_runs_with_a_given_model_and_skips_tighter_tolerances_after_a
     res = bench.run("quick", models=[tmp_path / "m.pt"], out=tmp_path / "out", peers=False, maxiter_dcdm=5)
     rows = res["rows"]
     by = {(r["grid"], r["rtol"], r["solver"]): r for r in rows}
-    assert {r["solver"] for r in rows} == {"DCDM", "DCDM+r", "DCDM-FPCG", "CG", "Jacobi-PCG", "IC0-PCG", "DST-PCG"}
+    # rows by variant: "DCDM" is the default (multilevel) iteration, "DCDM (paper)" the paper's
+    assert {r["solver"] for r in rows} == {"DCDM", "DCDM (paper)", "DCDM-FPCG", "CG", "Jacobi-PCG", "IC0-PCG", "DST-PCG"}
+    assert all(r["net_passes"] > r["iterations"] for r in rows if r["solver"] == "DCDM" and r["status"] != "skipped")
+    assert all(r["net_passes"] == r["iterations"] for r in rows if r["solver"] == "DCDM (paper)" and r["status"] != "skipped")
     for grid in ("64x64", "128x128"):
         assert by[(grid, 1e-4, "CG")]["converged"] and by[(grid, 1e-6, "CG")]["converged"]
         assert by[(grid, 1e-6, "CG")]["true_rel_res"] <= 1e-6
-        assert not by[(grid, 1e-4, "DCDM")]["converged"] and by[(grid, 1e-6, "DCDM")]["status"] == "skipped"
-    assert by[("64x64", 1e-4, "DCDM")]["status"] == "maxiter" and by[("128x128", 1e-4, "DCDM")]["status"] == "skipped"
+        for name in ("DCDM", "DCDM (paper)"):
+            assert not by[(grid, 1e-4, name)]["converged"] and by[(grid, 1e-6, name)]["status"] == "skipped"
+    for name in ("DCDM", "DCDM (paper)"):
+        assert by[("64x64", 1e-4, name)]["status"] == "maxiter" and by[("128x128", 1e-4, name)]["status"] == "skipped"
     assert (tmp_path / "out" / "dcdm.json").exists() and (tmp_path / "out" / "dcdm_iterations.png").exists()
 
 
@@ -414,13 +420,12 @@ def test_shipped_models_solve_unseen_scenes(name, shape, seed):
     """The shipped weights load (weights_only) and beat plain CG on a scene they never saw."""
     from krylon.datasets.geometry import random_obstacles
     from krylon.solvers import CG
-    from krylon.solvers.dcdm import AUGMENTED
 
     mask = random_obstacles(shape, 5, seed=seed, min_size=0.08, max_size=0.2)
     A = Laplacian(shape, spacing=1.0 / (shape[0] + 1), bc="dirichlet", obstacles=mask)
     b = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).masked_fill(mask, 0)
     cg = CG(rtol=1e-4).solve(A, b)
-    for solver in (DCDM.pretrained(name, rtol=1e-4), DCDM.pretrained(name, rtol=1e-4, **AUGMENTED)):
+    for solver in (DCDM.pretrained(name, rtol=1e-4, variant="paper"), DCDM.pretrained(name, rtol=1e-4)):
         res = solver.solve(A, b)
         assert bool(res.converged), res.reason
         assert int(res.iterations) <= int(cg.iterations) / 3
@@ -445,8 +450,8 @@ def test_nan_input_is_an_error_and_a_nan_direction_a_reason(augment):
     bad = b.clone()
     bad[0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="(?i)nan|finite"):
-        DCDM(_NaNNet(), augment=augment).solve(A, bad)
-    res = DCDM(_NaNNet(), augment=augment, rtol=1e-8, maxiter=400).solve(A, b)
+        DCDM(_NaNNet(), variant="paper", augment=augment).solve(A, bad)
+    res = DCDM(_NaNNet(), variant="paper", augment=augment, rtol=1e-8, maxiter=400).solve(A, b)
     assert int(res.status[1]) == 3 and "nan" in res.reason.lower()  # Status.NAN, reported
     assert bool(res.converged[0]) and bool(torch.isfinite(res.x[0]).all())  # the other system is unaffected
 
@@ -471,7 +476,6 @@ def test_prolongation_reproduces_linear_fields_between_coarse_centres(dim, level
 
 def test_coarse_level_directions_on_odd_grids_and_as_safe_extra_directions():
     from krylon.solvers import CG
-    from krylon.solvers.dcdm import AUGMENTED
 
     mask, bc = dcdm_data.scene((37, 50), 3, 7, max_obstacles=4)
     A = Laplacian((37, 50), bc=bc, obstacles=mask)
@@ -495,7 +499,7 @@ def test_coarse_level_directions_on_odd_grids_and_as_safe_extra_directions():
         torch.testing.assert_close(d[:, ~mask], torch.ones_like(d[:, ~mask]))
     # an untrained network with every extra direction still converges (exact line searches, true residual)
     ref = CG(rtol=1e-8).solve(A, b)
-    res = DCDM(net, rtol=1e-8, maxiter=2000, **AUGMENTED).solve(A, b)
+    res = DCDM(net, rtol=1e-8, maxiter=2000).solve(A, b)  # the default: multilevel, residual, k = 2
     assert bool(res.converged.all())
     assert int(res.iterations.max()) <= 1.5 * int(ref.iterations.max())
     rel = torch.linalg.vector_norm(b - A @ res.x, dim=(1, 2)) / torch.linalg.vector_norm(b, dim=(1, 2))
@@ -508,7 +512,6 @@ def test_coarse_level_directions_on_odd_grids_and_as_safe_extra_directions():
 
 def test_coarse_levels_of_a_diffusion_operator_carry_the_coarsened_coefficient():
     from krylon.solvers import CG
-    from krylon.solvers.dcdm import AUGMENTED
 
     g = torch.Generator().manual_seed(3)
     kappa = torch.exp(torch.randn(40, 36, dtype=torch.float64, generator=g))
@@ -517,7 +520,7 @@ def test_coarse_levels_of_a_diffusion_operator_carry_the_coarsened_coefficient()
     A = Diffusion(kappa, obstacles=mask)
     torch.manual_seed(0)
     net = DCDMNet(dim=2, in_channels=4, width=4, levels=2, odd=True).double()
-    solver = DCDM(net, rtol=1e-8, maxiter=2000, **AUGMENTED)
+    solver = DCDM(net, rtol=1e-8, maxiter=2000)  # the default: multilevel, residual, k = 2
     (_, Ac, _), = solver._hierarchy(A, "auto", torch.float64, "cpu")
     assert isinstance(Ac, Diffusion) and tuple(Ac.shape_in) == (20, 18)
     # geometric mean over each 2x2 block
@@ -530,3 +533,213 @@ def test_coarse_levels_of_a_diffusion_operator_carry_the_coarsened_coefficient()
     # converges at a rate comparable to CG's on this badly conditioned variable-coefficient problem
     assert bool(res.converged) and int(res.iterations) <= 3 * int(ref.iterations)
     assert float(torch.linalg.vector_norm(b - A @ res.x) / torch.linalg.vector_norm(b)) <= 1e-8
+
+
+# ----------------------------------------------------------------------------- variants (issue #9: best by default)
+def test_the_default_is_the_multilevel_iteration_and_the_paper_one_is_an_explicit_variant():
+    from krylon.solvers.dcdm import AUGMENTED, VARIANTS
+
+    net = DCDMNet(dim=2, width=4)
+    opts = lambda s: {k: s.options[k] for k in ("k", "augment", "coarse")}  # noqa: E731
+    assert opts(DCDM(net)) == {"k": 2, "augment": True, "coarse": "auto"} == VARIANTS["multilevel"]
+    assert DCDM(net).variant == "multilevel"
+    assert opts(DCDM(net, variant="paper")) == {"k": 2, "augment": False, "coarse": 0}
+    # an option given explicitly overrides the variant's default
+    assert opts(DCDM(net, variant="paper", augment=True)) == {"k": 2, "augment": True, "coarse": 0}
+    assert opts(DCDM(net, coarse=3, k=1)) == {"k": 1, "augment": True, "coarse": 3}
+    # the old spelling of the multilevel iteration still runs and is the default now
+    assert opts(DCDM(net, **AUGMENTED)) == opts(DCDM(net))
+    for name in ("poisson2d", "poisson3d"):
+        assert opts(DCDM.pretrained(name)) == VARIANTS["multilevel"]
+        assert opts(DCDM.pretrained(name, variant="paper")) == VARIANTS["paper"]
+    with pytest.raises(ValueError, match="variant"):
+        DCDM(net, variant="augmented")
+
+
+def test_shipped_2d_model_converges_by_default_on_a_bench_scene_larger_than_its_training_grid():
+    """``krylon bench dcdm``'s unseen 128^2 scene: the default converges in a few iterations; ``variant="paper"``
+    is the plain iteration (one network pass, one direction per iteration)."""
+    from krylon.bench.dcdm import _scene
+
+    A, b = _scene(2, 128, "cpu", torch.float64)
+    res = DCDM.pretrained("poisson2d").solve(A, b, rtol=1e-4)
+    assert bool(res.converged) and int(res.iterations) <= 10, res.reason
+    assert float(torch.linalg.vector_norm(b - A @ res.x) / torch.linalg.vector_norm(b)) <= 1e-4
+    paper = DCDM.pretrained("poisson2d", variant="paper").solve(A, b, rtol=1e-4, maxiter=5)
+    assert int(paper.iterations) == 5 and paper.extras["network_passes"] == 5
+
+
+# ----------------------------------------------------------------------------- one input path (issue #9)
+def test_training_feeds_the_network_the_channels_inference_builds(tmp_path):
+    """For a batch from the training data generator, dcdm_loss gives the model exactly what DCDM.direction (through
+    network_inputs) gives it for the same operator and residual."""
+    path = dcdm_data.generate(tmp_path / "d.h5", shape=(14, 12), n_geometries=3, rhs_per_geometry=2, lanczos=20,
+                              seed=5, white_fraction=0.5)
+    ds = open_dataset(path)
+    batch = ds[0:6]
+    rec = _Recorder()
+    dcdm_loss(rec, batch)
+    trained = rec.seen[-1]
+    assert trained.shape == (6, 3, 14, 12)
+    solver = DCDM(rec)
+    for i in range(6):
+        flags = batch["bc_dirichlet"][i].tolist()
+        bc = [tuple("dirichlet" if flags[2 * a + s] else "neumann" for s in (0, 1)) for a in range(2)]
+        fluid = batch["fluid"][i].bool()
+        A = Laplacian((14, 12), bc=bc, obstacles=~fluid)
+        r = batch["b"][i].double()[None]
+        solver.direction(A, r)
+        torch.testing.assert_close(rec.seen[-1][0], trained[i], rtol=1e-6, atol=1e-6)
+        scaled = r * (fluid.sum().double().sqrt() / r.norm())
+        torch.testing.assert_close(network_inputs(A, scaled, 3)[0], trained[i], rtol=1e-6, atol=1e-6)
+    assert bool((trained[:, 2] <= trained[:, 1]).all()) and bool(trained[:, 2].any())  # marker on fluid cells only
+
+
+def test_input_channels_for_variable_coefficients_and_fewer_channels():
+    from krylon.operators.learned.dcdm import input_channels
+
+    kappa = torch.exp(torch.randn(9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    A = Diffusion(kappa, bc="dirichlet")
+    r = torch.randn(2, 9, 8, dtype=torch.float64)
+    x = network_inputs(A, r, 4)
+    logk = torch.log(kappa)
+    torch.testing.assert_close(x[:, 3], (logk - logk.mean()).expand(2, 9, 8))
+    assert float(network_inputs(Laplacian((9, 8)), r, 4)[:, 3].abs().max()) == 0.0
+    assert network_inputs(A, r, 1).shape == (2, 1, 9, 8) and torch.equal(network_inputs(A, r, 1)[:, 0], r)
+    with pytest.raises(ValueError, match="Dirichlet marker"):
+        input_channels(r, torch.ones(9, 8, dtype=torch.bool), in_channels=3)
+
+
+def test_imports_point_one_way():
+    """kernels <- operators <- solvers <- datasets <- krylon/: no module reaches up (solvers/dcdm.py once imported
+    datasets.dcdm for the Dirichlet marker)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    order = ["kernels", "operators", "solvers", "datasets", "bench", "cli"]  # bench, cli: krylon/'s
+    for rank, folder in enumerate(order[:4]):
+        for f in (root / folder).rglob("*.py"):
+            depth = len(f.relative_to(root / folder).parts) - 1  # package levels below the layer's folder
+            for node in ast.walk(ast.parse(f.read_text())):
+                if not isinstance(node, ast.ImportFrom) or not node.module:
+                    continue
+                parts = node.module.split(".")
+                if node.level == depth + 2:  # from ..<layer> (relative to the krylon package)
+                    target = parts[0]
+                elif node.level == 0 and parts[0] == "krylon":
+                    target = parts[1] if len(parts) > 1 else None  # (krylon.__version__ is no layer)
+                else:
+                    continue
+                if target in order:
+                    assert order.index(target) <= rank, f"{f.relative_to(root)} imports {target}, a layer above"
+    from krylon.datasets import dcdm as data
+    from krylon.operators.learned import dcdm as learned
+
+    assert data.dirichlet_marker is learned.dirichlet_marker
+
+
+# ----------------------------------------------------------------------------- shipped weights (issue #9)
+def test_registry_finds_the_shipped_weights_and_their_records():
+    from krylon.operators.learned import registry
+
+    assert registry.available("dcdm") == ["poisson2d", "poisson3d"]
+    assert registry.available("fno") == []
+    for name in ("poisson2d", "poisson3d"):
+        rec = registry.record("dcdm", name)
+        net = registry.load_pretrained("dcdm", name)
+        assert type(net) is DCDMNet and net.config == rec["config"] and not net.training
+        assert DCDM.pretrained(name).model.config == rec["config"]
+    with pytest.raises(ValueError, match=r"available: \['poisson2d', 'poisson3d'\]"):
+        DCDM.pretrained("poisson1d")
+    with pytest.raises(ValueError, match="model class"):
+        registry.model_class("os.system")
+
+
+@pytest.fixture
+def shipped_copy(tmp_path, monkeypatch):
+    """A copy of the shipped weights folder that the registry reads instead of the installed one."""
+    from krylon.operators.learned import registry
+
+    src = registry._weights_root()
+    dst = tmp_path / "weights"
+    dst.mkdir()
+    for entry in src.iterdir():
+        if entry.name.endswith((".json", ".pt")):
+            (dst / entry.name).write_bytes(entry.read_bytes())
+    monkeypatch.setattr(registry, "_weights_root", lambda: dst)
+    return dst
+
+
+def test_missing_truncated_or_mismatched_shipped_weights_are_clear_errors(shipped_copy):
+    from krylon.operators.learned import registry
+
+    pt = shipped_copy / "dcdm_poisson2d.pt"
+    data = pt.read_bytes()
+    pt.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        DCDM.pretrained("poisson2d")
+    pt.unlink()
+    with pytest.raises(FileNotFoundError, match="not installed"):
+        DCDM.pretrained("poisson2d")
+    # a record whose checkpoint holds another network than it says
+    rec_path = shipped_copy / "dcdm_poisson3d.json"
+    rec = json.loads(rec_path.read_text())
+    rec["config"]["width"] = 8
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="does not match its record"):
+        DCDM.pretrained("poisson3d")
+    # a damaged record is named
+    (shipped_copy / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json"):
+        registry.available("dcdm")
+
+
+def test_checkpoints_carry_their_class_and_config_and_refuse_other_networks(tmp_path):
+    from krylon.operators.learned import registry
+
+    torch.manual_seed(0)
+    s = DCDM(DCDMNet(dim=3, width=4, levels="auto", coarsest=4, odd=True))
+    s.save(tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert ckpt["model"] == "dcdm.DCDMNet" and json.loads(ckpt["config"]) == s.model.config
+    t = DCDM.load(tmp_path / "m.pt", variant="paper")
+    assert t.model.config == s.model.config and t.dim == 3 and t.variant == "paper"
+    # a checkpoint written before checkpoints named their class still loads (DCDMNet is the default)
+    del ckpt["model"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    assert DCDM.load(tmp_path / "old.pt").model.config == s.model.config
+    # truncated user checkpoint
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:1000])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        DCDM.load(tmp_path / "cut.pt")
+    # a config the class does not take
+    torch.save({"state_dict": {}, "config": json.dumps({"dim": 5}), "model": "dcdm.DCDMNet"}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="does not accept"):
+        DCDM.load(tmp_path / "bad.pt")
+    # a registered class of another family is refused by DCDM.load
+
+    @registry.register_model
+    class OtherNet(torch.nn.Module):
+        def __init__(self, n=2):
+            super().__init__()
+            self.config = {"n": n}
+            self.lin = torch.nn.Linear(n, n)
+
+    registry.save_checkpoint(OtherNet(), tmp_path / "other.pt")
+    assert isinstance(registry.load_checkpoint(tmp_path / "other.pt"), OtherNet)
+    with pytest.raises(ValueError, match="not a DCDMNet"):
+        DCDM.load(tmp_path / "other.pt")
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import krylon.operators.learned.dcdm as learned
+    import krylon.operators.learned.registry as registry
+    import krylon.solvers.dcdm as solver
+
+    for mod in (registry, learned, solver):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, mod.__name__

@@ -48,7 +48,7 @@ def test_smoke_with_the_shipped_model_3d():
     mask = random_obstacles((n,) * 3, 2, seed=2, min_size=0.1, max_size=0.2)
     mask[..., : n // 4] = False
     sim = smoke.Smoke(n, mask)
-    solver = smoke.make_solver("dcdm+r", dim=3)
+    solver = smoke.make_solver("dcdm", dim=3)
     for _ in range(2):
         res = sim.step(solver, 1e-4)
         assert bool(res.converged) and int(res.iterations) <= 20  # CG needs ~90 here

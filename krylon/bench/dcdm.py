@@ -2,8 +2,9 @@
 
 For each grid size a Poisson problem with random obstacles (seeds never used in
 training), Dirichlet walls and a random right-hand side is solved to relative
-tolerances 1e-4 and 1e-6.  "DCDM" is the paper's iteration (k = 2); "DCDM+r" (``DCDM(**AUGMENTED)``) also
-searches along the residual and along the network's directions for the residual on coarser grids; "DCDM-FPCG"
+tolerances 1e-4 and 1e-6.  "DCDM" is DCDM's default, krylon's multilevel iteration (``variant="multilevel"``):
+besides the network's direction it searches along the network's directions for the residual on coarser grids and
+along the residual; "DCDM (paper)" is the paper's iteration (``variant="paper"``, k = 2); "DCDM-FPCG"
 uses the same network as the preconditioner of flexible CG; "DST-PCG" is CG preconditioned with the exact fast Poisson solver of the
 obstacle-free box.  The learned solvers get the paper's budget of ``maxiter_dcdm`` = 100
 iterations; a solver that fails a tolerance is not run at the tighter one, and a learned solver that fails
@@ -48,7 +49,6 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
     import torch
 
     from ..solvers import CG, DCDM, IC0, Jacobi, SpectralPoisson
-    from ..solvers.dcdm import AUGMENTED
     from ..solvers.result import Status
 
     if size not in SIZES:
@@ -80,7 +80,8 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
             A, b = _scene(dim, n, device, torch.float64)
             N = math.prod(A.shape_in)
             net = models[dim].model
-            solvers = [("DCDM", DCDM(net, maxiter=maxiter_dcdm)), ("DCDM+r", DCDM(net, maxiter=maxiter_dcdm, **AUGMENTED)),
+            solvers = [("DCDM", DCDM(net, maxiter=maxiter_dcdm)),
+                       ("DCDM (paper)", DCDM(net, variant="paper", maxiter=maxiter_dcdm)),
                        ("DCDM-FPCG", CG(M=models[dim].preconditioner(), flexible=True, maxiter=maxiter_dcdm)),
                        ("CG", CG(maxiter=50 * n)), ("Jacobi-PCG", CG(M=Jacobi(A), maxiter=50 * n))]
             if N <= 2_100_000:
@@ -122,7 +123,7 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                         failed.add(name)
                         if name.startswith("DCDM"):
                             failed_smaller.add(name)
-                    print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:10s} {row['iterations']:6d} it  {t:8.2f} s  rel.res {rel:.1e}  {row['status']}", flush=True)
+                    print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:12s} {row['iterations']:6d} it  {t:8.2f} s  rel.res {rel:.1e}  {row['status']}", flush=True)
     if results["rows"]:
         print_table(results["rows"], ["grid", "rtol", "solver", "iterations", "matvecs", "net_passes", "time_s", "true_rel_res", "status"],
                     title=f"\n== DCDM vs Krylov on unseen obstacle scenes (device {device}, torch threads {torch.get_num_threads()}) ==")

@@ -16,7 +16,15 @@ krylon's extensions:
   as many levels to a 1024^2 grid as that grid needs -- a learned multigrid V-cycle.  The coarse output is
   upsampled and multiplied by 4 (the ratio of the unit-spacing Laplacian stencil on a grid twice as coarse,
   in any dimension) so that every level sees the same scaling.  A one-level U-Net's receptive field is a
-  few dozen cells, which cannot represent A^{-1} on larger grids; this is why krylon ships ``"auto"`` models.
+  few dozen cells, which cannot represent A^{-1} on larger grids.  The shipped models
+  (``DCDM.pretrained``) are multi-level: ``"poisson2d"`` has ``levels=3`` (fixed depth, trained on 64^2 and
+  128^2), ``"poisson3d"`` has ``levels="auto"`` with ``coarsest=6`` (trained on 24^3); their records are
+  ``weights/dcdm_poisson{2,3}d.json`` and ``.md``.  On grids much larger than the training grid it is the
+  solver's multilevel iteration (``DCDM``'s default, ``coarse="auto"``) that carries them: it feeds the network
+  coarsened residuals of the size it was trained on.
+
+The network's input channels are built by one function, :func:`input_channels`, at training time
+(``krylon.solvers.dcdm.dcdm_loss``) and at inference (``krylon.solvers.dcdm.network_inputs``).
 
 Grids whose size is not divisible by the pooling factor are zero-padded (padding reads as solid) and the
 output is cropped.
@@ -28,7 +36,59 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["DCDMNet"]
+from ...kernels import stencil as st
+from .registry import register_model
+
+__all__ = ["DCDMNet", "input_channels", "dirichlet_marker"]
+
+
+def dirichlet_marker(shape, bc) -> torch.Tensor:
+    """1 on cells next to a Dirichlet boundary face, else 0 (tells the network where the solution is pinned).
+
+    ``bc`` as for :class:`~krylon.operators.Laplacian` (a name, or a (low, high) pair per axis); float32 on the CPU.
+    """
+    sides = st.parse_bc(bc, len(shape))
+    m = torch.zeros(shape)
+    for a, (lo, hi) in enumerate(sides):
+        idx = [slice(None)] * len(shape)
+        if lo == "dirichlet":
+            idx[a] = 0
+            m[tuple(idx)] = 1
+        if hi == "dirichlet":
+            idx[a] = -1
+            m[tuple(idx)] = 1
+    return m
+
+
+def input_channels(r: torch.Tensor, fluid: torch.Tensor, dirichlet: torch.Tensor | None = None,
+                   log_coefficient: torch.Tensor | None = None, *, in_channels: int) -> torch.Tensor:
+    """The network's input ``(B, in_channels, *grid)`` for scaled residuals ``r`` of shape ``(B, *grid)``.
+
+    Channel 0: the residual (scaled by the caller to unit RMS over the fluid cells); 1: the fluid mask (1 fluid,
+    0 solid); 2: the Dirichlet marker (:func:`dirichlet_marker`), masked to the fluid; 3: the log-coefficient of a
+    variable-coefficient operator, centred to mean zero (0 for a Laplacian, or when ``log_coefficient`` is None).
+    ``fluid``, ``dirichlet`` and ``log_coefficient`` are ``(*grid)`` or ``(B, *grid)``; they are cast to ``r``'s
+    dtype and device.  This is the only place the channels are assembled, for training and for inference alike.
+    """
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+    like = dict(dtype=r.dtype, device=r.device)
+    fluid = fluid.to(**like)
+    chans = [r]
+    if in_channels >= 2:
+        chans.append(fluid.expand_as(r))
+    if in_channels >= 3:
+        if dirichlet is None:
+            raise ValueError("a network with 3 or more input channels needs the Dirichlet marker")
+        chans.append((dirichlet.to(**like) * fluid).expand_as(r))
+    if in_channels >= 4:
+        if log_coefficient is None:
+            logk = torch.zeros_like(r)
+        else:
+            logk = log_coefficient.to(**like)
+            logk = logk - logk.mean(dim=tuple(range(logk.dim() - r.dim() + 1, logk.dim())), keepdim=True)
+        chans.append(logk.expand_as(r))
+    return torch.stack(chans, dim=1)
 
 
 class _ResBlock(nn.Module):
@@ -45,6 +105,7 @@ def _stack(conv, width, n):
     return nn.Sequential(*[_ResBlock(conv, width) for _ in range(n)])
 
 
+@register_model
 class DCDMNet(nn.Module):
     """Residual U-Net mapping a (normalised) residual and the scene's geometry to a search direction.
 
