@@ -22,10 +22,6 @@ RANK = {name: i for i, name in enumerate(LAYERS)}
 # top-level names a sibling could be imported under by mistake (test_package forbids that; counted here too)
 _BARE = {name: name for name in LAYERS[:-1]}
 
-# Known today, and being removed on the dcdm branch (dirichlet_marker moves below solvers/).  Listed so
-# the test reports every *other* violation now; it passes by itself once that branch has merged.
-KNOWN = {("solvers/dcdm.py", "krylon.datasets.dcdm.dirichlet_marker")}
-
 
 class Violation(NamedTuple):
     path: str  # relative to the scanned root
@@ -105,11 +101,7 @@ def layering_violations(root: pathlib.Path) -> list[Violation]:
 # ----------------------------------------------------------------------------- the package
 def test_imports_point_down_the_layers():
     found = layering_violations(ROOT)
-    unexpected = [v for v in found if (v.path, v.target) not in KNOWN]
-    assert not unexpected, "imports against kernels <- operators <- solvers <- datasets <- krylon/:\n" + "\n".join(map(str, unexpected))
-    known = [str(v) for v in found if v not in unexpected]
-    if known:
-        pytest.xfail("known violation, removed on the dcdm branch: " + "; ".join(known))
+    assert not found, "imports against kernels <- operators <- solvers <- datasets <- krylon/:\n" + "\n".join(map(str, found))
 
 
 def test_every_layer_folder_was_scanned():
