@@ -61,7 +61,9 @@ import torch
 
 from ..kernels import backend
 from ..operators import LinearOperator, aslinearoperator
-from .krylov import CG, GMRES, MINRES
+from .cg import CG
+from .gmres import GMRES
+from .minres import MINRES
 from .preconditioners import Preconditioner
 from .result import Status
 

@@ -24,7 +24,8 @@ from ..kernels import backend
 from ..operators import LinearOperator, aslinearoperator
 from ..operators.stencil import Diffusion, Laplacian, _StencilOperator
 
-__all__ = ["Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner"]
+__all__ = ["Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner", "check_preconditioner",
+           "adjoint_preconditioner"]
 
 
 class Preconditioner:
@@ -268,14 +269,7 @@ def as_preconditioner(M: Any, A: LinearOperator | None = None):
     if isinstance(M, LinearOperator):
         op = M
     else:
-        try:
-            import scipy.sparse as sp
-            import scipy.sparse.linalg as spla
-
-            is_scipy = sp.issparse(M) or isinstance(M, spla.LinearOperator) or isinstance(M, np.ndarray)
-        except ImportError:  # pragma: no cover
-            is_scipy = False
-        if not is_scipy:
+        if not _is_scipy(M):
             if callable(M):
                 return _Adapter(M, None, "M").bind(A)
             raise TypeError(f"cannot use an object of type {type(M).__name__} as a preconditioner")
@@ -290,3 +284,39 @@ def as_preconditioner(M: Any, A: LinearOperator | None = None):
         return op.matvec(r)
 
     return _Adapter(apply, op.shape_in, "M").bind(A)
+
+
+def _is_scipy(M: Any) -> bool:
+    try:
+        import scipy.sparse as sp
+        import scipy.sparse.linalg as spla
+    except ImportError:  # pragma: no cover
+        return False
+    return sp.issparse(M) or isinstance(M, (spla.LinearOperator, np.ndarray))
+
+
+def check_preconditioner(M: Any, name: str = "M"):
+    """The ``M=`` option: None or something :func:`as_preconditioner` accepts (``TypeError`` otherwise).
+
+    Checked when the option is given, so a wrong object fails at once rather than at the first iteration.
+    """
+    if M is None or isinstance(M, (Preconditioner, LinearOperator)) or callable(M) or _is_scipy(M) \
+            or callable(getattr(M, "aspreconditioner", None)):
+        return M
+    raise TypeError(f"{name} must be a preconditioner (a Preconditioner, a LinearOperator, a scipy LinearOperator, "
+                    f"sparse matrix or array, a pyamg hierarchy or a callable on fields), got {type(M).__name__}")
+
+
+def adjoint_preconditioner(M: Any):
+    """``M^H`` for the adjoint solve of a right-preconditioned method, as far as it is known.
+
+    A :class:`Preconditioner` is rebound to the adjoint operator by the solver (Jacobi of ``A^H`` is
+    ``diag(A)^{-H}``); a krylon LinearOperator gives its adjoint.  A plain callable has no known adjoint and is
+    used as it is: any nonsingular right preconditioner still yields the exact adjoint solution, only the
+    number of iterations depends on how well it approximates ``A^{-H}``.
+    """
+    if not isinstance(M, LinearOperator) or M.is_symmetric:
+        return M
+    if getattr(M, "fn_adjoint", 0) is None or type(M)._rmatvec is LinearOperator._rmatvec:
+        return M  # a function without its adjoint
+    return M.adjoint()
