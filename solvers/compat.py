@@ -59,7 +59,7 @@ import operator
 import numpy as np
 import torch
 
-from ..kernels import backend
+from ..kernels import backend, validate
 from ..operators import LinearOperator, aslinearoperator
 from .cg import CG
 from .gmres import GMRES
@@ -226,7 +226,7 @@ class _System:
         else:
             bt = torch.from_numpy(np.array(arr, dtype=self.rdt, copy=True)).to(dev)
         self.b = bt.reshape(op.shape_out)
-        backend.check_finite(self.b.detach(), "b")
+        validate.finite(self.b.detach(), "b")
         self.bnorm = float(torch.linalg.vector_norm(self.b.detach()))
 
         # ---- preconditioner (A.psolve when M is not given, as scipy)
@@ -305,7 +305,7 @@ class _System:
         if x.is_complex() and not self.tdt.is_complex:
             raise TypeError(f"x0 is complex ({x.dtype}) but the system is real ({self.tdt})")
         x = x.to(self.tdt).reshape(self.op.shape_in)
-        backend.check_finite(x, "x0")
+        validate.finite(x, "x0")
         if not bool(x.any()):
             return None  # a zero guess costs no matvec (scipy: ``x.any()``)
         return x
