@@ -16,14 +16,7 @@ from krylon.operators.learned.dcdm import DCDMNet
 from krylon.solvers import CG, CGLS, DCDM, GMRES, MINRES, IterativeSolver
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _gen(seed):
