@@ -17,7 +17,7 @@ from ..operators import LinearOperator, aslinearoperator
 from .preconditioners import check_preconditioner
 from .result import SolveResult
 
-__all__ = ["IterativeSolver", "Problem", "OPTIONS"]
+__all__ = ["IterativeSolver", "Problem", "OPTIONS", "with_default"]
 
 
 def _optional_integer(value: Any, name: str) -> int | None:
@@ -36,6 +36,11 @@ OPTIONS: dict[str, tuple[Any, Callable]] = {
     "differentiable": (True, validate.boolean),
 }
 """The options every iterative solver takes: ``name -> (default, checker(value, name))``."""
+
+
+def with_default(name: str, default: Any) -> tuple[Any, Callable]:
+    """A shared option's table entry with another default (e.g. DCDM's ``maxiter=100``)."""
+    return default, OPTIONS[name][1]
 
 
 class Problem:

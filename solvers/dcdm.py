@@ -31,7 +31,7 @@ import torch
 from ..kernels import linalg, validate
 from ..operators import LinearOperator
 from ..operators.stencil import Diffusion, _StencilOperator
-from .base import IterativeSolver, Problem
+from .base import IterativeSolver, Problem, with_default
 from .driver import Driver, Step
 from .preconditioners import Preconditioner
 from .result import Status
@@ -126,8 +126,8 @@ class DCDM(IterativeSolver):
     name = "DCDM"
 
     # maxiter 100 is the paper's budget; a network pass dwarfs a host sync, so check every iteration
-    OPTIONS = {**IterativeSolver.OPTIONS, "maxiter": (100, IterativeSolver.OPTIONS["maxiter"][1]),
-               "differentiable": (False, validate.boolean), "sync_every": (1, IterativeSolver.OPTIONS["sync_every"][1]),
+    OPTIONS = {**IterativeSolver.OPTIONS, "maxiter": with_default("maxiter", 100),
+               "differentiable": with_default("differentiable", False), "sync_every": with_default("sync_every", 1),
                "k": (2, lambda v, name: validate.integer(v, name, minimum=0)), "augment": (False, validate.boolean),
                "coarse": (0, _coarse_option), "stall_window": (10, validate.integer)}
 

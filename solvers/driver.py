@@ -148,10 +148,10 @@ class Driver:
         self.sync_now = False  # a step that looked at the host anyway may ask for a loop check
 
     # ------------------------------------------------------------------ for the steps
-    def apply(self, op, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    def apply(self, op, v: torch.Tensor) -> torch.Tensor:
         """``op.matvec(v)``, counted in ``n_matvec``."""
         self.n_matvec += 1
-        return op.matvec(v, out=out)
+        return op.matvec(v)
 
     def stop(self, mask: torch.Tensor, code: int) -> None:
         """Give the systems in ``mask`` status ``code`` and stop iterating them."""

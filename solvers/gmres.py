@@ -76,7 +76,7 @@ class _GMRESStep(Step):
         self.j = self.m = 0  # the step within the cycle and the cycle's length (j == m: no cycle open)
 
     def init(self, drv, x):
-        b = drv.b
+        b, self.nd = drv.b, drv.nd_in
         self.x = torch.zeros_like(b) if x is None else x
         self.r = b.clone() if x is None else b - drv.apply(drv.A, x)
         self.beta = self.prev = linalg.norm(self.r, drv.nd_in)
@@ -147,7 +147,7 @@ class _GMRESStep(Step):
 
     def _close(self, drv):
         """Form ``x`` and decide every running system's status on its true residual."""
-        self.x = self._update(self.x, self.j, drv.nd_in)
+        self.x = _combine(self.x, self.V, self.Z, self.H, self.g, self.steps, self.j, self.nd)
         self.r = drv.b - drv.apply(drv.A, self.x)
         beta = self.beta = linalg.norm(self.r, drv.nd_in)
         drv.rnorm = beta
@@ -165,10 +165,7 @@ class _GMRESStep(Step):
         if self.j == self.m:
             return super().iterate()
         snap = (self.x, self.V, self.Z, self.H, self.g, self.steps, self.j)
-        return lambda: _combine(*snap, len(self.x.shape) - len(self.steps.shape))
-
-    def _update(self, x, m, nd):
-        return _combine(x, self.V, self.Z, self.H, self.g, self.steps, m, nd)
+        return lambda: _combine(*snap, self.nd)
 
 
 def _combine(x, V, Z, H, g, steps, m, nd):
