@@ -67,13 +67,6 @@ def network_inputs(A: LinearOperator, r: torch.Tensor, in_channels: int) -> torc
     return torch.stack(chans, dim=1)
 
 
-def _coarse_option(value, name):
-    """``coarse``: a number of coarse levels >= 0 or ``"auto"``."""
-    if isinstance(value, str):
-        return validate.choice(value, name, ("auto",))
-    return validate.integer(value, name, minimum=0)
-
-
 class DCDM(IterativeSolver):
     """Deep conjugate direction method with a convolutional network proposing directions.
 
@@ -124,6 +117,13 @@ class DCDM(IterativeSolver):
     """
 
     name = "DCDM"
+
+    @staticmethod
+    def _coarse_option(value, name):
+        """``coarse``: a number of coarse levels >= 0 or ``"auto"``."""
+        if isinstance(value, str):
+            return validate.choice(value, name, ("auto",))
+        return validate.integer(value, name, minimum=0)
 
     # maxiter 100 is the paper's budget; a network pass dwarfs a host sync, so check every iteration
     OPTIONS = {**IterativeSolver.OPTIONS, "maxiter": with_default("maxiter", 100),
