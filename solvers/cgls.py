@@ -83,7 +83,8 @@ class _CGLSStep(Step):
     def __init__(self, damp2: float):
         self.damp2 = damp2
 
-    def _normal(self, drv, r, x):
+    def _normal_residual(self, drv, r, x):
+        """``A^H r - damp^2 x``: the residual of the normal equations."""
         s = drv.apply(self.AH, r)
         return s - self.damp2 * x if self.damp2 else s
 
@@ -94,7 +95,7 @@ class _CGLSStep(Step):
             self.x, self.r = torch.zeros(drv.batch + A.shape_in, dtype=b.dtype, device=b.device), b.clone()
         else:
             self.x, self.r = x.to(b.dtype), b - drv.apply(A, x)
-        self.s = self._normal(drv, self.r, self.x)
+        self.s = self._normal_residual(drv, self.r, self.x)
         c = drv.apply(self.AH, b) if x is not None else self.s
         self.reference = linalg.norm(c, drv.nd_in)  # rtol is relative to ||A^H b||
         self.data = [linalg.norm(self.r, drv.nd_out)]
@@ -117,13 +118,13 @@ class _CGLSStep(Step):
         alpha = torch.where(step, self.gamma / torch.where(step, delta, torch.ones_like(delta)), torch.zeros_like(self.gamma))
         self.x = self.x + linalg.expand(alpha, nd_in).to(self.x.dtype) * self.p
         self.r = self.r - linalg.expand(alpha, nd_out).to(self.r.dtype) * q
-        self.s = self._normal(drv, self.r, self.x)
+        self.s = self._normal_residual(drv, self.r, self.x)
         self.gamma_new = linalg.norm(self.s, nd_in) ** 2
         return torch.sqrt(self.gamma_new)
 
     def true_residual(self, drv):
         rt = drv.b - drv.apply(drv.A, self.x)
-        st = self._normal(drv, rt, self.x)
+        st = self._normal_residual(drv, rt, self.x)
         return (rt, st), linalg.norm(st, drv.nd_in)
 
     def replace(self, drv, mask, rst, tnorm):
