@@ -60,9 +60,11 @@ import warnings
 import numpy as np
 import torch
 
-from ..kernels import backend
+from ..kernels import backend, validate
 from ..operators import LinearOperator, aslinearoperator
-from .krylov import CG, GMRES, MINRES
+from .cg import CG
+from .gmres import GMRES
+from .minres import MINRES
 from .preconditioners import Preconditioner
 from .result import Status
 
@@ -225,7 +227,7 @@ class _System:
         else:
             bt = torch.from_numpy(np.array(arr, dtype=self.rdt, copy=True)).to(dev)
         self.b = bt.reshape(op.shape_out)
-        backend.check_finite(self.b.detach(), "b")
+        validate.finite(self.b.detach(), "b")
         self.bnorm = float(torch.linalg.vector_norm(self.b.detach()))
 
         # ---- preconditioner (A.psolve when M is not given, as scipy)
@@ -304,7 +306,7 @@ class _System:
         if x.is_complex() and not self.tdt.is_complex:
             raise TypeError(f"x0 is complex ({x.dtype}) but the system is real ({self.tdt})")
         x = x.to(self.tdt).reshape(self.op.shape_in)
-        backend.check_finite(x, "x0")
+        validate.finite(x, "x0")
         if not bool(x.any()):
             return None  # a zero guess costs no matvec (scipy: ``x.any()``)
         return x

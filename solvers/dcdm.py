@@ -27,15 +27,15 @@ import math
 
 import torch
 
-from ..kernels import backend, linalg
-from ..kernels import validate as _v
+from ..kernels import linalg, validate
 from ..operators import LinearOperator
 from ..operators.learned import registry
 from ..operators.learned.dcdm import DCDMNet, dirichlet_marker, input_channels
 from ..operators.stencil import Diffusion, _StencilOperator
-from .krylov import IterativeSolver, _Problem, _Progress, _where
+from .base import IterativeSolver, Problem, with_default
+from .driver import Driver, Step
 from .preconditioners import Preconditioner
-from .result import IterationState, Status
+from .result import Status
 
 __all__ = ["DCDM", "DCDMPreconditioner", "network_inputs", "VARIANTS", "AUGMENTED"]
 
@@ -122,29 +122,39 @@ class DCDM(IterativeSolver):
 
     name = "DCDM"
 
-    def __init__(self, model: torch.nn.Module, *, variant: str = "multilevel", k: int | None = None,
-                 augment: bool | None = None, coarse: int | str | None = None, stall_window: int = 10, **kw):
-        self.variant = _v.choice(variant, "variant", tuple(VARIANTS))
-        k = VARIANTS[variant]["k"] if k is None else k
-        augment = VARIANTS[variant]["augment"] if augment is None else augment
-        coarse = VARIANTS[variant]["coarse"] if coarse is None else coarse
-        kw.setdefault("maxiter", 100)
-        kw.setdefault("differentiable", False)
-        super().__init__(**kw)
-        if not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be an integer >= 0, got {k!r}")
-        if not isinstance(stall_window, int) or stall_window < 1:
-            raise ValueError(f"stall_window must be a positive integer, got {stall_window!r}")
+    @staticmethod
+    def _coarse_option(value, name):
+        """``coarse``: a number of coarse levels >= 0, ``"auto"``, or None (the variant's)."""
+        if value is None or isinstance(value, str):
+            return validate.choice(value, name, (None, "auto"))
+        return validate.integer(value, name, minimum=0)
+
+    # k, augment and coarse default to None: the variant's (VARIANTS), whichever of them the caller did not set.
+    # maxiter 100 is the paper's budget; a network pass dwarfs a host sync, so check every iteration
+    OPTIONS = {**IterativeSolver.OPTIONS, "maxiter": with_default("maxiter", 100),
+               "differentiable": with_default("differentiable", False), "sync_every": with_default("sync_every", 1),
+               "variant": ("multilevel", lambda v, name: validate.choice(v, name, tuple(VARIANTS))),
+               "k": (None, lambda v, name: None if v is None else validate.integer(v, name, minimum=0)),
+               "augment": (None, lambda v, name: None if v is None else validate.boolean(v, name)),
+               "coarse": (None, _coarse_option), "stall_window": (10, validate.integer)}
+
+    def __init__(self, model: torch.nn.Module, **options):
+        super().__init__(**options)
         self.model = model
-        self.options["k"] = k
-        self.options["augment"] = bool(augment)
-        if not (coarse == "auto" or (isinstance(coarse, int) and coarse >= 0)):
-            raise ValueError(f"coarse must be an integer >= 0 or 'auto', got {coarse!r}")
-        self.options["coarse"] = coarse
-        self.options["stall_window"] = stall_window
         cfg = getattr(model, "config", {})
         self.dim = cfg.get("dim")
         self.in_channels = cfg.get("in_channels", 1)
+
+    def _resolve(self, given: dict) -> dict:
+        opts = super()._resolve(given)
+        for key, value in VARIANTS[opts["variant"]].items():
+            if opts[key] is None:
+                opts[key] = value
+        return opts
+
+    @property
+    def variant(self) -> str:
+        return self.options["variant"]
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -191,135 +201,9 @@ class DCDM(IterativeSolver):
             q = q.masked_fill(A.obstacles, 0)
         return q
 
-    def _run(self, prob: _Problem, opts: dict):
-        A, b, maxiter, sync_every, bnorm, tol = self._setup(prob, opts)
-        self._check_operator(A)
-        nd = prob.nd_in
-        kdirs = opts["k"]
-        callback = opts["callback"]
-        batch = prob.batch
-        flat = b.reshape((-1,) + A.shape_in)
-        nb = flat.shape[0]
-        dev = b.device
-        E = lambda t: linalg.expand(t, nd)  # noqa: E731
-        n_matvec = 0
-        x = torch.zeros_like(flat) if prob.x0 is None else prob.x0.reshape(flat.shape).clone()
-        r = flat.clone() if prob.x0 is None else flat - A.matvec(x)
-        if prob.x0 is not None:
-            n_matvec += 1
-        tolf = tol.reshape(-1)
-        bnf = bnorm.reshape(-1)
-        rnorm = linalg.norm(r, nd)
-        status = torch.full((nb,), Status.RUNNING, dtype=torch.int8, device=dev)
-        zero_b = bnf == 0
-        x[zero_b] = 0
-        r[zero_b] = 0
-        rnorm = _where(zero_b, torch.zeros_like(rnorm), rnorm)
-        status = _where(rnorm <= tolf, torch.full_like(status, Status.CONVERGED), status)
-        active = status == Status.RUNNING
-        iterations = torch.zeros(nb, dtype=torch.int64, device=dev)
-        history = [rnorm.clone()]
-        hierarchy = self._hierarchy(A, opts["coarse"], flat.dtype, dev) if opts["coarse"] else []
-        # 0: the network on the grid itself; l >= 1: on coarse level l; None: the residual
-        candidates = list(range(len(hierarchy), 0, -1)) + [0] + ([None] if opts["augment"] else [])
-        n_passes = 0
-        dep_tol = torch.finfo(rnorm.dtype).eps ** 0.5
-        P, AP, PAP = [], [], []
-        since_best = torch.zeros(nb, dtype=torch.int64, device=dev)
-        prog = _Progress(opts["progress"], maxiter, self.name)
-        k = 0
-        try:
-            while k < maxiter and bool(active.any()):
-                k += 1
-                bad = active & ~torch.isfinite(rnorm)
-                status = _where(bad, torch.full_like(status, Status.NAN), status)
-                active = active & ~bad
-                # candidate directions, each computed from the residual left by the ones before it (so the
-                # iteration is multiplicative, like a multigrid cycle): the network's directions on the coarse
-                # grids, coarsest first, then on the grid itself, then the residual (all but the network's
-                # direction on the grid itself are krylon's additions).  Each is A-orthogonalised against the
-                # stored and earlier directions and taken with an exact line search at once.  What is left after
-                # projecting out a direction that lies in the span is rounding noise of relative size
-                # ~eps * cond; below sqrt(eps) of the original energy norm (dep_tol) it counts as dependent.
-                indef = torch.zeros_like(active)
-                dependent = active.clone()
-                new_dirs = []
-                move = torch.zeros_like(rnorm)
-                for lv in candidates:
-                    if lv is None:  # the residual
-                        d = r.clone()
-                    else:
-                        d = self.direction(A, r) if lv == 0 else self._coarse_direction(A, r, hierarchy, lv)
-                        nanq = active & ~torch.isfinite(d).reshape(nb, -1).all(dim=1)
-                        if bool(nanq.any()):
-                            status = _where(nanq, torch.full_like(status, Status.NAN), status)
-                            active = active & ~nanq
-                            d = torch.nan_to_num(d)
-                        n_passes += 1
-                    Ad = A.matvec(d)
-                    n_matvec += 1
-                    dAd0 = linalg.dot(d, Ad, nd).real
-                    # d^T A d <= 0 before orthogonalisation: the operator is not positive definite; after it, a
-                    # (numerically) vanishing d^T A d means d lies in the span of the stored and earlier new
-                    # directions -- if all candidates do, the iteration cannot move: a stall, not indefiniteness
-                    indef = indef | (active & (dAd0 <= 0) & (d.reshape(nb, -1).abs().amax(dim=1) > 0))
-                    d, Ad, dAd = linalg.a_orthogonalize(d, P + [t[0] for t in new_dirs], AP + [t[1] for t in new_dirs],
-                                                        nd, a_norms=PAP + [t[2] for t in new_dirs], a_q=Ad)
-                    dep = ~(dAd > dep_tol * dAd0.abs())
-                    dependent = dependent & dep
-                    ok = active & ~dep & ~indef
-                    alpha = _where(ok, linalg.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
-                    x = x + E(alpha) * d
-                    r = r - E(alpha) * Ad
-                    move = move + alpha.abs() * linalg.norm(Ad, nd)
-                    # systems that did not step store zero (skipped by a_orthogonalize): a dependent direction is
-                    # rounding noise and must not disturb later orthogonalisations
-                    new_dirs.append((torch.where(E(ok), d, torch.zeros_like(d)), torch.where(E(ok), Ad, torch.zeros_like(Ad)),
-                                     torch.where(ok, dAd, torch.zeros_like(dAd))))
-                indef = indef & active  # (a system can have stopped on a NaN direction meanwhile)
-                dependent = dependent & active & ~indef
-                status = _where(indef, torch.full_like(status, Status.INDEFINITE), status)
-                status = _where(dependent, torch.full_like(status, Status.STAGNATION), status)
-                active = active & ~indef & ~dependent
-                if kdirs > 0:  # the directions of the last k iterations
-                    for d, Ad, dAd in new_dirs:
-                        P.append(d)
-                        AP.append(Ad)
-                        PAP.append(dAd)
-                    keep = kdirs * len(new_dirs)
-                    del P[:-keep], AP[:-keep], PAP[:-keep]
-                iterations += active.to(iterations.dtype)
-                if k % opts["check_every"] == 0:
-                    r = torch.where(E(active), flat - A.matvec(x), r)
-                    n_matvec += 1
-                rnorm_prev = rnorm
-                rnorm = _where(active, linalg.norm(r, nd), rnorm)
-                cand = active & (rnorm <= tolf)
-                if bool(cand.any()):
-                    rt = flat - A.matvec(x)
-                    n_matvec += 1
-                    tn = linalg.norm(rt, nd)
-                    ok = cand & (tn <= tolf)
-                    status = _where(ok, torch.full_like(status, Status.CONVERGED), status)
-                    r = torch.where(E(cand & ~ok), rt, r)
-                    rnorm = _where(cand, tn, rnorm)
-                    active = active & ~ok
-                # a stall is a fixed point: the residual stops moving (|alpha| ||A q|| tiny next to ||r||) even
-                # though it is far from converged.  (The residual norm itself is not monotone, like CG's.)
-                moved = move > STALL_MOVE * rnorm_prev
-                since_best = torch.where(moved, torch.zeros_like(since_best), since_best + 1)
-                stalled = active & (since_best >= opts["stall_window"])
-                status = _where(stalled, torch.full_like(status, Status.STAGNATION), status)
-                active = active & ~stalled
-                history.append(rnorm.clone())
-                if callback is not None:
-                    callback(IterationState(iteration=k, residual_norms=rnorm.reshape(batch).clone(), _x=x.reshape(b.shape)))
-                prog.update(k)
-        finally:
-            prog.close()
-        hist = [h.reshape(batch) for h in history]
-        res = self._finish(x.reshape(b.shape), status.reshape(batch), iterations.reshape(batch), hist, n_matvec,
-                            tol, opts, maxiter, rnorm.reshape(batch), extras={"network_passes": n_passes})
+    def _run(self, prob: Problem, opts: dict):
+        self._check_operator(prob.A)
+        res = Driver(self.name, prob, opts).run(_DCDMStep(self, opts))
         if bool((res.status == Status.STAGNATION).any()):
             res.reason = res.reason.replace(Status.HINTS[Status.STAGNATION], STALL_HINT)
         return res
@@ -395,6 +279,108 @@ STALL_MOVE = 1e-3  # relative residual change per iteration below which an itera
 STALL_HINT = ("DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
               "what the network learned); the multilevel iteration, DCDM(model) (variant='multilevel', the "
               "default: coarse-grid and residual directions), keeps making progress, or retrain the network")
+
+
+class _DCDMStep(Step):
+    """One DCDM iteration: the candidate directions (coarse-level network directions, the network's direction,
+    the residual), each A-orthogonalised against the stored and earlier ones and taken by an exact line search.
+    """
+
+    replaces = True
+
+    def __init__(self, solver: DCDM, opts: dict):
+        self.solver, self.kdirs, self.stall_window = solver, opts["k"], opts["stall_window"]
+        self.augment, self.coarse = opts["augment"], opts["coarse"]
+
+    def init(self, drv, x):
+        b = drv.b
+        self.x = torch.zeros_like(b) if x is None else x
+        self.r = b.clone() if x is None else b - drv.apply(drv.A, self.x)
+        return linalg.norm(self.r, drv.nd_in)
+
+    def start(self, drv):
+        A, b = drv.A, drv.b
+        self.hierarchy = self.solver._hierarchy(A, self.coarse, b.dtype, b.device) if self.coarse else []
+        # 0: the network on the grid itself; l >= 1: on coarse level l; None: the residual
+        self.levels = list(range(len(self.hierarchy), 0, -1)) + [0] + ([None] if self.augment else [])
+        self.n_passes = 0
+        self.dep_tol = torch.finfo(drv.rnorm.dtype).eps ** 0.5
+        self.P, self.AP, self.PAP = [], [], []
+        self.since_moved = torch.zeros(drv.batch, dtype=torch.int64, device=b.device)
+
+    def _direction(self, A, r, lv):
+        """The network's direction on level ``lv`` for residuals of any batch shape."""
+        flat = r.reshape((-1,) + A.shape_in)
+        d = self.solver.direction(A, flat) if lv == 0 else self.solver._coarse_direction(A, flat, self.hierarchy, lv)
+        return d.reshape(r.shape)
+
+    def step(self, drv, k):
+        A, nd = drv.A, drv.nd_in
+        E = lambda t: linalg.expand(t, nd)  # noqa: E731
+        r = self.r
+        self.rnorm_prev = drv.rnorm
+        # candidate directions, each computed from the residual left by the ones before it (so the iteration
+        # is multiplicative, like a multigrid cycle): the network's directions on the coarse grids, coarsest
+        # first, then on the grid itself, then the residual (all but the network's direction on the grid
+        # itself are krylon's additions).  Each is A-orthogonalised against the stored and earlier directions
+        # and taken with an exact line search at once.  What is left after projecting out a direction that
+        # lies in the span is rounding noise of relative size ~eps * cond; below sqrt(eps) of the original
+        # energy norm (dep_tol) it counts as dependent.
+        indef = torch.zeros_like(drv.active)
+        dependent = drv.active.clone()
+        new_dirs = []
+        move = torch.zeros_like(drv.rnorm)
+        for lv in self.levels:
+            if lv is None:  # the residual
+                d = r.clone()
+            else:
+                d = self._direction(A, r, lv)
+                nanq = drv.active & ~torch.isfinite(d).flatten(-nd).all(dim=-1)
+                if bool(nanq.any()):
+                    drv.stop(nanq, Status.NAN)
+                    d = torch.nan_to_num(d)
+                self.n_passes += 1
+            Ad = drv.apply(A, d)
+            dAd0 = linalg.dot(d, Ad, nd).real
+            # d^T A d <= 0 before orthogonalisation: the operator is not positive definite; after it, a
+            # (numerically) vanishing d^T A d means d lies in the span of the stored and earlier new
+            # directions -- if all candidates do, the iteration cannot move: a stall, not indefiniteness
+            indef = indef | (drv.active & (dAd0 <= 0) & (d.flatten(-nd).abs().amax(dim=-1) > 0))
+            d, Ad, dAd = linalg.a_orthogonalize(d, self.P + [t[0] for t in new_dirs], self.AP + [t[1] for t in new_dirs],
+                                                nd, a_norms=self.PAP + [t[2] for t in new_dirs], a_q=Ad)
+            dep = ~(dAd > self.dep_tol * dAd0.abs())
+            dependent = dependent & dep
+            ok = drv.active & ~dep & ~indef
+            alpha = torch.where(ok, linalg.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
+            self.x = self.x + E(alpha) * d
+            r = r - E(alpha) * Ad
+            move = move + alpha.abs() * linalg.norm(Ad, nd)
+            # systems that did not step store zero (skipped by a_orthogonalize): a dependent direction is
+            # rounding noise and must not disturb later orthogonalisations
+            new_dirs.append((torch.where(E(ok), d, torch.zeros_like(d)), torch.where(E(ok), Ad, torch.zeros_like(Ad)),
+                             torch.where(ok, dAd, torch.zeros_like(dAd))))
+        self.r, self.move = r, move
+        indef = indef & drv.active  # (a system can have stopped on a NaN direction meanwhile)
+        drv.stop(indef, Status.INDEFINITE)
+        drv.stop(dependent & drv.active, Status.STAGNATION)
+        if self.kdirs > 0:  # the directions of the last k iterations
+            for d, Ad, dAd in new_dirs:
+                self.P.append(d)
+                self.AP.append(Ad)
+                self.PAP.append(dAd)
+            keep = self.kdirs * len(new_dirs)
+            del self.P[:-keep], self.AP[:-keep], self.PAP[:-keep]
+        return linalg.norm(r, nd)
+
+    def advance(self, drv, k):
+        # a stall is a fixed point: the residual stops moving (|alpha| ||A q|| tiny next to ||r||) even though
+        # it is far from converged.  (The residual norm itself is not monotone, like CG's.)
+        moved = self.move > STALL_MOVE * self.rnorm_prev
+        self.since_moved = torch.where(moved, torch.zeros_like(self.since_moved), self.since_moved + 1)
+        drv.stop(drv.active & (self.since_moved >= self.stall_window), Status.STAGNATION)
+
+    def extras(self, drv):
+        return {"network_passes": self.n_passes}
 
 
 def _pads(u: torch.Tensor) -> list:

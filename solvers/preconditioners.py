@@ -24,7 +24,8 @@ from ..kernels import backend
 from ..operators import LinearOperator, aslinearoperator
 from ..operators.stencil import Diffusion, Laplacian, _StencilOperator
 
-__all__ = ["Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner"]
+__all__ = ["Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner", "check_preconditioner",
+           "adjoint_preconditioner"]
 
 
 class Preconditioner:
@@ -71,12 +72,11 @@ class Preconditioner:
         raise NotImplementedError
 
     def as_operator(self) -> LinearOperator:
-        """The preconditioner as a (symmetric) LinearOperator."""
-        from ..operators import CallableOperator
-
+        """The preconditioner as a (symmetric positive definite) LinearOperator."""
         if self.A is None:
             raise ValueError("bind the preconditioner to an operator first")
-        return CallableOperator(self.__call__, self.A.shape_in, tags=("symmetric", "positive_definite"))
+        return _FunctionOperator(self.__call__, self.A.shape_in, tags=("symmetric", "positive_definite"),
+                                 name=type(self).__name__)
 
 
 class Jacobi(Preconditioner):
@@ -225,39 +225,47 @@ class IC0(Preconditioner):
         return z.transpose(0, 1).reshape(shape).to(r.dtype).contiguous()
 
 
-class _Adapter(Preconditioner):
-    """Wrap a LinearOperator / scipy operator / callable; reshapes fields to vectors when needed."""
+class _FunctionOperator(LinearOperator):
+    """A preconditioner given as a function, as a LinearOperator on the solver's fields.
 
-    def __init__(self, fn, shape_in=None, name="preconditioner"):
-        self.A = None
-        self.fn = fn
-        self.shape_in = shape_in
-        self.name = name
+    ``fn`` (and ``adjoint``, when known) act on fields of shape ``fn_shape`` (a scipy operator's vectors,
+    say), reshaped from and to ``shape``; the output is checked to be a tensor of the residual's shape.
+    """
 
-    def bind(self, A):
-        self.A = A
-        return self
+    def __init__(self, fn, shape, fn_shape=None, *, adjoint=None, tags=(), name="M"):
+        super().__init__(shape, tags=tags)
+        self.fn, self.fn_adjoint, self.name = fn, adjoint, name
+        self.fn_shape = tuple(shape) if fn_shape is None else tuple(fn_shape)
 
-    def __call__(self, r):
-        if self.shape_in is None or self.A is None or tuple(self.shape_in) == tuple(self.A.shape_in):
-            z = self.fn(r)
+    def _apply(self, fn, r):
+        if self.fn_shape == self.shape_in:
+            z = fn(r)
         else:
-            nd = self.A.ndim_in
-            batch = r.shape[: r.dim() - nd]
-            z = self.fn(r.reshape(batch + tuple(self.shape_in))).reshape(r.shape)
+            batch = r.shape[: r.dim() - self.ndim_in]
+            z = fn(r.reshape(batch + self.fn_shape))
+            z = z.reshape(r.shape) if isinstance(z, torch.Tensor) and z.numel() == r.numel() else z
         if not isinstance(z, torch.Tensor):
             z = backend.as_tensor(z, device=r.device)
         if z.shape != r.shape:
             raise ValueError(f"{self.name} returned shape {tuple(z.shape)} for a residual of shape {tuple(r.shape)}")
         return z
 
+    def _matvec(self, r):
+        return self._apply(self.fn, r)
+
+    def _rmatvec(self, r):
+        if self.fn_adjoint is None:
+            return super()._rmatvec(r)
+        return self._apply(self.fn_adjoint, r)
+
 
 def as_preconditioner(M: Any, A: LinearOperator | None = None):
-    """Turn ``M`` into a function ``z = M(r)`` on fields shaped like ``A``'s domain.
+    """Turn ``M`` into ``z = M(r)`` on fields shaped like ``A``'s domain.
 
-    Accepts a :class:`Preconditioner`, a krylon LinearOperator, a scipy
-    ``LinearOperator`` or sparse matrix or dense array, a pyamg multilevel
-    solver (its ``aspreconditioner()`` is used), or a plain callable on fields.
+    Accepts a :class:`Preconditioner` (returned bound to ``A``), a krylon LinearOperator, a scipy
+    ``LinearOperator`` or sparse matrix or dense array, a pyamg multilevel solver (its ``aspreconditioner()``
+    is used), or a plain callable on fields; all but the first come back as a LinearOperator on ``A``'s
+    fields (keeping the wrapped operator's tags and adjoint), so ``M(r)`` is ``M.matvec(r)``.
     """
     if M is None:
         return None
@@ -265,28 +273,66 @@ def as_preconditioner(M: Any, A: LinearOperator | None = None):
         return M.bind(A) if A is not None else M
     if hasattr(M, "aspreconditioner") and callable(M.aspreconditioner):
         M = M.aspreconditioner()  # pyamg MultilevelSolver
-    if isinstance(M, LinearOperator):
-        op = M
+    if isinstance(M, LinearOperator) or _is_scipy(M):
+        op = M if isinstance(M, LinearOperator) else aslinearoperator(M)
+    elif callable(M):
+        return M if A is None else _FunctionOperator(M, A.shape_in)
     else:
-        try:
-            import scipy.sparse as sp
-            import scipy.sparse.linalg as spla
-
-            is_scipy = sp.issparse(M) or isinstance(M, spla.LinearOperator) or isinstance(M, np.ndarray)
-        except ImportError:  # pragma: no cover
-            is_scipy = False
-        if not is_scipy:
-            if callable(M):
-                return _Adapter(M, None, "M").bind(A)
-            raise TypeError(f"cannot use an object of type {type(M).__name__} as a preconditioner")
-        op = aslinearoperator(M)
-    if A is not None and math.prod(op.shape_in) != math.prod(A.shape_in):
+        raise TypeError(f"cannot use an object of type {type(M).__name__} as a preconditioner")
+    if A is None:
+        return op
+    if math.prod(op.shape_in) != math.prod(A.shape_in):
         raise ValueError(f"preconditioner of shape {op.shape} does not match the operator of shape {A.shape}")
-    def apply(r, op=op):
-        if op.device is not None and r.device != op.device:
-            return op.matvec(r.to(op.device)).to(r.device)
-        if op.dtype is not None and backend.real_dtype(op.dtype) != backend.real_dtype(r.dtype):
-            return op.matvec(r.to(op.dtype)).to(r.dtype)
-        return op.matvec(r)
 
-    return _Adapter(apply, op.shape_in, "M").bind(A)
+    def converted(apply):
+        def f(r):  # on the preconditioner's device and dtype, then back to the residual's
+            dev = op.device if op.device is not None else r.device
+            dt = op.dtype if op.dtype is not None and backend.real_dtype(op.dtype) != backend.real_dtype(r.dtype) else r.dtype
+            return apply(r.to(device=dev, dtype=dt)).to(device=r.device, dtype=r.dtype)
+        return f
+
+    adjoint = _known_adjoint(op)
+    return _FunctionOperator(converted(op.matvec), A.shape_in, op.shape_in, tags=op.tags,
+                             adjoint=None if adjoint is None else converted(adjoint.matvec))
+
+
+def _is_scipy(M: Any) -> bool:
+    try:
+        import scipy.sparse as sp
+        import scipy.sparse.linalg as spla
+    except ImportError:  # pragma: no cover
+        return False
+    return sp.issparse(M) or isinstance(M, (spla.LinearOperator, np.ndarray))
+
+
+def check_preconditioner(M: Any, name: str = "M"):
+    """The ``M=`` option: None or something :func:`as_preconditioner` accepts (``TypeError`` otherwise).
+
+    Checked when the option is given, so a wrong object fails at once rather than at the first iteration.
+    """
+    if M is None or isinstance(M, (Preconditioner, LinearOperator)) or callable(M) or _is_scipy(M) \
+            or callable(getattr(M, "aspreconditioner", None)):
+        return M
+    raise TypeError(f"{name} must be a preconditioner (a Preconditioner, a LinearOperator, a scipy LinearOperator, "
+                    f"sparse matrix or array, a pyamg hierarchy or a callable on fields), got {type(M).__name__}")
+
+
+def adjoint_preconditioner(M: Any):
+    """``M^H`` for the adjoint solve of a right-preconditioned method, as far as it is known.
+
+    A :class:`Preconditioner` is rebound to the adjoint operator by the solver (Jacobi of ``A^H`` is
+    ``diag(A)^{-H}``); a krylon LinearOperator gives its adjoint.  A plain callable has no known adjoint and is
+    used as it is: any nonsingular right preconditioner still yields the exact adjoint solution, only the
+    number of iterations depends on how well it approximates ``A^{-H}``.
+    """
+    adjoint = _known_adjoint(M) if isinstance(M, LinearOperator) else None
+    return M if adjoint is None else adjoint
+
+
+def _known_adjoint(op: LinearOperator):
+    """``op``'s adjoint, or None where it has none (a function given without its adjoint)."""
+    if op.is_symmetric:
+        return op
+    if getattr(op, "fn_adjoint", 0) is None or type(op)._rmatvec is LinearOperator._rmatvec:
+        return None
+    return op.adjoint()

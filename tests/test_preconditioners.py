@@ -438,3 +438,30 @@ def test_indefinite_preconditioner_stops_cg_with_a_clear_status():
     res = CG(rtol=1e-8, M=sp.diags(-np.ones(64))).solve(A, b)
     assert int(res.status) == Status.PRECONDITIONER and not bool(res.converged)
     assert res.info < 0 and "preconditioner" in res.reason
+
+
+def test_adapted_preconditioners_are_linear_operators_with_their_adjoint():
+    """Every non-Preconditioner form of M comes back as a LinearOperator on the solver's fields; a wrapped
+    operator keeps its tags and its adjoint (checked against the numpy transpose), a bare function has none."""
+    from krylon.operators import LinearOperator, dottest
+
+    A = Laplacian((4, 5))
+    g = np.random.default_rng(31)
+    N = g.standard_normal((20, 20))
+    r = torch.randn(3, 4, 5, dtype=F64, generator=_gen(32))
+    for M in (N, sp.csr_matrix(N), aslinearoperator(torch.from_numpy(N))):
+        op = as_preconditioner(M, A)
+        assert isinstance(op, LinearOperator) and op.shape_in == (4, 5)
+        np.testing.assert_allclose(_as_rows(op(r), 20), _as_rows(r, 20) @ N.T, rtol=1e-12)
+        np.testing.assert_allclose(_as_rows(op.adjoint().matvec(r), 20), _as_rows(r, 20) @ N, rtol=1e-12)
+        assert dottest(op, batch=(2,)) < 1e-12
+    spd = as_preconditioner(aslinearoperator(torch.eye(20, dtype=F64), tags=("symmetric", "positive_definite")), A)
+    assert spd.is_symmetric and spd.is_positive_definite
+    bare = as_preconditioner(lambda v: 2 * v, A)
+    assert isinstance(bare, LinearOperator) and not bare.tags
+    torch.testing.assert_close(bare(r), 2 * r)
+    with pytest.raises(NotImplementedError):
+        bare.adjoint().matvec(r)
+    J = Jacobi(A).as_operator()
+    assert isinstance(J, LinearOperator) and J.is_symmetric and J.is_positive_definite
+    np.testing.assert_allclose(_as_rows(J(r), 20), _as_rows(r, 20) / A.to_scipy().diagonal(), rtol=1e-13)

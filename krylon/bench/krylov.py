@@ -80,7 +80,7 @@ def run(size: str = "default", *, device: str = "cpu", repeats: int = 3, rtol: f
             t_setup = 0.0
             if setup is not None:
                 t_setup, _, M = median_time(setup, repeats=1, device=device)
-                solver.options["M"] = M
+                solver = type(solver)(**{**solver.given, "M": M})
             reps = repeats if reps is None else reps
             t, times, res = median_time(lambda: solver.solve(A, b), repeats=reps, device=device, warmup=0)
             if reps != repeats:
