@@ -125,8 +125,10 @@ class DCDM(IterativeSolver):
     @staticmethod
     def _coarse_option(value, name):
         """``coarse``: a number of coarse levels >= 0, ``"auto"``, or None (the variant's)."""
-        if value is None or isinstance(value, str):
-            return validate.choice(value, name, (None, "auto"))
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, str):
+            raise ValueError(f"{name} must be an integer >= 0 or 'auto', got {value!r}")
         return validate.integer(value, name, minimum=0)
 
     # k, augment and coarse default to None: the variant's (VARIANTS), whichever of them the caller did not set.

@@ -11,7 +11,7 @@ from krylon.datasets import open_dataset
 from krylon.kernels import stencil as st
 from krylon.operators import Diffusion, Laplacian, aslinearoperator
 from krylon.operators.learned.dcdm import DCDMNet
-from krylon.solvers.dcdm import DCDM, batch_weights, dcdm_loss, network_inputs
+from krylon.solvers.dcdm import DCDM, VARIANTS, batch_weights, dcdm_loss, network_inputs
 
 
 class InverseNet(torch.nn.Module):
@@ -537,7 +537,7 @@ def test_coarse_levels_of_a_diffusion_operator_carry_the_coarsened_coefficient()
 
 # ----------------------------------------------------------------------------- variants (issue #9: best by default)
 def test_the_default_is_the_multilevel_iteration_and_the_paper_one_is_an_explicit_variant():
-    from krylon.solvers.dcdm import AUGMENTED, VARIANTS
+    from krylon.solvers.dcdm import AUGMENTED
 
     net = DCDMNet(dim=2, width=4)
     opts = lambda s: {k: s.options[k] for k in ("k", "augment", "coarse")}  # noqa: E731
@@ -722,3 +722,17 @@ def test_docstring_examples_run():
     for mod in (registry, learned, solver):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+def test_a_variant_given_to_solve_sets_the_options_the_caller_left_unset():
+    """``solve(variant="paper")`` runs the paper's iteration for that call; an explicit option still wins."""
+    net = DCDMNet(dim=2, width=4)
+    s = DCDM(net)
+    assert {k: s._resolve({**s.given, "variant": "paper"})[k] for k in ("k", "augment", "coarse")} == VARIANTS["paper"]
+    s2 = DCDM(net, augment=True)
+    assert s2._resolve({**s2.given, "variant": "paper"})["augment"] is True
+    A, b = Laplacian((16, 16)), torch.rand(16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    paper = DCDM(net.double(), variant="paper", maxiter=3).solve(A, b)
+    override = DCDM(net.double(), maxiter=3).solve(A, b, variant="paper")
+    assert torch.equal(paper.x, override.x) and paper.extras["network_passes"] == override.extras["network_passes"]
+    assert s.options["variant"] == "multilevel"  # the override was for that call only
