@@ -109,7 +109,7 @@ def per_axis(values: Any, ndim: int | None, name: str) -> tuple[float, ...]:
     if not out:
         raise ValueError(f"{name} is empty: need at least one grid dimension")
     if ndim is not None and len(out) != ndim:
-        raise ValueError(f"{name} has {len(out)} entries but the grid has {ndim} dimensions")
+        raise ValueError(f"{name} has {len(out)} entries but the grid has ndim={ndim} dimensions")
     if not all(v > 0 for v in out):
         raise ValueError(f"{name} must be positive, got {out}")
     return out

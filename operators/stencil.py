@@ -268,7 +268,7 @@ class Diffusion(_StencilOperator):
         coefficient = backend.as_tensor(coefficient, name="coefficient")
         if coefficient.is_complex():
             raise ValueError("the diffusion coefficient must be real")
-        backend.check_finite(coefficient, "coefficient")
+        validate.finite(coefficient, "coefficient")
         if not bool((coefficient > 0).all()):
             raise ValueError(f"the diffusion coefficient must be positive everywhere (min {float(coefficient.min()):.3g})")
         if coefficient.dim() not in (1, 2, 3):
