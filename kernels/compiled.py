@@ -1,21 +1,22 @@
-"""The stencil's compiled realisation: ``torch.compile`` of the eager one (one fused kernel on CUDA).
+"""The stencil's compiled realisation: ``torch.compile`` of the eager one, for CUDA.
 
 Eager PyTorch applies the 5/7-point stencil as 2d+1 passes over memory, and the
 dot ``u . A u`` as one more; on a GPU each pass is a kernel launch and a full
-read/write of the field.  Here the eager realisation itself
-(:func:`krylon.kernels.stencil.apply` on the eager path, for the constant-weight
-description of :func:`krylon.kernels.stencil.constant_weights`) is handed to
-``torch.compile``, which fuses it (Triton on CUDA, C++ on the CPU) into one kernel:
+read/write of the field.  Here the eager realisation itself (the slicing passes
+of :mod:`krylon.kernels.stencil` on the float-weight description of
+:func:`krylon.kernels.stencil.constant_weights`) is handed to ``torch.compile``,
+whose inductor backend fuses the passes (on the CPU its output is one C++ kernel
+for the stencil and its dot; on CUDA it emits Triton kernels):
 
 * :func:`stencil_apply`  ``A u``
 * :func:`stencil_dot`    ``A u`` and ``u . A u``
-* :func:`cg_update`      ``x += alpha p``, ``r -= alpha Ap`` and ``||r||^2``
+* :func:`cg_update`      ``x + alpha p``, ``r - alpha Ap`` and ``||r - alpha Ap||^2``
 
-:func:`krylon.kernels.stencil.realisation` picks the stencil ones on CUDA and
-:func:`krylon.kernels.linalg.cg_step` the update (set ``KRYLON_COMPILE=0`` to turn
-them off); the eager functions stay the reference, and the tests compare the two
-on the CPU, where inductor generates C++.  One compiled function is kept per
-stencil description and per grid dimension of the update.
+:func:`krylon.kernels.stencil.realisation` picks the stencil ones on CUDA, and
+:func:`krylon.kernels.linalg.cg_step` (the masked, general path of CG) the update
+(set ``KRYLON_COMPILE=0`` to turn them off); the eager functions stay the
+reference, and the tests compare the two on the CPU.  One compiled function is
+kept per stencil (spacing, boundary conditions) and per grid dimension of the update.
 """
 
 from __future__ import annotations

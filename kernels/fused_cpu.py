@@ -9,7 +9,8 @@ passes, about 10 field streams in all:
 * :func:`stencil_dot`      ``Ap = A p`` and ``p . Ap`` per system, reading ``p`` once
   (constant-coefficient Laplacian, any boundary conditions)
 * :func:`weighted_stencil_dot`  the same for a general stencil (obstacles, ``-div(k grad u)``) from
-  the diagonal and one array of face weights per axis (:func:`prepare_weights`)
+  the diagonal and one array of face weights per axis (:func:`prepare_weights`); both are one numba
+  loop, compiled once with float weights (read from registers) and once with weight arrays
 * :func:`residual_update`  ``r -= alpha Ap`` and ``||r||^2``
 * :func:`advance`          ``x += alpha p`` and ``p = z + beta p`` (the x update
   is deferred to here, where ``p`` is read anyway)
@@ -18,15 +19,15 @@ They are used only where they apply (a real float32/float64 contiguous CPU
 tensor, no overlapping outputs, big enough that the call overhead does not
 matter; see :func:`usable`) and only when numba can be imported; everything
 else takes the eager path in :mod:`krylon.kernels.linalg` and
-:mod:`krylon.kernels.stencil`, which stays the reference the tests compare
-against.  The choice is a function of the call alone (sizes, dtype, device,
-layout, torch's thread count, ``KRYLON_NUMBA`` read from the environment at
+:mod:`krylon.kernels.stencil` (whose :func:`~krylon.kernels.stencil.realisation`
+asks :func:`usable`), which stays the reference the tests compare against.
+The choice is a function of the call alone (sizes, dtype, device, layout,
+torch's thread count, ``KRYLON_NUMBA`` read from the environment at
 each call, :func:`disabled`), never of what the process did before, so the
 same solve gives bitwise the same answer whenever it runs.  ``KRYLON_NUMBA=0``
 turns them off.  With several torch threads a large field runs on a
 multi-threaded build of the same kernels (numba's ``prange``, as many threads
-as torch uses, the same work split and summation order as the serial build)
-when that is safe: from the main thread of the process that imported krylon,
+as torch uses) when that is safe: from the main thread of the process that imported krylon,
 on a threading layer other than numba's slow workqueue; otherwise the eager
 (multi-threaded) passes run.
 
