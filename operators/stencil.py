@@ -248,6 +248,8 @@ class Diffusion(_StencilOperator):
 
     Differentiable in ``coefficient``: pass a tensor with ``requires_grad=True``
     and a krylon solve propagates gradients to it by the adjoint method.
+    ``A.coefficient`` may be edited in place or replaced: the next application uses
+    the new values (see :meth:`weights`).
 
     Parameters
     ----------
