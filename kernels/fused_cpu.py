@@ -53,6 +53,8 @@ import threading
 
 import torch
 
+from .stencil import BOUNDARY_CONDITIONS
+
 __all__ = ["available", "usable", "warm", "disabled", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
            "Unavailable", "MIN_ELEMENTS"]
 
@@ -62,8 +64,9 @@ MIN_ELEMENTS = 4096
 #: torch parallelises an elementwise pass only above this many values (at::internal::GRAIN_SIZE)
 _TORCH_GRAIN = 32768
 
-#: the kernels' boundary codes: 0 dirichlet (ghost 0), 1 neumann (ghost = the cell), 2 periodic (wrap)
-_BC_CODE = {"dirichlet": 0, "neumann": 1, "periodic": 2}
+#: the kernels' boundary codes, the positions in stencil.BOUNDARY_CONDITIONS: 0 dirichlet (ghost 0),
+#: 1 neumann (ghost = the cell), 2 periodic (wrap); see _fused_cpu_loops._neighbour
+_BC_CODE = {bc: code for code, bc in enumerate(BOUNDARY_CONDITIONS)}
 
 
 def available() -> bool:
