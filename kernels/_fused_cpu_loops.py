@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 
 #: reassociation lets the reductions vectorise; no "no NaN / no Inf" assumptions, so NaN still propagates
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
@@ -27,24 +28,51 @@ def _jit(fn, parallel: bool = False):
         return nb.njit(**opts)(fn)
 
 
+def _at(w, k):
+    """Weight ``k`` of a row of weights: ``w[k]`` for an array, ``w`` itself for a constant (scalar) weight."""
+
+
+@overload(_at, inline="always")
+def _at_impl(w, k):
+    if isinstance(w, types.Array):
+        return lambda w, k: w[k]
+    return lambda w, k: w
+
+
+def _row(w, i, j):
+    """Row ``(i, j)`` of a weight field: ``w[i, j]`` for a 3-D array, the scalar itself for a constant weight."""
+
+
+@overload(_row, inline="always")
+def _row_impl(w, i, j):
+    if isinstance(w, types.Array):
+        return lambda w, i, j: w[i, j]
+    return lambda w, i, j: w
+
+
 @_jit
-def _neighbour(n, i, lo_code, hi_code, inv, lower):
-    """(index, weight) of the lower/upper neighbour of index i on an axis of length n."""
+def _neighbour(n, i, lo_code, hi_code, lower):
+    """(index, on) of the lower/upper neighbour of index i on an axis of length n.
+
+    ``on`` is 1.0 when the neighbour enters the stencil and 0.0 for a Dirichlet ghost (zero).  Codes: 0 ghost
+    zero (Dirichlet; also any side whose boundary term lives in the diagonal), 1 ghost = the cell itself
+    (Neumann), 2 periodic wrap.
+    """
     if lower:
         if i > 0:
-            return i - 1, inv
+            return i - 1, 1.0
         code = lo_code
         wrap = n - 1
     else:
         if i < n - 1:
-            return i + 1, inv
+            return i + 1, 1.0
         code = hi_code
         wrap = 0
-    if code == 2:  # periodic
-        return wrap, inv
-    if code == 1:  # neumann: the ghost equals the cell itself
-        return i, inv
-    return i, 0.0  # dirichlet: the ghost is zero
+    if code == 2:
+        return wrap, 1.0
+    if code == 1:
+        return i, 1.0
+    return i, 0.0
 
 
 @_jit
@@ -72,116 +100,69 @@ def _sum_parts(part, per_system, out):
 
 
 def build(parallel: bool):
-    """The kernels (stencil, residual, advance, weighted stencil), serial or multi-threaded.
+    """The kernels (stencil, residual, advance), serial or multi-threaded.
 
     ``prange`` is a plain ``range`` in the serial build.
     """
     build_tag = "parallel" if parallel else "serial"
 
-    def stencil_dot_kernel(u, out, inv, bc, dots):
+    def stencil_dot_kernel(u, out, diag, w0, w1, w2, bc, dots):
         build_tag  # noqa: B018 - the closure that keeps the two builds apart in numba's cache
-        # u, out: (B, n0, n1, n2); inv: (3,) weights 1/h^2 (0 for a dummy axis); bc: (6,) codes, (lo, hi) per axis.
-        # One work item per block of _ROWS grid rows (b, i, j0..j0+_ROWS); each leaves its share of u . A u in part[].
+        # out = A u and dots[b] = u[b] . A u[b] for the stencil
+        #   (A u)_c = diag_c u_c - sum_a [ on * lower_a(c) u_{c - e_a} + on * lower_a(c + e_a) u_{c + e_a} ]
+        # u, out: (B, n0, n1, n2) (a 2-D grid has a dummy axis 0 of length 1 whose codes are 0);
+        # diag, w0, w1, w2: either constants (the constant-coefficient Laplacian: 2 sum 1/h^2 and 1/h_a^2, read
+        # from registers, no weight streams) or (n0, n1, n2) arrays (w_a[c] = weight of the face between c and its
+        # lower neighbour on axis a; at the first cell the periodic wrap's weight, else unused); numba compiles
+        # one specialisation per kind.  bc: (6,) codes, (lo, hi) per axis (see _neighbour).  One work item per
+        # block of _ROWS grid rows (b, i, j0..j0+_ROWS); each leaves its share of u . A u in part[].
         B, n0, n1, n2 = u.shape
-        c = 2.0 * (inv[0] + inv[1] + inv[2])
-        w2 = inv[2]
         items = _row_blocks(n0, n1)
         part = np.empty(B * items)
         for t in prange(B * items):
             b, i, j0 = _work_item(t, n0, n1)
-            im, ci_m = _neighbour(n0, i, bc[0], bc[1], inv[0], True)
-            ip, ci_p = _neighbour(n0, i, bc[0], bc[1], inv[0], False)
+            im, on_im = _neighbour(n0, i, bc[0], bc[1], True)
+            ip, on_ip = _neighbour(n0, i, bc[0], bc[1], False)
+            axis0 = on_im != 0.0 or on_ip != 0.0  # else a 2-D grid (dummy axis 0) or a lone Dirichlet plane
             acc = 0.0
             for j in range(j0, min(j0 + _ROWS, n1)):
-                jm, cj_m = _neighbour(n1, j, bc[2], bc[3], inv[1], True)
-                jp, cj_p = _neighbour(n1, j, bc[2], bc[3], inv[1], False)
+                jm, on_jm = _neighbour(n1, j, bc[2], bc[3], True)
+                jp, on_jp = _neighbour(n1, j, bc[2], bc[3], False)
                 ur = u[b, i, j]
-                a0 = u[b, im, j]
-                a1 = u[b, ip, j]
-                a2 = u[b, i, jm]
-                a3 = u[b, i, jp]
+                um0 = u[b, im, j]
+                up0 = u[b, ip, j]
+                um1 = u[b, i, jm]
+                up1 = u[b, i, jp]
+                d = _row(diag, i, j)
+                l0 = _row(w0, i, j)
+                h0 = _row(w0, ip, j)
+                l1 = _row(w1, i, j)
+                h1 = _row(w1, i, jp)
+                l2 = _row(w2, i, j)
                 o = out[b, i, j]
-                if ci_m == 0.0 and ci_p == 0.0:
-                    # a 2-D grid (axis 0 is a dummy of length 1 with zero weight): two rows fewer
+                if axis0:
                     for k in range(1, n2 - 1):
-                        v = c * ur[k] - cj_m * a2[k] - cj_p * a3[k] - w2 * (ur[k - 1] + ur[k + 1])
+                        v = (_at(d, k) * ur[k] - on_im * _at(l0, k) * um0[k] - on_ip * _at(h0, k) * up0[k]
+                             - on_jm * _at(l1, k) * um1[k] - on_jp * _at(h1, k) * up1[k]
+                             - _at(l2, k) * ur[k - 1] - _at(l2, k + 1) * ur[k + 1])
                         o[k] = v
                         acc += ur[k] * v
-                else:
+                else:  # two rows fewer
                     for k in range(1, n2 - 1):
-                        v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
-                             - w2 * (ur[k - 1] + ur[k + 1]))
+                        v = (_at(d, k) * ur[k] - on_jm * _at(l1, k) * um1[k] - on_jp * _at(h1, k) * up1[k]
+                             - _at(l2, k) * ur[k - 1] - _at(l2, k + 1) * ur[k + 1])
                         o[k] = v
                         acc += ur[k] * v
                 # the two ends of the row (one when n2 == 1) follow the last axis' boundary conditions
                 last = n2 - 1
                 for e in range(2 if last > 0 else 1):
                     k = e * last
-                    km, ck_m = _neighbour(n2, k, bc[4], bc[5], w2, True)
-                    kp, ck_p = _neighbour(n2, k, bc[4], bc[5], w2, False)
-                    v = (c * ur[k] - ci_m * a0[k] - ci_p * a1[k] - cj_m * a2[k] - cj_p * a3[k]
-                         - ck_m * ur[km] - ck_p * ur[kp])
-                    o[k] = v
-                    acc += ur[k] * v
-            part[t] = acc
-        _sum_parts(part, items, dots)
-
-    def weighted_dot_kernel(u, out, diag, lower, per, dots):
-        build_tag  # noqa: B018 - the closure that keeps the two builds apart in numba's cache
-        # -div(k grad u) with precomputed weights: u, out (B, n0, n1, n2); diag (n0, n1, n2);
-        # lower[a] (n0, n1, n2) = weight of the face between a cell and its lower neighbour on axis a (at the
-        # first cell: the periodic wrap's weight, or 0); per (3,) = 1 for a periodic axis.  Boundary and
-        # obstacle terms are in diag and in zero face weights, so no boundary codes are needed here.
-        B, n0, n1, n2 = u.shape
-        items = _row_blocks(n0, n1)
-        part = np.empty(B * items)
-        for t in prange(B * items):
-            b, i, j0 = _work_item(t, n0, n1)
-            # the upper neighbour's face weight is the lower weight of the next cell (of cell 0 when wrapping)
-            im = i - 1 if i > 0 else n0 - 1
-            ip = i + 1 if i < n0 - 1 else 0
-            m_ip = 1.0 if (i < n0 - 1 or per[0] == 1) else 0.0
-            axis0 = n0 > 1 or per[0] == 1
-            acc = 0.0
-            for j in range(j0, min(j0 + _ROWS, n1)):
-                jm = j - 1 if j > 0 else n1 - 1
-                jp = j + 1 if j < n1 - 1 else 0
-                m_jp = 1.0 if (j < n1 - 1 or per[1] == 1) else 0.0
-                ur = u[b, i, j]
-                um1 = u[b, i, jm]
-                up1 = u[b, i, jp]
-                d = diag[i, j]
-                l1 = lower[1, i, j]
-                h1 = lower[1, i, jp]
-                l2 = lower[2, i, j]
-                o = out[b, i, j]
-                if axis0:
-                    um0 = u[b, im, j]
-                    up0 = u[b, ip, j]
-                    l0 = lower[0, i, j]
-                    h0 = lower[0, ip, j]
-                    for k in range(1, n2 - 1):
-                        v = (d[k] * ur[k] - l0[k] * um0[k] - m_ip * h0[k] * up0[k] - l1[k] * um1[k]
-                             - m_jp * h1[k] * up1[k] - l2[k] * ur[k - 1] - l2[k + 1] * ur[k + 1])
-                        o[k] = v
-                        acc += ur[k] * v
-                else:  # a 2-D grid: axis 0 is a dummy of length 1
-                    for k in range(1, n2 - 1):
-                        v = (d[k] * ur[k] - l1[k] * um1[k] - m_jp * h1[k] * up1[k]
-                             - l2[k] * ur[k - 1] - l2[k + 1] * ur[k + 1])
-                        o[k] = v
-                        acc += ur[k] * v
-                last = n2 - 1
-                for e in range(2 if last > 0 else 1):
-                    k = e * last
-                    v = d[k] * ur[k] - l1[k] * um1[k] - m_jp * h1[k] * up1[k]
+                    km, on_km = _neighbour(n2, k, bc[4], bc[5], True)
+                    kp, on_kp = _neighbour(n2, k, bc[4], bc[5], False)
+                    v = (_at(d, k) * ur[k] - on_jm * _at(l1, k) * um1[k] - on_jp * _at(h1, k) * up1[k]
+                         - on_km * _at(l2, k) * ur[km] - on_kp * _at(l2, kp) * ur[kp])
                     if axis0:
-                        v -= lower[0, i, j, k] * u[b, im, j, k] + m_ip * lower[0, ip, j, k] * u[b, ip, j, k]
-                    v -= l2[k] * ur[k - 1 if k > 0 else last]  # at k = 0: the wrap weight (0 unless periodic)
-                    if k < last:
-                        v -= l2[k + 1] * ur[k + 1]
-                    elif per[2] == 1:
-                        v -= l2[0] * ur[0]
+                        v -= on_im * _at(l0, k) * um0[k] + on_ip * _at(h0, k) * up0[k]
                     o[k] = v
                     acc += ur[k] * v
             part[t] = acc
@@ -225,4 +206,4 @@ def build(parallel: bool):
                 xb[k] += a * pk
                 pb[k] = zb[k] + be * pk
 
-    return tuple(_jit(f, parallel) for f in (stencil_dot_kernel, residual_kernel, advance_kernel, weighted_dot_kernel))
+    return tuple(_jit(f, parallel) for f in (stencil_dot_kernel, residual_kernel, advance_kernel))

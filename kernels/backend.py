@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 import torch
 
+from . import validate
+
 # torch marks sparse CSR as beta and warns on every construction; krylon uses only the stable parts
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
 
@@ -32,7 +34,6 @@ __all__ = [
     "complex_dtype",
     "result_dtype",
     "is_floating",
-    "check_finite",
     "eps",
     "scipy_sparse_to_torch",
 ]
@@ -157,12 +158,6 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     """Detach, move to the CPU and return a numpy array (a copy when needed)."""
     return t.detach().resolve_conj().cpu().numpy()
 
-
-def check_finite(t: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``t`` holds NaN or Inf."""
-    if not bool(torch.isfinite(t).all()):
-        n_bad = int((~torch.isfinite(t)).sum())
-        raise ValueError(f"{name} contains {n_bad} non-finite value(s) (NaN or Inf)")
 
 
 def scipy_sparse_to_torch(A: Any, dtype: Any = None, device: Any = None, layout: str = "csr") -> torch.Tensor:

@@ -9,28 +9,34 @@ passes, about 10 field streams in all:
 * :func:`stencil_dot`      ``Ap = A p`` and ``p . Ap`` per system, reading ``p`` once
   (constant-coefficient Laplacian, any boundary conditions)
 * :func:`weighted_stencil_dot`  the same for a general stencil (obstacles, ``-div(k grad u)``) from
-  the diagonal and one array of face weights per axis (:func:`prepare_weights`)
+  the diagonal and one array of face weights per axis (:func:`prepare_weights`); both are one numba
+  loop, compiled once with float weights (read from registers) and once with weight arrays
 * :func:`residual_update`  ``r -= alpha Ap`` and ``||r||^2``
 * :func:`advance`          ``x += alpha p`` and ``p = z + beta p`` (the x update
   is deferred to here, where ``p`` is read anyway)
 
 They are used only where they apply (a real float32/float64 contiguous CPU
 tensor, no overlapping outputs, big enough that the call overhead does not
-matter; see :func:`usable`), only when numba can be imported, and only once
-the process has done enough eager work to repay loading them (a short job
-never imports numba; see :data:`WARMUP_VALUES`); everything
+matter; see :func:`usable`) and only when numba can be imported; everything
 else takes the eager path in :mod:`krylon.kernels.linalg` and
-:mod:`krylon.kernels.stencil`, which stays the reference the tests compare
-against.  ``KRYLON_NUMBA=0`` turns them off.  With several torch threads a
-large field runs on a multi-threaded build of the same kernels (numba's
-``prange``, as many threads as torch uses) when that is safe: from the main
-thread of the process that imported krylon, on a threading layer other than
-numba's slow workqueue; otherwise the eager (multi-threaded) passes run.
+:mod:`krylon.kernels.stencil` (whose :func:`~krylon.kernels.stencil.realisation`
+asks :func:`usable`), which stays the reference the tests compare against.
+The choice is a function of the call alone (sizes, dtype, device, layout,
+torch's thread count, ``KRYLON_NUMBA`` read from the environment at
+each call, :func:`disabled`), never of what the process did before, so the
+same solve gives bitwise the same answer whenever it runs.  ``KRYLON_NUMBA=0``
+turns them off.  With several torch threads a large field runs on a
+multi-threaded build of the same kernels (numba's ``prange``, as many threads
+as torch uses) when that is safe: from the main thread of the process that imported krylon,
+on a threading layer other than numba's slow workqueue; otherwise the eager
+(multi-threaded) passes run.
 
 numba is an optional dependency (the ``fast`` extra): it is the well-kept tool
 for compiled loops over numpy buffers, and ``torch.compile``'s CPU code was
-measured slower than eager here (see BENCHMARKS.md).  Kernels are compiled on
-first use (about a second per dtype) and cached on disk.
+measured slower than eager here (see BENCHMARKS.md).  The first call that
+takes them imports numba and loads the kernels from numba's on-disk cache
+(about half a second once per process; compiling them the very first time
+takes a few seconds per dtype); :func:`warm` pays that up front.
 
 Accumulations (dots, norms) are done in float64 whatever the field dtype.
 Floating-point reassociation is allowed (so the reductions vectorise), but
@@ -47,6 +53,8 @@ import threading
 
 import torch
 
+from .stencil import BOUNDARY_CONDITIONS
+
 __all__ = ["available", "usable", "warm", "disabled", "stencil_dot", "prepare_weights", "weighted_stencil_dot", "residual_update", "advance",
            "Unavailable", "MIN_ELEMENTS"]
 
@@ -56,19 +64,28 @@ MIN_ELEMENTS = 4096
 #: torch parallelises an elementwise pass only above this many values (at::internal::GRAIN_SIZE)
 _TORCH_GRAIN = 32768
 
-_BC_CODE = {"dirichlet": 0, "neumann": 1, "periodic": 2}
+#: the kernels' boundary codes, the positions in stencil.BOUNDARY_CONDITIONS: 0 dirichlet (ghost 0),
+#: 1 neumann (ghost = the cell), 2 periodic (wrap); see _fused_cpu_loops._neighbour
+_BC_CODE = {bc: code for code, bc in enumerate(BOUNDARY_CONDITIONS)}
+
+
+def available() -> bool:
+    """True when ``KRYLON_NUMBA`` is not ``0`` (read at each call), numba imports and its kernels compile here."""
+    return os.environ.get("KRYLON_NUMBA", "1") != "0" and not _failed and _importable()
 
 
 @functools.lru_cache(maxsize=1)
-def available() -> bool:
-    """True when numba can be imported and ``KRYLON_NUMBA`` is not ``0``."""
-    if os.environ.get("KRYLON_NUMBA", "1") == "0":
-        return False
+def _importable() -> bool:
     try:
         import numba  # noqa: F401
     except Exception:  # pragma: no cover - depends on the environment
         return False
     return True
+
+
+#: the compile error that turned the kernels off in this process (a fact about this numba install, so every
+#: later call is eager like the one that failed; nothing is written to the environment)
+_failed: list = []
 
 
 _FLOATS = (torch.float32, torch.float64)
@@ -86,7 +103,7 @@ def usable(*tensors: torch.Tensor) -> bool:
             return False
     if len(tensors) > 1 and _overlap(tensors):
         return False  # an output aliasing an input: the eager path raises a clear error
-    if _off["n"] or not (_warmup["done"] or _warmed_up(n)) or not available():
+    if _off["n"] or not available():
         return False
     if n >= _TORCH_GRAIN and torch.get_num_threads() > 1 and not _parallel_ok():
         # eager torch would split this pass across its threads; serial kernels would lose to it
@@ -104,21 +121,14 @@ def _overlap(tensors) -> bool:
     return False
 
 
-#: field values the eager path processes, in calls the kernels could have taken, before the kernels are
-#: loaded.  Importing numba and loading the compiled kernels costs about half a second once per process (a
-#: few seconds the very first time, when they are compiled), and a kernel call saves about a nanosecond per
-#: value, so a short job never pays it; a long one switches over after a fraction of a second of eager work
-#: (the ski-rental rule: rent until the rent paid would have bought the skis).
-WARMUP_VALUES = 1 << 28
-_warmup = {"values": 0, "done": False}
-
-
 def warm(dtypes=(torch.float64,)) -> float:
-    """Load (compiling on the very first run) the kernels now and skip the warm-up; returns the seconds taken.
+    """Load (compiling on the very first run) the kernels now; returns the seconds taken.
 
-    For long-running codes and benchmarks that want the fused path from the first iteration.  Loads the
-    serial build, and the multi-threaded one when torch uses several threads.  Returns 0.0 and changes
-    nothing when the kernels are unavailable.
+    The first call that takes the kernels pays this otherwise (importing numba and loading the cached
+    kernels: about half a second per process); call it where that time should not land in a measurement
+    or a latency-sensitive first solve.  It changes no result: which kernel runs depends only on the call.
+    Loads the serial build, and the multi-threaded one when torch uses several threads.  Returns 0.0 when
+    the kernels are unavailable.
     """
     import time
 
@@ -131,7 +141,6 @@ def warm(dtypes=(torch.float64,)) -> float:
     except _compile_errors() as exc:
         _give_up(exc)
         return 0.0
-    _warmup["done"] = True
     return time.perf_counter() - t0
 
 
@@ -143,25 +152,12 @@ def _load(dtypes, builds) -> None:
         one = torch.zeros(2, dtype=torch.float64).numpy()
         for parallel in builds:
             k = _kernels(parallel)
-            inv, codes = _stencil_constants((1.0, 1.0), (("dirichlet", "dirichlet"),) * 2)
-            k[0](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), inv, codes, one[:1].copy())
+            k[0](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), 4.0, 0.0, 1.0, 1.0,
+                 _codes((("dirichlet", "dirichlet"),) * 2), one[:1].copy())
             k[1](big.numpy(), big.clone().numpy(), one, one.copy())
             k[2](big.numpy(), big.clone().numpy(), big.clone().numpy(), one, one)
-            prep = prepare_weights(torch.ones(3, 3, dtype=dtype), torch.zeros(2, 3, 3, dtype=dtype), [False, False])
-            k[3](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), prep[0].numpy(), prep[1].numpy(),
-                 prep[2], one[:1].copy())
-
-
-def _warmed_up(numel: int) -> bool:
-    if _warmup["done"]:
-        return True
-    if os.environ.get("KRYLON_NUMBA", "1") == "0":
-        return False
-    _warmup["values"] += numel
-    if _warmup["values"] < WARMUP_VALUES:
-        return False
-    _warmup["done"] = True
-    return True
+            d, ws, codes, _ = prepare_weights(torch.ones(3, 3, dtype=dtype), torch.zeros(2, 3, 3, dtype=dtype), [False, False])
+            k[0](u.numpy().reshape(1, 1, 3, 3), u.clone().numpy().reshape(1, 1, 3, 3), d, *ws, codes, one[:1].copy())
 
 
 _FIRST_PID = os.getpid()
@@ -217,7 +213,7 @@ class Unavailable(RuntimeError):
 
 
 def _launch(index: int, numel: int, *args):
-    """Run kernel ``index`` (0 stencil, 1 residual, 2 advance, 3 weighted stencil) on torch's thread count where safe."""
+    """Run kernel ``index`` (0 stencil, 1 residual, 2 advance) on torch's thread count where safe."""
     threads = torch.get_num_threads()
     parallel = threads > 1 and numel >= _TORCH_GRAIN and _parallel_ok()
     try:
@@ -233,13 +229,15 @@ def _launch(index: int, numel: int, *args):
 
 
 def _give_up(exc: BaseException) -> None:
-    """Turn the kernels off for this process (the callers run the eager passes), with a warning."""
+    """Turn the kernels off for this process (the callers run the eager passes), with a warning.
+
+    Only this process: a child process tries (and warns) again rather than inherit an edited environment.
+    """
     import warnings
 
     warnings.warn(f"krylon: numba could not compile the fused CPU kernels ({type(exc).__name__}: {exc}); "
                   "using the eager path", RuntimeWarning, stacklevel=4)
-    os.environ["KRYLON_NUMBA"] = "0"
-    available.cache_clear()
+    _failed.append(f"{type(exc).__name__}: {exc}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -251,7 +249,7 @@ def _compile_errors() -> tuple:
 
 @functools.lru_cache(maxsize=2)
 def _kernels(parallel: bool):
-    """The four kernels, compiled serial or multi-threaded (see :mod:`krylon.kernels._fused_cpu_loops`)."""
+    """The three kernels, compiled serial or multi-threaded (see :mod:`krylon.kernels._fused_cpu_loops`)."""
     from . import _fused_cpu_loops
 
     return _fused_cpu_loops.build(parallel)
@@ -291,61 +289,63 @@ def _systems(t: torch.Tensor, ndim: int) -> tuple[tuple[int, ...], int]:
 def stencil_dot(u: torch.Tensor, out: torch.Tensor, spacing, sides) -> torch.Tensor:
     """``out = A u`` (constant-coefficient Laplacian, no obstacles) and ``u . A u`` per system.
 
-    ``sides`` holds one ``(low, high)`` boundary-condition pair per grid axis (2 or 3 axes).
-    Returns the dots, shape ``batch``, in ``u``'s dtype.
+    ``sides`` holds one ``(low, high)`` boundary-condition pair per grid axis (2 or 3 axes).  The weights are
+    the floats of :func:`krylon.kernels.stencil.constant_weights`, kept in registers (no weight arrays are
+    read).  Returns the dots, shape ``batch``, in ``u``'s dtype.
     """
+    from . import stencil
+
     ndim = len(spacing)
     if ndim not in (2, 3):
         raise ValueError(f"fused stencil supports 2-D and 3-D grids, got {ndim}-D")
+    w = stencil.constant_weights(spacing, sides)
+    if w.fused is None:  # the description is cached per (spacing, sides): so are its operands
+        w.fused = (w.diag, (0.0,) * (3 - ndim) + tuple(w.faces), _codes(w.sides))
+    return _stencil(u, out, ndim, *w.fused)
+
+
+def _codes(sides):
+    """Boundary codes of the kernel, (low, high) per axis, padded to 3 axes (a dummy axis has code 0)."""
+    import numpy as np
+
+    codes = np.asarray([0, 0] * (3 - len(sides)) + [_BC_CODE[s] for pair in sides for s in pair], dtype=np.int64)
+    codes.flags.writeable = False
+    return codes
+
+
+def _stencil(u, out, ndim, diag, weights, codes):
     batch, nb = _systems(u, ndim)
     shape4 = (nb,) + (1,) * (3 - ndim) + tuple(u.shape[u.dim() - ndim:])
-    inv, codes = _stencil_constants(tuple(spacing), tuple(map(tuple, sides)))
     dots = torch.empty(batch, dtype=torch.float64)
-    _launch(0, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), inv, codes,
-            dots.numpy().reshape(nb))
+    _launch(0, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), diag, *weights,
+            codes, dots.numpy().reshape(nb))
     return dots if u.dtype == torch.float64 else dots.to(u.dtype)
 
 
 def prepare_weights(diag: torch.Tensor, lower: torch.Tensor, periodic) -> tuple:
-    """The weighted kernel's operands for one grid: ``diag`` (grid) and ``lower`` (d, *grid) padded to 3 axes.
+    """The weighted kernel's operands for one grid: views of ``diag`` (grid) and ``lower`` (d, *grid).
 
     ``lower[a]`` holds, for every cell, the weight of the face to its lower neighbour on axis ``a`` (at the
     first cell of the axis the periodic wrap's weight, else 0); see :func:`krylon.kernels.stencil.lower_face_weights`.
-    Build once per operator and pass to :func:`weighted_stencil_dot`.
+    Nothing is copied (both must be contiguous), so the operands follow in-place changes of the weights they
+    view.  Pass to :func:`weighted_stencil_dot`.
     """
-    import numpy as np
-
     ndim = lower.shape[0]
     grid = tuple(diag.shape)
     pad = (1,) * (3 - ndim)
-    lo = torch.zeros((3,) + pad + grid, dtype=diag.dtype)
-    lo[3 - ndim:] = lower.detach().reshape((ndim,) + pad + grid)
-    per = np.asarray([0] * (3 - ndim) + [1 if p else 0 for p in periodic], dtype=np.int64)
-    return diag.detach().clone(memory_format=torch.contiguous_format).reshape(pad + grid), lo, per, ndim
+    if not (diag.is_contiguous() and lower.is_contiguous()):
+        raise ValueError("prepare_weights needs contiguous diag and lower weights")
+    d = diag.detach().reshape(pad + grid).numpy()
+    ws = [lower[a].detach().reshape(pad + grid).numpy() for a in range(ndim)]
+    ws = [d] * (3 - ndim) + ws  # a dummy axis is never read (its codes are 0)
+    # a non-periodic side is a zero ghost here: its boundary term is in the diagonal
+    return d, tuple(ws), _codes([("periodic",) * 2 if p else ("dirichlet",) * 2 for p in periodic]), ndim
 
 
 def weighted_stencil_dot(u: torch.Tensor, out: torch.Tensor, prepared: tuple) -> torch.Tensor:
     """``out = A u`` for a general stencil (operands from :func:`prepare_weights`) and ``u . A u`` per system."""
-    diag, lo, per, ndim = prepared
-    batch, nb = _systems(u, ndim)
-    shape4 = (nb,) + tuple(diag.shape)
-    dots = torch.empty(batch, dtype=torch.float64)
-    _launch(3, u.numel(), u.detach().numpy().reshape(shape4), out.detach().numpy().reshape(shape4), diag.numpy(),
-            lo.numpy(), per, dots.numpy().reshape(nb))
-    return dots if u.dtype == torch.float64 else dots.to(u.dtype)
-
-
-@functools.lru_cache(maxsize=64)
-def _stencil_constants(spacing: tuple, sides: tuple):
-    import numpy as np
-
-    ndim = len(spacing)
-    inv = np.zeros(3)
-    inv[3 - ndim:] = [1.0 / float(h) ** 2 for h in spacing]
-    codes = np.asarray([0, 0] * (3 - ndim) + [_BC_CODE[s] for pair in sides for s in pair], dtype=np.int64)
-    inv.flags.writeable = False
-    codes.flags.writeable = False
-    return inv, codes
+    diag, weights, codes, ndim = prepared
+    return _stencil(u, out, ndim, diag, weights, codes)
 
 
 def residual_update(r: torch.Tensor, ap: torch.Tensor, alpha, ndim: int) -> torch.Tensor:

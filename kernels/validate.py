@@ -30,12 +30,14 @@ __all__ = [
 
 
 def real_number(value: Any, name: str, *, minimum: float | None = None, finite: bool = True) -> float:
-    """``value`` as a Python float (a one-element real tensor or numpy scalar is accepted).
+    """``value`` as a Python float (a one-element real tensor, a 0-d numpy array or a numpy scalar is accepted).
 
     ``minimum`` is inclusive; ``finite=False`` lets ``inf`` through (NaN never passes).
     """
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         value = value.item()
+    elif type(value).__name__ == "ndarray" and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()  # a 0-d numpy array, as float() takes it (scipy's tolerances)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r} of type {type(value).__name__}")
     value = float(value)
@@ -109,7 +111,7 @@ def per_axis(values: Any, ndim: int | None, name: str) -> tuple[float, ...]:
     if not out:
         raise ValueError(f"{name} is empty: need at least one grid dimension")
     if ndim is not None and len(out) != ndim:
-        raise ValueError(f"{name} has {len(out)} entries but the grid has {ndim} dimensions")
+        raise ValueError(f"{name} has {len(out)} entries but the grid has ndim={ndim} dimensions")
     if not all(v > 0 for v in out):
         raise ValueError(f"{name} must be positive, got {out}")
     return out

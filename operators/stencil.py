@@ -7,11 +7,12 @@ each boundary condition and how obstacles are removed from the system.
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
 
-from ..kernels import backend
+from ..kernels import backend, validate
 from ..kernels import stencil as _st
 from .base import LinearOperator
 
@@ -28,7 +29,7 @@ class _StencilOperator(LinearOperator):
         if any(n < 1 for n in shape):
             raise ValueError(f"grid sizes must be >= 1, got {shape}")
         d = len(shape)
-        self.spacing = _st.parse_spacing(spacing, d)
+        self.spacing = validate.per_axis(spacing, d, "spacing")
         self.bc = _st.parse_bc(bc, d)
         dtype = backend._parse_dtype(dtype) or (coefficient.dtype if coefficient is not None and backend.is_floating(coefficient.dtype) else torch.float64)
         if dtype.is_complex or dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
@@ -79,7 +80,7 @@ class _StencilOperator(LinearOperator):
         return len(self.shape_in)
 
     def weights(self) -> _st.StencilWeights:
-        """Face weights and diagonal (computed once, cached)."""
+        """Face weights and diagonal as tensors (computed once, cached)."""
         if self._weights is None:
             self._weights = _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=self._coefficient(),
                                                 solid=self.obstacles, dtype=self.dtype, device=self.device)
@@ -88,8 +89,14 @@ class _StencilOperator(LinearOperator):
     def _coefficient(self):
         return None
 
-    def _uses_fast_path(self) -> bool:
-        return False
+    def stencil(self, *, hot: bool = False) -> _st.StencilWeights:
+        """The stencil description the realisations apply (see :mod:`krylon.kernels.stencil`).
+
+        Tensor weights (:meth:`weights`) by default; the Laplacian without obstacles uses the float-weight
+        description, which reads no weight arrays.  ``hot``: called again from a solver's inner loop (lets an
+        operator skip re-checking its cached weights).
+        """
+        return self.weights()
 
     _supports_out = True
 
@@ -97,24 +104,28 @@ class _StencilOperator(LinearOperator):
         return self._matvec_out(x, None)
 
     def _matvec_out(self, x, out):
-        if self._uses_fast_path():
-            return _st.apply_constant(x, self.spacing, self.bc, out=out)
-        w = self.weights()
-        if out is not None and w.diag.shape != x.shape and torch.broadcast_shapes(w.diag.shape, x.shape) != x.shape:
+        w = self.stencil()
+        if out is not None and isinstance(w.diag, torch.Tensor) and w.diag.shape != x.shape \
+                and torch.broadcast_shapes(w.diag.shape, x.shape) != x.shape:
             out = None  # a batched coefficient broadcasts the result beyond x's shape
-        return _st.apply_weights(x, w, out=out)
+        return _st.apply(x, w, out=out)
 
     def matvec_dot(self, x, out=None):
         if out is not None and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device \
                 and out is not x and not x.is_complex():
-            if self._uses_fast_path():
+            w = self.stencil(hot=self._hot(x, out))
+            if not isinstance(w.diag, torch.Tensor) or tuple(w.diag.shape) == self.shape_in:  # not a batch of grids
                 self._check(x, self.shape_in, "matvec_dot")
-                return _st.apply_constant_dot(x, self.spacing, self.bc, out=out)
-            w = self.weights()
-            if tuple(w.diag.shape) == self.shape_in:  # one grid's weights (not a batch of them)
-                self._check(x, self.shape_in, "matvec_dot")
-                return _st.apply_weights_dot(x, w, out=out)
+                return _st.apply_dot(x, w, out=out)
         return super().matvec_dot(x, out=out)
+
+    def _hot(self, x, out) -> bool:
+        """Is this ``matvec_dot`` into the same ``x`` and ``out`` as the one before (a solver's inner loop)?"""
+        last = getattr(self, "_last_dot", None)
+        hot = last is not None and last[0]() is x and last[1]() is out
+        if not hot:
+            self._last_dot = (weakref.ref(x), weakref.ref(out))
+        return hot
 
     def diagonal(self) -> torch.Tensor:
         return torch.broadcast_to(self.weights().diag, self.shape_in).clone()
@@ -226,8 +237,10 @@ class Laplacian(_StencilOperator):
     def __init__(self, shape: Sequence[int], spacing=1.0, bc="dirichlet", obstacles=None, *, dtype=None, device=None):
         super().__init__(shape, spacing, bc, obstacles, None, dtype, device)
 
-    def _uses_fast_path(self):
-        return self.obstacles is None
+    def stencil(self, *, hot: bool = False) -> _st.StencilWeights:
+        if self.obstacles is None:
+            return _st.constant_weights(self.spacing, self.bc)
+        return self.weights()
 
 
 class Diffusion(_StencilOperator):
@@ -235,6 +248,8 @@ class Diffusion(_StencilOperator):
 
     Differentiable in ``coefficient``: pass a tensor with ``requires_grad=True``
     and a krylon solve propagates gradients to it by the adjoint method.
+    ``A.coefficient`` may be edited in place or replaced: the next application uses
+    the new values (see :meth:`weights`).
 
     Parameters
     ----------
@@ -255,7 +270,7 @@ class Diffusion(_StencilOperator):
         coefficient = backend.as_tensor(coefficient, name="coefficient")
         if coefficient.is_complex():
             raise ValueError("the diffusion coefficient must be real")
-        backend.check_finite(coefficient, "coefficient")
+        validate.finite(coefficient, "coefficient")
         if not bool((coefficient > 0).all()):
             raise ValueError(f"the diffusion coefficient must be positive everywhere (min {float(coefficient.min()):.3g})")
         if coefficient.dim() not in (1, 2, 3):
@@ -277,13 +292,37 @@ class Diffusion(_StencilOperator):
         return self.coefficient
 
     def weights(self):
-        # weights depend on the coefficient: rebuild them when it requires grad so each solve
-        # gets a fresh graph (a cached graph would be freed after the first backward)
-        if self.coefficient.requires_grad and torch.is_grad_enabled():
-            return _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=self.coefficient,
+        """Face weights and diagonal for the coefficient as it is now.
+
+        The cached weights are rebuilt when the coefficient was replaced or edited in place: they remember a
+        private copy of the coefficient they were built from and compare it with the current one (one read
+        of both).  :meth:`stencil` skips that comparison inside a solver's loop of ``matvec_dot`` calls into
+        the same tensors, so a solve pays it once; an edit made during a solve (from a callback) is seen by
+        the next ``A @ x``, which the solvers do at every residual check.  A replaced coefficient is seen at
+        once.
+        """
+        return self._current_weights(check=True)
+
+    def stencil(self, *, hot: bool = False) -> _st.StencilWeights:
+        return self._current_weights(check=not hot)
+
+    def _current_weights(self, check: bool):
+        k = self.coefficient
+        if k.requires_grad and torch.is_grad_enabled():
+            # a fresh graph for each solve (a cached graph would be freed after the first backward)
+            return _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=k,
                                        solid=self.obstacles, dtype=self.dtype, device=self.device)
-        if self._weights is None or (self.coefficient.requires_grad and self._weights.diag.requires_grad):
+        seen = self._built_from
+        if (self._weights is None or seen is None or seen[0] is not k  # built from another tensor (replaced)
+                or (check and not torch.equal(seen[1], k.detach()))):  # or edited in place
             with torch.no_grad():
-                self._weights = _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=self.coefficient,
+                self._weights = _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=k,
                                                     solid=self.obstacles, dtype=self.dtype, device=self.device)
+            self._built_from = (k, k.detach().clone())
         return self._weights
+
+    _built_from = None  # (the coefficient tensor, a private copy of its values) the cached weights come from
+
+    def _apply(self, fn, recurse=True):
+        self._built_from = None
+        return super()._apply(fn, recurse)

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 import warnings
 
 import numpy as np
@@ -97,32 +96,11 @@ def _coerce(a: str, b: str) -> str:
 
 # ----------------------------------------------------------------------------- argument checks
 def _check_tol(name: str, value) -> float:
-    if value is None or isinstance(value, (str, bytes, bool)):
-        raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
+    # scipy's contract: a tolerance that is not a number >= 0 is a ValueError (inf is allowed)
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a real number >= 0, got {value!r}") from None
-    if not v >= 0:  # also rejects NaN
-        raise ValueError(f"{name} must be a real number >= 0, got {value!r}")
-    return v
-
-
-def _check_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if v < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return v
-
-
-def _check_callback(callback):
-    if callback is not None and not callable(callback):
-        raise TypeError(f"callback must be callable, got {callback!r}")
+        return validate.real_number(value, name, minimum=0.0, finite=False)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _scipy():
@@ -358,7 +336,7 @@ def _info(res, maxiter: int) -> int:
 
 
 def _default_maxiter(maxiter, factor: int, N: int) -> int:
-    return factor * max(N, 1) if maxiter is None else _check_int("maxiter", maxiter)
+    return factor * max(N, 1) if maxiter is None else validate.integer(maxiter, "maxiter")
 
 
 # ============================================================================= cg
@@ -415,7 +393,7 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     >>> cg(A, b, maxiter=2)[1]          # not converged: info is the iteration limit
     2
     """
-    _check_callback(callback)
+    validate.callable_or_none(callback, "callback")
     sys_ = _System(A, b, x0, M, rtol, atol)
     maxiter = _default_maxiter(maxiter, 10, sys_.N)
     done = sys_.trivial()
@@ -480,7 +458,7 @@ def minres(A, b, x0=None, *, rtol=1e-5, shift=0.0, maxiter=None, M=None, callbac
     >>> bool(np.allclose(A @ x - 0.5 * x, b))
     True
     """
-    _check_callback(callback)
+    validate.callable_or_none(callback, "callback")
     if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift):
         raise TypeError(f"shift must be a finite real number, got {shift!r}")
     sys_ = _System(A, b, x0, M, rtol, atol)
@@ -606,13 +584,13 @@ def gmres(A, b, x0=None, *, rtol=1e-5, atol=0.0, restart=None, maxiter=None, M=N
         callback_type = "legacy"
     if callback_type not in ("x", "pr_norm", "legacy"):
         raise ValueError(f"Unknown callback_type: {callback_type!r} (expected 'x', 'pr_norm' or 'legacy')")
-    _check_callback(callback)
+    validate.callable_or_none(callback, "callback")
     if callback is None:
         callback_type = None
     sys_ = _System(A, b, x0, M, rtol, atol)
     N = sys_.N
     maxiter = _default_maxiter(maxiter, 10, N)
-    restart = 20 if restart is None else _check_int("restart", restart)
+    restart = 20 if restart is None else validate.integer(restart, "restart")
     restart = max(1, min(restart, N))
     done = sys_.trivial()
     if done is not None:

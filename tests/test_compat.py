@@ -896,3 +896,15 @@ def test_cuda_tensor_right_hand_side():
 def test_docstring_examples_run():
     result = doctest.testmod(compat, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("solver", _ALL)
+@pytest.mark.parametrize("rtol", [pytest.param(np.float32(1e-8), id="np-float32"), pytest.param(np.array(1e-8), id="0d-array"),
+                                  pytest.param(np.inf, id="inf")])
+def test_tolerance_spellings_scipy_accepts(solver, rtol):
+    # the checks moved to kernels.validate: every spelling scipy takes through float() still works
+    A, b = poisson1d(20), np.ones(20)
+    x, info = OURS[solver](A, b, rtol=rtol)
+    assert info == 0
+    if np.isfinite(float(rtol)):
+        assert np.linalg.norm(b - A @ x) <= 1.01e-8 * np.linalg.norm(b)

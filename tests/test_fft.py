@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from krylon.kernels import fft
+from krylon.kernels.fft import solves as fft_solves
 from krylon.kernels import stencil as kstencil
 
 F64 = torch.float64
@@ -336,7 +337,7 @@ def test_solve_stencil_argument_forms_and_float32():
 
 def test_solve_stencil_under_inference_mode_then_autograd():
     """Cached tensors built under inference_mode must still work in a later autograd graph."""
-    fft._stencil_multiplier.cache_clear()
+    fft_solves._stencil_multiplier.cache_clear()
     with torch.inference_mode():
         fft.solve_stencil(torch.ones(1, 6, 5, dtype=F64), (1.0, 1.0), ("periodic", "dirichlet"))
     f = torch.randn(6, 5, dtype=F64, requires_grad=True)
@@ -522,3 +523,22 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(fft.sobolev_norm(f.cuda(), -1.0, L).cpu(), fft.sobolev_norm(f, -1.0, L))
     torch.testing.assert_close(fft.dealias(f.float().cuda(), ndim=3).cpu(), fft.dealias(f.float(), ndim=3))
     torch.testing.assert_close(fft.dct2(f.cuda(), (-1, -2), norm="ortho").cpu(), fft.dct2(f, (-1, -2), norm="ortho"))
+
+
+def test_one_boundary_condition_parser_for_stencils_and_fast_solves():
+    # the fast solves read bc with kernels.stencil.parse_bc (the operators' parser), then require equal sides
+    import scipy.sparse.linalg as spla
+
+    from krylon.operators import Laplacian
+
+    f = torch.randn(6, 5, dtype=F64, generator=torch.Generator().manual_seed(12))
+    h = (1.0, 0.5)
+    ref = spla.spsolve(_assemble((6, 5), h, ("neumann", "dirichlet")).tocsc(), f.reshape(-1).numpy()).reshape(6, 5)
+    for bc in (("neumann", "dirichlet"), [("neumann", "neumann"), ("dirichlet", "dirichlet")]):
+        np.testing.assert_allclose(fft.solve_stencil(f, h, bc).numpy(), ref, rtol=1e-10, atol=1e-12)
+    for bad, exc in (("robin", ValueError), (5, TypeError), (("dirichlet",), ValueError)):
+        with pytest.raises(exc) as from_fft:
+            fft.solve_stencil(f, h, bad)
+        with pytest.raises(exc) as from_operator:
+            Laplacian((6, 5), spacing=h, bc=bad)
+        assert str(from_fft.value) == str(from_operator.value)

@@ -1,6 +1,7 @@
 """The numba-fused CPU kernels of the CG hot loop agree with the eager reference, and CG uses them correctly."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -29,10 +30,8 @@ def one_thread():
 @pytest.fixture
 def numba_on(monkeypatch):
     monkeypatch.delenv("KRYLON_NUMBA", raising=False)
-    monkeypatch.setitem(fused_cpu._warmup, "done", True)  # as in a process that has already done long solves
-    fused_cpu.available.cache_clear()
+    monkeypatch.setattr(fused_cpu, "_failed", [])  # a simulated compile failure stays inside its test
     yield
-    fused_cpu.available.cache_clear()
 
 
 def _check_stencil(grid, sides, spacing, dtype, batch=(2,)):
@@ -144,13 +143,13 @@ def test_usable_only_where_it_applies(one_thread, numba_on):
     assert fused_cpu.usable(torch.zeros(256, 256, dtype=torch.float64)) == fused_cpu._parallel_ok()
 
 
-def test_env_switch_turns_the_kernels_off(monkeypatch, one_thread):
-    monkeypatch.setenv("KRYLON_NUMBA", "0")
-    fused_cpu.available.cache_clear()
-    try:
-        assert not fused_cpu.usable(torch.zeros(64, 64, dtype=torch.float64))
-    finally:
-        fused_cpu.available.cache_clear()
+def test_env_switch_turns_the_kernels_off(monkeypatch, one_thread, numba_on):
+    big = torch.zeros(64, 64, dtype=torch.float64)
+    assert fused_cpu.usable(big)
+    monkeypatch.setenv("KRYLON_NUMBA", "0")  # read at each call
+    assert not fused_cpu.usable(big)
+    monkeypatch.setenv("KRYLON_NUMBA", "1")
+    assert fused_cpu.usable(big)
 
 
 def _calls(monkeypatch):
@@ -181,7 +180,6 @@ def test_cg_with_fused_kernels_matches_scipy_and_eager(shape, bc, monkeypatch, o
         np.testing.assert_allclose(res.x[i].reshape(-1).numpy(), ref, rtol=0, atol=1e-8 * np.abs(ref).max())
     # the eager path takes the same number of iterations (rounding may shift it by one or two)
     monkeypatch.setenv("KRYLON_NUMBA", "0")
-    fused_cpu.available.cache_clear()
     before = dict(seen)
     res0 = CG(rtol=1e-10).solve(A, b)
     assert seen == before
@@ -254,6 +252,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, one_thread, numba_on):
     assert bool(res.converged)
     assert float(torch.linalg.vector_norm(b - A.matvec(res.x))) <= 1e-8 * float(torch.linalg.vector_norm(b))
     assert not fused_cpu.available()
+    assert os.environ["KRYLON_NUMBA"] == "1"  # this process only: the environment is left alone
 
 
 def test_multithreaded_kernels_match_serial(numba_on):
@@ -342,10 +341,10 @@ def test_warm_survives_a_compile_failure(monkeypatch, numba_on):
 
     monkeypatch.setattr(fused_cpu, "_kernels", broken)
     monkeypatch.setenv("KRYLON_NUMBA", "1")
-    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
     with pytest.warns(RuntimeWarning, match="eager path"):
         assert fused_cpu.warm() == 0.0
-    assert not fused_cpu._warmup["done"] and not fused_cpu.available()
+    assert not fused_cpu.available()
+    assert os.environ["KRYLON_NUMBA"] == "1"
 
 
 def test_cached_weight_operands_follow_changed_weights(one_thread, numba_on):
@@ -365,28 +364,56 @@ def test_cached_weight_operands_follow_changed_weights(one_thread, numba_on):
     torch.testing.assert_close(y, st.apply_weights(u, w))
 
 
-def test_short_jobs_stay_eager_until_the_warmup_is_repaid(monkeypatch, one_thread):
-    monkeypatch.delenv("KRYLON_NUMBA", raising=False)
-    fused_cpu.available.cache_clear()
-    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
-    seen = _calls(monkeypatch)
+_SAME_SOLVE_TWICE = """
+import torch
+torch.set_num_threads(1)
+from krylon.operators import Laplacian
+from krylon.solvers import CG
+
+A = Laplacian((96, 96), bc="dirichlet", dtype=torch.float64)
+b = torch.rand(2, 96, 96, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+x1 = CG(rtol=1e-8).solve(A, b).x                      # the first solve of a cold process
+big = Laplacian((1024, 1024), dtype=torch.float64)    # ~3 * 10^8 field values of other work
+CG(rtol=0.0, maxiter=100).solve(big, torch.rand(1024, 1024, dtype=torch.float64))
+x2 = CG(rtol=1e-8).solve(A, b).x
+assert torch.equal(x1, x2), float((x1 - x2).abs().max())
+"""
+
+
+def test_same_solve_is_bitwise_identical_cold_and_after_other_work(numba_on):
+    # the kernel is chosen from the call, not from the work the process has done before
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "KRYLON_NUMBA"}
+    proc = subprocess.run([sys.executable, "-c", _SAME_SOLVE_TWICE], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_chosen_realisation_is_a_function_of_the_call(monkeypatch, one_thread, numba_on):
     A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)
-    b = torch.rand(64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    res = CG(rtol=1e-8).solve(A, b)                       # ~200 iterations of 4096 values: far below the warm-up
-    assert bool(res.converged) and sum(seen.values()) == 0
-    # a long job switches over mid-solve, and the answer is the same
-    monkeypatch.setattr(fused_cpu, "WARMUP_VALUES", 100 * 3 * 4096)
-    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
-    res2 = CG(rtol=1e-8).solve(A, b)
-    assert 0 < seen["stencil_dot"] < int(res2.iterations)
-    assert abs(int(res2.iterations) - int(res.iterations)) <= 2
-    torch.testing.assert_close(res2.x, res.x, rtol=0, atol=1e-7 * float(res.x.abs().max()))
+    w = A.stencil()
+    u = torch.rand(2, 64, 64, dtype=torch.float64)
+    out = torch.empty_like(u)
+    small = torch.rand(8, 8, dtype=torch.float64)
+
+    def calls():
+        return (st.realisation(u, w, out), st.realisation(u, w, None), st.realisation(small, w, small.clone()),
+                st.realisation(u.float(), w, out.float()), st.realisation(u, w, out, dot=False))
+
+    expected = ("numba", "eager", "eager", "numba", "eager")
+    assert calls() == expected
+    CG(rtol=1e-8).solve(Laplacian((256, 256), dtype=torch.float64), torch.rand(256, 256, dtype=torch.float64))
+    assert calls() == expected                      # unchanged by the work done in between
+    with fused_cpu.disabled():
+        assert st.realisation(u, w, out) == "eager"
+    monkeypatch.setenv("KRYLON_NUMBA", "0")
+    assert st.realisation(u, w, out) == "eager"
+    monkeypatch.setenv("KRYLON_NUMBA", "1")
+    assert calls() == expected
 
 
-def test_warm_loads_the_kernels_and_skips_the_warmup(monkeypatch, one_thread):
-    monkeypatch.delenv("KRYLON_NUMBA", raising=False)
-    fused_cpu.available.cache_clear()
-    monkeypatch.setattr(fused_cpu, "_warmup", {"values": 0, "done": False})
+def test_warm_loads_the_kernels(monkeypatch, one_thread, numba_on):
     assert fused_cpu.warm((torch.float32, torch.float64)) > 0
     seen = _calls(monkeypatch)
     A = Laplacian((64, 64), bc="dirichlet", dtype=torch.float64)

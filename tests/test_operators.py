@@ -202,3 +202,40 @@ def test_diffusion_differentiable_in_coefficient():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_diffusion_follows_its_coefficient_edited_in_place_or_replaced():
+    # the cached face weights once ignored A.coefficient.mul_(2): A @ x and CG silently used the old coefficient
+    from krylon.solvers import CG
+
+    shape, bc = (48, 48), (("dirichlet", "neumann"), "periodic")
+    g = torch.Generator().manual_seed(21)
+    A = Diffusion(0.5 + torch.rand(shape, generator=g, dtype=torch.float64), bc=bc)
+    x = torch.randn((2,) + shape, generator=g, dtype=torch.float64)  # 4608 values: the fused CPU path
+    b = torch.rand(shape, generator=g, dtype=torch.float64)
+
+    def check():
+        K = sp.csr_array(assemble_reference(shape, 1.0, bc, k=A.coefficient.numpy()))
+        ref = torch.from_numpy((K @ x.reshape(2, -1).numpy().T).T.reshape(x.shape))
+        torch.testing.assert_close(A @ x, ref, rtol=1e-12, atol=1e-10)
+        y, d = A.matvec_dot(x, out=torch.empty_like(x))
+        torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(d, (x * ref).sum((1, 2)), rtol=1e-12, atol=1e-9)
+        res = CG(rtol=1e-10).solve(A, b)
+        sol = spla.spsolve(K.tocsc(), b.reshape(-1).numpy())
+        assert bool(res.converged)
+        np.testing.assert_allclose(res.x.reshape(-1).numpy(), sol, rtol=0, atol=1e-7 * np.abs(sol).max())
+
+    check()
+    A.coefficient.mul_(2)                        # in place, everywhere
+    check()
+    A.coefficient[10:20, 5:30] = 7.0             # in place, a block
+    check()
+    A.coefficient = 0.3 + torch.rand(shape, generator=g, dtype=torch.float64)   # replaced
+    check()
+    with torch.no_grad():                        # an optimiser's step on a coefficient that requires grad
+        k = (0.5 + torch.rand(shape, generator=g, dtype=torch.float64)).requires_grad_()
+        A = Diffusion(k, bc=bc)
+        check()
+        k.mul_(3)
+        check()
