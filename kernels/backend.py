@@ -14,14 +14,11 @@ Policy
 
 from __future__ import annotations
 
-from typing import Any
-
 import warnings
+from typing import Any
 
 import numpy as np
 import torch
-
-from . import validate
 
 # torch marks sparse CSR as beta and warns on every construction; krylon uses only the stable parts
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)

@@ -1,8 +1,8 @@
 """Operators: things that map fields to fields (``krylon.operators``)."""
 
-from .base import LinearOperator, IdentityOperator, aslinearoperator, dottest, TAGS
-from .matrix import DenseMatrix, SparseMatrix, ScipyOperator, CallableOperator
-from .stencil import Laplacian, Diffusion
+from .base import TAGS, IdentityOperator, LinearOperator, aslinearoperator, dottest
+from .matrix import CallableOperator, DenseMatrix, ScipyOperator, SparseMatrix
+from .stencil import Diffusion, Laplacian
 
 __all__ = [
     "LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS",

@@ -31,12 +31,14 @@ class _StencilOperator(LinearOperator):
         d = len(shape)
         self.spacing = validate.per_axis(spacing, d, "spacing")
         self.bc = _st.parse_bc(bc, d)
-        dtype = backend._parse_dtype(dtype) or (coefficient.dtype if coefficient is not None and backend.is_floating(coefficient.dtype) else torch.float64)
+        own = coefficient is not None and backend.is_floating(coefficient.dtype)
+        dtype = backend._parse_dtype(dtype) or (coefficient.dtype if own else torch.float64)
         if dtype.is_complex or dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise ValueError(f"stencil operators have real coefficients; dtype must be a real floating dtype, got {dtype}")
         device = backend.resolve_device(device)
         if device is None:
-            device = coefficient.device if coefficient is not None else (obstacles.device if isinstance(obstacles, torch.Tensor) else torch.device("cpu"))
+            device = (coefficient.device if coefficient is not None
+                      else obstacles.device if isinstance(obstacles, torch.Tensor) else torch.device("cpu"))
         tags = ["symmetric", "positive_semidefinite"]
         if obstacles is not None:
             obstacles = backend.as_tensor(obstacles, device=device, promote=False, name="obstacles")
@@ -173,7 +175,8 @@ class _StencilOperator(LinearOperator):
 
 
     def extra_repr(self):
-        return f"shape={self.shape_in}, spacing={self.spacing}, bc={self.bc}, obstacles={'yes' if self.obstacles is not None else 'no'}, dtype={self.dtype}"
+        obstacles = "yes" if self.obstacles is not None else "no"
+        return f"shape={self.shape_in}, spacing={self.spacing}, bc={self.bc}, obstacles={obstacles}, dtype={self.dtype}"
 
 
 def _label_fluid(fluid: torch.Tensor, bc):

@@ -1,14 +1,14 @@
 """Solvers: algorithms that turn a problem into a solution (``krylon.solvers``)."""
 
-from .result import SolveResult, IterationState, Status
 from .base import IterativeSolver
 from .cg import CG
-from .minres import MINRES
-from .gmres import GMRES
 from .cgls import CGLS
-from .preconditioners import Preconditioner, Jacobi, SpectralPoisson, IC0, as_preconditioner
-from .compat import cg, minres, gmres
+from .compat import cg, gmres, minres
 from .dcdm import DCDM
+from .gmres import GMRES
+from .minres import MINRES
+from .preconditioners import IC0, Jacobi, Preconditioner, SpectralPoisson, as_preconditioner
+from .result import IterationState, SolveResult, Status
 
 __all__ = [
     "SolveResult", "IterationState", "Status",

@@ -22,7 +22,7 @@ import torch
 
 from ..kernels import backend
 from ..operators import LinearOperator, aslinearoperator
-from ..operators.stencil import Diffusion, Laplacian, _StencilOperator
+from ..operators.stencil import Diffusion, _StencilOperator
 
 __all__ = ["Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner", "check_preconditioner",
            "adjoint_preconditioner"]

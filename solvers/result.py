@@ -122,7 +122,8 @@ def summarize(status: torch.Tensor, iterations: torch.Tensor, final: torch.Tenso
     if n == 0:
         return 0, f"{solver}: empty batch"
     if n_conv == n:
-        return 0, f"{solver}: converged ({n_conv}/{n} systems reached ||r|| <= max(atol={atol:g}, rtol={rtol:g}*||b||) in <= {int(iterations.max())} iterations)"
+        return 0, (f"{solver}: converged ({n_conv}/{n} systems reached ||r|| <= max(atol={atol:g}, rtol={rtol:g}*||b||) "
+                   f"in <= {int(iterations.max())} iterations)")
     codes = sorted(set(st.tolist()) - {Status.CONVERGED})
     worst = max(codes, key=lambda c: (c != Status.MAXITER, c))
     parts = []

@@ -1,6 +1,5 @@
 """HDF5 data sets: schema, atomic and resumable writes, lazy reads, clear errors; obstacle geometry."""
 
-import os
 import pickle
 
 import h5py

@@ -87,7 +87,6 @@ def test_directions_are_a_orthogonal_and_perfect_network_converges_in_one_step()
     # an imperfect network: record directions and check A-orthogonality to the previous k=2
     torch.manual_seed(1)
     net = DCDMNet(dim=2).double()
-    dirs = []
     solver = DCDM(net, variant="paper", k=2, rtol=1e-6, maxiter=6)
     orig = solver.direction
 

@@ -19,8 +19,8 @@ import scipy.sparse as sp
 import torch
 
 from krylon.kernels import fft
-from krylon.kernels.fft import solves as fft_solves
 from krylon.kernels import stencil as kstencil
+from krylon.kernels.fft import solves as fft_solves
 
 F64 = torch.float64
 TWO_PI = 2 * math.pi
@@ -542,3 +542,10 @@ def test_one_boundary_condition_parser_for_stencils_and_fast_solves():
         with pytest.raises(exc) as from_operator:
             Laplacian((6, 5), spacing=h, bc=bad)
         assert str(from_fft.value) == str(from_operator.value)
+
+
+def test_the_package_reexports_every_public_name_of_its_modules():
+    from krylon.kernels.fft import sobolev, solves, transforms
+
+    assert sorted(fft.__all__) == sorted(transforms.__all__ + solves.__all__ + sobolev.__all__)
+    assert all(callable(getattr(fft, name)) for name in fft.__all__)

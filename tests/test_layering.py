@@ -13,8 +13,6 @@ import ast
 import pathlib
 from typing import NamedTuple
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # lowest first; each layer may import the ones before it; krylon/ (API, cli, bench) may import anything
 LAYERS = ("kernels", "operators", "solvers", "datasets", "krylon")

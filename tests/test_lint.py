@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import json
 import pathlib
@@ -13,32 +12,6 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-# Violations that predate the configuration, in files other branches were editing when it was added;
-# `ruff check --fix` on the merged tree clears the fixable ones (F401, I001), the rest need a hand edit.
-# (path, rule) -> how many; the test fails on anything beyond these and passes by itself once they are gone.
-PENDING = {
-    ("kernels/backend.py", "I001"): 1,
-    ("kernels/compiled.py", "F401"): 1,
-    ("krylon/bench/dcdm.py", "E501"): 1,
-    ("krylon/bench/dcdm.py", "F401"): 1,
-    ("krylon/bench/krylov.py", "F401"): 2,
-    ("operators/__init__.py", "I001"): 1,
-    ("operators/learned/dcdm.py", "I001"): 1,
-    ("operators/stencil.py", "E501"): 3,
-    ("solvers/__init__.py", "I001"): 1,
-    ("solvers/dcdm.py", "F401"): 1,
-    ("solvers/krylov.py", "F401"): 1,
-    ("solvers/krylov.py", "F841"): 1,
-    ("solvers/preconditioners.py", "F401"): 1,
-    ("solvers/result.py", "E501"): 1,
-    ("tests/test_datasets.py", "F401"): 1,
-    ("tests/test_dcdm.py", "F401"): 1,
-    ("tests/test_dcdm.py", "F841"): 1,
-    ("tests/test_operators.py", "F401"): 1,
-    ("tests/test_operators.py", "I001"): 1,
-    ("tests/test_package.py", "I001"): 1,
-}
 
 
 def _ruff() -> list[str]:
@@ -64,13 +37,8 @@ def _path(v: dict) -> str:
 
 
 def test_ruff_check_passes():
-    found = ruff_violations()
-    counts = collections.Counter((_path(v), v["code"]) for v in found)
-    beyond = {key for key, n in counts.items() if n > PENDING.get(key, 0)}
-    new = [f"{_path(v)}:{v['location']['row']}: {v['code']} {v['message']}" for v in found if (_path(v), v["code"]) in beyond]
-    assert not new, "ruff check (configuration in pyproject.toml):\n" + "\n".join(new)
-    if found:
-        pytest.xfail(f"{len(found)} violations from before the configuration remain (see PENDING; `ruff check --fix` clears most)")
+    found = [f"{_path(v)}:{v['location']['row']}: {v['code']} {v['message']}" for v in ruff_violations()]
+    assert not found, "ruff check (configuration in pyproject.toml):\n" + "\n".join(found)
 
 
 def test_the_check_sees_a_violation():

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from krylon.operators import (Diffusion, Laplacian, LinearOperator, aslinearoperator, dottest)
+from krylon.operators import Diffusion, Laplacian, aslinearoperator, dottest
 
 
 def assemble_reference(shape, spacing, bc, k=None, solid=None):

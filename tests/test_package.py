@@ -37,9 +37,9 @@ def test_import_krylon_is_light():
 
 def test_public_api_names():
     import krylon
-    from krylon.operators import LinearOperator, aslinearoperator, Laplacian, Diffusion, dottest  # noqa: F401
-    from krylon.solvers import CG, MINRES, CGLS, GMRES, cg, minres, gmres, SolveResult  # noqa: F401
-    from krylon.kernels import linalg, stencil, backend  # noqa: F401
+    from krylon.kernels import backend, linalg, stencil  # noqa: F401
+    from krylon.operators import Diffusion, Laplacian, LinearOperator, aslinearoperator, dottest  # noqa: F401
+    from krylon.solvers import CG, CGLS, GMRES, MINRES, SolveResult, cg, gmres, minres  # noqa: F401
 
     assert krylon.CG is CG and krylon.Laplacian is Laplacian
     with pytest.raises(AttributeError):
@@ -57,3 +57,14 @@ def test_code_imports_siblings_relatively():
                                  "import kernels", "import operators", "import solvers", "import datasets")):
                     bad.append(f"{f.relative_to(ROOT)}: {s}")
     assert not bad, bad
+
+
+def test_the_scipy_dropins_are_not_shadowed_by_the_solver_modules_of_the_same_name():
+    """``solvers/cg.py`` etc. share their names with the scipy-style functions; the package attribute must stay the
+    function whatever order the imports run in (importing a submodule fresh would rebind the attribute)."""
+    import krylon.solvers as solvers
+    from krylon.solvers import compat
+
+    for name in ("cg", "minres", "gmres"):
+        assert getattr(solvers, name) is getattr(compat, name)
+        assert callable(getattr(solvers, name)) and not isinstance(getattr(solvers, name), type(solvers))

@@ -6,13 +6,13 @@
 ``from krylon.kernels import fft; fft.solve_dirichlet(...)`` works; only :mod:`torch.fft` is used, on any device.
 """
 
-from . import sobolev, solves, transforms
 from .sobolev import sobolev_inner, sobolev_norm
 from .solves import solve_dirichlet, solve_periodic, solve_stencil, stencil_eigenvalues
-from .transforms import (dct2, dealias, dealias_mask, derivative, dst1, gradient, idct2, idst1, laplacian_spectral,
-                         wavenumber_grid, wavenumbers)
+from .transforms import dct2, dealias, dealias_mask, derivative, dst1, gradient, idct2, idst1, laplacian_spectral, wavenumber_grid, wavenumbers
 
-__all__ = transforms.__all__ + solves.__all__ + sobolev.__all__
+__all__ = ["wavenumbers", "wavenumber_grid", "derivative", "gradient", "laplacian_spectral", "dealias_mask", "dealias",
+           "dst1", "idst1", "dct2", "idct2", "stencil_eigenvalues", "solve_stencil", "solve_dirichlet", "solve_periodic",
+           "sobolev_norm", "sobolev_inner"]
 
 # the public functions are documented (and doctested) as krylon.kernels.fft.<name>, where users call them
 for _name in __all__:

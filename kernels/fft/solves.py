@@ -36,8 +36,7 @@ import torch
 
 from .. import backend, validate
 from ..stencil import parse_bc
-from .transforms import (_CACHE_SIZE, _along, _backward, _dct2_raw, _dst1_raw, _field, _forward, _idct2_raw, _ndim,
-                         _real_float_dtype, wavenumber_grid)
+from .transforms import _CACHE_SIZE, _along, _backward, _dct2_raw, _dst1_raw, _field, _forward, _idct2_raw, _ndim, _real_float_dtype, wavenumber_grid
 
 __all__ = ["stencil_eigenvalues", "solve_stencil", "solve_dirichlet", "solve_periodic"]
 

@@ -45,7 +45,6 @@ def _scene(dim, n, device, dtype):
 def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", peers=True, plot=True,
         maxiter_dcdm=100, models=None) -> dict:
     """Run the suite; ``models``: checkpoint paths to use instead of the shipped ones (their ``dim`` decides)."""
-    import numpy as np
     import torch
 
     from ..solvers import CG, DCDM, IC0, Jacobi, SpectralPoisson
@@ -123,7 +122,8 @@ def run(size="default", *, device="cpu", rtols=(1e-4, 1e-6), out="bench-out", pe
                         failed.add(name)
                         if name.startswith("DCDM"):
                             failed_smaller.add(name)
-                    print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:12s} {row['iterations']:6d} it  {t:8.2f} s  rel.res {rel:.1e}  {row['status']}", flush=True)
+                    print(f"  {row['grid']:>14s} rtol {rtol:.0e} {name:12s} {row['iterations']:6d} it  {t:8.2f} s  "
+                          f"rel.res {rel:.1e}  {row['status']}", flush=True)
     if results["rows"]:
         print_table(results["rows"], ["grid", "rtol", "solver", "iterations", "matvecs", "net_passes", "time_s", "true_rel_res", "status"],
                     title=f"\n== DCDM vs Krylov on unseen obstacle scenes (device {device}, torch threads {torch.get_num_threads()}) ==")

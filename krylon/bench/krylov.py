@@ -17,10 +17,9 @@ section solves 16 right-hand sides at once and one after another.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
-from .common import machine_info, median_time, peak_bandwidth, print_table, sync, write_json
+from .common import machine_info, median_time, peak_bandwidth, print_table, write_json
 
 SIZES = {
     "quick": {"cases": [(256, 256), (48, 48, 48)], "batched": [(64, 64)], "gpu_extra": []},

@@ -33,8 +33,8 @@ output is cropped.
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ...kernels import stencil as st
 from .registry import register_model
