@@ -347,17 +347,11 @@ def _is_adjoint_pair(a: LinearOperator, b: LinearOperator) -> bool:
     return (isinstance(a, _Adjoint) and a.op is b) or (isinstance(b, _Adjoint) and b.op is a) or (a is b and a.is_symmetric)
 
 
-class _Product(LinearOperator):
-    def __init__(self, a: LinearOperator, b: LinearOperator):
-        if a.shape_in != b.shape_out:
-            raise ValueError(f"cannot compose: left operator takes fields of shape {a.shape_in}, right one returns {b.shape_out}")
-        tags = ()
-        if _is_adjoint_pair(a, b) and (isinstance(a, _Adjoint) or a is b):
-            tags = ("symmetric", "positive_semidefinite")  # B^H B or S S with S self-adjoint
-            if a is b and a.is_positive_definite:
-                tags = ("symmetric", "positive_definite")
-        super().__init__(b.shape_in, a.shape_out, tags=tags)
-        self.a, self.b = a, b
+class _Binary(LinearOperator):
+    """An operator built from two others, ``a`` and ``b`` (kept in ``.args``); its dtype is their promotion."""
+
+    a: LinearOperator
+    b: LinearOperator
 
     @property
     def args(self):
@@ -369,6 +363,19 @@ class _Product(LinearOperator):
         if da is None or db is None:
             return da or db
         return torch.promote_types(da, db)
+
+
+class _Product(_Binary):
+    def __init__(self, a: LinearOperator, b: LinearOperator):
+        if a.shape_in != b.shape_out:
+            raise ValueError(f"cannot compose: left operator takes fields of shape {a.shape_in}, right one returns {b.shape_out}")
+        tags = ()
+        if _is_adjoint_pair(a, b) and (isinstance(a, _Adjoint) or a is b):
+            tags = ("symmetric", "positive_semidefinite")  # B^H B or S S with S self-adjoint
+            if a is b and a.is_positive_definite:
+                tags = ("symmetric", "positive_definite")
+        super().__init__(b.shape_in, a.shape_out, tags=tags)
+        self.a, self.b = a, b
 
     def _matvec(self, x):
         return self.a._matvec(self.b._matvec(x))
@@ -382,7 +389,7 @@ class _Product(LinearOperator):
         return _Product(self.b.adjoint(), self.a.adjoint())
 
 
-class _Sum(LinearOperator):
+class _Sum(_Binary):
     def __init__(self, a: LinearOperator, b: LinearOperator):
         if a.shape_in != b.shape_in or a.shape_out != b.shape_out:
             raise ValueError(f"cannot add operators of shapes {a.shape_in}->{a.shape_out} and {b.shape_in}->{b.shape_out}")
@@ -395,17 +402,6 @@ class _Sum(LinearOperator):
                 tags.add("positive_definite")
         super().__init__(a.shape_in, a.shape_out, tags=tags)
         self.a, self.b = a, b
-
-    @property
-    def args(self):
-        return (self.a, self.b)
-
-    @property
-    def dtype(self):
-        da, db = self.a.dtype, self.b.dtype
-        if da is None or db is None:
-            return da or db
-        return torch.promote_types(da, db)
 
     def _matvec(self, x):
         return self.a._matvec(x) + self.b._matvec(x)

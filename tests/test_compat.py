@@ -38,13 +38,7 @@ FULL = {"cg": {}, "minres": {}, "gmres": {"restart": 64}}
 LEGACY_CALLBACK_WARNING = "ignore:.*called without specifying `callback_type`:DeprecationWarning"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: intra-op threads only add overhead (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny problems: threads only add overhead
 
 
 # ----------------------------------------------------------------------------- problem families

@@ -26,14 +26,7 @@ F64 = torch.float64
 TWO_PI = 2 * math.pi
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny FFTs gain nothing from threads, and on a loaded 2-core machine MKL's threaded batched
-    transforms can take milliseconds each; run this module single-threaded and restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny problems: threads only add overhead
 
 
 # ============================================================================== helpers (independent references)

@@ -19,13 +19,7 @@ from krylon.solvers import CG, GMRES, IC0, MINRES, Jacobi, Preconditioner, Spect
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: one intra-op thread avoids thread contention on a busy 2-core CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")  # tiny problems: threads only add overhead
 
 
 def _gen(seed):
