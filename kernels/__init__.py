@@ -2,9 +2,9 @@
 
 import importlib
 
-from . import backend, linalg, stencil
+from . import backend, linalg, stencil, validate
 
-__all__ = ["backend", "linalg", "stencil", "fft"]
+__all__ = ["backend", "linalg", "stencil", "validate", "fft"]
 
 
 def __getattr__(name):  # fft is imported on first use to keep ``import krylon`` light

@@ -35,8 +35,8 @@ numba is an optional dependency (the ``fast`` extra): it is the well-kept tool
 for compiled loops over numpy buffers, and ``torch.compile``'s CPU code was
 measured slower than eager here (see BENCHMARKS.md).  The first call that
 takes them imports numba and loads the kernels from numba's on-disk cache
-(about half a second once per process; compiling them the very first time
-takes a few seconds per dtype); :func:`warm` pays that up front.
+(once per process; compiling them the very first time takes longer -- the
+README gives the measured costs); :func:`warm` pays that up front.
 
 Accumulations (dots, norms) are done in float64 whatever the field dtype.
 Floating-point reassociation is allowed (so the reductions vectorise), but
@@ -47,6 +47,7 @@ breakdown checks.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
 import threading
@@ -103,7 +104,7 @@ def usable(*tensors: torch.Tensor) -> bool:
             return False
     if len(tensors) > 1 and _overlap(tensors):
         return False  # an output aliasing an input: the eager path raises a clear error
-    if _off["n"] or not available():
+    if _OFF.get() or not available():
         return False
     if n >= _TORCH_GRAIN and torch.get_num_threads() > 1 and not _parallel_ok():
         # eager torch would split this pass across its threads; serial kernels would lose to it
@@ -125,14 +126,14 @@ def warm(dtypes=(torch.float64,)) -> float:
     """Load (compiling on the very first run) the kernels now; returns the seconds taken.
 
     The first call that takes the kernels pays this otherwise (importing numba and loading the cached
-    kernels: about half a second per process); call it where that time should not land in a measurement
+    kernels, once per process); call it where that time should not land in a measurement
     or a latency-sensitive first solve.  It changes no result: which kernel runs depends only on the call.
     Loads the serial build, and the multi-threaded one when torch uses several threads.  Returns 0.0 when
     the kernels are unavailable.
     """
     import time
 
-    if not available() or _off["n"]:
+    if not available() or _OFF.get():
         return 0.0
     t0 = time.perf_counter()
     builds = [False] + ([True] if torch.get_num_threads() > 1 and _parallel_ok() else [])
@@ -189,23 +190,22 @@ def _threading_layer():
         return None
 
 
-_off = {"n": 0}
-_off_lock = threading.Lock()
+#: disabled() blocks open in this thread / task (a context variable: another thread's block never changes
+#: the kernel a solve running here takes)
+_OFF: contextvars.ContextVar = contextvars.ContextVar("krylon_fused_off", default=0)
 
 
 @contextlib.contextmanager
 def disabled():
     """Run the block on the eager path (as with ``KRYLON_NUMBA=0``), e.g. to compare the two.
 
-    Process-wide and nestable (a counter, so blocks in several threads may overlap in any order).
+    Nestable, and local to the thread (or asyncio task) that opens it.
     """
-    with _off_lock:
-        _off["n"] += 1
+    token = _OFF.set(_OFF.get() + 1)
     try:
         yield
     finally:
-        with _off_lock:
-            _off["n"] -= 1
+        _OFF.reset(token)
 
 
 class Unavailable(RuntimeError):

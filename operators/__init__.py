@@ -1,11 +1,11 @@
 """Operators: things that map fields to fields (``krylon.operators``)."""
 
-from .base import TAGS, IdentityOperator, LinearOperator, aslinearoperator, dottest
+from .base import TAGS, IdentityOperator, LinearOperator, aslinearoperator, dottest, unchanged
 from .matrix import CallableOperator, DenseMatrix, ScipyOperator, SparseMatrix
 from .stencil import Diffusion, Laplacian
 
 __all__ = [
-    "LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS",
+    "LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS", "unchanged",
     "DenseMatrix", "SparseMatrix", "ScipyOperator", "CallableOperator",
     "Laplacian", "Diffusion",
 ]

@@ -23,6 +23,8 @@ operator; contradictory tags raise ``ValueError``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
 import numbers
@@ -33,7 +35,30 @@ from torch import nn
 
 from ..kernels import backend, linalg
 
-__all__ = ["LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS"]
+__all__ = ["LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS", "unchanged", "unchanged_scope"]
+
+_UNCHANGED: contextvars.ContextVar = contextvars.ContextVar("krylon_unchanged", default=None)
+
+
+@contextlib.contextmanager
+def unchanged():
+    """Promise that no operator's tensors change inside the block (a solver runs its iteration in one).
+
+    Operators that derive data from their tensors (``Diffusion``'s face weights) then check that data once per
+    block instead of at every application.  Outside such a block every application checks, so an in-place
+    edit of a coefficient always takes effect; inside it, an edit (e.g. from a solver's callback) takes effect
+    at the next solve.  The scope is per thread and per task (a context variable), never process state.
+    """
+    token = _UNCHANGED.set(object())
+    try:
+        yield
+    finally:
+        _UNCHANGED.reset(token)
+
+
+def unchanged_scope():
+    """The innermost :func:`unchanged` block's identity (None outside any)."""
+    return _UNCHANGED.get()
 
 TAGS = ("symmetric", "positive_definite", "positive_semidefinite", "negative_definite", "indefinite")
 

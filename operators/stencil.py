@@ -7,14 +7,13 @@ each boundary condition and how obstacles are removed from the system.
 
 from __future__ import annotations
 
-import weakref
 from typing import Sequence
 
 import torch
 
 from ..kernels import backend, validate
 from ..kernels import stencil as _st
-from .base import LinearOperator
+from .base import LinearOperator, unchanged_scope
 
 __all__ = ["Laplacian", "Diffusion"]
 
@@ -91,12 +90,11 @@ class _StencilOperator(LinearOperator):
     def _coefficient(self):
         return None
 
-    def stencil(self, *, hot: bool = False) -> _st.StencilWeights:
+    def stencil(self) -> _st.StencilWeights:
         """The stencil description the realisations apply (see :mod:`krylon.kernels.stencil`).
 
         Tensor weights (:meth:`weights`) by default; the Laplacian without obstacles uses the float-weight
-        description, which reads no weight arrays.  ``hot``: called again from a solver's inner loop (lets an
-        operator skip re-checking its cached weights).
+        description, which reads no weight arrays.
         """
         return self.weights()
 
@@ -115,19 +113,11 @@ class _StencilOperator(LinearOperator):
     def matvec_dot(self, x, out=None):
         if out is not None and out.shape == x.shape and out.dtype == x.dtype and out.device == x.device \
                 and out is not x and not x.is_complex():
-            w = self.stencil(hot=self._hot(x, out))
+            w = self.stencil()
             if not isinstance(w.diag, torch.Tensor) or tuple(w.diag.shape) == self.shape_in:  # not a batch of grids
                 self._check(x, self.shape_in, "matvec_dot")
                 return _st.apply_dot(x, w, out=out)
         return super().matvec_dot(x, out=out)
-
-    def _hot(self, x, out) -> bool:
-        """Is this ``matvec_dot`` into the same ``x`` and ``out`` as the one before (a solver's inner loop)?"""
-        last = getattr(self, "_last_dot", None)
-        hot = last is not None and last[0]() is x and last[1]() is out
-        if not hot:
-            self._last_dot = (weakref.ref(x), weakref.ref(out))
-        return hot
 
     def diagonal(self) -> torch.Tensor:
         return torch.broadcast_to(self.weights().diag, self.shape_in).clone()
@@ -240,7 +230,7 @@ class Laplacian(_StencilOperator):
     def __init__(self, shape: Sequence[int], spacing=1.0, bc="dirichlet", obstacles=None, *, dtype=None, device=None):
         super().__init__(shape, spacing, bc, obstacles, None, dtype, device)
 
-    def stencil(self, *, hot: bool = False) -> _st.StencilWeights:
+    def stencil(self) -> _st.StencilWeights:
         if self.obstacles is None:
             return _st.constant_weights(self.spacing, self.bc)
         return self.weights()
@@ -299,33 +289,29 @@ class Diffusion(_StencilOperator):
 
         The cached weights are rebuilt when the coefficient was replaced or edited in place: they remember a
         private copy of the coefficient they were built from and compare it with the current one (one read
-        of both).  :meth:`stencil` skips that comparison inside a solver's loop of ``matvec_dot`` calls into
-        the same tensors, so a solve pays it once; an edit made during a solve (from a callback) is seen by
-        the next ``A @ x``, which the solvers do at every residual check.  A replaced coefficient is seen at
-        once.
+        of both).  Inside an :func:`~krylon.operators.base.unchanged` block (every solve runs in one) the
+        comparison is made once per block, so a solve pays it once; elsewhere every application makes it.
         """
-        return self._current_weights(check=True)
-
-    def stencil(self, *, hot: bool = False) -> _st.StencilWeights:
-        return self._current_weights(check=not hot)
-
-    def _current_weights(self, check: bool):
         k = self.coefficient
         if k.requires_grad and torch.is_grad_enabled():
             # a fresh graph for each solve (a cached graph would be freed after the first backward)
             return _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=k,
                                        solid=self.obstacles, dtype=self.dtype, device=self.device)
-        seen = self._built_from
-        if (self._weights is None or seen is None or seen[0] is not k  # built from another tensor (replaced)
-                or (check and not torch.equal(seen[1], k.detach()))):  # or edited in place
+        scope, seen = unchanged_scope(), self._built_from
+        fresh = seen is not None and seen[0] is k and self._weights is not None  # not replaced
+        if fresh and not (scope is not None and self._checked_in is scope):
+            fresh = torch.equal(seen[1], k.detach())  # not edited in place
+        if not fresh:
             with torch.no_grad():
                 self._weights = _st.stencil_weights(self.shape_in, self.spacing, self.bc, coefficient=k,
                                                     solid=self.obstacles, dtype=self.dtype, device=self.device)
             self._built_from = (k, k.detach().clone())
+        self._checked_in = scope
         return self._weights
 
     _built_from = None  # (the coefficient tensor, a private copy of its values) the cached weights come from
+    _checked_in = None  # the unchanged() block in which they were last compared with the coefficient
 
     def _apply(self, fn, recurse=True):
-        self._built_from = None
+        self._built_from = self._checked_in = None
         return super()._apply(fn, recurse)

@@ -8,16 +8,17 @@ that names the option, whichever way it was given.  The iteration itself runs in
 
 from __future__ import annotations
 
+import types
 from typing import Any, Callable
 
 import torch
 
 from ..kernels import backend, validate
-from ..operators import LinearOperator, aslinearoperator
+from ..operators import LinearOperator, aslinearoperator, unchanged
 from .preconditioners import check_preconditioner
 from .result import SolveResult
 
-__all__ = ["IterativeSolver", "Problem", "OPTIONS", "with_default"]
+__all__ = ["IterativeSolver", "Problem", "OPTIONS", "refused", "with_default"]
 
 
 def _optional_integer(value: Any, name: str) -> int | None:
@@ -36,6 +37,16 @@ OPTIONS: dict[str, tuple[Any, Callable]] = {
     "differentiable": (True, validate.boolean),
 }
 """The options every iterative solver takes: ``name -> (default, checker(value, name))``."""
+
+
+def refused(why: str) -> tuple[Any, Callable]:
+    """A shared option a method has no use for (CGLS's and DCDM's ``M``): None only, else ``ValueError(why)``."""
+    def check(value: Any, name: str):
+        if value is not None:
+            raise ValueError(f"{name}={value!r}: {why}")
+        return value
+
+    return None, check
 
 
 def with_default(name: str, default: Any) -> tuple[Any, Callable]:
@@ -91,7 +102,8 @@ class IterativeSolver:
 
     def __init__(self, **options):
         self.given = self._checked(options, "()")  # what the caller set; the rest are defaults
-        self.options = self._resolve(self.given)
+        # read-only: an option is changed by solve(**overrides) or a new solver, both of which check it
+        self.options = types.MappingProxyType(self._resolve(self.given))
 
     def _resolve(self, given: dict) -> dict:
         """All options: the defaults with ``given`` on top (a subclass may derive some defaults from others)."""
@@ -117,7 +129,7 @@ class IterativeSolver:
         params = A.differentiable_tensors()
         needs_grad = opts["differentiable"] and torch.is_grad_enabled() and (
             prob.b.requires_grad or any(p.requires_grad for p in params))
-        with torch.no_grad():
+        with torch.no_grad(), unchanged():  # the operator's derived data (Diffusion's weights) checked once
             res = self._run(prob, opts)
         if needs_grad:
             res.x = _ImplicitSolve.apply(res.x, self, prob, opts, prob.b, *params)
@@ -167,7 +179,8 @@ class IterativeSolver:
         project = getattr(A, "project_range", None)
         if project is not None:
             g = project(g)  # a singular stencil: the adjoint system is consistent only on the range
-        lam = self._run(Problem(A.adjoint(), g, None, prob.nd_out, prob.nd_in), self._adjoint_options(opts)).x
+        with unchanged():
+            lam = self._run(Problem(A.adjoint(), g, None, prob.nd_out, prob.nd_in), self._adjoint_options(opts)).x
         return project(lam) if project is not None else lam
 
     def _adjoint_options(self, opts: dict) -> dict:

@@ -8,7 +8,7 @@ import torch
 
 from ..kernels import linalg, validate
 from ..operators.base import IdentityOperator
-from .base import IterativeSolver, Problem
+from .base import IterativeSolver, Problem, refused
 from .cg import CG
 from .driver import Driver, Step
 from .result import SolveResult, Status
@@ -48,11 +48,10 @@ class CGLS(IterativeSolver):
 
     name = "CGLS"
     needs_square = False
-    OPTIONS = {**IterativeSolver.OPTIONS, "damp": (0.0, _damp)}
+    OPTIONS = {**IterativeSolver.OPTIONS, "damp": (0.0, _damp),
+               "M": refused("CGLS does not take a preconditioner M; scale the columns of A instead")}
 
     def _run(self, prob: Problem, opts: dict) -> SolveResult:
-        if opts["M"] is not None:
-            raise ValueError("CGLS does not take a preconditioner M; scale the columns of A instead")
         return Driver(self.name, prob, opts).run(_CGLSStep(opts["damp"] ** 2))
 
     def _adjoint_solve(self, prob, opts, g):
@@ -141,5 +140,5 @@ class _CGLSStep(Step):
         self.gamma = torch.where(active, self.gamma_new, gamma)
         self.data.append(linalg.norm(self.r, drv.nd_out))
 
-    def extras(self, drv):
-        return {"data_residual_norms": torch.stack(self.data)}
+    def extras(self, drv, rows):
+        return {"data_residual_norms": torch.stack(self.data[:rows])}

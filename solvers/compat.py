@@ -53,7 +53,6 @@ Differences (krylon extensions)
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import numpy as np
@@ -459,8 +458,7 @@ def minres(A, b, x0=None, *, rtol=1e-5, shift=0.0, maxiter=None, M=None, callbac
     True
     """
     validate.callable_or_none(callback, "callback")
-    if isinstance(shift, bool) or not isinstance(shift, numbers.Real) or not math.isfinite(shift):
-        raise TypeError(f"shift must be a finite real number, got {shift!r}")
+    shift = validate.real_number(shift, "shift")
     sys_ = _System(A, b, x0, M, rtol, atol)
     maxiter = _default_maxiter(maxiter, 5, sys_.N)
     if show:

@@ -23,16 +23,14 @@ it is the default (``variant="multilevel"``).  The paper's plain iteration is
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..kernels import linalg, validate
 from ..operators import LinearOperator
 from ..operators.learned import registry
-from ..operators.learned.dcdm import DCDMNet, dirichlet_marker, input_channels
+from ..operators.learned.dcdm import DCDMNet, dirichlet_marker, input_channels, unit_rms
 from ..operators.stencil import Diffusion, _StencilOperator
-from .base import IterativeSolver, Problem, with_default
+from .base import IterativeSolver, Problem, refused, with_default
 from .driver import Driver, Step
 from .preconditioners import Preconditioner
 from .result import Status
@@ -48,9 +46,7 @@ overridden).  ``"multilevel"`` (the default, krylon's): per iteration the networ
 grid down to 16 cells per axis, coarsest first, then on the grid itself, then the residual, each computed from the
 residual left by the ones before it, A-orthogonalised against them and the directions of the previous ``k = 2``
 iterations and taken with an exact line search, so none can hurt.  ``"paper"``: Kaneda et al.'s iteration, one
-network direction per iteration against the last ``k = 2``.  Measured with the shipped 2-D model (trained on 64^2
-and 128^2) on unseen scenes: ``"multilevel"`` reaches 1e-4 in 6-9 iterations from 128^2 to 1024^2; ``"paper"``
-stalls from 128^2 up (see BENCHMARKS.md)."""
+network direction per iteration against the last ``k = 2``.  BENCHMARKS.md has both on unseen scenes."""
 
 
 def network_inputs(A: LinearOperator, r: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -134,6 +130,8 @@ class DCDM(IterativeSolver):
     # k, augment and coarse default to None: the variant's (VARIANTS), whichever of them the caller did not set.
     # maxiter 100 is the paper's budget; a network pass dwarfs a host sync, so check every iteration
     OPTIONS = {**IterativeSolver.OPTIONS, "maxiter": with_default("maxiter", 100),
+               "M": refused("DCDM takes no preconditioner M: the network is one (DCDM.preconditioner() lends it to "
+                            "CG(M=..., flexible=True))"),
                "differentiable": with_default("differentiable", False), "sync_every": with_default("sync_every", 1),
                "variant": ("multilevel", lambda v, name: validate.choice(v, name, tuple(VARIANTS))),
                "k": (None, lambda v, name: None if v is None else validate.integer(v, name, minimum=0)),
@@ -187,12 +185,8 @@ class DCDM(IterativeSolver):
 
     def direction(self, A: LinearOperator, r: torch.Tensor) -> torch.Tensor:
         """The network's direction for residuals ``r`` (``(B, *grid)``), normalised input, masked to the fluid."""
-        nd = A.ndim_in
-        rn = linalg.norm(r, nd)
-        # unit RMS over the fluid cells, not unit norm: a network with biases and ReLUs is not scale-equivariant,
-        # so its input must be O(1) per cell whatever the grid size (unit norm would shrink it by sqrt(n))
-        n_fluid = float(math.prod(A.shape_in) if A.obstacles is None else int((~A.obstacles).sum()))
-        x = r * (math.sqrt(max(n_fluid, 1.0)) / linalg.expand(torch.where(rn == 0, torch.ones_like(rn), rn), nd))
+        fluid = torch.ones(A.shape_in, dtype=torch.bool, device=r.device) if A.obstacles is None else ~A.obstacles
+        x = unit_rms(r, fluid)
         p = next(self.model.parameters(), None)
         mdt = p.dtype if p is not None else x.dtype
         mdev = p.device if p is not None else x.device
@@ -207,7 +201,8 @@ class DCDM(IterativeSolver):
         self._check_operator(prob.A)
         res = Driver(self.name, prob, opts).run(_DCDMStep(self, opts))
         if bool((res.status == Status.STAGNATION).any()):
-            res.reason = res.reason.replace(Status.HINTS[Status.STAGNATION], STALL_HINT)
+            hint = STALL_HINT_MULTILEVEL if opts["augment"] or opts["coarse"] else STALL_HINT
+            res.reason = res.reason.replace(Status.HINTS[Status.STAGNATION], hint)
         return res
 
     def _hierarchy(self, A: LinearOperator, levels, dtype, dev) -> list:
@@ -281,6 +276,9 @@ STALL_MOVE = 1e-3  # relative residual change per iteration below which an itera
 STALL_HINT = ("DCDM stalled: the network's directions stopped reducing the residual (the residual is outside "
               "what the network learned); the multilevel iteration, DCDM(model) (variant='multilevel', the "
               "default: coarse-grid and residual directions), keeps making progress, or retrain the network")
+STALL_HINT_MULTILEVEL = ("DCDM stalled even with coarse-grid and residual directions: the true residual stopped "
+                         "falling (the rounding floor of the dtype, or an operator the network was not trained "
+                         "for); loosen rtol, use float64, or fall back to CG(M=SpectralPoisson()) / CG(M=IC0())")
 
 
 class _DCDMStep(Step):
@@ -328,6 +326,9 @@ class _DCDMStep(Step):
         # and taken with an exact line search at once.  What is left after projecting out a direction that
         # lies in the span is rounding noise of relative size ~eps * cond; below sqrt(eps) of the original
         # energy norm (dep_tol) it counts as dependent.
+        # systems that meet a NaN direction or indefiniteness take no further step this iteration; they are
+        # stopped in advance(), after the driver has recorded the residual their earlier steps left
+        nanq = torch.zeros_like(drv.active)
         indef = torch.zeros_like(drv.active)
         dependent = drv.active.clone()
         new_dirs = []
@@ -337,10 +338,10 @@ class _DCDMStep(Step):
                 d = r.clone()
             else:
                 d = self._direction(A, r, lv)
-                nanq = drv.active & ~torch.isfinite(d).flatten(-nd).all(dim=-1)
-                if bool(nanq.any()):
-                    drv.stop(nanq, Status.NAN)
-                    d = torch.nan_to_num(d)
+                finite = torch.isfinite(d).flatten(-nd).all(dim=-1)
+                if not bool(finite.all()):  # a zero direction instead: no step, and x stays finite
+                    nanq = nanq | (drv.active & ~finite)
+                    d = torch.where(E(finite), d, torch.zeros_like(d))
                 self.n_passes += 1
             Ad = drv.apply(A, d)
             dAd0 = linalg.dot(d, Ad, nd).real
@@ -352,7 +353,7 @@ class _DCDMStep(Step):
                                                 nd, a_norms=self.PAP + [t[2] for t in new_dirs], a_q=Ad)
             dep = ~(dAd > self.dep_tol * dAd0.abs())
             dependent = dependent & dep
-            ok = drv.active & ~dep & ~indef
+            ok = drv.active & ~dep & ~indef & ~nanq
             alpha = torch.where(ok, linalg.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
             self.x = self.x + E(alpha) * d
             r = r - E(alpha) * Ad
@@ -362,9 +363,7 @@ class _DCDMStep(Step):
             new_dirs.append((torch.where(E(ok), d, torch.zeros_like(d)), torch.where(E(ok), Ad, torch.zeros_like(Ad)),
                              torch.where(ok, dAd, torch.zeros_like(dAd))))
         self.r, self.move = r, move
-        indef = indef & drv.active  # (a system can have stopped on a NaN direction meanwhile)
-        drv.stop(indef, Status.INDEFINITE)
-        drv.stop(dependent & drv.active, Status.STAGNATION)
+        self.halted = ((nanq, Status.NAN), (indef & ~nanq, Status.INDEFINITE), (dependent & ~nanq & ~indef, Status.STAGNATION))
         if self.kdirs > 0:  # the directions of the last k iterations
             for d, Ad, dAd in new_dirs:
                 self.P.append(d)
@@ -375,13 +374,15 @@ class _DCDMStep(Step):
         return linalg.norm(r, nd)
 
     def advance(self, drv, k):
+        for mask, code in self.halted:  # (unless the driver's check found them converged meanwhile)
+            drv.stop(drv.active & mask, code)
         # a stall is a fixed point: the residual stops moving (|alpha| ||A q|| tiny next to ||r||) even though
         # it is far from converged.  (The residual norm itself is not monotone, like CG's.)
         moved = self.move > STALL_MOVE * self.rnorm_prev
         self.since_moved = torch.where(moved, torch.zeros_like(self.since_moved), self.since_moved + 1)
         drv.stop(drv.active & (self.since_moved >= self.stall_window), Status.STAGNATION)
 
-    def extras(self, drv):
+    def extras(self, drv, rows):
         return {"network_passes": self.n_passes}
 
 
@@ -442,6 +443,13 @@ class DCDMPreconditioner(Preconditioner):
 
 
 # ----------------------------------------------------------------------------- training
+
+    def as_operator(self) -> LinearOperator:
+        raise TypeError("a DCDM network is a nonlinear map (its sign and scale follow the residual), not a linear "
+                        "operator; use it as CG(M=..., flexible=True)")
+
+
+
 def batch_weights(fluid: torch.Tensor, bc_dirichlet: torch.Tensor, dtype=torch.float32):
     """Stencil weights for a batch of scenes with different obstacles and boundaries.
 
@@ -464,9 +472,8 @@ def batch_weights(fluid: torch.Tensor, bc_dirichlet: torch.Tensor, dtype=torch.f
 def dcdm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Scale-invariant DCDM loss: ``mean_i || b_i - A_i q_i (q_i^T b_i)/(q_i^T A_i q_i) ||^2`` with ``q_i = f(b_i)``.
 
-    The network sees ``b_i`` scaled to unit RMS over the fluid cells, exactly as :meth:`DCDM.direction` feeds a
-    residual, with the channels assembled by the same function as at inference
-    (:func:`~krylon.operators.learned.dcdm.input_channels`).
+    The network sees ``b_i`` scaled by :func:`~krylon.operators.learned.dcdm.unit_rms` and its channels assembled
+    by :func:`~krylon.operators.learned.dcdm.input_channels`, the functions :meth:`DCDM.direction` uses.
 
     ``batch`` holds ``b`` (unit-norm right-hand sides), ``fluid`` and ``dirichlet`` masks and ``bc_dirichlet``.
     """
@@ -476,10 +483,7 @@ def dcdm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     nd = b.dim() - 1
     dt = next(model.parameters()).dtype
     dims = tuple(range(1, nd + 1))
-    bn = b.to(dt).pow(2).sum(dims).sqrt()
-    scale = fluid.to(dt).sum(dims).clamp_min(1).sqrt() / torch.where(bn == 0, torch.ones_like(bn), bn)
-    inp = input_channels(b.to(dt) * scale.reshape((-1,) + (1,) * nd), fluid, batch["dirichlet"],
-                         in_channels=model.config["in_channels"])
+    inp = input_channels(unit_rms(b.to(dt), fluid), fluid, batch["dirichlet"], in_channels=model.config["in_channels"])
     q = model(inp)[:, 0] * fluid.to(dt)
     W = batch_weights(fluid, batch["bc_dirichlet"], dtype=dt)
     Aq = st.apply_weights(q, W) * fluid.to(dt)

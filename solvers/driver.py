@@ -98,7 +98,8 @@ class Step:
     def solution(self) -> torch.Tensor:
         return self.x
 
-    def extras(self, drv: "Driver") -> dict:
+    def extras(self, drv: "Driver", rows: int) -> dict:
+        """Method-specific results; per-iteration records cut to ``rows`` like ``residual_norms``."""
         return {}
 
 
@@ -197,7 +198,7 @@ class Driver:
         callback = opts["callback"]
         prog = _Progress(opts["progress"], maxiter, self.name)
         # the fast path needs a host look every iteration, so only where the cadence is 1 (the CPU default)
-        self.fast = method.fast and sync_every == 1 and bool(self.active.all())
+        self.fast = method.fast and sync_every == 1 and self.active.numel() > 0 and bool(self.active.all())
         self._fast_iterations = 0
         k = 0
         try:
@@ -276,4 +277,4 @@ class Driver:
             hist = hist[: int(iterations.max()) + 1]  # no row for an iteration aborted by a breakdown
         return SolveResult(x=method.solution(), converged=status == Status.CONVERGED, iterations=iterations,
                            residual_norms=hist, n_matvec=self.n_matvec, info=info, reason=reason, status=status,
-                           tolerance=self.tol, extras=method.extras(self))
+                           tolerance=self.tol, extras=method.extras(self, hist.shape[0]))

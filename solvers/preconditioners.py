@@ -310,6 +310,9 @@ def check_preconditioner(M: Any, name: str = "M"):
 
     Checked when the option is given, so a wrong object fails at once rather than at the first iteration.
     """
+    if isinstance(M, type):  # CG(M=Jacobi): a class is callable, and would fail at the first iteration
+        raise TypeError(f"{name} must be a preconditioner object, got the class {M.__name__}; "
+                        f"did you mean {name}={M.__name__}()?")
     if M is None or isinstance(M, (Preconditioner, LinearOperator)) or callable(M) or _is_scipy(M) \
             or callable(getattr(M, "aspreconditioner", None)):
         return M

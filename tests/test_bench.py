@@ -102,7 +102,7 @@ def test_run_suites_isolates_failures_and_passes_declared_options(tmp_path, monk
         raise RuntimeError("boom")
 
     def run_missing(size, **kwargs):
-        raise ModuleNotFoundError("No module named 'notinstalled'", name="notinstalled")
+        raise ModuleNotFoundError("No module named 'pyamg'", name="pyamg")
 
     fakes = {"ok": types.SimpleNamespace(run=run_ok, summary=lambda r: [S.compare("ok", "p", "m", [("k", 1.0)],
                                                                                     [("p", r["value"])])]),
@@ -113,7 +113,7 @@ def test_run_suites_isolates_failures_and_passes_declared_options(tmp_path, monk
                        "models": None}, command="krylon bench", plot=False)
     assert seen == {"size": "quick", "device": "cpu", "peers": False}  # repeats not declared: not passed
     assert not rec["ok"] and [r["status"] for r in rec["rows"]] == ["ok", "error: RuntimeError: boom",
-                                                                    "skipped: missing notinstalled"]
+                                                                    "skipped: missing pyamg"]
     assert rec["suites"]["missing"]["status"] == "skipped" and rec["suites"]["broken"]["status"] == "error"
     data = json.loads((tmp_path / "summary.json").read_text())
     assert data["command"] == "krylon bench" and data["rows"][0]["ratio"] == 2.0 and "cpu" in data["machine"]
@@ -159,3 +159,11 @@ def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, 
     assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm"}
     assert (tmp_path / "summary.png").stat().st_size > 1000
     assert (tmp_path / "krylov.json").exists() and (tmp_path / "dcdm.json").exists()
+
+
+def test_only_a_missing_optional_package_counts_as_skipped():
+    """A suite whose optional peer is absent is skipped; a broken core import (scipy, torch, krylon) is an error."""
+    assert S._missing_dependency(ModuleNotFoundError("No module named 'pyamg'", name="pyamg"))
+    for name in ("scipy", "scipy.sparse", "torch", "krylon.solvers.cg"):
+        assert not S._missing_dependency(ModuleNotFoundError(f"No module named {name!r}", name=name))
+    assert not S._missing_dependency(ImportError("cannot import name 'x'"))

@@ -735,3 +735,21 @@ def test_a_variant_given_to_solve_sets_the_options_the_caller_left_unset():
     override = DCDM(net.double(), maxiter=3).solve(A, b, variant="paper")
     assert torch.equal(paper.x, override.x) and paper.extras["network_passes"] == override.extras["network_passes"]
     assert s.options["variant"] == "multilevel"  # the override was for that call only
+
+
+@pytest.mark.parametrize("variant", ["paper", "multilevel"])
+def test_a_system_stopped_by_a_nan_direction_reports_the_residual_of_the_x_it_returns(variant):
+    """The NaN system keeps a finite x, and its recorded residual and iteration count describe that x (a stop
+    inside an iteration used to skip the record while earlier directions had already moved x)."""
+    A = Laplacian((16, 16))
+    b = torch.randn(2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    res = DCDM(_NaNNet(), variant=variant, rtol=1e-8, maxiter=50).solve(A, b)
+    assert int(res.status[1]) == 3 and bool(torch.isfinite(res.x).all())
+    true = torch.linalg.vector_norm((b[1] - A @ res.x[1]).flatten())
+    torch.testing.assert_close(res.residual_norms[-1, 1], true, rtol=1e-10, atol=1e-12)
+    assert int(res.iterations[1]) >= 1
+
+
+def test_the_network_preconditioner_is_no_linear_operator():
+    with pytest.raises(TypeError, match="nonlinear"):
+        DCDM(DCDMNet(dim=2, width=4)).preconditioner().setup(Laplacian((8, 8))).as_operator()

@@ -81,6 +81,15 @@ def test_option_tables_extend_the_base_table():
     assert set(GMRES.OPTIONS) == base | {"restart"}
     assert set(CGLS.OPTIONS) == base | {"damp"}
     assert base < set(DCDM.OPTIONS)
+    # CGLS and DCDM have no preconditioner: M is refused up front (DCDM once ignored it), in solve() too
+    for S in (CGLS, DCDM):
+        with pytest.raises(ValueError, match="M=.*preconditioner"):
+            _make(S, M=lambda r: r)
+        with pytest.raises(ValueError, match="M=.*preconditioner"):
+            _make(S).solve(Laplacian((4, 4)), torch.ones(4, 4, dtype=F64), M=lambda r: r)
+    # options are read-only: a change goes through solve(**overrides) or a new solver, which check it
+    with pytest.raises(TypeError):
+        CG().options["rtol"] = 1.0
     # canonical values: a numpy float and a one-element tensor become Python floats
     s = MINRES(rtol=np.float32(1e-3), shift=torch.tensor(0.5, dtype=F64))
     assert type(s.options["rtol"]) is float and type(s.options["shift"]) is float and s.options["shift"] == 0.5

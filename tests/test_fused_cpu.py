@@ -322,15 +322,31 @@ def test_cg_on_weighted_operators_uses_the_fused_stencil(make, monkeypatch, one_
 
 
 def test_disabled_context_nests_and_restores(monkeypatch, one_thread, numba_on):
+    import threading
+
     big = torch.zeros(64, 64, dtype=torch.float64)
     assert fused_cpu.usable(big)
-    a, b = fused_cpu.disabled(), fused_cpu.disabled()
-    a.__enter__()
-    b.__enter__()
-    a.__exit__(None, None, None)   # overlapping blocks (two threads) closing out of order
-    assert not fused_cpu.usable(big)
-    b.__exit__(None, None, None)
+    with fused_cpu.disabled():
+        with fused_cpu.disabled():
+            assert not fused_cpu.usable(big)
+        assert not fused_cpu.usable(big)   # the outer block is still open
     assert fused_cpu.usable(big) and fused_cpu.available()
+    # a block open in another thread does not change the kernel this thread's solve takes
+    opened, release = threading.Event(), threading.Event()
+
+    def other():
+        with fused_cpu.disabled():
+            opened.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        assert opened.wait(10)
+        assert fused_cpu.usable(big)
+    finally:
+        release.set()
+        t.join(10)
 
 
 def test_warm_survives_a_compile_failure(monkeypatch, numba_on):

@@ -1272,3 +1272,42 @@ def test_gmres_gradient_uses_the_preconditioner_in_the_adjoint_solve():
     spla.gmres(mat.T.numpy(), w.numpy(), rtol=1e-12, restart=n, maxiter=10, callback_type="pr_norm",
                callback=lambda r: count.__setitem__(0, count[0] + 1))
     assert calls["AH"] <= 0.6 * count[0], (calls, count)
+
+
+def test_cgls_data_residual_history_matches_the_residual_history_with_sparse_syncs():
+    """``extras["data_residual_norms"]`` has one row per row of ``residual_norms`` whatever ``sync_every`` --
+    also when every system stopped between two host syncs (the history is cut there, and so must this be)."""
+    from krylon.operators import LinearOperator
+
+    M = torch.randn(30, 12, dtype=F64, generator=torch.Generator().manual_seed(3))
+
+    class Flaky(LinearOperator):  # A p turns NaN from its 4th application on: a breakdown mid-way between syncs
+        calls = 0
+
+        def _matvec(self, x):
+            Flaky.calls += 1
+            y = x @ M.T
+            return y * float("nan") if Flaky.calls >= 4 else y
+
+        def _rmatvec(self, y):
+            return y @ M
+
+    b = torch.randn(4, 30, dtype=F64, generator=torch.Generator().manual_seed(4))
+    for sync_every in (1, 7):
+        res = CGLS(rtol=1e-10, sync_every=sync_every).solve(aslinearoperator(M), b)
+        assert bool(res.converged.all())
+        assert res.extras["data_residual_norms"].shape == res.residual_norms.shape
+        Flaky.calls = 0
+        res = CGLS(rtol=1e-10, sync_every=sync_every, maxiter=20).solve(Flaky(12, 30, dtype=F64), b)
+        assert not bool(res.converged.any()) and "nan" in res.reason.lower()
+        assert res.extras["data_residual_norms"].shape == res.residual_norms.shape
+
+
+def test_an_empty_batch_returns_at_once():
+    res = CG(rtol=1e-8).solve(Laplacian((8, 8)), torch.zeros(0, 8, 8, dtype=F64))
+    assert res.x.shape == (0, 8, 8) and res.residual_norms.shape[0] == 1 and res.n_matvec <= 1
+
+
+def test_a_preconditioner_class_instead_of_an_instance_is_refused_up_front():
+    with pytest.raises(TypeError, match=r"did you mean M=Jacobi\(\)"):
+        CG(M=Jacobi)

@@ -239,3 +239,23 @@ def test_diffusion_follows_its_coefficient_edited_in_place_or_replaced():
         check()
         k.mul_(3)
         check()
+
+
+def test_diffusion_sees_an_edit_between_two_matvec_dot_calls_into_the_same_tensors():
+    """No call history decides whether the coefficient is re-checked: only an explicit ``unchanged()`` block
+    (which every solve runs in) lets the operator skip the check after its first one."""
+    from krylon.operators import unchanged
+
+    shape = (64, 64)
+    g = torch.Generator().manual_seed(5)
+    A = Diffusion(0.5 + torch.rand(shape, generator=g, dtype=torch.float64))
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    y = torch.empty_like(x)
+    y1 = A.matvec_dot(x, out=y)[0].clone()
+    A.coefficient.mul_(2)
+    torch.testing.assert_close(A.matvec_dot(x, out=y)[0], 2 * y1)   # same x and out as before: still seen
+    with unchanged():
+        y2 = A.matvec_dot(x, out=y)[0].clone()
+        A.coefficient.mul_(2)                                         # breaks the block's promise ...
+        torch.testing.assert_close(A.matvec_dot(x, out=y)[0], y2)    # ... so the block's weights stay
+    torch.testing.assert_close(A.matvec_dot(x, out=y)[0], 2 * y2)   # seen once the block ends

@@ -128,9 +128,12 @@ def _accepted(fn, options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None and (takes_all or k in params)}
 
 
+OPTIONAL = ("pyamg", "numba", "neuralop", "skimage", "sklearn", "h5py")  # peers and extras a suite may lack
+
+
 def _missing_dependency(exc: BaseException) -> bool:
-    """A missing optional package (not a broken krylon module)."""
-    return isinstance(exc, ModuleNotFoundError) and not str(exc.name or "").startswith("krylon")
+    """A missing optional package (a broken krylon, torch or scipy import is an error, not a skip)."""
+    return isinstance(exc, ModuleNotFoundError) and str(exc.name or "").split(".")[0] in OPTIONAL
 
 
 def run_suites(names, size: str, *, device: str = "cpu", out="bench-out", options: dict | None = None,

@@ -39,7 +39,7 @@ from torch import nn
 from ...kernels import stencil as st
 from .registry import register_model
 
-__all__ = ["DCDMNet", "input_channels", "dirichlet_marker"]
+__all__ = ["DCDMNet", "input_channels", "unit_rms", "dirichlet_marker"]
 
 
 def dirichlet_marker(shape, bc) -> torch.Tensor:
@@ -60,11 +60,25 @@ def dirichlet_marker(shape, bc) -> torch.Tensor:
     return m
 
 
+def unit_rms(r: torch.Tensor, fluid: torch.Tensor) -> torch.Tensor:
+    """Residuals ``r`` (``(B, *grid)``) scaled to unit RMS over the fluid cells (``fluid``: ``(*grid)`` or
+    ``(B, *grid)``), the network's input scale at training and at inference alike.
+
+    Unit RMS, not unit norm: a network with biases and ReLUs is not scale-equivariant, so its input must be O(1)
+    per cell whatever the grid size (unit norm would shrink it by sqrt(n)).  A zero residual stays zero.
+    """
+    nd = r.dim() - 1
+    rn = torch.linalg.vector_norm(r.flatten(-nd) if nd > 1 else r, dim=-1)
+    n_fluid = fluid.flatten(-nd).sum(-1).to(rn.dtype).clamp_min(1)
+    scale = n_fluid.sqrt() / torch.where(rn == 0, torch.ones_like(rn), rn)
+    return r * scale.reshape(scale.shape + (1,) * nd)
+
+
 def input_channels(r: torch.Tensor, fluid: torch.Tensor, dirichlet: torch.Tensor | None = None,
                    log_coefficient: torch.Tensor | None = None, *, in_channels: int) -> torch.Tensor:
     """The network's input ``(B, in_channels, *grid)`` for scaled residuals ``r`` of shape ``(B, *grid)``.
 
-    Channel 0: the residual (scaled by the caller to unit RMS over the fluid cells); 1: the fluid mask (1 fluid,
+    Channel 0: the residual (scaled by the caller with :func:`unit_rms`); 1: the fluid mask (1 fluid,
     0 solid); 2: the Dirichlet marker (:func:`dirichlet_marker`), masked to the fluid; 3: the log-coefficient of a
     variable-coefficient operator, centred to mean zero (0 for a Laplacian, or when ``log_coefficient`` is None).
     ``fluid``, ``dirichlet`` and ``log_coefficient`` are ``(*grid)`` or ``(B, *grid)``; they are cast to ``r``'s
