@@ -72,14 +72,8 @@ class _CGStep(Step):
         self.behind = None
 
     def init(self, drv, x):
-        b, self.nd = drv.b, drv.nd_in
-        # dense row-major work vectors whatever the layout of b and x0 (the fused CPU kernels need them)
-        if x is None:
-            self.x = torch.zeros_like(b, memory_format=torch.contiguous_format)
-            self.r = b.clone(memory_format=torch.contiguous_format)
-        else:
-            self.x = x
-            self.r = (b - drv.apply(drv.A, x)).contiguous()
+        self.nd = drv.nd_in
+        self.x, self.r = drv.initial(x)  # dense row-major whatever b's layout: the fused CPU kernels need it
         return linalg.norm(self.r, drv.nd_in)
 
     def start(self, drv):

@@ -293,9 +293,7 @@ class _DCDMStep(Step):
         self.augment, self.coarse = opts["augment"], opts["coarse"]
 
     def init(self, drv, x):
-        b = drv.b
-        self.x = torch.zeros_like(b) if x is None else x
-        self.r = b.clone() if x is None else b - drv.apply(drv.A, self.x)
+        self.x, self.r = drv.initial(x)
         return linalg.norm(self.r, drv.nd_in)
 
     def start(self, drv):

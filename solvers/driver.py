@@ -154,6 +154,17 @@ class Driver:
         self.n_matvec += 1
         return op.matvec(v)
 
+    def initial(self, x: torch.Tensor | None, op: Callable | None = None):
+        """``(x, b - op(x))`` as dense work fields: zero and ``b`` itself when ``x`` is None; ``op`` is ``A``'s
+        (counted) application unless a method iterates on something else (MINRES's shifted operator)."""
+        b = self.b
+        if x is None:
+            return torch.zeros_like(b, memory_format=torch.contiguous_format), b.clone(memory_format=torch.contiguous_format)
+        if op is None:
+            return x, (b - self.apply(self.A, x)).contiguous()
+        self.n_matvec += 1
+        return x, (b - op(x)).contiguous()
+
     def stop(self, mask: torch.Tensor, code: int) -> None:
         """Give the systems in ``mask`` status ``code`` and stop iterating them."""
         self.status = self.status.masked_fill(mask, code)

@@ -76,9 +76,8 @@ class _GMRESStep(Step):
         self.j = self.m = 0  # the step within the cycle and the cycle's length (j == m: no cycle open)
 
     def init(self, drv, x):
-        b, self.nd = drv.b, drv.nd_in
-        self.x = torch.zeros_like(b) if x is None else x
-        self.r = b.clone() if x is None else b - drv.apply(drv.A, x)
+        self.nd = drv.nd_in
+        self.x, self.r = drv.initial(x)
         self.beta = self.prev = linalg.norm(self.r, drv.nd_in)
         return self.beta
 

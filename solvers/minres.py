@@ -63,12 +63,7 @@ class _MINRESStep(Step):
         self.M, self.shift = M, shift
 
     def init(self, drv, x):
-        b = drv.b
-        if x is None:
-            self.x, self.r1 = torch.zeros_like(b), b.clone()
-        else:
-            drv.n_matvec += 1
-            self.x, self.r1 = x, b - _shifted(drv.A, x, self.shift)
+        self.x, self.r1 = drv.initial(x, lambda v: _shifted(drv.A, v, self.shift))
         return linalg.norm(self.r1, drv.nd_in)
 
     def start(self, drv):
