@@ -328,6 +328,8 @@ def adjoint_preconditioner(M: Any):
     used as it is: any nonsingular right preconditioner still yields the exact adjoint solution, only the
     number of iterations depends on how well it approximates ``A^{-H}``.
     """
+    if _is_scipy(M):  # a scipy matrix or LinearOperator: as a krylon operator it knows its adjoint
+        M = aslinearoperator(M)
     adjoint = _known_adjoint(M) if isinstance(M, LinearOperator) else None
     return M if adjoint is None else adjoint
 

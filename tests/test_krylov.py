@@ -1311,3 +1311,32 @@ def test_an_empty_batch_returns_at_once():
 def test_a_preconditioner_class_instead_of_an_instance_is_refused_up_front():
     with pytest.raises(TypeError, match=r"did you mean M=Jacobi\(\)"):
         CG(M=Jacobi)
+
+
+def test_gmres_backward_applies_the_adjoint_of_a_scipy_preconditioner():
+    """A scipy LinearOperator M knows its adjoint (rmatvec): the backward solve is preconditioned with M^H,
+    not M, and the gradient is the dense solve's."""
+    g = _gen(56)
+    n = 30
+    mat = torch.logspace(0, 4, n, dtype=F64)[:, None] * (4 * torch.eye(n, dtype=F64)
+                                                          + torch.randn(n, n, dtype=F64, generator=g) / math.sqrt(n))
+    # M ~ A^{-1} up to a nonsymmetric perturbation, so M and M^H differ
+    Mm = np.linalg.inv(mat.numpy()) @ (np.eye(n) + 0.1 * np.triu(np.ones((n, n)), 1))
+    calls = {"matvec": 0, "rmatvec": 0}
+
+    def mv(v):
+        calls["matvec"] += 1
+        return Mm @ v
+
+    def rmv(v):
+        calls["rmatvec"] += 1
+        return Mm.T @ v
+
+    M = spla.LinearOperator((n, n), matvec=mv, rmatvec=rmv, dtype=np.float64)
+    b = torch.randn(n, dtype=F64, generator=g, requires_grad=True)
+    w = torch.randn(n, dtype=F64, generator=g)
+    x = GMRES(rtol=1e-12, restart=n, M=M).solve(aslinearoperator(mat), b).x
+    calls["rmatvec"] = 0
+    (gb,) = torch.autograd.grad((x * w).sum(), (b,))
+    assert calls["rmatvec"] > 0
+    torch.testing.assert_close(gb, torch.linalg.solve(mat.T, w), rtol=1e-8, atol=1e-12)
