@@ -237,7 +237,7 @@ class _FunctionOperator(LinearOperator):
         self.fn, self.fn_adjoint, self.name = fn, adjoint, name
         self.fn_shape = tuple(shape) if fn_shape is None else tuple(fn_shape)
 
-    def _apply(self, fn, r):
+    def _call(self, fn, r):  # not _apply: that is nn.Module's hook for .to() and friends
         if self.fn_shape == self.shape_in:
             z = fn(r)
         else:
@@ -251,12 +251,12 @@ class _FunctionOperator(LinearOperator):
         return z
 
     def _matvec(self, r):
-        return self._apply(self.fn, r)
+        return self._call(self.fn, r)
 
     def _rmatvec(self, r):
         if self.fn_adjoint is None:
             return super()._rmatvec(r)
-        return self._apply(self.fn_adjoint, r)
+        return self._call(self.fn_adjoint, r)
 
 
 def as_preconditioner(M: Any, A: LinearOperator | None = None):

@@ -459,3 +459,12 @@ def test_adapted_preconditioners_are_linear_operators_with_their_adjoint():
     J = Jacobi(A).as_operator()
     assert isinstance(J, LinearOperator) and J.is_symmetric and J.is_positive_definite
     np.testing.assert_allclose(_as_rows(J(r), 20), _as_rows(r, 20) / A.to_scipy().diagonal(), rtol=1e-13)
+
+
+def test_an_adapted_preconditioner_is_a_module_that_moves_like_one():
+    """The function adapter is an nn.Module: ``.to()`` must work (a helper named ``_apply`` once shadowed
+    Module._apply, so ``.to()`` raised a TypeError)."""
+    op = as_preconditioner(lambda r: 2 * r, Laplacian((4, 4)))
+    moved = op.to(torch.float64)
+    r = torch.ones(4, 4, dtype=F64)
+    torch.testing.assert_close(moved.matvec(r), 2 * r)
