@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from ..operators.learned.registry import atomic_save, read_torch_file
 
 __all__ = ["TrainConfig", "train", "load_checkpoint", "plot_losses"]
 
@@ -43,19 +44,10 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
-def _atomic_save(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a training checkpoint (``weights_only=True``), with a clear error for a corrupted file."""
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path} (corrupted or not a torch file): {exc}") from exc
+    ckpt = read_torch_file(path, str(path), map_location)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "epoch" not in ckpt:
         raise ValueError(f"{path} is not a krylon training checkpoint")
     return ckpt
@@ -163,7 +155,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
                     vl += float(loss_fn(model, batch)) * bs
                     vc += bs
             history["val"].append(vl / max(vc, 1))
-        _atomic_save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        atomic_save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": json.dumps(history),
                       "rng": torch.get_rng_state(), "config": json.dumps(getattr(model, "config", {}))}, ckpt_path)
         (out / "history.json").write_text(json.dumps(history, indent=1))

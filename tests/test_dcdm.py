@@ -753,3 +753,17 @@ def test_a_system_stopped_by_a_nan_direction_reports_the_residual_of_the_x_it_re
 def test_the_network_preconditioner_is_no_linear_operator():
     with pytest.raises(TypeError, match="nonlinear"):
         DCDM(DCDMNet(dim=2, width=4)).preconditioner().setup(Laplacian((8, 8))).as_operator()
+
+
+def test_checkpoints_are_written_atomically_and_a_damaged_training_checkpoint_is_a_clear_error(tmp_path):
+    """One writer (registry.atomic_save) and one reader (registry.read_torch_file) serve the shipped-model
+    checkpoints and the training loop's."""
+    from krylon.solvers.training import load_checkpoint as load_training
+
+    DCDM(DCDMNet(dim=2, width=4)).save(tmp_path / "m.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]  # no temporary file left behind
+    (tmp_path / "t.pt").write_bytes((tmp_path / "m.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_training(tmp_path / "t.pt")
+    with pytest.raises(ValueError, match="not a krylon training checkpoint"):
+        load_training(tmp_path / "m.pt")

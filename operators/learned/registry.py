@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import io
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["register_model", "model_class", "available", "record", "load_pretrained", "load_checkpoint",
-           "save_checkpoint", "checkpoint"]
+           "save_checkpoint", "checkpoint", "atomic_save", "read_torch_file"]
 
 _MODELS: dict[str, type] = {}
 _SPEC = re.compile(r"^[a-z_][a-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*$")
@@ -151,8 +152,15 @@ def checkpoint(model: torch.nn.Module) -> dict:
 
 
 def save_checkpoint(model: torch.nn.Module, path) -> None:
-    """Write ``model``'s checkpoint to ``path`` (loadable with ``weights_only=True``)."""
-    torch.save(checkpoint(model), path)
+    """Write ``model``'s checkpoint to ``path`` (loadable with ``weights_only=True``), atomically."""
+    atomic_save(checkpoint(model), Path(path))
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: an interrupted write never leaves a truncated file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path, *, map_location="cpu", default: type | None = None,
@@ -175,12 +183,17 @@ def load_checkpoint(path, *, map_location="cpu", default: type | None = None,
     return net
 
 
-def _read(fh, where: str, map_location) -> dict:
+def read_torch_file(fh, where: str, map_location="cpu"):
+    """``torch.load(fh, weights_only=True)``, or ``ValueError`` naming ``where`` for a damaged or foreign file."""
     try:
-        ckpt = torch.load(fh, map_location=map_location, weights_only=True)
+        return torch.load(fh, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for a damaged or foreign file
         raise ValueError(f"{where} is not a readable checkpoint (corrupted, truncated or not a torch file): "
                          f"{exc}") from exc
+
+
+def _read(fh, where: str, map_location) -> dict:
+    ckpt = read_torch_file(fh, where, map_location)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{where} is not a krylon checkpoint (expected keys 'state_dict' and 'config')")
     return ckpt
