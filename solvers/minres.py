@@ -92,9 +92,7 @@ class _MINRESStep(Step):
         E = lambda t: linalg.expand(t, nd)  # noqa: E731
         y, beta = self.y, self.beta
         v = y * E(1.0 / safe(beta)).to(y.dtype)
-        y = drv.apply(drv.A, v)
-        if self.shift:
-            y = y - self.shift * v
+        y = self._op(drv, v)
         if k >= 2:
             y = y - E(beta / safe(self.oldb)).to(y.dtype) * self.r1
         alfa = linalg.dot(v, y, nd).real
@@ -131,9 +129,13 @@ class _MINRESStep(Step):
         # a lucky breakdown whose true residual is still large: the Krylov space holds nothing better
         return self.beta == 0
 
-    def true_residual(self, drv):
+    def _op(self, drv, v):
+        """``(A - shift I) v``, counted."""
         drv.n_matvec += 1
-        rt = drv.b - _shifted(drv.A, self.x, self.shift)
+        return _shifted(drv.A, v, self.shift)
+
+    def true_residual(self, drv):
+        rt = drv.b - self._op(drv, self.x)
         return rt, linalg.norm(rt, drv.nd_in)
 
     def replace(self, drv, mask, rt, tnorm):
