@@ -2,6 +2,7 @@
 
     krylon solve poisson --grid 512 512 [--bc dirichlet] [--obstacles N] [--solver cg|pcg-jacobi|pcg-ic0|pcg-dst]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
+    krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
 Heavy modules are imported after the arguments are parsed, so ``--threads``
 reaches the BLAS/OpenMP thread pools of numpy and torch before they start.
@@ -104,7 +105,42 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--threads", type=int, default=None)
     td.add_argument("--device", default="cpu")
     td.add_argument("--no-progress", action="store_true")
+    _convert_parser(sub)
     return p
+
+
+# ----------------------------------------------------------------------------- krylon convert (begin)
+def _convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
+    c.add_argument("source", help="the file to convert")
+    c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
+    c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
+                   "pdebench-darcy, pdebench-cfd or pdebench-seeds")
+    c.add_argument("--input-steps", type=int, default=None, help="trajectories: snapshots that form the input x (default 10)")
+    c.add_argument("--output-steps", type=int, default=None, help="trajectories: snapshots of the target y (default: the rest)")
+    c.add_argument("--x-key", default=None, help="the input's name in the source, if it is misnamed")
+    c.add_argument("--y-key", default=None, help="the target's (or trajectory's) name in the source, if it is misnamed")
+    c.add_argument("--variables", nargs="+", default=None, help="pdebench-cfd: the variables to stack as channels")
+    c.add_argument("--dtype", default=None, choices=("float32", "float64"), help="store floating fields in this dtype")
+    c.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def _convert(args) -> int:
+    from .datasets import convert, open_dataset
+
+    options = {"input_steps": args.input_steps, "output_steps": args.output_steps, "x_key": args.x_key,
+               "y_key": args.y_key, "variables": args.variables}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        out = convert(args.source, args.dest, layout=args.layout, dtype=args.dtype, overwrite=args.force, **options)
+    except KeyError as exc:  # a missing key in the source: an input error, reported like the others
+        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
+    ds = open_dataset(out)
+    shapes = ", ".join(f"{k} {tuple(s)}" for k, s in ds.shapes.items())
+    print(f"wrote {out}: {len(ds)} samples, {shapes}, from {ds.attrs['source']} ({ds.attrs['source_layout']}, "
+          f"sha256 {ds.attrs['source_sha256'][:12]}...)")
+    return 0
+# ----------------------------------------------------------------------------- krylon convert (end)
 
 
 def _train_dcdm(args) -> int:
@@ -280,7 +316,9 @@ def main(argv=None) -> int:
             if args.model != "dcdm":
                 parser.parse_args(["train", "--help"])
             return _train_dcdm(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+        if args.command == "convert":
+            return _convert(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
     return 2
