@@ -202,6 +202,10 @@ class FNOMatDataset(_Foreign):
             x_key = x_key or next((k for k in ("a", "coeff") if k in ds), None)
             ashape = _require(ds, x_key, self.path, "the input", "x_key") if x_key is not None else None
             t = np.asarray(f[t_key][()]).reshape(-1) if t_key in ds else None
+            if t is not None and len(ushape) >= 3 and t.size not in (ushape[0], ushape[0] + 1) and t.size == ushape[-1]:
+                raise ValueError(f"{self.path}: {t_key!r} has {t.size} time values, which matches the last h5py axis of "
+                                 f"{y_key!r} {ushape} where a MATLAB v7.3 file keeps the samples: wrong axis order "
+                                 "(written samples-first from Python, not by MATLAB?)")
             if trajectory is None:
                 trajectory = len(ushape) >= 3 and ((t is not None and t.size in (ushape[0], ushape[0] + 1))
                                                    or (ashape is not None and len(ushape) == len(ashape) + 1))
@@ -211,15 +215,16 @@ class FNOMatDataset(_Foreign):
                 raise ValueError(f"{where}: expected {'(T, *space, N)' if trajectory else '(*space, N)'} as h5py sees a "
                                  "MATLAB array; wrong layout?")
             n = ushape[-1]
-            space = tuple(ushape[1:-1] if trajectory else ushape[:-1])
+            hspace = tuple(ushape[1:-1] if trajectory else ushape[:-1])  # the grid as h5py sees it
+            space = hspace[::-1]  # ... and as MATLAB (and every sample) has it
             # samples-first arrays (written from Python, not MATLAB) show the sample count first: say so
             if ashape is not None and ashape[-1] != n:
                 hint = " (the arrays look samples-first, not MATLAB's reversed order)" if ashape[0] == ushape[0] else ""
                 raise ValueError(f"{self.path}: input {x_key!r} has {ashape[-1]} samples (last h5py axis of {ashape}) but "
                                  f"{y_key!r} has {n} (last axis of {ushape}){hint}")
-            if ashape is not None and tuple(ashape[:-1]) != space:
+            if ashape is not None and tuple(ashape[:-1]) != hspace:
                 raise ValueError(f"{self.path}: inconsistent shapes: input {x_key!r} h5py shape {ashape} has grid "
-                                 f"{tuple(ashape[:-1])}, target {y_key!r} h5py shape {ushape} has grid {space} "
+                                 f"{tuple(ashape[:-1])}, target {y_key!r} h5py shape {ushape} has grid {hspace} "
                                  "(wrong axis order?)")
             sources, coords, extra = {}, {}, {}
             self._x_key, self._y_key = x_key, y_key
@@ -255,7 +260,6 @@ class FNOMatDataset(_Foreign):
                 self._mode = "pair"
                 shapes = {"x": (1, *space), "y": (1, *space)}
                 sources = {"x": x_key, "y": y_key}
-            self._space = space
             self._finish(f, n, shapes, sources, coords, extra)
 
     def _sample(self, f, i):

@@ -25,8 +25,8 @@ class ChannelNormalizer(nn.Module):
     channels : int
         Number of channels ``C``.
     eps : float
-        Guard for (near-)constant channels: a channel whose standard deviation is at most
-        ``eps * max(1, |mean|)`` is only shifted (its scale is 1), so encoding never divides by ~0.
+        Guard for (near-)constant channels: a channel whose standard deviation is at most ``eps`` is only
+        shifted (its scale is 1), so encoding never divides by ~0 (``eps=0``: exactly constant channels only).
 
     Notes
     -----
@@ -114,7 +114,7 @@ class ChannelNormalizer(nn.Module):
         if not bool((n > 0).all()):
             raise ValueError(f"cannot fit a normaliser on no values ({where}, indices={indices!r})")
         std = (m2 / n).sqrt()
-        constant = std <= self.eps * mean.abs().clamp(min=1.0)
+        constant = std <= self.eps
         self.mean.copy_(mean)
         self.std.copy_(torch.where(constant, torch.ones_like(std), std))
         self.count.fill_(float(n[0]))
