@@ -142,6 +142,20 @@ class _Foreign(LazyH5Dataset):
         self.attrs["layout"] = self.layout
         self.attrs["sources"] = dict(sources)
 
+    def _window(self) -> tuple[int, int]:
+        """The time steps a sample reads: x's, y's or both (a data set of one key reads only its own)."""
+        n_in, n_out = self._t
+        return (0 if "x" in self.keys else n_in), (n_in + n_out if "y" in self.keys else n_in)
+
+    def _split_sample(self, traj, lo: int, src: str) -> dict:
+        """``{"x", "y"}`` from a trajectory ``(C, *space, T)`` read from time step ``lo`` on."""
+        n_in, out = self._t[0], {}
+        if "x" in self.keys:
+            out["x"] = (traj[..., : n_in - lo], src)
+        if "y" in self.keys:
+            out["y"] = (traj[..., n_in - lo:], src)
+        return out
+
     def _trajectory_times(self, t, n_steps: int, used: int, key: str):
         """The time coordinate for the steps used (a t with one extra entry, PDEBench's cell edges, is cut)."""
         t = np.asarray(t).reshape(-1)
@@ -239,7 +253,7 @@ class FNOMatDataset(_Foreign):
                     n_out = T if output_steps is None else validate.integer(output_steps, "output_steps")
                     if n_out > T:
                         raise ValueError(f"{where}: output_steps={n_out} exceeds the {T} stored time steps")
-                    self._t = (0, 0, n_out)
+                    self._t = (0, n_out)
                     shapes = {"x": (1, *space), "y": (1, *space, n_out)}
                     sources = {"x": x_key, "y": f"{y_key}[0:{n_out}]"}
                     extra["output_steps"] = n_out
@@ -247,7 +261,7 @@ class FNOMatDataset(_Foreign):
                 else:
                     self._mode = "split"
                     n_in, n_out = _split(T, input_steps, output_steps, where)
-                    self._t = (0, n_in, n_in + n_out)
+                    self._t = (n_in, n_out)
                     shapes = {"x": (1, *space, n_in), "y": (1, *space, n_out)}
                     sources = {"x": f"{y_key}[0:{n_in}]", "y": f"{y_key}[{n_in}:{n_in + n_out}]"}
                     extra.update(input_steps=n_in, output_steps=n_out)
@@ -263,21 +277,14 @@ class FNOMatDataset(_Foreign):
             self._finish(f, n, shapes, sources, coords, extra)
 
     def _sample(self, f, i):
-        out = {}
         if self._mode == "split":
-            t0, t1, t2 = self._t
-            lo = t0 if "x" in self.keys else t1
-            hi = t2 if "y" in self.keys else t1
-            traj = np.transpose(f[self._y_key][lo:hi, ..., i])[None]  # (1, *space, T)
-            if "x" in self.keys:
-                out["x"] = (traj[..., : t1 - lo], self._y_key)
-            if "y" in self.keys:
-                out["y"] = (traj[..., t1 - lo:], self._y_key)
-            return out
+            lo, hi = self._window()
+            return self._split_sample(np.transpose(f[self._y_key][lo:hi, ..., i])[None], lo, self._y_key)
+        out = {}
         if "x" in self.keys:
             out["x"] = (np.transpose(f[self._x_key][..., i])[None], self._x_key)
         if "y" in self.keys:
-            arr = f[self._y_key][0:self._t[2], ..., i] if self._mode == "pair-trajectory" else f[self._y_key][..., i]
+            arr = f[self._y_key][0:self._t[1], ..., i] if self._mode == "pair-trajectory" else f[self._y_key][..., i]
             out["y"] = (np.transpose(arr)[None], self._y_key)
         return out
 
@@ -313,17 +320,9 @@ class _Trajectories(_Foreign):
         self._finish(f, n, shapes, sources, coords, {"input_steps": n_in, "output_steps": n_out, "channels": list(variables)})
 
     def _sample(self, f, i):
-        n_in, n_out = self._t
-        lo = 0 if "x" in self.keys else n_in
-        hi = n_in + n_out if "y" in self.keys else n_in
+        lo, hi = self._window()
         traj = np.stack([np.moveaxis(f[v][i, lo:hi], 0, -1) for v in self._variables])  # (C, *space, T)
-        src = "+".join(self._variables)
-        out = {}
-        if "x" in self.keys:
-            out["x"] = (traj[..., : n_in - lo], src)
-        if "y" in self.keys:
-            out["y"] = (traj[..., n_in - lo:], src)
-        return out
+        return self._split_sample(traj, lo, "+".join(self._variables))
 
 
 class PDEBenchDataset(_Trajectories):
@@ -443,18 +442,10 @@ class PDEBenchSeedsDataset(_Foreign):
                          {"input_steps": n_in, "output_steps": n_out, "groups": [groups[0], groups[-1]]})
 
     def _sample(self, f, i):
-        n_in, n_out = self._t
-        lo = 0 if "x" in self.keys else n_in
-        hi = n_in + n_out if "y" in self.keys else n_in
+        lo, hi = self._window()
         src = f"{self._groups[i]}/{self._key}"
         data = f[src][lo:hi]  # (T, *space, V)
-        traj = np.moveaxis(data, (0, data.ndim - 1), (data.ndim - 1, 0))  # (V, *space, T)
-        out = {}
-        if "x" in self.keys:
-            out["x"] = (traj[..., : n_in - lo], src)
-        if "y" in self.keys:
-            out["y"] = (traj[..., n_in - lo:], src)
-        return out
+        return self._split_sample(np.moveaxis(data, (0, data.ndim - 1), (data.ndim - 1, 0)), lo, src)  # (V, *space, T)
 
 
 # ----------------------------------------------------------------------------- entry point
