@@ -1,6 +1,7 @@
 """The ``krylon`` command (thin: argument parsing, then the library does the work).
 
     krylon solve poisson --grid 512 512 [--bc dirichlet] [--obstacles N] [--solver cg|pcg-jacobi|pcg-ic0|pcg-dst]
+    krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
     krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
@@ -106,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--device", default="cpu")
     td.add_argument("--no-progress", action="store_true")
     _convert_parser(sub)
+    _add_generate(sub)
     return p
 
 
@@ -141,6 +143,44 @@ def _convert(args) -> int:
           f"sha256 {ds.attrs['source_sha256'][:12]}...)")
     return 0
 # ----------------------------------------------------------------------------- krylon convert (end)
+
+
+
+# ---------------------------------------------------------------------------------------------- krylon generate
+# One sub-command per data-set kind.  To add a kind: write an _add_generate_<kind>(gsub) that builds its parser
+# and sets ``run=`` to its handler, and call it from _add_generate; main() dispatches on ``args.run``.
+def _add_generate(sub) -> None:
+    g = sub.add_parser("generate", help="write a training data set (krylon HDF5; batched, resumable: rerun the same "
+                       "command after an interruption to continue)")
+    gsub = g.add_subparsers(dest="kind")
+    _add_generate_phantoms(gsub)
+
+
+# ---- krylon generate phantoms (issue #11: DDS training images)
+def _add_generate_phantoms(gsub) -> None:
+    q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
+                        "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
+    q.add_argument("--n", type=int, required=True, help="number of images")
+    q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
+    q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
+    q.add_argument("--families", nargs="+", default=None, help="phantom families, used in turn (default: all)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(run=_generate_phantoms)
+
+
+def _generate_phantoms(args) -> int:
+    from .datasets.phantoms import FAMILIES, generate_phantoms
+
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    path = generate_phantoms(args.out, args.n, size, seed=args.seed, complex=args.complex,
+                             families=tuple(args.families or FAMILIES), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate phantoms
+# ------------------------------------------------------------------------------------------ end krylon generate
 
 
 def _train_dcdm(args) -> int:
@@ -318,6 +358,10 @@ def main(argv=None) -> int:
             return _train_dcdm(args)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "generate":
+            if getattr(args, "run", None) is None:
+                parser.parse_args(["generate", "--help"])
+            return args.run(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
