@@ -2,6 +2,7 @@
 
     krylon solve poisson --grid 512 512 [--bc dirichlet] [--obstacles N] [--solver cg|pcg-jacobi|pcg-ic0|pcg-dst]
     krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
+    krylon generate ns2d|darcy --n N --out FILE.h5 [...]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
     krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
@@ -154,6 +155,8 @@ def _add_generate(sub) -> None:
                        "command after an interruption to continue)")
     gsub = g.add_subparsers(dest="kind")
     _add_generate_phantoms(gsub)
+    _add_generate_ns2d(gsub)
+    _add_generate_darcy(gsub)
 
 
 # ---- krylon generate phantoms (issue #11: DDS training images)
@@ -180,6 +183,74 @@ def _generate_phantoms(args) -> int:
     print(f"wrote {path}")
     return 0
 # ---- end krylon generate phantoms
+# ---- krylon generate ns2d|darcy (issue #10: neural-operator training data)
+def _generate_common(q, batch: int) -> None:
+    q.add_argument("--n", type=int, required=True, help="number of samples")
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--batch", type=int, default=batch, help=f"samples computed together as one tensor (default {batch})")
+    q.add_argument("--seed", type=int, default=0, help="sample i is drawn from (seed, i) (default 0)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
+    q.add_argument("--store-dtype", default="float32", choices=("float32", "float64"), help="precision on disk (default float32)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_generate_ns2d(gsub) -> None:
+    from .datasets.presets import NS2D as PRESETS
+
+    quick, paper = PRESETS["quick"], PRESETS["paper"]
+
+    def both(key):
+        return f"(default: {quick[key]:g} with --size quick, {paper[key]:g} with --size paper)"
+
+    q = gsub.add_parser("ns2d", help="2-D Navier-Stokes vorticity trajectories (GRF initial state, forcing "
+                        "0.1(sin 2pi(x+y) + cos 2pi(x+y)), CNAB2 with 2/3 dealiasing; simulated fine, stored coarse "
+                        "by Fourier truncation): fields x (1,X,Y,t_in), y (1,X,Y,t_out)")
+    _generate_common(q, batch=16)
+    q.add_argument("--size", default="quick", choices=tuple(PRESETS),
+                   help="defaults for the options below: quick (laptop CPU) or paper (Spectral-Refiner: 256^2 "
+                        "simulation, dt 1e-3, 30 time units of warm-up) (default quick)")
+    q.add_argument("--viscosity", type=float, default=1e-3, help="kinematic viscosity (default 1e-3)")
+    q.add_argument("--resolution", type=int, default=None, help="stored grid per axis " + both("resolution"))
+    q.add_argument("--sim-resolution", type=int, default=None, help="simulated grid per axis " + both("sim_resolution"))
+    q.add_argument("--dt", type=float, default=None, help="time step " + both("dt"))
+    q.add_argument("--warmup", type=float, default=None, help="time before the first snapshot " + both("warmup"))
+    q.add_argument("--interval", type=float, default=None, help="time between snapshots " + both("interval"))
+    q.add_argument("--t-in", type=int, default=10, help="input snapshots (default 10)")
+    q.add_argument("--t-out", type=int, default=40, help="target snapshots, following the input ones (default 40)")
+    q.set_defaults(run=_generate_ns2d)
+
+
+def _add_generate_darcy(gsub) -> None:
+    q = gsub.add_parser("darcy", help="2-D Darcy flow -div(a grad u) = 1, u = 0 on the unit square's boundary, "
+                        "a = 12/3 from a thresholded GRF (alpha 2, tau 3), solved by CG: fields x = a (1,s,s), "
+                        "y = u (1,s,s) on s x s nodes including the boundary")
+    _generate_common(q, batch=32)
+    q.add_argument("--resolution", type=int, default=64, help="grid nodes per axis, boundary included (default 64)")
+    q.add_argument("--rtol", type=float, default=1e-10, help="CG relative tolerance (default 1e-10)")
+    q.set_defaults(run=_generate_darcy)
+
+
+def _generate_ns2d(args) -> int:
+    from .datasets.navier_stokes import PRESETS, generate
+
+    preset = PRESETS[args.size]
+    opts = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in preset}
+    path = generate(args.out, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
+                    batch_size=args.batch, seed=args.seed, device=args.device, store_dtype=args.store_dtype,
+                    progress=not args.no_progress, **opts)
+    print(f"wrote {path}")
+    return 0
+
+
+def _generate_darcy(args) -> int:
+    from .datasets.darcy import generate
+
+    path = generate(args.out, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
+                    device=args.device, rtol=args.rtol, store_dtype=args.store_dtype, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate ns2d|darcy
 # ------------------------------------------------------------------------------------------ end krylon generate
 
 
