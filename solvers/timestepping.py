@@ -197,6 +197,9 @@ class Leapfrog(Integrator):
     with ``L`` backward, ``v_1 = (v_0 + dt N(v_0)) / (1 - dt L)``, which is also what a one-step forecast from a
     single state uses.  ``memory`` is the filtered ``v_n``.
 
+    Order: 2 on ``N`` with ``filter = 0`` or Williams' ``alpha``; the classic filter and the backward ``L`` are
+    first order (the paper's choice: ``L`` is only the hyperviscosity, which it should damp, not resolve).
+
     Parameters
     ----------
     filter : float
@@ -205,7 +208,7 @@ class Leapfrog(Integrator):
         Williams' parameter in ``[0.5, 1]``.
     """
 
-    order = 2
+    order = 1
 
     def __init__(self, linear, nonlinear: Nonlinear, dt: float, *, filter: float = 0.04, alpha: float = 1.0):
         super().__init__(linear, nonlinear, dt)

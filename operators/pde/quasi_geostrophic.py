@@ -36,7 +36,6 @@ Model errors are changed parameters or removed terms: :data:`CASES` names the pa
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
