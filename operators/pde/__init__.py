@@ -6,5 +6,6 @@ spectral state, so the integrators of :mod:`krylon.solvers.timestepping` step an
 
 from .kuramoto_sivashinsky import KuramotoSivashinsky
 from .navier_stokes import NavierStokes2D
+from .quasi_geostrophic import QuasiGeostrophic
 
-__all__ = ["KuramotoSivashinsky", "NavierStokes2D"]
+__all__ = ["KuramotoSivashinsky", "NavierStokes2D", "QuasiGeostrophic"]
