@@ -50,7 +50,8 @@ def relative_errors(pred: torch.Tensor, target: torch.Tensor, *, s: float = 0.0,
     Returns
     -------
     torch.Tensor
-        ``(B,)``, or ``(B, T)`` with a time axis; the norms sum over channels.
+        ``(B,)``, or ``(B, T)`` with a time axis; the norms sum over channels.  Computed in the inputs' dtype
+        (pass float64 for reporting, as :meth:`OperatorLearner.evaluate` does).
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction and target shapes differ: {tuple(pred.shape)} and {tuple(target.shape)}")
@@ -61,7 +62,6 @@ def relative_errors(pred: torch.Tensor, target: torch.Tensor, *, s: float = 0.0,
         raise ValueError(f"a field (B, C, *space{', T' if time_axis else ''}) needs a space axis; got shape {tuple(pred.shape)}")
     if time_axis is not None:  # time to the front of the space axes: (B, T, C, *space)
         pred, target = pred.movedim(-1, 1), target.movedim(-1, 1)
-    pred, target = pred.double(), target.double()
     num = fft.sobolev_norm(pred - target, s, (1.0,) * d, squared=True, ndim=d).sum(-1)
     den = fft.sobolev_norm(target, s, (1.0,) * d, squared=True, ndim=d).sum(-1)
     return (num / den.clamp_min(torch.finfo(den.dtype).tiny)).sqrt()
@@ -213,8 +213,9 @@ class OperatorLearner:
 
     # ------------------------------------------------------------------ training
     def _batch_loss(self, fn):
-        def loss(model, batch):
-            return fn(self._forward(batch["x"]), batch["y"])
+        def loss(model, batch):  # data sets may store float64 or bool fields: the model's dtype decides
+            dt = next(model.parameters()).dtype
+            return fn(self._forward(batch["x"].to(dt)), batch["y"].to(dt))
         return loss
 
     def fit(self, train, val=None, *, out_dir="runs/operator", progress: bool = True, log=print,
@@ -243,9 +244,8 @@ class OperatorLearner:
             dev = self.device
             self.x_normalizer = _fit_normalizer(train_set, "x").to(dev)
             self.y_normalizer = _fit_normalizer(train_set, "y").to(dev)
-        metrics = {"l2": lambda m, b: relative_errors(self._forward(b["x"]), b["y"], time_axis=self.time_axis).mean(),
-                   "h1": lambda m, b: relative_errors(self._forward(b["x"]), b["y"], s=1.0,
-                                                      time_axis=self.time_axis).mean()}
+        metrics = {"l2": self._batch_loss(lambda p, y: relative_errors(p, y, time_axis=self.time_axis).mean()),
+                   "h1": self._batch_loss(lambda p, y: relative_errors(p, y, s=1.0, time_axis=self.time_axis).mean())}
         run = name or type(self.model).__name__.lower()
         self.history = training.train(self.model, self._batch_loss(_loss_fn(self.loss, self.time_axis)), train, out_dir,
                                       config, val=val, metrics=metrics, hooks=hooks, progress=progress, log=log,
@@ -404,6 +404,7 @@ class OperatorLearner:
             if pred.shape != y.shape:
                 raise ValueError(f"the model predicts shape {tuple(pred.shape[1:])} per sample but the targets have "
                                  f"{tuple(y.shape[1:])}")
+            pred, y = pred.double(), y.double()
             l2.append(relative_errors(pred, y, time_axis=self.time_axis))
             h1.append(relative_errors(pred, y, s=1.0, time_axis=self.time_axis))
         l2, h1 = torch.cat(l2), torch.cat(h1)
@@ -436,7 +437,8 @@ class OperatorLearner:
             raise ValueError(f"plot shows 2-D fields; sample {index} has a {y.dim()}-D field of shape {tuple(y.shape)}")
         err = (pred - y).numpy()
         y, pred = y.numpy(), pred.numpy()
-        rel = float(relative_errors(torch.as_tensor(pred)[None, None], torch.as_tensor(y)[None, None])[0])
+        rel = float(relative_errors(torch.as_tensor(pred, dtype=torch.float64)[None, None],
+                                    torch.as_tensor(y, dtype=torch.float64)[None, None])[0])
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
         lim = max(abs(y).max(), abs(pred).max())
         for ax, field, title, kwargs in ((axes[0], y, "truth", dict(vmin=-lim, vmax=lim)),
