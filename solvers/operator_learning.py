@@ -94,21 +94,22 @@ class NormalizedOperator(torch.nn.Module):
         return y
 
 
-def _stack(dataset, key: str, limit: int | None = None) -> torch.Tensor:
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-    return torch.stack([torch.as_tensor(dataset[i][key]) for i in range(n)])
-
-
-def _fit_normalizer(dataset, key: str):
+def _fit_normalizer(dataset, key: str, indices=None):
+    """A :class:`~krylon.operators.learned.normalizer.ChannelNormalizer` of ``dataset[i][key]`` (streamed)."""
     from ..operators.learned.normalizer import ChannelNormalizer
 
-    return ChannelNormalizer.fitted(_stack(dataset, key).double()).float()
+    return ChannelNormalizer(int(dataset[0][key].shape[0])).fit(dataset, indices=indices, key=key)
 
 
-def _normalizer_from_state(state: dict):
+def _normalizer_from_state(saved: dict, where: str):
     from ..operators.learned.normalizer import ChannelNormalizer
 
-    return ChannelNormalizer.from_state_dict(state)
+    try:
+        norm = ChannelNormalizer(**json.loads(saved["config"]))
+        norm.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{where}: the saved normaliser is damaged: {exc}") from exc
+    return norm
 
 
 def _check_sample(dataset, name: str) -> None:
@@ -233,17 +234,14 @@ class OperatorLearner:
         opts = {"schedule": "onecycle", "max_grad_norm": None, "val_fraction": 0.0 if val is not None else 0.1}
         opts.update(train_options)
         config = training.TrainConfig(**opts)
-        train_set = train
-        if val is None and config.val_fraction > 0:  # the same split train() makes, so normalisers see training only
-            from torch.utils.data import Subset
-
+        indices = None
+        if val is None and config.val_fraction > 0:  # the split train() makes, so normalisers see training only
             n = len(train)
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed)).tolist()
-            train_set = Subset(train, perm[int(round(config.val_fraction * n)):])
+            indices = perm[int(round(config.val_fraction * n)):]
         if self.normalize:
-            dev = self.device
-            self.x_normalizer = _fit_normalizer(train_set, "x").to(dev)
-            self.y_normalizer = _fit_normalizer(train_set, "y").to(dev)
+            self.x_normalizer = _fit_normalizer(train, "x", indices).to(self.device)
+            self.y_normalizer = _fit_normalizer(train, "y", indices).to(self.device)
         metrics = {"l2": self._batch_loss(lambda p, y: relative_errors(p, y, time_axis=self.time_axis).mean()),
                    "h1": self._batch_loss(lambda p, y: relative_errors(p, y, s=1.0, time_axis=self.time_axis).mean())}
         run = name or type(self.model).__name__.lower()
@@ -299,10 +297,7 @@ class OperatorLearner:
             raise ValueError(f"{type(self.model).__name__}.widen_last_layer returned no parameters to refine")
         for p in params:
             p.requires_grad_(True)
-        self.model.to(dtype)
-        for norm in (self.x_normalizer, self.y_normalizer):
-            if norm is not None:
-                norm.to(dtype)
+        self.model.to(dtype)  # the normalisers keep float64 statistics and compute in the input's dtype
         params = [p for p in self.model.parameters() if p.requires_grad]  # .to() may replace parameter objects
         opt = torch.optim.Adam(params, lr=lr)
         d = len(space)
@@ -353,9 +348,6 @@ class OperatorLearner:
             if bar is not None:
                 bar.close()
             self.model.to(own_dtype)
-            for norm in (self.x_normalizer, self.y_normalizer):
-                if norm is not None:
-                    norm.to(own_dtype)
             for p in self.model.parameters():
                 p.requires_grad_(True)
         result = {"loss": losses, "seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in params),
@@ -467,8 +459,8 @@ class OperatorLearner:
         ckpt["learner"] = json.dumps({"loss": self.loss if isinstance(self.loss, str) else "custom",
                                       "normalize": self.normalize, "time_axis": self.time_axis,
                                       "history": self.history, "refined": self.refine_history})
-        ckpt["normalizers"] = {k: n.state_dict() for k, n in (("x", self.x_normalizer), ("y", self.y_normalizer))
-                               if n is not None}
+        ckpt["normalizers"] = {k: {"config": json.dumps(n.config), "state_dict": n.state_dict()}
+                               for k, n in (("x", self.x_normalizer), ("y", self.y_normalizer)) if n is not None}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         registry.atomic_save(ckpt, path)
@@ -493,9 +485,9 @@ class OperatorLearner:
         learner.refine_history = opts.get("refined", [])
         norms = raw.get("normalizers", {})
         if "x" in norms:
-            learner.x_normalizer = _normalizer_from_state(norms["x"]).to(map_location)
+            learner.x_normalizer = _normalizer_from_state(norms["x"], str(path)).to(map_location)
         if "y" in norms:
-            learner.y_normalizer = _normalizer_from_state(norms["y"]).to(map_location)
+            learner.y_normalizer = _normalizer_from_state(norms["y"], str(path)).to(map_location)
         return learner
 
     @property
