@@ -239,17 +239,17 @@ def _train_operator(args) -> int:
 
 
 def _ns_residual(path):
-    """The residual of one implicit Crank-Nicolson step of the Navier-Stokes data in ``path`` (its attributes)."""
+    """The residual of one implicit Crank-Nicolson step between the stored snapshots of ns2d data at ``path``."""
     from .datasets import read_attrs
-    from .operators.pde import navier_stokes
+    from .solvers.operator_learning import navier_stokes_residual
 
     attrs = read_attrs(path)
-    params = {**(attrs.get("parameters") or {}), **attrs}
-    missing = [k for k in ("viscosity", "dt") if k not in params]
-    if missing:
-        raise ValueError(f"{path} does not say its {' and '.join(missing)} (attributes); --mode physics needs the "
-                         "equations of krylon generate ns2d data; use --mode data otherwise")
-    return navier_stokes.refinement_residual(params)
+    times = attrs.get("times")
+    if "viscosity" not in attrs or times is None or len(times) < 2:
+        raise ValueError(f"{path} does not say its viscosity and snapshot times (attributes of krylon generate ns2d "
+                         "data); --mode physics needs the equations of the data: use --mode data otherwise")
+    return navier_stokes_residual(float(attrs["viscosity"]), float(times[1] - times[0]),
+                                  lengths=tuple(float(v) for v in attrs.get("lengths", (1.0, 1.0))))
 
 
 def _refine(args) -> int:

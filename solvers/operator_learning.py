@@ -24,7 +24,7 @@ from ..kernels import fft, validate
 from ..operators.learned import registry
 from . import training
 
-__all__ = ["OperatorLearner", "NormalizedOperator", "relative_errors"]
+__all__ = ["OperatorLearner", "NormalizedOperator", "relative_errors", "navier_stokes_residual"]
 
 _KIND = "krylon.OperatorLearner"
 LOSSES = ("l2", "h1")
@@ -65,6 +65,24 @@ def relative_errors(pred: torch.Tensor, target: torch.Tensor, *, s: float = 0.0,
     num = fft.sobolev_norm(pred - target, s, (1.0,) * d, squared=True, ndim=d).sum(-1)
     den = fft.sobolev_norm(target, s, (1.0,) * d, squared=True, ndim=d).sum(-1)
     return (num / den.clamp_min(torch.finfo(den.dtype).tiny)).sqrt()
+
+
+def navier_stokes_residual(viscosity: float, interval: float, *, lengths=1.0) -> Callable:
+    """``residual(w0, w1)`` for :meth:`OperatorLearner.refine`: one implicit Crank--Nicolson step of length
+    ``interval`` (the time between two stored snapshots) of the 2-D Navier--Stokes vorticity equation of
+    ``krylon generate ns2d`` data (forcing ``0.1 (sin 2 pi (x + y) + cos 2 pi (x + y))``), on fields
+    ``(B, 1, X, Y)``.  The equations are :class:`krylon.operators.pde.navier_stokes.NavierStokes2D`'s."""
+    from ..operators.pde.navier_stokes import NavierStokes2D
+
+    interval = validate.real_number(interval, "interval")
+    if not interval > 0:
+        raise ValueError(f"interval must be positive, got {interval!r}")
+    ns = NavierStokes2D(viscosity=viscosity, lengths=lengths)
+
+    def residual(w0, w1):
+        return ns.crank_nicolson_residual(w0, w1, interval)
+
+    return residual
 
 
 def _loss_fn(loss, time_axis) -> Callable:
@@ -260,7 +278,7 @@ class OperatorLearner:
         r"""Spectral-Refiner's stage 2: fine-tune only the last spectral layer, widened, in a negative Sobolev norm.
 
         Every parameter is frozen except those of the last spectral layer, which is first widened to
-        ``modes`` (default: the full grid of the first sample) with its old weights copied in
+        ``modes`` (default: the full grid of the first sample, see :meth:`_full_modes`) with its old weights copied in
         (``model.widen_last_layer(modes)``).  Then ``steps`` Adam iterations minimise, over batches of ``data``:
 
         * ``mode="physics"``: :math:`\sum_t \|R(w_t, w_{t+1})\|_{H^s}^2` over the predicted trajectory
@@ -356,13 +374,18 @@ class OperatorLearner:
         return result
 
     def _full_modes(self, sample) -> tuple:
-        """Every mode of the grid, in the model's convention (its ``last_spectral_layer().n_modes`` length)."""
-        shape = tuple(sample["y"].shape[1:])
-        layer = self.model.last_spectral_layer() if hasattr(self.model, "last_spectral_layer") else None
-        current = tuple(getattr(layer, "n_modes", ()) or ())
-        if self.time_axis == -1 and len(current) == len(shape):
-            return shape
-        return shape[:len(current)] if current else shape
+        """Every mode of the sample's grid in the model's convention: a ``full_modes(grid)`` method if it has one;
+        neuraloperator's ``n_modes`` (all frequencies of an axis = its length); SFNO's ``modes`` (half the grid in
+        space, every rfft mode of the ``in_steps`` input steps in time)."""
+        grid = tuple(sample["y"].shape[1:])
+        if hasattr(self.model, "full_modes"):
+            return tuple(self.model.full_modes(grid))
+        cfg = getattr(self.model, "config", None) or {}
+        if "n_modes" in cfg:
+            return grid[:len(cfg["n_modes"])]
+        if "modes" in cfg and "in_steps" in cfg:
+            return tuple(n // 2 for n in grid[:-1]) + (cfg["in_steps"] // 2 + 1,)
+        raise ValueError(f"cannot tell the full-grid modes of {type(self.model).__name__}; pass modes=")
 
     def _physics_loss(self, x, pred, residual, hs2):
         """Sum over the predicted steps of ``||R(w_t, w_{t+1})||^2_{H^s}``, mean over the batch."""

@@ -34,7 +34,8 @@ SIZES = {
     "default": {"darcy": {"n_train": 1000, "epochs": 20, "batch": 32},
                 "ns": {"n_train": 64, "n_test": 16, "resolution": 64, "epochs": 10, "refine_steps": 50, "batch": 4}},
     "paper": {"darcy": {"n_train": 1000, "epochs": 20, "batch": 32},
-              "ns": {"n_train": 1152, "n_test": 128, "resolution": 64, "epochs": 10, "refine_steps": 50, "batch": 4}},
+              "ns": {"n_train": 1152, "n_test": 128, "resolution": 64, "epochs": 10, "refine_steps": 50, "batch": 4,
+                     "preset": "paper"}},
 }
 DARCY = {"n_modes": (16, 16), "hidden_channels": 32, "n_layers": 4, "lr": 8e-3, "weight_decay": 1e-4}
 
@@ -236,18 +237,18 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
     return rows
 
 
-def _ns_data(cfg: dict, out: Path, seed: int):
-    """Generate (or reuse) the NS train/test files; None when the generator is not installed."""
-    try:
-        from ..datasets import navier_stokes as ns_gen
-    except ImportError:
-        return None
+def _ns_data(cfg: dict, out: Path, seed: int, device):
+    """Generate (or reuse) the NS train/test files with ``krylon generate ns2d``'s library function."""
+    from ..datasets.navier_stokes import generate
+    from ..datasets.presets import NS2D
+
+    preset = dict(NS2D[cfg.get("preset", "quick")])
+    preset.update(resolution=cfg["resolution"], sim_resolution=max(cfg["resolution"], preset["sim_resolution"]))
     paths = {}
     for split, n, s in (("train", cfg["n_train"], seed), ("test", cfg["n_test"], seed + 10_000)):
-        path = out / f"ns2d-{cfg['resolution']}-{split}-{n}.h5"
+        path = out / f"ns2d-{cfg['resolution']}-{split}-{n}-seed{s}.h5"
         if not path.exists():
-            ns_gen.generate(path, n_samples=n, resolution=cfg["resolution"], viscosity=1e-3, in_steps=10,
-                            out_steps=40, seed=s)
+            generate(path, n, viscosity=1e-3, t_in=10, t_out=40, seed=s, device=device, **preset)
         paths[split] = path
     return paths
 
@@ -259,10 +260,12 @@ def _ns(cfg: dict, device, out: Path, seed: int = 0) -> tuple[list[dict], str | 
         from ..operators.learned import SFNO
     except ImportError:
         return [], "skipped: no SFNO in this installation (krylon.operators.learned.SFNO)"
-    t0 = time.perf_counter()
-    paths = _ns_data(cfg, out, seed)
-    if paths is None:
+    try:
+        from ..datasets import navier_stokes  # noqa: F401
+    except ImportError:
         return [], "skipped: the Navier-Stokes generator (krylon generate ns2d) is not in this installation"
+    t0 = time.perf_counter()
+    paths = _ns_data(cfg, out, seed, device)
     t_data = time.perf_counter() - t0
     from ..cli import _ns_residual
     from ..datasets import open_dataset
