@@ -150,6 +150,9 @@ def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, 
 
     monkeypatch.setitem(load("krylov").SIZES, "quick", {"cases": [(16, 16)], "batched": [(8, 8)], "gpu_extra": []})
     monkeypatch.setitem(load("dcdm").SIZES, "quick", {2: [16], 3: []})
+    monkeypatch.setitem(load("medida").SIZES, "quick", {"n": 64, "length": 22.0, "samples": 2, "spacing": 1.0, "spinup": 20.0,
+                                                        "transit_dt": 1e-2, "noisy": [], "plot_time": 1.0})
+    monkeypatch.setattr(load("medida"), "CASES", load("medida").CASES[:2])
     assert cli.main(["bench", "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "== summary: krylov, dcdm at --size quick" in out

@@ -206,3 +206,18 @@ def test_example_script_runs_small(tmp_path):
     spec.loader.exec_module(mod)
     results = mod.discover(n=N, length=L, samples=4, members=64, spinup=40.0, spacing=2.0, plot=str(tmp_path / "ks.png"))
     assert results["noise-free"].terms == ("u_xx",) and (tmp_path / "ks.png").exists()
+
+
+def test_bench_suite_tiny(tmp_path, monkeypatch):
+    from krylon.bench import load
+
+    suite = load("medida")
+    monkeypatch.setitem(suite.SIZES, "quick", {"n": N, "length": L, "samples": 3, "spacing": 2.0, "spinup": 40.0,
+                                               "transit_dt": 1e-2, "noisy": ["halved u_xx"], "noise": 0.01, "members": 32,
+                                               "plot_time": 2.0})
+    monkeypatch.setattr(suite, "CASES", [c for c in suite.CASES if c[0] in ("halved u_xx", "mixed 0, 0.5, 2", "extra 0.5 u_xxx")])
+    result = suite.run("quick", out=tmp_path, peers=False)
+    assert all(c["krylon"]["exact"] and c["krylon"]["worst_error"] < 0.01 for c in result["cases"])
+    assert (tmp_path / "medida.json").exists() and (tmp_path / "medida_ks.png").exists()
+    rows = suite.summary(result)
+    assert rows[0]["krylon_value"] == 3 and rows[0]["family"] == "medida"

@@ -2,9 +2,10 @@
 
 One truth run (L = 100, N = 1024, ETDRK4; observation windows 5e-3 apart, ``spacing`` time units apart) serves
 every case.  For each imperfect model of the paper (missing, halved, doubled and mixed coefficients; extra
-``c u_xxx`` and ``c u^2 u_x`` terms) the suite computes the one-step model error once and fits it three ways:
+``c u_xxx`` and ``c u^2 u_x`` terms) the suite computes the one-step model error (krylon's midpoint estimator) once and fits it three ways:
 krylon's RVM (the method), krylon's STLSQ, and pysindy's own ``PDELibrary`` (degree 4, derivatives up to 4,
-finite differences) with its ``STLSQ`` — the tool users reach for — on the same model-error data.  It reports
+finite differences) with its ``STLSQ`` — the tool users reach for — on the same model-error data; krylon's RVM
+with the paper's estimator (error at the step's start, unfiltered) is reported beside it.  It reports
 the discovered terms, relative errors of the model-error coefficients and of the corrected model against the
 truth, spurious and missed terms and seconds, and with observation noise runs the EnKF path for the cases the
 size lists.  JSON and a PNG (truth / imperfect model / corrected model from one initial state) go to ``out``.
@@ -111,7 +112,7 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
     from ..datasets.kuramoto_sivashinsky import observation_windows
     from ..operators.pde import KuramotoSivashinsky
     from ..solvers.libraries import PolynomialDerivativeLibrary
-    from ..solvers.medida import MEDIDA, observe, one_step
+    from ..solvers.medida import MEDIDA, observe
     from ..solvers.sparse_regression import stlsq
 
     if size not in SIZES:
@@ -120,7 +121,7 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
-    n, length, interval = cfg["n"], 100.0, 5e-3
+    n, length, interval = cfg["n"], cfg.get("length", 100.0), 5e-3
     truth = KuramotoSivashinsky((1, 1, 1), length=length, n=n, device=dev)
     t0 = time.perf_counter()
     windows = observation_windows(truth, cfg["samples"], n_times=3, interval=interval, spacing=cfg["spacing"],
@@ -140,17 +141,19 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
         row["krylon_seconds"] = time.perf_counter() - t1
         row["krylon"] = _score(found.coefficients, true_error, truth.terms, model.terms)
         row["krylon"]["stds"] = found.stds
-        # the same regression problem for the baselines
-        cur = windows[:, 1]
-        y = (windows[:, 2] - one_step(model, cur, interval)) / interval
-        theta = library(cur).reshape(-1, len(library.names))
+        row["estimator"] = found.info["estimator"]
+        paper = MEDIDA(model, library, estimator="start").discover(obs, truth=truth.terms)
+        row["krylon_paper_estimator"] = _score(paper.coefficients, true_error, truth.terms, model.terms)
+        # the baselines fit the same regression problem (the same model-error data and states)
+        theta, y, _ = MEDIDA(model, library).model_error(obs)
         t1 = time.perf_counter()
-        fit = stlsq(theta, y.flatten(), threshold=0.1)
+        fit = stlsq(theta, y, threshold=0.1)
         row["stlsq_seconds"] = time.perf_counter() - t1
         row["stlsq"] = _score({nm: float(c) for nm, c, a in zip(library.names, fit.coef.tolist(), fit.active.tolist()) if a},
                               true_error, truth.terms, model.terms)
         if peers:
-            ps_fit = _pysindy_fit(cur.cpu(), y.cpu(), length, threshold=0.1)
+            states = 0.5 * (windows[:, 1] + windows[:, 2]) if row["estimator"] == "midpoint" else windows[:, 1]
+            ps_fit = _pysindy_fit(states.cpu(), y.reshape(states.shape).cpu(), length, threshold=0.1)
             if ps_fit["available"]:
                 row["pysindy"] = _score(ps_fit["coefficients"], true_error, truth.terms, model.terms)
                 row["pysindy_seconds"] = ps_fit["seconds"]
@@ -170,7 +173,8 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
               "truth_seconds": truth_seconds, "cases": cases, "noisy": noisy}
     if plot:
         try:
-            result["png"] = str(_plot(truth, next(c for c in cases if c["case"] == "halved u_xx"), windows, out))
+            result["png"] = str(_plot(truth, next(c for c in cases if c["case"] == "halved u_xx"), windows, out,
+                                      cfg.get("plot_time", 40.0)))
         except ImportError:
             pass
     write_json(out / "medida.json", result)
@@ -191,6 +195,8 @@ def _print(cases, noisy) -> None:
                      "krylon RVM": _fmt_terms(k), "worst err %": 100 * k["worst_error"],
                      "corrected err %": 100 * k["worst_corrected_error"], "spurious": len(k["spurious"]) + len(k["missed"]),
                      "s": c["krylon_seconds"],
+                     "paper estimator err %": 100 * c["krylon_paper_estimator"]["worst_error"],
+                     "paper est. spurious": len(c["krylon_paper_estimator"]["spurious"]) + len(c["krylon_paper_estimator"]["missed"]),
                      "pysindy worst err %": None if p is None else 100 * p["worst_error"],
                      "pysindy spurious": None if p is None else len(p["spurious"]) + len(p["missed"]),
                      "pysindy s": c.get("pysindy_seconds")})
@@ -202,7 +208,7 @@ def _print(cases, noisy) -> None:
         print_table(rows, list(rows[0]), title="MEDIDA with noisy observations (stochastic EnKF)")
 
 
-def _plot(truth, case, windows, out: Path) -> Path:
+def _plot(truth, case, windows, out: Path, horizon: float) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,11 +226,11 @@ def _plot(truth, case, windows, out: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, (label, m) in zip(axes, (("truth", truth), (f"imperfect model ({case['case']})", model), ("corrected model", fixed))):
         try:
-            traj = simulate(m, u0, 40.0, 1e-2, every=0.2)
+            traj = simulate(m, u0, horizon, 1e-2, every=0.2)
         except FloatingPointError:
             ax.set_title(f"{label}: blew up")
             continue
-        ax.imshow(traj.cpu().numpy(), aspect="auto", origin="lower", cmap="RdBu_r", extent=(0, truth.length, 0, 40), vmin=-3, vmax=3)
+        ax.imshow(traj.cpu().numpy(), aspect="auto", origin="lower", cmap="RdBu_r", extent=(0, truth.length, 0, horizon), vmin=-3, vmax=3)
         ax.set_title(label)
         ax.set_xlabel("x")
     axes[0].set_ylabel("t")
