@@ -374,10 +374,12 @@ class LazyH5Dataset(torch.utils.data.Dataset):
     def _sample(self, f, index: int) -> dict:
         raise NotImplementedError
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            idx = range(*index.indices(self.n))
-            return {k: torch.stack([self[i][k] for i in idx]) for k in self.keys}
+    def _block(self, f, indices: list) -> dict | None:
+        """Several samples in one read: ``{key: (array (len(indices), ...), source)}`` for sorted unique
+        ``indices``; ``None`` where a layout reads sample by sample."""
+        return None
+
+    def _index(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"a data set is indexed by an integer or a slice, got {index!r}")
         index = int(index)
@@ -385,20 +387,43 @@ class LazyH5Dataset(torch.utils.data.Dataset):
             index += self.n
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for a data set of {self.n} samples")
+        return index
+
+    def _read(self, fn, what: str):
         try:
-            raw = self._sample(self._handle(), index)
+            return fn(self._handle())
         except (OSError, RuntimeError) as exc:  # h5py raises these for unreadable chunks
-            raise ValueError(f"{self.path}: cannot read sample {index} (truncated file?): {exc}") from exc
-        out = {}
-        for k, (arr, source) in raw.items():
-            arr = np.asarray(arr)
-            if self.check_finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-                bad = int((~np.isfinite(arr)).sum())
-                src = "" if source == k else f" (from {source!r})"
-                raise ValueError(f"{self.path}: key {k!r}{src} of sample {index} contains {bad} NaN/Inf value(s)")
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-            out[k] = t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
-        return out
+            raise ValueError(f"{self.path}: cannot read {what} (truncated file?): {exc}") from exc
+
+    def _tensor(self, arr, key: str, source: str, index: int) -> torch.Tensor:
+        arr = np.asarray(arr)
+        if self.check_finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            src = "" if source == key else f" (from {source!r})"
+            raise ValueError(f"{self.path}: key {key!r}{src} of sample {index} contains {bad} NaN/Inf value(s)")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            samples = self.__getitems__(range(*index.indices(self.n)))
+            return {k: torch.stack([s[k] for s in samples]) if samples else torch.empty((0, *self.shapes[k]))
+                    for k in self.keys}
+        index = self._index(index)
+        raw = self._read(lambda f: self._sample(f, index), f"sample {index}")
+        return {k: self._tensor(arr, k, source, index) for k, (arr, source) in raw.items()}
+
+    def __getitems__(self, indices) -> list:
+        """A list of samples (DataLoader's batched fetch): one read per key where the layout allows it."""
+        idx = [self._index(i) for i in indices]
+        if not idx:
+            return []
+        order = sorted(set(idx))
+        raw = self._read(lambda f: self._block(f, order), f"samples {order[0]}..{order[-1]}")
+        if raw is None:
+            return [self[i] for i in idx]
+        pos = {j: n for n, j in enumerate(order)}
+        return [{k: self._tensor(arr[pos[i]], k, source, i) for k, (arr, source) in raw.items()} for i in idx]
 
     def __getstate__(self):  # picklable for DataLoader workers: reopen in the child
         d = dict(self.__dict__)
@@ -467,6 +492,12 @@ class H5Dataset(LazyH5Dataset):
 
     def _sample(self, f, index):
         return {k: (f[k][index], k) for k in self.keys}
+
+    def _block(self, f, indices):
+        lo, hi = indices[0], indices[-1] + 1
+        if hi - lo <= 4 * len(indices):  # dense: one contiguous read, then pick
+            return {k: (f[k][lo:hi][np.asarray(indices) - lo], k) for k in self.keys}
+        return {k: (f[k][indices], k) for k in self.keys}
 
 
 def open_dataset(path, keys: Iterable[str] | None = None, *, layout: str = "auto", **options) -> LazyH5Dataset:

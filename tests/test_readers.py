@@ -268,3 +268,25 @@ def test_readers_pickle_and_feed_a_dataloader(tmp_path):
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["x"].shape == (4, 1, 8, 10) and batch["y"].shape == (4, 1, 8, 2)
     assert ds[1:3]["x"].shape == (2, 1, 8, 10)
+
+
+def test_batched_reads_match_single_reads_and_name_the_bad_sample(tmp_path):
+    b = RNG.random((40, 3, 2))
+    b[33, 1, 0] = np.inf
+    p = tmp_path / "k.h5"
+    with h5py.File(p, "w") as f:  # written by another program: the krylon writer refuses Inf
+        f.attrs.update({"krylon_format": "krylon-dataset", "n_samples": 40, "n_written": 40})
+        f["b"] = b
+    ds = open_dataset(p)
+    for idx in ([7, 2, 7, 30], [0, 39], list(range(5, 12))):  # unsorted, repeated, sparse (fancy read), dense
+        got = ds.__getitems__(idx)
+        assert [float(g["b"][0, 0]) for g in got] == [b[i, 0, 0] for i in idx]
+    np.testing.assert_array_equal(ds[3:9]["b"].numpy(), b[3:9])
+    assert ds[5:5]["b"].shape == (0, 3, 2)
+    with pytest.raises(ValueError, match=r"key 'b' of sample 33 contains 1 NaN/Inf"):
+        ds.__getitems__([40 - 1, 33, 1])
+    with pytest.raises(IndexError):
+        ds.__getitems__([1, 40])
+    batches = list(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(range(30))), batch_size=8, shuffle=True,
+                                               generator=torch.Generator().manual_seed(0)))
+    assert sorted(float(v) for bt in batches for v in bt["b"][:, 0, 0]) == sorted(b[:30, 0, 0])
