@@ -168,7 +168,7 @@ def convert(src, dst, *, layout: str = "auto", dtype: str | None = None, overwri
 
         def blocks(start):
             for i in range(start, n, _BLOCK):
-                samples = [ds[j] for j in range(i, min(i + _BLOCK, n))]
+                samples = ds.__getitems__(range(i, min(i + _BLOCK, n)))  # one read per key where the layout allows
                 yield i, {k: np.stack([s[k].numpy() for s in samples]) for k in shapes}
     if dtype is not None:
         shapes = {k: (s, dtype if dt.kind == "f" else dt) for k, (s, dt) in shapes.items()}

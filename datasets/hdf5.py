@@ -374,10 +374,21 @@ class LazyH5Dataset(torch.utils.data.Dataset):
     def _sample(self, f, index: int) -> dict:
         raise NotImplementedError
 
-    def _block(self, f, indices: list) -> dict | None:
-        """Several samples in one read: ``{key: (array (len(indices), ...), source)}`` for sorted unique
-        ``indices``; ``None`` where a layout reads sample by sample."""
+    def _range(self, f, lo: int, hi: int) -> dict | None:
+        """Samples ``lo..hi-1`` in one read per key: ``{key: (array (hi - lo, ...), source)}``; ``None`` where a
+        layout reads sample by sample."""
         return None
+
+    def _block(self, f, indices: list) -> dict | None:
+        """The sorted unique ``indices`` from one contiguous read when they are dense enough, else ``None``."""
+        lo, hi = indices[0], indices[-1] + 1
+        if hi - lo > 4 * len(indices):  # sparse: reading the span would cost more than sample by sample
+            return None
+        raw = self._range(f, lo, hi)
+        if raw is None:
+            return None
+        pick = np.asarray(indices) - lo
+        return {k: (arr[pick], source) for k, (arr, source) in raw.items()}
 
     def _index(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
@@ -493,11 +504,8 @@ class H5Dataset(LazyH5Dataset):
     def _sample(self, f, index):
         return {k: (f[k][index], k) for k in self.keys}
 
-    def _block(self, f, indices):
-        lo, hi = indices[0], indices[-1] + 1
-        if hi - lo <= 4 * len(indices):  # dense: one contiguous read, then pick
-            return {k: (f[k][lo:hi][np.asarray(indices) - lo], k) for k in self.keys}
-        return {k: (f[k][indices], k) for k in self.keys}
+    def _range(self, f, lo, hi):
+        return {k: (f[k][lo:hi], k) for k in self.keys}
 
 
 def open_dataset(path, keys: Iterable[str] | None = None, *, layout: str = "auto", **options) -> LazyH5Dataset:

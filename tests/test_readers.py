@@ -56,6 +56,9 @@ def test_fno_mat_navier_stokes_split_and_initial_condition(tmp_path):
     np.testing.assert_array_equal(ds[2]["y"].numpy(), u[2, ..., 10:][None])
     np.testing.assert_array_equal(ds.coords["t"], t[0])
     assert ds.attrs["input_steps"] == 10 and ds.attrs["output_steps"] == 4
+    batch = ds.__getitems__([2, 0, 1])  # one read of the samples' h5py range
+    np.testing.assert_array_equal(batch[0]["y"].numpy(), u[2, ..., 10:][None])
+    np.testing.assert_array_equal(batch[1]["x"].numpy(), u[0, ..., :10][None])
     ds = open_dataset(p, input_steps=3, output_steps=5, keys=["y"])
     assert list(ds[1]) == ["y"]
     np.testing.assert_array_equal(ds[1]["y"].numpy(), u[1, ..., 3:8][None])
@@ -134,6 +137,7 @@ def test_pdebench_darcy(tmp_path):
     assert ds.layout == "pdebench-darcy" and ds.shapes == {"x": (1, 6, 7), "y": (1, 6, 7)}
     np.testing.assert_array_equal(ds[4]["x"].numpy(), nu[4][None])
     np.testing.assert_array_equal(ds[4]["y"].numpy(), u[4])
+    np.testing.assert_array_equal(ds[1:5]["x"].numpy()[:, 0], nu[1:5])
     np.testing.assert_array_equal(ds.coords["y"], np.arange(7.0))
     with h5py.File(tmp_path / "bad.hdf5", "w") as f:
         f["nu"], f["tensor"] = nu, u[:4]
@@ -155,6 +159,7 @@ def test_pdebench_cfd_variables_become_channels(tmp_path):
     ref = np.stack([np.moveaxis(fields[v][1], 0, -1) for v in order])
     np.testing.assert_array_equal(ds[1]["x"].numpy(), ref[..., :2])
     np.testing.assert_array_equal(ds[1]["y"].numpy(), ref[..., 2:5])
+    np.testing.assert_array_equal(ds[0:3]["y"].numpy()[1], ref[..., 2:5])
     ds = open_dataset(p, variables=["Vy", "Vx"], input_steps=2)
     np.testing.assert_array_equal(ds[0]["y"].numpy()[0], np.moveaxis(fields["Vy"][0, 2:], 0, -1))
     ds.close()
@@ -178,6 +183,7 @@ def test_pdebench_seeds_groups(tmp_path):
     ref = np.moveaxis(data[2], (0, 3), (3, 0))  # (V, X, Y, T)
     np.testing.assert_array_equal(ds[2]["x"].numpy(), ref[..., :4])
     np.testing.assert_array_equal(ds[2]["y"].numpy(), ref[..., 4:])
+    np.testing.assert_array_equal(ds[1:3]["x"].numpy()[1], ref[..., :4])  # sample by sample: one group each
     np.testing.assert_array_equal(ds.coords["t"], np.arange(9.0) / 8)
     ds.close()
     with h5py.File(p, "a") as f:
