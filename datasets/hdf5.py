@@ -333,7 +333,12 @@ def open_h5(path):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+        with open(path, "rb") as fh:
+            head = fh.read(128)
+        hint = ("; it is a torch file: convert it with `krylon convert` (krylon.datasets.convert)" if head.startswith(b"PK\x03\x04")
+                else "; it is a MATLAB v5 .mat file, not v7.3 (HDF5): re-save it with save(..., '-v7.3') or read it "
+                     "with scipy.io.loadmat and write_dataset" if head.startswith(b"MATLAB 5.0") else " (truncated or corrupt?)")
+        raise ValueError(f"{path} is not a readable HDF5 file{hint}: {exc}") from exc
 
 
 class LazyH5Dataset(torch.utils.data.Dataset):

@@ -296,3 +296,12 @@ def test_batched_reads_match_single_reads_and_name_the_bad_sample(tmp_path):
     batches = list(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(range(30))), batch_size=8, shuffle=True,
                                                generator=torch.Generator().manual_seed(0)))
     assert sorted(float(v) for bt in batches for v in bt["b"][:, 0, 0]) == sorted(b[:30, 0, 0])
+
+
+def test_files_that_are_not_hdf5_say_what_they_are(tmp_path):
+    torch.save({"x": torch.zeros(2, 3)}, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match="torch file: convert it with `krylon convert`"):
+        open_dataset(tmp_path / "d.pt")
+    (tmp_path / "v5.mat").write_bytes(b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(128, b" ") + b"\0" * 64)
+    with pytest.raises(ValueError, match="MATLAB v5 .mat file, not v7.3"):
+        open_dataset(tmp_path / "v5.mat")
