@@ -335,9 +335,13 @@ def open_h5(path):
     except OSError as exc:
         with open(path, "rb") as fh:
             head = fh.read(128)
-        hint = ("; it is a torch file: convert it with `krylon convert` (krylon.datasets.convert)" if head.startswith(b"PK\x03\x04")
-                else "; it is a MATLAB v5 .mat file, not v7.3 (HDF5): re-save it with save(..., '-v7.3') or read it "
-                     "with scipy.io.loadmat and write_dataset" if head.startswith(b"MATLAB 5.0") else " (truncated or corrupt?)")
+        if head.startswith(b"PK\x03\x04"):  # torch.save's zip container
+            hint = "; it is a torch file: convert it with `krylon convert` (krylon.datasets.convert)"
+        elif head.startswith(b"MATLAB 5.0"):
+            hint = ("; it is a MATLAB v5 .mat file, not v7.3 (HDF5): re-save it with save(..., '-v7.3') or read it "
+                    "with scipy.io.loadmat and write_dataset")
+        else:
+            hint = " (truncated or corrupt?)"
         raise ValueError(f"{path} is not a readable HDF5 file{hint}: {exc}") from exc
 
 
@@ -346,7 +350,9 @@ class LazyH5Dataset(torch.utils.data.Dataset):
 
     A subclass fills ``path``, ``layout``, ``keys``, ``n``, ``shapes``, ``coords``, ``attrs`` in its constructor
     (with the file opened once to look at it) and implements ``_sample(f, i) -> {key: (numpy array, source)}``,
-    where ``source`` names the HDF5 object the array came from (for error messages).  The file is opened on first
+    where ``source`` names the HDF5 object the array came from (for error messages), and, where its layout can
+    read several samples at once, ``_range(f, lo, hi)`` (the same with a leading sample axis), which batched
+    fetches (``ds[a:b]``, ``ds.__getitems__``, hence DataLoader) use.  The file is opened on first
     access in each process (safe with DataLoader workers); ``ds[i]`` returns a dict of torch tensors, converted
     to ``dtype`` when one is given (floating fields only); a sample holding NaN or Inf raises ``ValueError``
     naming the file, the key and the sample index (``check_finite=False`` skips the check).
