@@ -338,8 +338,7 @@ def open_h5(path):
         if head.startswith(b"PK\x03\x04"):  # torch.save's zip container
             hint = "; it is a torch file: convert it with `krylon convert` (krylon.datasets.convert)"
         elif head.startswith(b"MATLAB 5.0"):
-            hint = ("; it is a MATLAB v5 .mat file, not v7.3 (HDF5): re-save it with save(..., '-v7.3') or read it "
-                    "with scipy.io.loadmat and write_dataset")
+            hint = "; it is a MATLAB v5 .mat file, not v7.3 (HDF5): convert it with `krylon convert`"
         else:
             hint = " (truncated or corrupt?)"
         raise ValueError(f"{path} is not a readable HDF5 file{hint}: {exc}") from exc

@@ -120,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- krylon convert (begin)
 def _convert_parser(sub) -> None:
-    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat (v7.3 or v5) or PDEBench files into krylon HDF5")
     c.add_argument("source", help="the file to convert")
     c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
     c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
