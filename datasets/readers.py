@@ -188,6 +188,9 @@ class FNOMatDataset(_Foreign):
 
     MATLAB writes column-major, so an array MATLAB calls (N, s, s, T) reads in h5py as (T, s, s, N): the sample
     index is the LAST h5py axis and every sample is reversed back to MATLAB's order (as FNO's ``MatReader``).
+    A sample's values therefore lie strided through the file: reading one 64x64x50 float32 trajectory took
+    ~90 ms (15 ms each in a batch of 64) where a krylon file takes under 1 ms, so for training convert the file
+    once (:func:`krylon.datasets.convert`).
 
     Parameters
     ----------
