@@ -507,6 +507,8 @@ def open_dataset(path, keys: Iterable[str] | None = None, *, layout: str = "auto
     validate.choice(layout, "layout", ("auto",) + LAYOUTS)
     if not Path(path).exists():
         open_h5(path)  # the clear FileNotFoundError (with the .partial hint)
+    if isinstance(keys, str):  # one field named as a string, not its characters
+        keys = [keys]
     if layout == "auto":
         layout = detect_layout(path)
     allowed = options_of(layout)

@@ -60,7 +60,7 @@ def test_fno_mat_navier_stokes_split_and_initial_condition(tmp_path):
     np.testing.assert_array_equal(batch[0]["y"].numpy(), u[2, ..., 10:][None])
     np.testing.assert_array_equal(batch[1]["x"].numpy(), u[0, ..., :10][None])
     ds = open_dataset(p, input_steps=3, output_steps=5, keys=["y"])
-    assert list(ds[1]) == ["y"]
+    assert list(ds[1]) == ["y"] and list(open_dataset(p, "x")[0]) == ["x"]
     np.testing.assert_array_equal(ds[1]["y"].numpy(), u[1, ..., 3:8][None])
     np.testing.assert_array_equal(ds.coords["t"], t[0, :8])
     ds = open_dataset(p, x_key="a", output_steps=6)  # initial vorticity -> trajectory
