@@ -130,3 +130,12 @@ def test_fit_on_any_indexable_data_set_with_samples_of_different_sizes():
     np.testing.assert_allclose(norm.std.numpy(), ref.std(axis=1), rtol=1e-12)
     with pytest.raises(KeyError, match="sample 0 .* no key 'y'"):
         ChannelNormalizer(2).fit(Plain(), key="y")
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from krylon.operators.learned import normalizer
+
+    result = doctest.testmod(normalizer)
+    assert result.attempted > 0 and result.failed == 0

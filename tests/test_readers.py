@@ -305,3 +305,13 @@ def test_files_that_are_not_hdf5_say_what_they_are(tmp_path):
     (tmp_path / "v5.mat").write_bytes(b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(128, b" ") + b"\0" * 64)
     with pytest.raises(ValueError, match="MATLAB v5 .mat file, not v7.3.*krylon convert"):
         open_dataset(tmp_path / "v5.mat")
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    for name in ("hdf5", "readers", "convert"):
+        module = importlib.import_module(f"krylon.datasets.{name}")  # krylon.datasets.convert is also a function
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

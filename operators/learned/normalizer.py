@@ -41,8 +41,8 @@ class ChannelNormalizer(nn.Module):
     >>> x = torch.randn(8, 2, 16, 16) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1) + 3
     >>> norm = ChannelNormalizer(2).fit(x)
     >>> z = norm.encode(x)
-    >>> [round(float(v), 6) for v in z.mean(dim=(0, 2, 3))], torch.allclose(norm.decode(z), x, atol=1e-5)
-    ([0.0, 0.0], True)
+    >>> float(z.mean(dim=(0, 2, 3)).abs().max()) < 1e-6, torch.allclose(norm.decode(z), x, atol=1e-5)
+    (True, True)
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
