@@ -1,5 +1,6 @@
 """open_dataset on every layout: small files written here with h5py, samples checked against the numpy source."""
 
+import json
 import pickle
 
 import h5py
@@ -315,3 +316,27 @@ def test_docstring_examples_run():
         module = importlib.import_module(f"krylon.datasets.{name}")  # krylon.datasets.convert is also a function
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_writer_attrs_coords_and_blocks_are_checked(tmp_path):
+    f32 = {"x": ((2,), "float32")}
+    with pytest.raises(ValueError, match="'seed' is part of the schema"):
+        DatasetWriter(tmp_path / "a.h5", 2, f32, generator="g", attrs={"seed": 3})
+    with pytest.raises(ValueError, match="coordinate 'x' must be a 1-D numeric array"):
+        DatasetWriter(tmp_path / "b.h5", 2, f32, generator="g", coords={"x": np.zeros((2, 2))})
+    with pytest.raises(TypeError, match="attribute 'f' must be"):
+        DatasetWriter(tmp_path / "c.h5", 2, f32, generator="g", attrs={"f": object()})
+    with pytest.raises(ValueError, match="'coords' is reserved"):
+        DatasetWriter(tmp_path / "d.h5", 2, {"coords": ((2,), "float32")}, generator="g")
+    w = DatasetWriter(tmp_path / "e.h5", 3, f32, generator="g", attrs={"meta": {"k": [1, 2]}, "names": ["a", "b"]})
+    block = np.ones((2, 2), np.float32)
+    block[1, 0] = np.nan
+    with pytest.raises(ValueError, match="'x' of sample 1 contains NaN"):
+        w.write_many(0, {"x": block})
+    with pytest.raises(IndexError, match="runs past the end"):
+        w.write_many(0, {"x": np.ones((4, 2), np.float32)})
+    assert w.n_written == 0  # nothing of a refused block is on disk
+    w.write_many(0, {"x": np.ones((3, 2), np.float32)})
+    assert w.close()
+    attrs = open_dataset(tmp_path / "e.h5").attrs
+    assert json.loads(attrs["meta"]) == {"k": [1, 2]} and json.loads(attrs["names"]) == ["a", "b"]
