@@ -6,6 +6,7 @@ from .cgls import CGLS
 from .compat import cg, gmres, minres
 from .dcdm import DCDM
 from .gmres import GMRES
+from .medida import MEDIDA, DiscoveredModelError
 from .minres import MINRES
 from .operator_learning import OperatorLearner
 from .preconditioners import IC0, Jacobi, Preconditioner, SpectralPoisson, as_preconditioner
@@ -16,5 +17,5 @@ __all__ = [
     "IterativeSolver", "CG", "MINRES", "GMRES", "CGLS",
     "Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner",
     "cg", "minres", "gmres", "DCDM",
-    "OperatorLearner",
+    "MEDIDA", "DiscoveredModelError", "OperatorLearner",
 ]
