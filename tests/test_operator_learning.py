@@ -257,11 +257,13 @@ def test_relative_errors_match_numpy_and_analytic_sobolev_norms():
     # H1 weights 1 + |k|^2 (angular k): |e|^2 = 0.01/2 (1 + 36 pi^2), |y|^2 = 1/4 (1 + 8 pi^2)
     h1 = float(relative_errors(pred, target, s=1.0)[0])
     assert h1 == pytest.approx(math.sqrt(0.005 * (1 + 36 * math.pi ** 2) / (0.25 * (1 + 8 * math.pi ** 2))), rel=1e-10)
-    # per time step: the last axis is time; the second step has twice the error
+    # per time step: the last axis is time; the second step has twice the error; the trajectory's error is the
+    # ratio of the time-integrated squared norms
     traj_p = torch.stack([pred, target + 2 * (pred - target)], dim=-1)
     traj_t = torch.stack([target, target], dim=-1)
-    per_step = relative_errors(traj_p, traj_t, time_axis=-1)
-    np.testing.assert_allclose(per_step.numpy(), [[l2, 2 * l2]], rtol=1e-12)
+    np.testing.assert_allclose(relative_errors(traj_p, traj_t, time_axis=-1, per_step=True).numpy(), [[l2, 2 * l2]],
+                               rtol=1e-12)
+    np.testing.assert_allclose(relative_errors(traj_p, traj_t, time_axis=-1).numpy(), [math.sqrt(2.5) * l2], rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- OperatorLearner
@@ -328,7 +330,7 @@ def test_bad_input_is_a_clear_error(fitted):
     with pytest.raises(ValueError, match=r"3 channels.*\(2, 3, 16, 16\)"):
         learner.predict(x.expand(2, 3, 16, 16))
     bare = OperatorLearner(learner.model, normalize=False)  # the network's own error, named with the shape
-    with pytest.raises(ValueError, match=r"cannot take an input of shape \(2, 3, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"failed on an input of shape \(2, 3, 16, 16\)"):
         bare.predict(x.expand(2, 3, 16, 16))
     x[1, 0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="x"):
