@@ -383,8 +383,21 @@ class Radon(LinearOperator):
         self.circle = circle
         self.angles = angles  # geometry metadata (float64, CPU); a buffer would make composite operators report float64
         # derived from (shape, angles, circle): rebuilt, never saved
-        self.register_buffer("_M", M.to(dtype=dtype, device=dev), persistent=False)
-        self.register_buffer("_MT", MT.to(dtype=dtype, device=dev), persistent=False)
+        # the CSR arrays as plain buffers (a sparse tensor cannot be deep-copied or pickled; .to() converts
+        # the values and leaves the indices): the sparse views are rebuilt per application, which copies nothing
+        for name, mat in (("_M", M), ("_MT", MT)):
+            self.register_buffer(name + "_crow", mat.crow_indices().to(dev), persistent=False)
+            self.register_buffer(name + "_col", mat.col_indices().to(dev), persistent=False)
+            self.register_buffer(name + "_val", mat.values().to(dtype=dtype, device=dev), persistent=False)
+
+    def _csr(self, name: str, size) -> torch.Tensor:
+        t = getattr(self, name + "_crow"), getattr(self, name + "_col"), getattr(self, name + "_val")
+        return torch.sparse_csr_tensor(*t, size, check_invariants=False)
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward matrix and its transpose as sparse CSR tensors (``(n_angles P, H W)`` and its transpose)."""
+        n_out, n_in = math.prod(self.shape_out), math.prod(self.shape_in)
+        return self._csr("_M", (n_out, n_in)), self._csr("_MT", (n_in, n_out))
 
     @property
     def n_angles(self) -> int:
@@ -396,17 +409,19 @@ class Radon(LinearOperator):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._M.dtype
+        return self._M_val.dtype
 
     @property
     def device(self) -> torch.device:
-        return self._M.device
+        return self._M_val.device
 
     def _matvec(self, x):
-        return _apply_sparse(self._M, self._MT, x, 2, self.shape_out)
+        M, MT = self.matrices()
+        return _apply_sparse(M, MT, x, 2, self.shape_out)
 
     def _rmatvec(self, y):
-        return _apply_sparse(self._MT, self._M, y, 2, self.shape_in)
+        M, MT = self.matrices()
+        return _apply_sparse(MT, M, y, 2, self.shape_in)
 
     def angle_weights(self) -> torch.Tensor:
         """Quadrature weights of the angles for back-projection (radians; they sum to the covered arc).
