@@ -40,7 +40,8 @@ def test_ns2d_layout_attributes_and_downsampling(tmp_path):
                                   **{**TINY_NS, "warmup": 0.0})
     data, attrs = read(path)
     assert data["x"].shape == (3, 1, 8, 8, 2) and data["y"].shape == (3, 1, 8, 8, 3)
-    assert attrs["viscosity"] == 1e-3 and attrs["dt"] == 0.05 and attrs["resolution"] == 8
+    assert attrs["viscosity"] == 1e-3 and attrs["dt"] == 0.05 and attrs["resolution"] == 8 and attrs["interval"] == 0.05
+    assert (attrs["t_in"], attrs["t_out"], attrs["sim_resolution"]) == (2, 3, 16)
     np.testing.assert_allclose(attrs["times"], [0.0, 0.05, 0.1, 0.15, 0.2], atol=1e-12)
     np.testing.assert_array_equal(attrs["lengths"], [1.0, 1.0])
     # with no warm-up the first input snapshot is the initial field, coarsened by Fourier truncation (numpy)
