@@ -1,5 +1,11 @@
 """The ``ns2d`` and ``darcy`` data-set generators: content against independent references, resume, batch size, CLI."""
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
 import h5py
 import numpy as np
 import pytest
@@ -93,6 +99,37 @@ def test_ns2d_resume_after_interruption_is_identical(tmp_path, monkeypatch):
             navier_stokes.generate(tmp_path / "other.h5", 3, **TINY_NS)
     with pytest.raises(ValueError, match="parameters differ"):
         navier_stokes.generate(tmp_path / "other.h5", 3, **{**TINY_NS, "t_out": 4})
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: a few seconds
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_ns2d_resume_after_kill_9(tmp_path):
+    # a process killed outright (no cleanup, no close) right after flushing sample 2 of 4: the rerun continues
+    full = navier_stokes.generate(tmp_path / "full.h5", 4, batch_size=3, **TINY_NS)
+    part = tmp_path / "part.h5"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from krylon.datasets import navier_stokes
+        from krylon.datasets.hdf5 import DatasetWriter
+        original = DatasetWriter.write
+        def write(self, i, sample):
+            original(self, i, sample)
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        DatasetWriter.write = write
+        navier_stokes.generate({str(part)!r}, 4, batch_size=3, **{TINY_NS!r})
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert not part.exists()
+    with h5py.File(str(part) + ".partial", "r") as f:
+        assert int(f.attrs["n_written"]) == 3
+    navier_stokes.generate(part, 4, batch_size=3, **TINY_NS)
+    a, _ = read(full)
+    b, _ = read(part)
+    for k in ("x", "y"):
+        np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_ns2d_bad_options(tmp_path):
