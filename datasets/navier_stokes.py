@@ -162,8 +162,8 @@ def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim
     -----
     Fields ``x`` ``(1, X, Y, t_in)`` and ``y`` ``(1, X, Y, t_out)``; file attributes ``viscosity``, ``dt``,
     ``lengths``, ``times`` (all ``t_in + t_out`` snapshot times), ``interval``, ``t_in``, ``t_out``, ``resolution``,
-    ``sim_resolution``,
-    ``downsampling`` (``"spectral"``), ``forcing``.
+    ``sim_resolution``, ``downsampling`` (``"spectral"``), ``forcing``.  CPU and GPU runs agree to rounding, not
+    bit for bit.
     """
     n = validate.integer(n, "n")
     t_in, t_out = validate.integer(t_in, "t_in"), validate.integer(t_out, "t_out")
