@@ -224,3 +224,31 @@ def test_cli_generate(tmp_path, capsys):
     assert "default: 64 with --size quick, 256 with --size paper" in " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
         main(["generate"])
+
+
+# ------------------------------------------------------------------ GPU and docstring examples
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_generation_matches_cpu(tmp_path):
+    cpu, _ = read(navier_stokes.generate(tmp_path / "c.h5", 2, store_dtype="float64", device="cpu", **TINY_NS))
+    gpu, _ = read(navier_stokes.generate(tmp_path / "g.h5", 2, store_dtype="float64", device="cuda", **TINY_NS))
+    np.testing.assert_allclose(gpu["y"], cpu["y"], rtol=1e-10, atol=1e-12)
+    dc, _ = read(darcy.generate(tmp_path / "dc.h5", 2, resolution=17, store_dtype="float64", device="cpu"))
+    dg, _ = read(darcy.generate(tmp_path / "dg.h5", 2, resolution=17, store_dtype="float64", device="cuda"))
+    np.testing.assert_array_equal(dg["x"], dc["x"])
+    np.testing.assert_allclose(dg["y"], dc["y"], rtol=1e-8, atol=1e-12)
+    ns = NavierStokes2D()
+    w = navier_stokes.initial_vorticity(0, range(2), 32)
+    r_cpu = ns.crank_nicolson_residual(w, 1.01 * w, 0.1)
+    r_gpu = ns.crank_nicolson_residual(w.cuda(), 1.01 * w.cuda(), 0.1)
+    np.testing.assert_allclose(r_gpu.cpu().numpy(), r_cpu.numpy(), atol=1e-12)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from krylon.operators.pde import navier_stokes as ns_module
+
+    for mod in (ns_module, navier_stokes):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, mod.__name__
