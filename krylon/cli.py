@@ -12,6 +12,8 @@
     krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
     krylon generate ns2d|darcy --n N --out FILE.h5 [...]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
+    krylon generate ks --out FILE.h5 [--samples 10] [--times 2] [--truth 1 1 1] [--n 1024] [--length 100]
+    krylon discover ks --truth 1 1 1 --model 1 0.5 1 [--extra-term u_xxx=0.1] [--noise 0.01 --members 2048] [--json out.json]
     krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
 Heavy modules are imported after the arguments are parsed, so ``--threads``
@@ -119,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--no-progress", action="store_true")
     _convert_parser(sub)
     _add_generate(sub)
+    _add_discover(sub)
     _operator_parsers(sub, tsub)
     _convert_parser(sub)
     _add_generate(sub)
@@ -171,6 +174,7 @@ def _add_generate(sub) -> None:
     _add_generate_phantoms(gsub)
     _add_generate_ns2d(gsub)
     _add_generate_darcy(gsub)
+    _add_generate_ks(gsub)
 
 
 # ---- krylon generate phantoms (issue #11: DDS training images)
@@ -265,7 +269,122 @@ def _generate_darcy(args) -> int:
     print(f"wrote {path}")
     return 0
 # ---- end krylon generate ns2d|darcy
+# ---- krylon generate ks (issue #12: MEDIDA truth data)
+def _add_ks_grid(q) -> None:
+    q.add_argument("--truth", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("L0", "L1", "L2"),
+                   help="the truth's -l0 u u_x - l1 u_xx - l2 u_xxxx (default 1 1 1)")
+    q.add_argument("--n", type=int, default=1024, help="grid points (default 1024)")
+    q.add_argument("--length", type=float, default=100.0, help="period L (default 100)")
+    q.add_argument("--dt", type=float, default=1e-3, help="the truth's ETDRK4 step inside observation windows (default 1e-3)")
+    q.add_argument("--transit-dt", type=float, default=1e-2,
+                   help="ETDRK4 step of the spin-up and between windows (default 1e-2; 0 = --dt throughout)")
+    q.add_argument("--interval", type=float, default=5e-3, help="time between snapshots = the model's step (default 5e-3)")
+    q.add_argument("--spacing", type=float, default=10.0, help="time between windows (default 10)")
+    q.add_argument("--spinup", type=float, default=100.0, help="time before the first window (default 100)")
+    q.add_argument("--samples", type=int, default=10, help="observation windows (default 10)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def _ks_window_options(args) -> dict:
+    return {"dt": args.dt, "transit_dt": args.transit_dt or None, "spacing": args.spacing, "spinup": args.spinup}
+
+
+def _add_generate_ks(gsub) -> None:
+    q = gsub.add_parser("ks", help="Kuramoto-Sivashinsky observation windows from one chaotic trajectory (ETDRK4): "
+                        "field u (times, n)")
+    _add_ks_grid(q)
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--times", type=int, default=2, help="snapshots per window (default 2; 3 for noisy discovery)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(run=_generate_ks)
+
+
+def _generate_ks(args) -> int:
+    from .datasets.kuramoto_sivashinsky import generate
+
+    path = generate(args.out, n_samples=args.samples, n_times=args.times, interval=args.interval, spacing=args.spacing,
+                    spinup=args.spinup, coefficients=tuple(args.truth), length=args.length, n=args.n, dt=args.dt,
+                    transit_dt=args.transit_dt or None, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate ks
 # ------------------------------------------------------------------------------------------ end krylon generate
+
+
+# ---------------------------------------------------------------------------------------------- krylon discover
+# One sub-command per model (issue #12, MEDIDA): each _add_discover_<model>(dsub) sets ``run=`` to its handler.
+def _add_discover(sub) -> None:
+    d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
+    dsub = d.add_subparsers(dest="system")
+    _add_discover_ks(dsub)
+
+
+# ---- krylon discover ks
+def _extra_terms(items) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--extra-term takes NAME=COEFFICIENT (e.g. u_xxx=0.1), got {item!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--extra-term {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _add_discover_ks(dsub) -> None:
+    q = dsub.add_parser("ks", help="Kuramoto-Sivashinsky: simulate the truth, run the imperfect model one step from the "
+                        "observations, regress the model error on 24 terms u^p d^d u (RVM)")
+    _add_ks_grid(q)
+    q.add_argument("--model", type=float, nargs=3, required=True, metavar=("L0", "L1", "L2"),
+                   help="the imperfect model's l0 l1 l2 (e.g. 1 0.5 1: halved u_xx)")
+    q.add_argument("--extra-term", action="append", default=None, metavar="NAME=C",
+                   help="a term c*NAME added to the model's right-hand side (repeatable), e.g. u_xxx=0.1 or u^2*u_x=0.15")
+    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0)")
+    q.add_argument("--members", type=int, default=2048, help="EnKF members when --noise > 0 (default 2048)")
+    q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=None, help="RVM pruning precision (1e2) or STLSQ threshold (0.1)")
+    q.add_argument("--data", default=None, help="truth windows from `krylon generate ks` instead of simulating")
+    q.add_argument("--seed", type=int, default=0, help="observation noise and ensemble seed (default 0)")
+    q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
+    q.set_defaults(run=_discover_ks)
+
+
+def _discover_ks(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .datasets import open_dataset
+    from .datasets.kuramoto_sivashinsky import discover_case
+    from .operators.pde import KuramotoSivashinsky
+
+    model = KuramotoSivashinsky(tuple(args.model), extra=_extra_terms(args.extra_term), length=args.length, n=args.n)
+    truth = KuramotoSivashinsky(tuple(args.truth), length=args.length, n=args.n)
+    windows = None
+    if args.data:
+        ds = open_dataset(args.data)
+        windows = torch.stack([torch.as_tensor(ds[i]["u"]) for i in range(min(len(ds), args.samples))]).to(torch.float64)
+    t0 = time.perf_counter()
+    found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
+                             interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
+                             window_options=_ks_window_options(args))
+    seconds = time.perf_counter() - t0
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+# ---- end krylon discover ks
+# ------------------------------------------------------------------------------------------ end krylon discover
 
 
 # ============================================================================ neural operators (train fno|sfno, refine, evaluate)
@@ -858,6 +977,10 @@ def main(argv=None) -> int:
             return _evaluate(args)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "discover":
+            if getattr(args, "run", None) is None:
+                parser.parse_args(["discover", "--help"])
+            return args.run(args)
         if args.command == "generate":
             if getattr(args, "run", None) is None:
                 parser.parse_args(["generate", "--help"])
@@ -866,7 +989,7 @@ def main(argv=None) -> int:
             return _refine(args)
         if args.command == "evaluate":
             return _evaluate(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
     return 2
