@@ -140,7 +140,7 @@ def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict) -> torch.Tensor:
 _RFF_DEFAULTS = {"sigma": 5.0, "features": 256, "width": 256, "depth": 4, "epochs": 2000, "lr": 1e-3, "seed": 0}
 
 
-def interpolate(values, mask, *, method: str = "cubic", keep_observed: bool = False, cutoff=None,
+def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_observed: bool = False, cutoff=None,
                 ridge: float = 1e-10, margin: float = 0.15, **rff) -> torch.Tensor:
     """Fill the unobserved points of periodic 2-D fields from their sensors.
 
@@ -151,6 +151,12 @@ def interpolate(values, mask, *, method: str = "cubic", keep_observed: bool = Fa
     mask : bool tensor ``(*channels, n_1, n_2)``
         The sensors; channels (e.g. the two layers of a QG state) may have different layouts.
     method : ``"cubic"``, ``"spectral"`` or ``"rff"``
+    window : int
+        The batch comes in consecutive groups of ``window`` snapshots of one time window (MEDIDA flattens
+        ``(n_samples, n_times)``): the later snapshots of a group are fitted as differences from its first.  For
+        the linear methods (cubic, spectral) this changes nothing; the RFF network standardises each output,
+        so it then fits the small one-step increments as accurately as the states instead of burying them
+        under the states' own interpolation error (what a one-step model error divides by ``dt``).
     keep_observed : bool
         Put the sensor values back at the sensors (default False: the fitted field everywhere, so the result
         is one smooth field; cubic interpolation passes through the sensors anyway).
@@ -195,11 +201,17 @@ def interpolate(values, mask, *, method: str = "cubic", keep_observed: bool = Fa
     for key in ("sigma", "lr"):
         opts[key] = validate.real_number(opts[key], key, minimum=0.0)
     values, mask = _inputs(values, mask)
+    window = validate.integer(window, "window")
     nb = values.dim() - mask.dim()
     batch = values.shape[:nb]
     chan = mask.shape[:-2]
     grid = tuple(mask.shape[-2:])
     fields = values.reshape(math.prod(batch), -1, *grid).detach().cpu().to(torch.float64)  # (B, C, n1, n2)
+    if fields.shape[0] % window:
+        raise ValueError(f"window = {window} does not divide the {fields.shape[0]} fields of the batch {tuple(batch)}")
+    if window > 1:  # later snapshots as differences from the window's first (undone below)
+        w = fields.reshape(-1, window, *fields.shape[1:])
+        fields = torch.cat((w[:, :1], w[:, 1:] - w[:, :1]), dim=1).reshape(fields.shape)
     out = torch.empty_like(fields)
     for members, m2 in _groups(mask.cpu()):
         sel = fields[:, members]                                       # (B, c, n1, n2)
@@ -214,6 +226,9 @@ def interpolate(values, mask, *, method: str = "cubic", keep_observed: bool = Fa
         if keep_observed:
             filled[..., m2] = sel[..., m2]
         out[:, members] = filled
+    if window > 1:
+        w = out.reshape(-1, window, *out.shape[1:])
+        out = torch.cat((w[:, :1], w[:, 1:] + w[:, :1]), dim=1).reshape(out.shape)
     if not bool(torch.isfinite(out).all()):
         raise FloatingPointError(f"the {method} interpolation produced non-finite values (too few or degenerate sensors?)")
     return out.reshape(*batch, *chan, *grid).to(device=values.device, dtype=values.dtype)
@@ -233,8 +248,9 @@ class SensorInterpolator:
         self.method = validate.choice(method, "method", METHODS)
         self.options = options
         # refuse bad options now, not at the first call deep inside a run
-        probe = torch.zeros(4, 4)
-        interpolate(probe, torch.ones(4, 4, dtype=torch.bool), method=self.method, **{**options, **({"epochs": 1} if method == "rff" else {})})
+        probe = {**options, "window": 1, **({"epochs": 1} if self.method == "rff" else {})}
+        validate.integer(options.get("window", 1), "window")
+        interpolate(torch.zeros(4, 4), torch.ones(4, 4, dtype=torch.bool), method=self.method, **probe)
 
     def __call__(self, values, mask) -> torch.Tensor:
         return interpolate(values, mask, method=self.method, **self.options)
