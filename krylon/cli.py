@@ -11,6 +11,8 @@
     krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
     krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
     krylon generate ns2d|darcy --n N --out FILE.h5 [...]
+    krylon generate qg --samples N --out FILE.h5 [--members 2 --spinup 100 --spacing 10 --grid 192 96]
+    krylon discover qg --case tau_d [--sensors 0.25 --interp rff|cubic|spectral] [--json out.json]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
     krylon generate ks --out FILE.h5 [--samples 10] [--times 2] [--truth 1 1 1] [--n 1024] [--length 100]
     krylon discover ks --truth 1 1 1 --model 1 0.5 1 [--extra-term u_xxx=0.1] [--noise 0.01 --members 2048] [--json out.json]
@@ -175,6 +177,7 @@ def _add_generate(sub) -> None:
     _add_generate_ns2d(gsub)
     _add_generate_darcy(gsub)
     _add_generate_ks(gsub)
+    _add_generate_qg(gsub)
 
 
 # ---- krylon generate phantoms (issue #11: DDS training images)
@@ -308,6 +311,44 @@ def _generate_ks(args) -> int:
     print(f"wrote {path}")
     return 0
 # ---- end krylon generate ks
+# ---- krylon generate qg (issue #12: two-layer quasi-geostrophic truth windows for MEDIDA)
+def _qg_settings(q) -> None:
+    q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
+    q.add_argument("--nu", type=float, default=None, help="hyperviscosity on k^8 + l^8 (default the paper's 1e-6; "
+                   "raise it on coarse grids, e.g. 2e-4 on 96 x 48)")
+
+
+def _qg_model_settings(args) -> dict:
+    out = {}
+    if args.grid is not None:
+        out["shape"] = tuple(args.grid)
+    if args.nu is not None:
+        out["nu"] = args.nu
+    return out
+
+
+def _add_generate_qg(gsub) -> None:
+    q = gsub.add_parser("qg", help="two-layer QG truth windows (leapfrog, the paper's parameters) for MEDIDA")
+    _qg_settings(q)
+    q.add_argument("--samples", type=int, default=10, help="windows per run (default 10)")
+    q.add_argument("--members", type=int, default=1, help="independent runs, stepped as one batch (default 1)")
+    q.add_argument("--times", type=int, default=2, help="snapshots per window, one step apart (default 2)")
+    q.add_argument("--spinup", type=float, default=100.0, help="time units before the first window (default 100)")
+    q.add_argument("--spacing", type=float, default=10.0, help="time units between windows (default 10)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="the krylon HDF5 file (rerun the same command to resume)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(run=_generate_qg)
+
+
+def _generate_qg(args) -> int:
+    from .datasets.quasi_geostrophic import generate
+
+    path = generate(args.out, n_samples=args.samples, members=args.members, n_times=args.times, spacing=args.spacing,
+                    spinup=args.spinup, seed=args.seed, settings=_qg_model_settings(args), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate qg
 # ------------------------------------------------------------------------------------------ end krylon generate
 
 
@@ -317,6 +358,7 @@ def _add_discover(sub) -> None:
     d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
     dsub = d.add_subparsers(dest="system")
     _add_discover_ks(dsub)
+    _add_discover_qg(dsub)
 
 
 # ---- krylon discover ks
@@ -384,6 +426,69 @@ def _discover_ks(args) -> int:
         print(f"wrote {args.json}")
     return 0
 # ---- end krylon discover ks
+# ---- krylon discover qg
+def _add_discover_qg(dsub) -> None:
+    q = dsub.add_parser("qg", help="two-layer QG: simulate the truth (or read `krylon generate qg` windows), run the "
+                        "case's imperfect model one step from the (interpolated) observations, regress on 22 terms (RVM)")
+    q.add_argument("--case", required=True, help="the paper's model-error case: tau_d, tau_f, tau_d+tau_f, no_relaxation, "
+                   "no_jet, no_friction, jacobian, beta (krylon.operators.pde.quasi_geostrophic.CASES)")
+    _qg_settings(q)
+    q.add_argument("--sensors", type=float, default=None, help="observed fraction of each layer's grid (default: all)")
+    q.add_argument("--interp", default="rff", choices=("rff", "cubic", "spectral"), help="fill of sparse sensors")
+    q.add_argument("--rff-sigma", type=float, default=2.0)
+    q.add_argument("--rff-width", type=int, default=128, help="hidden width and number of Fourier features")
+    q.add_argument("--rff-depth", type=int, default=3)
+    q.add_argument("--rff-epochs", type=int, default=1500)
+    q.add_argument("--samples", type=int, default=5, help="windows per run when simulating (default 5)")
+    q.add_argument("--members", type=int, default=2, help="independent runs when simulating (default 2)")
+    q.add_argument("--spinup", type=float, default=100.0)
+    q.add_argument("--spacing", type=float, default=5.0)
+    q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
+    q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
+    q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
+    q.set_defaults(run=_discover_qg)
+
+
+def _discover_qg(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .bench.medida_qg import discover_qg, truth_windows
+    from .datasets import open_dataset
+    from .operators.pde.quasi_geostrophic import CASES, PAPER
+
+    if args.case not in CASES:  # before the truth run, not after it
+        raise ValueError(f"unknown QG case {args.case!r}; the cases are {', '.join(CASES)}")
+    settings = {"shape": PAPER["shape"], "nu": PAPER["nu"], **_qg_model_settings(args)}
+    t0 = time.perf_counter()
+    if args.data:
+        ds = open_dataset(args.data)
+        model = json.loads(ds.attrs["parameters"])["model"]
+        settings = {"shape": tuple(model["shape"]), "nu": model["nu"]}
+        windows = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))]).to(torch.float64)
+    else:
+        _, windows = truth_windows(**settings, spinup=args.spinup, samples=args.samples, members=args.members,
+                                   spacing=args.spacing, seed=args.seed)
+    rff = {"sigma": args.rff_sigma, "features": args.rff_width, "width": args.rff_width, "depth": args.rff_depth,
+           "epochs": args.rff_epochs, "lr": 3e-3}
+    found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
+                        regression=args.regression, seed=args.seed + 1)
+    seconds = time.perf_counter() - t0
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+# ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
 
 
