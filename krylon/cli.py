@@ -6,6 +6,13 @@
     krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
     krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
     krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
+    krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
+    krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
+    krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
+    krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
+    krylon generate ns2d|darcy --n N --out FILE.h5 [...]
+    krylon generate qg --samples N --out FILE.h5 [--members 2 --spinup 100 --spacing 10 --grid 192 96]
+    krylon discover qg --case tau_d [--sensors 0.25 --interp rff|cubic|spectral] [--json out.json]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
     krylon generate ks --out FILE.h5 [--samples 10] [--times 2] [--truth 1 1 1] [--n 1024] [--length 100]
     krylon discover ks --truth 1 1 1 --model 1 0.5 1 [--extra-term u_xxx=0.1] [--noise 0.01 --members 2048] [--json out.json]
@@ -118,12 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_discover(sub)
     _operator_parsers(sub, tsub)
+    _dds_parsers(sub, tsub)
     return p
 
 
 # ----------------------------------------------------------------------------- krylon convert (begin)
 def _convert_parser(sub) -> None:
-    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat (v7.3 or v5) or PDEBench files into krylon HDF5")
     c.add_argument("source", help="the file to convert")
     c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
     c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
@@ -167,6 +175,7 @@ def _add_generate(sub) -> None:
     _add_generate_ns2d(gsub)
     _add_generate_darcy(gsub)
     _add_generate_ks(gsub)
+    _add_generate_qg(gsub)
 
 
 # ---- krylon generate phantoms (issue #11: DDS training images)
@@ -300,6 +309,44 @@ def _generate_ks(args) -> int:
     print(f"wrote {path}")
     return 0
 # ---- end krylon generate ks
+# ---- krylon generate qg (issue #12: two-layer quasi-geostrophic truth windows for MEDIDA)
+def _qg_settings(q) -> None:
+    q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
+    q.add_argument("--nu", type=float, default=None, help="hyperviscosity on k^8 + l^8 (default the paper's 1e-6; "
+                   "raise it on coarse grids, e.g. 2e-4 on 96 x 48)")
+
+
+def _qg_model_settings(args) -> dict:
+    out = {}
+    if args.grid is not None:
+        out["shape"] = tuple(args.grid)
+    if args.nu is not None:
+        out["nu"] = args.nu
+    return out
+
+
+def _add_generate_qg(gsub) -> None:
+    q = gsub.add_parser("qg", help="two-layer QG truth windows (leapfrog, the paper's parameters) for MEDIDA")
+    _qg_settings(q)
+    q.add_argument("--samples", type=int, default=10, help="windows per run (default 10)")
+    q.add_argument("--members", type=int, default=1, help="independent runs, stepped as one batch (default 1)")
+    q.add_argument("--times", type=int, default=2, help="snapshots per window, one step apart (default 2)")
+    q.add_argument("--spinup", type=float, default=100.0, help="time units before the first window (default 100)")
+    q.add_argument("--spacing", type=float, default=10.0, help="time units between windows (default 10)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="the krylon HDF5 file (rerun the same command to resume)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(run=_generate_qg)
+
+
+def _generate_qg(args) -> int:
+    from .datasets.quasi_geostrophic import generate
+
+    path = generate(args.out, n_samples=args.samples, members=args.members, n_times=args.times, spacing=args.spacing,
+                    spinup=args.spinup, seed=args.seed, settings=_qg_model_settings(args), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate qg
 # ------------------------------------------------------------------------------------------ end krylon generate
 
 
@@ -309,6 +356,7 @@ def _add_discover(sub) -> None:
     d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
     dsub = d.add_subparsers(dest="system")
     _add_discover_ks(dsub)
+    _add_discover_qg(dsub)
 
 
 # ---- krylon discover ks
@@ -376,6 +424,69 @@ def _discover_ks(args) -> int:
         print(f"wrote {args.json}")
     return 0
 # ---- end krylon discover ks
+# ---- krylon discover qg
+def _add_discover_qg(dsub) -> None:
+    q = dsub.add_parser("qg", help="two-layer QG: simulate the truth (or read `krylon generate qg` windows), run the "
+                        "case's imperfect model one step from the (interpolated) observations, regress on 22 terms (RVM)")
+    q.add_argument("--case", required=True, help="the paper's model-error case: tau_d, tau_f, tau_d+tau_f, no_relaxation, "
+                   "no_jet, no_friction, jacobian, beta (krylon.operators.pde.quasi_geostrophic.CASES)")
+    _qg_settings(q)
+    q.add_argument("--sensors", type=float, default=None, help="observed fraction of each layer's grid (default: all)")
+    q.add_argument("--interp", default="rff", choices=("rff", "cubic", "spectral"), help="fill of sparse sensors")
+    q.add_argument("--rff-sigma", type=float, default=2.0)
+    q.add_argument("--rff-width", type=int, default=128, help="hidden width and number of Fourier features")
+    q.add_argument("--rff-depth", type=int, default=3)
+    q.add_argument("--rff-epochs", type=int, default=1500)
+    q.add_argument("--samples", type=int, default=5, help="windows per run when simulating (default 5)")
+    q.add_argument("--members", type=int, default=2, help="independent runs when simulating (default 2)")
+    q.add_argument("--spinup", type=float, default=100.0)
+    q.add_argument("--spacing", type=float, default=5.0)
+    q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
+    q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
+    q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
+    q.set_defaults(run=_discover_qg)
+
+
+def _discover_qg(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .bench.medida_qg import discover_qg, truth_windows
+    from .datasets import open_dataset
+    from .operators.pde.quasi_geostrophic import CASES, PAPER
+
+    if args.case not in CASES:  # before the truth run, not after it
+        raise ValueError(f"unknown QG case {args.case!r}; the cases are {', '.join(CASES)}")
+    settings = {"shape": PAPER["shape"], "nu": PAPER["nu"], **_qg_model_settings(args)}
+    t0 = time.perf_counter()
+    if args.data:
+        ds = open_dataset(args.data)
+        model = json.loads(ds.attrs["parameters"])["model"]
+        settings = {"shape": tuple(model["shape"]), "nu": model["nu"]}
+        windows = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))]).to(torch.float64)
+    else:
+        _, windows = truth_windows(**settings, spinup=args.spinup, samples=args.samples, members=args.members,
+                                   spacing=args.spacing, seed=args.seed)
+    rff = {"sigma": args.rff_sigma, "features": args.rff_width, "width": args.rff_width, "depth": args.rff_depth,
+           "epochs": args.rff_epochs, "lr": 3e-3}
+    found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
+                        regression=args.regression, seed=args.seed + 1)
+    seconds = time.perf_counter() - t0
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+# ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
 
 
@@ -725,6 +836,75 @@ def _bench(args) -> int:
     return 0 if record["ok"] else 1
 
 
+# ----------------------------------------------------------------------------- DDS (diffusion prior) block
+def _dds_parsers(sub, tsub) -> None:
+    """``krylon train diffusion`` and ``krylon reconstruct mri|ct``."""
+    tf = tsub.add_parser("diffusion", help="the score U-Net of the DDS/DPS diffusion prior, on images in an HDF5 file")
+    tf.add_argument("--data", required=True, help="krylon HDF5 data set of (N, H, W) images (square H = W)")
+    tf.add_argument("--key", default=None, help="field holding the images (default: 'image', or the only field)")
+    tf.add_argument("--complex", action="store_true", help="complex images as two channels (default: real)")
+    tf.add_argument("--channels", type=int, default=16, help="U-Net channels at full resolution (default 16)")
+    tf.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 4], help="channel multiplier per level")
+    tf.add_argument("--no-attention", dest="attention", action="store_false")
+    tf.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
+    tf.add_argument("--epochs", type=int, default=10)
+    tf.add_argument("--batch", type=int, default=16)
+    tf.add_argument("--lr", type=float, default=1e-3)
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--out", default="runs/diffusion", help="folder for checkpoints, loss curves and prior.pt")
+    tf.add_argument("--threads", type=int, default=None)
+    tf.add_argument("--device", default="cpu")
+    tf.add_argument("--no-progress", action="store_true")
+
+
+def _is_dds(args) -> bool:
+    return (args.command == "train" and args.model == "diffusion") or args.command == "reconstruct"
+
+
+def _run_dds(args) -> int:
+    if args.command == "train":
+        return _train_diffusion(args)
+    return _reconstruct(args)
+
+
+def _train_diffusion(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from .datasets import open_dataset
+    from .kernels import backend
+    from .solvers.diffusion import train_prior
+    from .solvers.training import TrainConfig
+
+    ds = open_dataset(args.data)
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, val_fraction=0.05)
+    t0 = time.perf_counter()
+    net = train_prior(ds, args.out, cfg, key=args.key, complex_images=args.complex, channels=args.channels,
+                      mults=args.mults, attention=args.attention, ema_decay=args.ema, device=device,
+                      progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    history = json.loads((out / "history.json").read_text())
+    n_par = sum(p.numel() for p in net.parameters())
+    record = {"command": "krylon " + " ".join(sys.argv[1:]), "data": str(args.data), "samples": len(ds),
+              "network": net.config, "parameters": n_par, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+              "ema": args.ema, "seed": args.seed, "final_train_loss": history["train"][-1],
+              "final_val_loss": history["val"][-1] if history["val"] else None,
+              "train_seconds_this_run": round(seconds, 1), "device": str(device), "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    print(f"exported {out / 'prior.pt'} ({n_par} parameters); record in {out / 'training.json'}")
+    return 0
+
+
+def _reconstruct(args) -> int:
+    raise SystemExit("krylon: reconstruct is not available yet")
+# ----------------------------------------------------------------------------- end of the DDS block
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -744,12 +924,18 @@ def main(argv=None) -> int:
             return _solve_poisson(args)
         if args.command == "bench":
             return _bench(args)
+        if _is_dds(args):
+            return _run_dds(args)
         if args.command == "train":
             if args.model in ("fno", "sfno"):
                 return _train_operator(args)
             if args.model != "dcdm":
                 parser.parse_args(["train", "--help"])
             return _train_dcdm(args)
+        if args.command == "refine":
+            return _refine(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "convert":
             return _convert(args)
         if args.command == "discover":
@@ -760,10 +946,6 @@ def main(argv=None) -> int:
             if getattr(args, "run", None) is None:
                 parser.parse_args(["generate", "--help"])
             return args.run(args)
-        if args.command == "refine":
-            return _refine(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
