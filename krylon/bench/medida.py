@@ -195,6 +195,8 @@ def _print(cases, noisy) -> None:
                      "krylon RVM": _fmt_terms(k), "worst err %": 100 * k["worst_error"],
                      "corrected err %": 100 * k["worst_corrected_error"], "spurious": len(k["spurious"]) + len(k["missed"]),
                      "s": c["krylon_seconds"],
+                     "STLSQ err %": 100 * c["stlsq"]["worst_error"],
+                     "STLSQ spurious": len(c["stlsq"]["spurious"]) + len(c["stlsq"]["missed"]),
                      "paper estimator err %": 100 * c["krylon_paper_estimator"]["worst_error"],
                      "paper est. spurious": len(c["krylon_paper_estimator"]["spurious"]) + len(c["krylon_paper_estimator"]["missed"]),
                      "pysindy worst err %": None if p is None else 100 * p["worst_error"],
@@ -242,17 +244,16 @@ def _plot(truth, case, windows, out: Path, horizon: float) -> Path:
 
 
 def summary(result: dict) -> list[dict]:
-    """Rows of the ``krylon bench`` summary: the worst coefficient error over the noise-free cases whose term set
-    was found exactly, and the number of such cases, krylon's RVM against pysindy's PDE-FIND on the same data."""
+    """Rows of the ``krylon bench`` summary: over the noise-free cases, how many term sets were found exactly and
+    the median (over cases) of the worst coefficient error, krylon's RVM against pysindy's PDE-FIND on the same
+    data (krylon's own STLSQ is in the table and JSON, not a peer); one row per noisy case (no peer)."""
     from .summary import compare
 
     cases = result["cases"]
 
-    def worst(key):
-        scores = [c[key] for c in cases if key in c]
-        if not scores or not all(s["exact"] for s in scores):
-            return None
-        return 100 * max(s["worst_error"] for s in scores)
+    def median_worst(key):  # per case the worst coefficient error (a missed term counts 100%), median over cases
+        scores = sorted(100 * c[key]["worst_error"] for c in cases if key in c)
+        return scores[len(scores) // 2] if scores else None
 
     def exact(key):
         scores = [c[key] for c in cases if key in c]
@@ -260,9 +261,10 @@ def summary(result: dict) -> list[dict]:
 
     label = f"KS, {len(cases)} paper cases, noise-free"
     rows = [compare("medida", label, "cases with the exact term set", [("krylon MEDIDA (RVM)", exact("krylon"))],
-                    [("pysindy PDE-FIND (STLSQ)", exact("pysindy")), ("krylon STLSQ", exact("stlsq"))], better="higher"),
-            compare("medida", label, "worst model-error coefficient error (%)", [("krylon MEDIDA (RVM)", worst("krylon"))],
-                    [("pysindy PDE-FIND (STLSQ)", worst("pysindy")), ("krylon STLSQ", worst("stlsq"))])]
+                    [("pysindy PDE-FIND (STLSQ)", exact("pysindy"))], better="higher"),
+            compare("medida", label, "median over cases of the worst coefficient error (%)",
+                    [("krylon MEDIDA (RVM)", median_worst("krylon"))],
+                    [("pysindy PDE-FIND (STLSQ)", median_worst("pysindy"))])]
     for c in result.get("noisy", []):
         k = c["krylon"]
         rows.append(compare("medida", f"KS {c['case']}, {100 * c['noise']:g}% noise, EnKF {c['members']}",
