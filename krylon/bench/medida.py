@@ -251,7 +251,7 @@ def _plot(truth, case, windows, out: Path, horizon: float) -> Path:
     axes[0].set_ylabel("t")
     fig.tight_layout()
     path = out / "medida_ks.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
