@@ -125,8 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_discover(sub)
     _operator_parsers(sub, tsub)
-    _convert_parser(sub)
-    _add_generate(sub)
     _dds_parsers(sub, tsub)
     return p
 
