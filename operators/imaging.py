@@ -204,6 +204,15 @@ class MRI(LinearOperator):
             self.register_buffer("_kmask", sign * c * m, persistent=False)
             self.register_buffer("_xmod", c if maps is None else torch.view_as_real(maps * c).clone(), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # Module.to(complex128) would turn the real-stored mask and maps complex: keep them real at its precision
+        out = super()._apply(fn, recurse)
+        for name in ("mask", "_maps", "_kmask", "_xmod"):
+            t = getattr(self, name, None)
+            if t is not None and t.is_complex():
+                setattr(self, name, t.real.contiguous())
+        return out
+
     @property
     def n_coils(self) -> int:
         """Number of coils (1 for a single-coil operator)."""
