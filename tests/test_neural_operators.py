@@ -255,6 +255,15 @@ def test_fno_checkpoint_round_trip_and_other_model_refused(tmp_path, fno_model):
     assert isinstance(FNO.load(path), FNO) and not FNO.load(path).training
 
 
+def test_fno_passes_neuraloperator_options_through_its_config(tmp_path):
+    model = FNO((6, 6), in_channels=2, out_channels=3, hidden_channels=4, n_layers=1, positional_embedding=None,
+                domain_padding=(0.25, 0.25), lifting_channel_ratio=1)
+    assert model.config["domain_padding"] == [0.25, 0.25] and model.net.positional_embedding is None
+    x = torch.randn(2, 2, 12, 12)
+    model.save(tmp_path / "f.pt")
+    torch.testing.assert_close(FNO.load(tmp_path / "f.pt")(x), model(x))
+
+
 @pytest.mark.parametrize("call,err,match", [
     pytest.param(lambda m: m(torch.randn(1, 1, 6, 16)), ValueError, "at least", id="grid-too-small"),
     pytest.param(lambda m: m(torch.randn(1, 2, 16, 16)), ValueError, r"\(B, 1, <2 space axes>\)", id="channels"),

@@ -99,8 +99,7 @@ class FNO(nn.Module):
         n_layers = validate.integer(n_layers, "n_layers")
         for key, value in kw.items():  # the config must survive json (checkpoints hold no pickled objects)
             try:
-                if json.loads(json.dumps(value)) != value:
-                    raise TypeError
+                kw[key] = json.loads(json.dumps(value))  # tuples become lists, as a reloaded config has them
             except (TypeError, ValueError):
                 raise TypeError(f"FNO keyword argument {key}={value!r} is not JSON-able (a checkpoint could not "
                                 "rebuild it); pass numbers, strings, lists or dicts") from None
