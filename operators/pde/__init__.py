@@ -4,4 +4,8 @@ Each model exposes its stiff linear part as a diagonal symbol and its nonlinear 
 spectral state, so the integrators of :mod:`krylon.solvers.timestepping` step any of them.
 """
 
-__all__: list[str] = []
+from .kuramoto_sivashinsky import KuramotoSivashinsky
+from .navier_stokes import NavierStokes2D
+from .quasi_geostrophic import QuasiGeostrophic
+
+__all__ = ["KuramotoSivashinsky", "NavierStokes2D", "QuasiGeostrophic"]
