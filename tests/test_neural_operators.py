@@ -139,7 +139,8 @@ def test_sfno_widen_last_layer_keeps_output_and_trains_new_modes(tmp_path):
     model = small_sfno().double()
     x = torch.randn(2, 1, 16, 16, 6, dtype=torch.float64)
     before = model(x).detach()
-    params = model.widen_last_layer((8, 8, 4))  # the full grid of 16 x 16 x 6
+    assert model.full_modes((16, 16, 12)) == (8, 8, 4)
+    params = model.widen_last_layer(model.full_modes((16, 16)))  # the full grid of 16 x 16 x 6
     assert model.last_spectral_layer() is model.out and model.out.modes == (8, 8, 4)
     assert [p is q for p, q in zip(params, model.out.parameters())] == [True]
     torch.testing.assert_close(model(x), before, atol=1e-12, rtol=0)
@@ -215,7 +216,8 @@ def test_fno_widen_last_layer_keeps_output(tmp_path):
     model = FNO((6, 4), hidden_channels=8, n_layers=2)
     x = torch.randn(2, 1, 16, 12)
     before = model(x).detach()
-    params = model.widen_last_layer((16, 12))  # the full grid
+    assert model.full_modes((16, 12)) == (16, 12)
+    params = model.widen_last_layer(model.full_modes((16, 12)))  # the full grid
     assert model.config["last_n_modes"] == [16, 12]
     conv = model.last_spectral_layer()
     assert conv.weight.shape == (8, 8, 16, 7)

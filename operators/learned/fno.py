@@ -194,6 +194,14 @@ class FNO(nn.Module):
                 new.bias.copy_(old.bias)
         return new
 
+    def full_modes(self, grid) -> tuple[int, ...]:
+        """The ``n_modes`` that keep every mode of a grid ``grid`` (its space axes; extra trailing entries are
+        ignored): the grid itself, in neuraloperator's convention."""
+        grid = validate.shape(grid, "grid")
+        if len(grid) < self.n_dim:
+            raise ValueError(f"grid must have at least {self.n_dim} entries, got {grid}")
+        return tuple(grid[: self.n_dim])
+
     def widen_last_layer(self, n_modes) -> list[nn.Parameter]:
         """Re-create the last spectral layer keeping ``n_modes`` (neuraloperator's convention), old weights copied in.
 

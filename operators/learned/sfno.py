@@ -179,6 +179,14 @@ class SFNO(nn.Module):
         """The output spectral layer (the one Spectral-Refiner fine-tunes)."""
         return self.out
 
+    def full_modes(self, grid) -> tuple[int, int, int]:
+        """The modes of the output layer that cover every mode of a space grid ``grid`` (``(X, Y)``; a trailing
+        time length is ignored): ``(X // 2, Y // 2, in_steps // 2 + 1)``, the widest :meth:`widen_last_layer` takes."""
+        grid = validate.shape(grid, "grid")
+        if len(grid) not in (2, 3):
+            raise ValueError(f"grid must be (X, Y) or (X, Y, T), got {grid}")
+        return grid[0] // 2, grid[1] // 2, self.config["in_steps"] // 2 + 1
+
     def widen_last_layer(self, modes) -> list[nn.Parameter]:
         """Re-create the output spectral layer with ``modes`` (each >= its current modes), old weights copied in.
 
