@@ -13,7 +13,8 @@ It maps ``in_steps`` snapshots of a field on a periodic 2-D grid to ``out_steps`
 3. a pointwise two-layer projection to ``out_channels``, then the **output spectral layer**: a
    ``SpectralConv`` over ``(x, y, t)`` whose inverse FFT is taken at ``out_steps`` points in time -- the
    prediction is resampled in time spectrally, so ``model(x, out_steps=80)`` samples the same trajectory twice as
-   finely as ``out_steps=40``;
+   finely as ``out_steps=40``.  (As in the paper's code, the FFTs treat the time window as periodic: the output
+   steps are ``out_steps`` equispaced samples of one period of a trigonometric polynomial in time);
 4. when ``in_channels == out_channels``, the last input snapshot is added to every output step (the network
    predicts the change from it).
 
