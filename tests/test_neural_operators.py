@@ -257,6 +257,19 @@ def test_fno_checkpoint_round_trip_and_other_model_refused(tmp_path, fno_model):
     assert isinstance(FNO.load(path), FNO) and not FNO.load(path).training
 
 
+def test_fno_to_float64_keeps_the_complex_spectral_weights():
+    model = FNO((6, 6), hidden_channels=4, n_layers=1)
+    w = model.last_spectral_layer().weight.tensor.detach().clone()
+    x = torch.randn(2, 1, 12, 12)
+    y = model(x).detach()
+    model.to(torch.float64)
+    w64 = model.last_spectral_layer().weight.tensor
+    assert w64.dtype == torch.complex128 and torch.equal(w64.detach().to(torch.complex64), w)
+    torch.testing.assert_close(model(x.double()).float(), y, atol=1e-5, rtol=1e-5)
+    model.float()
+    assert model.last_spectral_layer().weight.tensor.dtype == torch.complex64
+
+
 def test_fno_passes_neuraloperator_options_through_its_config(tmp_path):
     model = FNO((6, 6), in_channels=2, out_channels=3, hidden_channels=4, n_layers=1, positional_embedding=None,
                 domain_padding=(0.25, 0.25), lifting_channel_ratio=1)
