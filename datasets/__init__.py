@@ -1,5 +1,8 @@
-"""HDF5 data sets: schema, writers, lazy readers and generators (``krylon.datasets``)."""
+"""HDF5 data sets: schema, writers, lazy readers (krylon, FNO .mat, PDEBench), conversion and generators (``krylon.datasets``)."""
 
-from .hdf5 import FORMAT, FORMAT_VERSION, DatasetWriter, H5Dataset, open_dataset, read_attrs, write_dataset
+from .convert import convert
+from .hdf5 import FORMAT, FORMAT_VERSION, DatasetWriter, H5Dataset, LazyH5Dataset, read_attrs, write_dataset
+from .readers import LAYOUTS, detect_layout, open_dataset
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DatasetWriter", "H5Dataset", "open_dataset", "read_attrs", "write_dataset"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "LAYOUTS", "DatasetWriter", "H5Dataset", "LazyH5Dataset", "convert",
+           "detect_layout", "open_dataset", "read_attrs", "write_dataset"]

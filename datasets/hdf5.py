@@ -15,6 +15,14 @@ indexes samples: ``/u`` of shape ``(N, *sample_shape)``.  File attributes:
 ``n_written``        samples written so far (== n_samples once complete)
 ``complete``         True after :meth:`DatasetWriter.close` finished it
 
+Optional: ``/coords/<axis>`` 1-D datasets with the coordinates of the sample axes (``x``, ``y``, ``t``, ...), and
+further attributes a writer passes (``attrs=``; e.g. a generator's ``lengths``/``times``, a conversion's source
+file and checksum), read back unchanged.
+
+Readers of other layouts (FNO ``.mat``, PDEBench) live in :mod:`.readers`; :func:`open_dataset` picks one.  Every
+reader is a :class:`LazyH5Dataset`: lazily opened per process (picklable for DataLoader workers), ``ds[i]`` a dict
+of torch tensors, every floating sample checked for NaN/Inf on read.
+
 Writes are atomic: a :class:`DatasetWriter` fills ``<name>.partial`` and renames it
 to ``<name>`` only when every sample is written.  An interrupted run leaves the
 ``.partial`` file; opening a writer with the same path and the same generator
@@ -31,8 +39,10 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import torch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DatasetWriter", "write_dataset", "open_dataset", "H5Dataset", "read_attrs"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "DatasetWriter", "write_dataset", "open_dataset", "H5Dataset", "LazyH5Dataset",
+           "read_attrs", "open_h5"]
 
 FORMAT = "krylon-dataset"
 FORMAT_VERSION = 1
@@ -79,6 +89,11 @@ class DatasetWriter:
     seed : int, optional
     chunk : int
         Samples per HDF5 chunk (compression off: these are float fields).
+    attrs : mapping, optional
+        Further file attributes (numbers, strings, 1-D numeric arrays; dicts and lists of strings are stored as
+        JSON), e.g. provenance of a conversion or a generator's ``lengths``/``times``.  Written once, at creation.
+    coords : mapping axis -> 1-D array, optional
+        Coordinates of the sample axes, stored as ``/coords/<axis>`` (readers expose them as ``ds.coords``).
 
     Examples
     --------
@@ -93,7 +108,8 @@ class DatasetWriter:
     """
 
     def __init__(self, path, n_samples: int, fields: Mapping[str, tuple], *, generator: str,
-                 parameters: Mapping | None = None, seed: int | None = None, chunk: int = 16):
+                 parameters: Mapping | None = None, seed: int | None = None, chunk: int = 16,
+                 attrs: Mapping | None = None, coords: Mapping | None = None):
         if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         if not fields:
@@ -127,7 +143,18 @@ class DatasetWriter:
             a["n_samples"] = self.n_samples
             a["n_written"] = 0
             a["complete"] = False
+            for key, value in (attrs or {}).items():
+                if key in a:
+                    raise ValueError(f"attribute {key!r} is part of the schema and cannot be set through attrs=")
+                a[key] = _attr_value(key, value)
+            for axis, values in (coords or {}).items():
+                arr = np.asarray(values)
+                if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number):
+                    raise ValueError(f"coordinate {axis!r} must be a 1-D numeric array, got shape {arr.shape} {arr.dtype}")
+                self.f.create_dataset(f"coords/{axis}", data=arr)
             for name, (shape, dt) in self.fields.items():
+                if name == "coords":
+                    raise ValueError("'coords' is reserved for the coordinates group; name the field otherwise")
                 self.f.create_dataset(name, shape=(self.n_samples,) + shape, dtype=dt,
                                       chunks=(min(chunk, self.n_samples),) + shape)
             self.f.flush()
@@ -181,15 +208,36 @@ class DatasetWriter:
         self.f.flush()
 
     def write_many(self, start: int, samples: Mapping[str, np.ndarray]) -> None:
-        """Write a block of consecutive samples (first axis) starting at ``start``."""
-        n = None
-        for name, value in samples.items():
-            arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            n = arr.shape[0] if n is None else n
-            if arr.shape[0] != n:
-                raise ValueError("all fields of a block need the same number of samples")
-        for i in range(n or 0):
-            self.write(start + i, {k: (v[i]) for k, v in samples.items()})
+        """Write a block of consecutive samples (first axis) starting at ``start``, in one HDF5 write per field.
+
+        The block is checked like :meth:`write` (order, fields, shapes, NaN/Inf) before anything is written, and
+        ``n_written`` moves once, after the whole block is on disk.
+        """
+        if start != self.n_written:
+            raise ValueError(f"samples are written in order: expected index {self.n_written}, got {start}")
+        missing = set(self.fields) - set(samples)
+        extra = set(samples) - set(self.fields)
+        if missing or extra:
+            raise KeyError(f"sample fields do not match the schema: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in samples.items()}
+        counts = {k: (a.shape[0] if a.ndim else None) for k, a in arrays.items()}
+        if len(set(counts.values())) != 1 or None in counts.values():
+            raise ValueError(f"all fields of a block need the same number of samples (first axis), got {counts}")
+        n = next(iter(counts.values()))
+        if start + n > self.n_samples:
+            raise IndexError(f"the data set holds {self.n_samples} samples; a block of {n} at {start} runs past the end")
+        for name, arr in arrays.items():
+            shape = self.fields[name][0]
+            if arr.shape[1:] != shape:
+                raise ValueError(f"field {name!r}: samples of shape {arr.shape[1:]}, expected {shape}")
+            if np.issubdtype(arr.dtype, np.inexact):
+                bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
+                if bad.any():
+                    raise ValueError(f"field {name!r} of sample {start + int(np.argmax(bad))} contains NaN/Inf")
+        for name, arr in arrays.items():
+            self.f[name][start:start + n] = arr
+        self.f.attrs["n_written"] = start + n
+        self.f.flush()
 
     def close(self) -> bool:
         """Close the file; rename it into place when complete.  Returns True when complete."""
@@ -214,7 +262,7 @@ class DatasetWriter:
 
 
 def write_dataset(path, fields: Mapping[str, np.ndarray], *, generator: str = "user", parameters: Mapping | None = None,
-                  seed: int | None = None) -> Path:
+                  seed: int | None = None, attrs: Mapping | None = None, coords: Mapping | None = None) -> Path:
     """Write whole arrays (first axis = samples) as a finished data set, atomically.
 
     Examples
@@ -233,87 +281,121 @@ def write_dataset(path, fields: Mapping[str, np.ndarray], *, generator: str = "u
     if path.exists():
         path.unlink()
     with DatasetWriter(path, n, {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}, generator=generator,
-                       parameters=parameters, seed=seed) as w:
-        for name, a in arrays.items():
-            w.f[name][...] = a
-        w.f.attrs["n_written"] = n
+                       parameters=parameters, seed=seed, attrs=attrs, coords=coords) as w:
+        w.write_many(0, arrays)
     return path
+
+
+def _attr_value(key: str, value):
+    """An HDF5-storable form of a user attribute (JSON for dicts and string lists), or ``TypeError`` naming it."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, (dict, list, tuple)) and not (value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                                     for v in value)):
+        return json.dumps(value, sort_keys=True, default=str)
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biufU" or arr.ndim > 1:
+        raise TypeError(f"attribute {key!r} must be a number, a string, a 1-D numeric array or JSON-able, got {value!r}")
+    return value if arr.dtype.kind == "U" else arr
+
+
+def _plain(value):
+    """An HDF5 attribute as plain Python/numpy (bytes decoded, numpy scalars unwrapped)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def read_attrs(path) -> dict:
     """The provenance attributes of a krylon data set (parameters decoded from JSON)."""
     h5py = _h5py()
     with h5py.File(path, "r") as f:
-        out = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        out = {k: _plain(v) for k, v in f.attrs.items()}
     if isinstance(out.get("parameters"), str):
         out["parameters"] = json.loads(out["parameters"])
     return out
 
 
-class H5Dataset:
-    """Lazy, index-able view of a krylon HDF5 data set (a ``torch.utils.data.Dataset``).
+def open_h5(path):
+    """Open ``path`` read-only with h5py, or raise a clear error.
 
-    The file is opened on first access in each process (safe with DataLoader
-    workers); ``ds[i]`` returns a dict of torch tensors for the selected keys.
+    ``FileNotFoundError`` for a missing file (saying so when an unfinished ``.partial`` generation sits next to
+    it); ``ValueError`` for a file h5py cannot open (truncated, corrupt, not HDF5).
+    """
+    h5py = _h5py()
+    path = Path(path)
+    if not path.exists():
+        partial = path.with_name(path.name + ".partial")
+        hint = f" (an unfinished {partial.name} exists: resume its generation)" if partial.exists() else ""
+        raise FileNotFoundError(f"no data set at {path}{hint}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+
+
+class LazyH5Dataset(torch.utils.data.Dataset):
+    """Common machinery of every reader: a lazy, index-able, picklable view of an HDF5 file.
+
+    A subclass fills ``path``, ``layout``, ``keys``, ``n``, ``shapes``, ``coords``, ``attrs`` in its constructor
+    (with the file opened once to look at it) and implements ``_sample(f, i) -> {key: (numpy array, source)}``,
+    where ``source`` names the HDF5 object the array came from (for error messages).  The file is opened on first
+    access in each process (safe with DataLoader workers); ``ds[i]`` returns a dict of torch tensors, converted
+    to ``dtype`` when one is given (floating fields only); a sample holding NaN or Inf raises ``ValueError``
+    naming the file, the key and the sample index (``check_finite=False`` skips the check).
     """
 
-    def __init__(self, path, keys: Sequence[str] | None = None, *, allow_partial: bool = False, dtype=None):
-        h5py = _h5py()
+    layout = "?"
+
+    def _init_common(self, path, *, dtype=None, check_finite: bool = True):
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch dtype or None, got {dtype!r}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
         self.path = Path(path)
-        if not self.path.exists():
-            partial = self.path.with_name(self.path.name + ".partial")
-            hint = f" (an unfinished {partial.name} exists: resume its generation)" if partial.exists() else ""
-            raise FileNotFoundError(f"no data set at {self.path}{hint}")
-        try:
-            with h5py.File(self.path, "r") as f:
-                attrs = dict(f.attrs)
-                available = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
-                shapes = {k: f[k].shape for k in available}
-        except OSError as exc:
-            raise ValueError(f"{self.path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
-        if attrs.get("krylon_format") != FORMAT:
-            raise ValueError(f"{self.path} is not a krylon data set (no krylon_format attribute); "
-                             "use the matching reader for FNO .mat or PDEBench files")
-        n_written, n_samples = int(attrs.get("n_written", 0)), int(attrs.get("n_samples", 0))
-        if n_written < n_samples and not allow_partial:
-            raise ValueError(f"{self.path} is incomplete: {n_written} of {n_samples} samples written")
-        self.keys = list(keys) if keys is not None else available
-        missing = [k for k in self.keys if k not in available]
-        if missing:
-            raise KeyError(f"{self.path} has no field(s) {missing}; available: {available}")
-        self.n = n_written
-        self.shapes = {k: shapes[k][1:] for k in self.keys}
-        self.attrs = attrs
         self.dtype = dtype
+        self.check_finite = check_finite
+        self.coords: dict = {}
+        self.attrs: dict = {}
         self._file = None
         self._pid = None
 
     def _handle(self):
         if self._file is None or self._pid != os.getpid():
-            self._file = _h5py().File(self.path, "r")
+            self._file = open_h5(self.path)
             self._pid = os.getpid()
         return self._file
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index):
-        import torch
+    def _sample(self, f, index: int) -> dict:
+        raise NotImplementedError
 
+    def __getitem__(self, index):
         if isinstance(index, slice):
             idx = range(*index.indices(self.n))
             return {k: torch.stack([self[i][k] for i in idx]) for k in self.keys}
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"a data set is indexed by an integer or a slice, got {index!r}")
+        index = int(index)
         if index < 0:
             index += self.n
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for a data set of {self.n} samples")
-        f = self._handle()
+        try:
+            raw = self._sample(self._handle(), index)
+        except (OSError, RuntimeError) as exc:  # h5py raises these for unreadable chunks
+            raise ValueError(f"{self.path}: cannot read sample {index} (truncated file?): {exc}") from exc
         out = {}
-        for k in self.keys:
-            try:
-                arr = f[k][index]
-            except OSError as exc:
-                raise ValueError(f"{self.path}: cannot read sample {index} of {k!r} (truncated file?): {exc}") from exc
+        for k, (arr, source) in raw.items():
+            arr = np.asarray(arr)
+            if self.check_finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                bad = int((~np.isfinite(arr)).sum())
+                src = "" if source == k else f" (from {source!r})"
+                raise ValueError(f"{self.path}: key {k!r}{src} of sample {index} contains {bad} NaN/Inf value(s)")
             t = torch.from_numpy(np.ascontiguousarray(arr))
             out[k] = t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
         return out
@@ -330,9 +412,65 @@ class H5Dataset:
             self._file = None
 
     def __repr__(self):
-        return f"H5Dataset({str(self.path)!r}, n={self.n}, fields={self.shapes})"
+        return f"{type(self).__name__}({str(self.path)!r}, layout={self.layout!r}, n={self.n}, fields={self.shapes})"
 
 
-def open_dataset(path, keys: Iterable[str] | None = None, **kw) -> H5Dataset:
-    """Open a krylon HDF5 data set lazily (see :class:`H5Dataset`)."""
-    return H5Dataset(path, keys, **kw)
+def read_coords(f, group: str = "coords") -> dict:
+    """The 1-D coordinate arrays stored under ``group`` of an open file (empty when there is none)."""
+    g = f.get(group)
+    if g is None or not isinstance(g, _h5py().Group):
+        return {}
+    return {k: np.asarray(v[()]).reshape(-1) for k, v in g.items() if isinstance(v, _h5py().Dataset)}
+
+
+class H5Dataset(LazyH5Dataset):
+    """Lazy, index-able view of a krylon HDF5 data set (layout ``"krylon"``; a ``torch.utils.data.Dataset``).
+
+    ``ds[i]`` returns a dict of torch tensors for the selected ``keys`` (default: every field), as stored;
+    ``ds.attrs`` holds the file attributes (``parameters`` decoded from JSON) and ``ds.coords`` the ``/coords``
+    group (or, without one, a 1-D ``times`` attribute as ``"t"``).
+    """
+
+    layout = "krylon"
+
+    def __init__(self, path, keys: Sequence[str] | None = None, *, allow_partial: bool = False, dtype=None,
+                 check_finite: bool = True):
+        self._init_common(path, dtype=dtype, check_finite=check_finite)
+        h5py = _h5py()
+        with open_h5(self.path) as f:
+            attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            available = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
+            shapes = {k: f[k].shape for k in available}
+            coords = read_coords(f)
+        if attrs.get("krylon_format") != FORMAT:
+            raise ValueError(f"{self.path} is not a krylon data set (no krylon_format attribute); "
+                             "use the matching reader for FNO .mat or PDEBench files")
+        n_written, n_samples = int(attrs.get("n_written", 0)), int(attrs.get("n_samples", 0))
+        if n_written < n_samples and not allow_partial:
+            raise ValueError(f"{self.path} is incomplete: {n_written} of {n_samples} samples written")
+        self.keys = list(keys) if keys is not None else available
+        missing = [k for k in self.keys if k not in available]
+        if missing:
+            raise KeyError(f"{self.path} has no field(s) {missing}; available: {available}")
+        self.n = n_written
+        self.shapes = {k: shapes[k][1:] for k in self.keys}
+        if isinstance(attrs.get("parameters"), str):
+            try:
+                attrs["parameters"] = json.loads(attrs["parameters"])
+            except ValueError:
+                pass
+        times = attrs.get("times")
+        if "t" not in coords and isinstance(times, np.ndarray) and times.ndim == 1:
+            coords["t"] = times
+        self.attrs = attrs
+        self.coords = coords
+
+    def _sample(self, f, index):
+        return {k: (f[k][index], k) for k in self.keys}
+
+
+def open_dataset(path, keys: Iterable[str] | None = None, *, layout: str = "auto", **options) -> LazyH5Dataset:
+    """Open a data set lazily, krylon's own or another layout (see :func:`krylon.datasets.readers.open_dataset`)."""
+    from .readers import open_dataset as _open
+
+    return _open(path, keys, layout=layout, **options)

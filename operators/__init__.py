@@ -1,6 +1,7 @@
 """Operators: things that map fields to fields (``krylon.operators``)."""
 
 from .base import TAGS, IdentityOperator, LinearOperator, aslinearoperator, dottest, unchanged
+from .imaging import MRI, Radon
 from .matrix import CallableOperator, DenseMatrix, ScipyOperator, SparseMatrix
 from .stencil import Diffusion, Laplacian
 
@@ -8,4 +9,5 @@ __all__ = [
     "LinearOperator", "IdentityOperator", "aslinearoperator", "dottest", "TAGS", "unchanged",
     "DenseMatrix", "SparseMatrix", "ScipyOperator", "CallableOperator",
     "Laplacian", "Diffusion",
+    "MRI", "Radon",
 ]

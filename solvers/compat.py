@@ -63,7 +63,7 @@ from ..operators import LinearOperator, aslinearoperator
 from .cg import CG
 from .gmres import GMRES
 from .minres import MINRES
-from .preconditioners import Preconditioner
+from .preconditioners import Preconditioner, _is_scipy, as_preconditioner
 from .result import Status
 
 __all__ = ["cg", "gmres", "minres"]
@@ -218,40 +218,28 @@ class _System:
 
     # ------------------------------------------------------------------ pieces
     def _preconditioner(self, M):
+        """scipy's ``M=``: a matrix, array, LinearOperator (scipy's or krylon's), pyamg hierarchy or Preconditioner.
+
+        Checked against ``A``'s shape here (with scipy's message), then adapted by the one adapter every solver
+        uses (:func:`as_preconditioner`); unlike the solver classes, a bare function is refused, as scipy does.
+        """
         if M is None:
             return None
-        sp, spla = _scipy()
-        N = self.N
         if isinstance(M, Preconditioner):
             return M.bind(self.op)
         if hasattr(M, "aspreconditioner") and callable(M.aspreconditioner):
             M = M.aspreconditioner()  # a pyamg MultilevelSolver
-        if isinstance(M, LinearOperator):
-            self._check_M_shape(M.shape)
-            Mop = M
-
-            def apply_krylon(r, Mop=Mop):
-                z = Mop.matvec(r.reshape(Mop.shape_in).to(Mop.dtype or r.dtype))
-                return z.reshape(r.shape).to(r.dtype)
-
-            return apply_krylon
-        if isinstance(M, torch.Tensor) or sp.issparse(M) or isinstance(M, np.ndarray):
-            self._check_M_shape(M.shape)
-            if isinstance(M, np.ndarray):
-                M = np.asarray(M)
-            Mop = aslinearoperator(M, dtype=self.tdt, device=self.device)
-            return lambda r: Mop.matvec(r.reshape(N)).reshape(r.shape)
-        if isinstance(M, spla.LinearOperator) or (hasattr(M, "shape") and hasattr(M, "matvec")):
-            M = spla.aslinearoperator(M)
-            self._check_M_shape(M.shape)
-
-            def apply_numpy(r, M=M):  # numpy in, numpy out: one conversion each way per application
-                z = np.ascontiguousarray(np.asarray(M.matvec(backend.to_numpy(r.reshape(N)))).reshape(N))
-                return torch.from_numpy(z).to(device=r.device, dtype=r.dtype).reshape(r.shape)
-
-            return apply_numpy
-        raise TypeError(f"M must be a sparse matrix, an ndarray, a LinearOperator, a pyamg preconditioner or a "
-                        f"krylon Preconditioner; got an object of type {type(M).__name__}")
+        if not hasattr(M, "shape") or not (isinstance(M, (LinearOperator, torch.Tensor, np.ndarray)) or _is_scipy(M)
+                                           or hasattr(M, "matvec")):
+            raise TypeError(f"M must be a sparse matrix, an ndarray, a LinearOperator, a pyamg preconditioner or a "
+                            f"krylon Preconditioner; got an object of type {type(M).__name__}")
+        self._check_M_shape(M.shape)
+        sp, spla = _scipy()
+        if isinstance(M, (torch.Tensor, np.ndarray)) or sp.issparse(M):  # matrices: on the solve's device, once
+            M = aslinearoperator(M, dtype=self.tdt, device=self.device)
+        elif not isinstance(M, LinearOperator):
+            M = spla.aslinearoperator(M)  # scipy's or duck-typed (shape, matvec) objects, as scipy accepts them
+        return as_preconditioner(M, self.op)
 
     def _check_M_shape(self, M_shape):
         if tuple(M_shape) != (self.N, self.N):

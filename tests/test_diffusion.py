@@ -197,15 +197,15 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     ema = EMA(net, 0.9)
     cfg = TrainConfig(epochs=1, batch_size=4, seed=0, val_fraction=0.0)
     train(net, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, cfg, progress=False, log=lambda s: None,
-          ema=ema)
+          hooks=[ema], plot=False)
     assert ema.updates == 2
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ckpt["ema"]["updates"] == 2
+    assert ckpt["hooks"][0]["updates"] == 2
     # resume with more epochs: the EMA continues from its checkpointed state
     net2, ema2 = tiny_net(), None
     ema2 = EMA(net2, 0.9)
     train(net2, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, TrainConfig(epochs=2, batch_size=4, seed=0,
-          val_fraction=0.0), progress=False, log=lambda s: None, ema=ema2)
+          val_fraction=0.0), progress=False, log=lambda s: None, hooks=[ema2], plot=False)
     assert ema2.updates == 4
     # EMA arithmetic against a hand recurrence
     lin = torch.nn.Linear(1, 1, bias=False)
@@ -214,7 +214,7 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     for k, w in enumerate([1.0, 2.0, 3.0]):
         with torch.no_grad():
             lin.weight.fill_(w)
-        e.update(lin)
+        e.on_step(lin)
         d = min(0.5, (1 + k) / (10 + k))
         shadow = d * shadow + (1 - d) * w
     assert abs(float(e.shadow["weight"]) - shadow) < 1e-6
@@ -245,8 +245,9 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path):
         DDS(net, gamma=-1.0)
     with pytest.raises(TypeError, match="ScoreUNet"):
         DDS(torch.nn.Linear(2, 2))
+    Areal = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep, dtype=torch.float32)
     with pytest.raises(ValueError, match="complex"):
-        dds.solve(A, y.to(torch.complex64), nfe=2)
+        dds.solve(Areal, y.to(torch.complex64), nfe=2)
     # a checkpoint of another model
     from krylon.operators.learned.dcdm import DCDMNet
 

@@ -1,1 +1,11 @@
-"""Learned operators (neural networks as plain ``nn.Module``s); small pretrained weights live in ``weights/``."""
+"""Learned operators (neural networks as plain ``nn.Module``s); small pretrained weights live in ``weights/``.
+
+Spectral neural operators: :class:`FNO` (neuraloperator's network, its mode convention, imported lazily) and
+:class:`SFNO` (krylon's spatiotemporal FNO on :mod:`torch.fft`, built from :class:`SpectralConv`).
+"""
+
+from .fno import FNO
+from .sfno import SFNO
+from .spectral import SpectralConv
+
+__all__ = ["FNO", "SFNO", "SpectralConv"]

@@ -1,0 +1,218 @@
+"""2-D Navier–Stokes trajectories: the time-stepping driver and the ``krylon generate ns2d`` data sets.
+
+:func:`simulate` steps a :class:`~krylon.operators.pde.NavierStokes2D` with the integrators of
+:mod:`krylon.solvers.timestepping` (it lives here, above both layers: an operator may not import a solver).
+:func:`generate` writes the Spectral-Refiner / FNO recipe: Gaussian-random-field initial vorticity
+(alpha 2.5, tau 7), simulated on a fine grid with CNAB2 (Crank–Nicolson viscosity, Adams–Bashforth advection,
+2/3 dealiasing), a warm-up, then ``t_in + t_out`` snapshots ``interval`` apart, stored coarse as
+``x`` (1, X, Y, t_in) and ``y`` (1, X, Y, t_out), time last.  Coarsening is *spectral* (Fourier truncation:
+the L2 projection on the coarse grid's modes), not strided subsampling.
+
+Every sample's initial field is a pure function of ``(seed, sample index)``, and batches start at multiples of
+the batch size, so an interrupted run resumes bit-identically and the data do not depend on where it stopped;
+other batch sizes give the same data to rounding.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..kernels import backend, validate
+from ..operators.pde.navier_stokes import NavierStokes2D, spectral_resample
+from ..solvers.timestepping import CNAB2, ETDRK4, integrate
+from .hdf5 import DatasetWriter
+from .presets import NS2D
+from .random_fields import gaussian_random_field
+
+__all__ = ["simulate", "initial_vorticity", "generate", "PRESETS", "GENERATOR"]
+
+GENERATOR = "krylon.datasets.navier_stokes.generate"
+METHODS = {"cnab2": CNAB2, "etdrk4": ETDRK4}
+
+PRESETS = NS2D  # size presets of generate (quick / paper), see krylon.datasets.presets
+
+
+def _steps(t, dt: float, name: str) -> int:
+    t = validate.real_number(t, name, minimum=0.0)
+    n = round(t / dt)
+    if abs(n * dt - t) > 1e-9 * max(1.0, abs(t)):
+        raise ValueError(f"{name} = {t!r} is not a multiple of the time step dt = {dt!r}")
+    return int(n)
+
+
+def simulate(model: NavierStokes2D, w0: torch.Tensor, t_end: float, dt: float, *,
+             snapshots: int | Sequence[float] | None = None, method: str = "cnab2",
+             callback: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Integrate vorticity fields ``w0 (*batch, X, Y)`` of ``model`` from ``t = 0`` to ``t_end`` with step ``dt``.
+
+    Parameters
+    ----------
+    model : NavierStokes2D
+    w0 : tensor (*batch, X, Y)
+        Initial vorticity, real; its dtype (float64 or float32) and device are the computation's.
+    t_end : float
+        Final time, a multiple of ``dt``.
+    dt : float
+        Time step.
+    snapshots : int or sequence of float, optional
+        None: return the state at ``t_end``.  An int ``n``: the states at ``t_end k / n``, ``k = 1..n``.
+        A sequence: the states at those times (increasing, in ``[0, t_end]``, multiples of ``dt``).
+    method : "cnab2" or "etdrk4"
+        Crank–Nicolson/Adams–Bashforth 2 (IMEX, the data sets' scheme) or exponential RK4.
+    callback : callable(step, w_hat), optional
+        Called after every step with the spectral state.
+
+    Returns
+    -------
+    tensor
+        ``(*batch, X, Y)`` at ``t_end``, or ``(*batch, X, Y, T)`` with the snapshots on the last axis.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from krylon.operators.pde import NavierStokes2D
+    >>> w = simulate(NavierStokes2D(), torch.zeros(2, 32, 32, dtype=torch.float64), 0.1, 0.01, snapshots=[0.05, 0.1])
+    >>> w.shape
+    torch.Size([2, 32, 32, 2])
+    """
+    if not isinstance(model, NavierStokes2D):
+        raise TypeError(f"model must be a NavierStokes2D, got {type(model).__name__}")
+    v = model.spectral(w0)
+    shape = tuple(w0.shape[-2:])
+    dt = validate.real_number(dt, "dt")
+    if not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    steps = _steps(t_end, dt, "t_end")
+    if snapshots is None:
+        marks = [steps]
+    elif isinstance(snapshots, int) and not isinstance(snapshots, bool):
+        if snapshots < 1 or steps % snapshots:
+            raise ValueError(f"snapshots={snapshots} must be a positive divisor of the {steps} steps to t_end")
+        marks = [steps * k // snapshots for k in range(1, snapshots + 1)]
+    else:
+        marks = [_steps(t, dt, "snapshot time") for t in snapshots]
+        if not marks or any(b < a for a, b in zip(marks, marks[1:])) or marks[-1] > steps:
+            raise ValueError(f"snapshot times must be a non-empty increasing sequence in [0, t_end], got {list(snapshots)}")
+    stepper = METHODS[method](model.linear(shape, torch.float64, w0.device), model.nonlinear, dt)
+    memory, done, out = None, 0, []
+    for mark in marks:
+        if mark > done:
+            hook = None if callback is None else (lambda n, s, o=done: callback(o + n, s))
+            v, memory = integrate(stepper, v, mark - done, memory=memory, callback=hook)
+            done = mark
+        out.append(model.physical(v))
+    return out[0] if snapshots is None else torch.stack(out, dim=-1)
+
+
+def _sample_generator(seed: int, index: int) -> torch.Generator:
+    """A generator for sample ``index`` alone: SeedSequence mixes (seed, index) without collisions."""
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def initial_vorticity(seed: int, indices: Sequence[int], resolution: int, *, alpha: float = 2.5, tau: float = 7.0,
+                      lengths=1.0) -> torch.Tensor:
+    """The initial vorticities ``(len(indices), N, N)`` (float64, CPU) of the given samples of a data set."""
+    return torch.stack([gaussian_random_field((resolution, resolution), alpha=alpha, tau=tau, lengths=lengths,
+                                              generator=_sample_generator(seed, i)) for i in indices])
+
+
+def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim_resolution: int = 256,
+             dt: float = 1e-3, warmup: float = 30.0, interval: float = 0.2, t_in: int = 10, t_out: int = 40,
+             batch_size: int = 16, seed: int = 0, device=None, method: str = "cnab2", store_dtype: str = "float32",
+             progress: bool = False) -> str:
+    """Generate (or resume) a data set of ``n`` Navier–Stokes trajectories at ``path`` (krylon HDF5).
+
+    Parameters
+    ----------
+    n : int
+        Trajectories (samples).
+    viscosity : float
+        ``nu`` (default 1e-3); unit torus, forcing ``0.1 (sin 2 pi (x + y) + cos 2 pi (x + y))``.
+    resolution, sim_resolution : int
+        Stored and simulated grid sizes per axis (even; ``sim_resolution >= resolution``).
+    dt, warmup, interval : float
+        Time step, time simulated before the first snapshot, time between snapshots (multiples of ``dt``).
+    t_in, t_out : int
+        Snapshots in the input ``x`` and in the target ``y`` (consecutive: the target follows the input).
+    batch_size : int
+        Trajectories simulated together as one tensor.
+    seed : int
+        Sample ``i`` starts from a field drawn with a generator seeded by ``(seed, i)``.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present); default CPU.
+    store_dtype : "float32" or "float64"
+        Precision on disk (the simulation runs in float64).
+
+    Returns
+    -------
+    The path of the finished file.
+
+    Notes
+    -----
+    Fields ``x`` ``(1, X, Y, t_in)`` and ``y`` ``(1, X, Y, t_out)``; file attributes ``viscosity``, ``dt``,
+    ``lengths``, ``times`` (all ``t_in + t_out`` snapshot times), ``resolution``, ``sim_resolution``,
+    ``downsampling`` (``"spectral"``), ``forcing``.
+    """
+    n = validate.integer(n, "n")
+    t_in, t_out = validate.integer(t_in, "t_in"), validate.integer(t_out, "t_out")
+    batch_size = validate.integer(batch_size, "batch_size")
+    resolution = validate.integer(resolution, "resolution", minimum=4)
+    sim_resolution = validate.integer(sim_resolution, "sim_resolution", minimum=4)
+    if resolution % 2 or sim_resolution % 2:
+        raise ValueError(f"resolution and sim_resolution must be even, got {resolution} and {sim_resolution}")
+    if sim_resolution < resolution:
+        raise ValueError(f"sim_resolution ({sim_resolution}) must be >= resolution ({resolution}): simulate fine, store coarse")
+    dt = validate.real_number(dt, "dt")
+    if not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt!r}")
+    first = _steps(warmup, dt, "warmup")
+    every = _steps(interval, dt, "interval")
+    if every < 1:
+        raise ValueError(f"interval must be at least one time step, got {interval!r}")
+    validate.choice(method, "method", tuple(METHODS))
+    validate.choice(store_dtype, "store_dtype", ("float32", "float64"))
+    model = NavierStokes2D(viscosity=viscosity)
+    dev = backend.resolve_device(device) or torch.device("cpu")
+    count = t_in + t_out
+    times = [(first + k * every) * dt for k in range(count)]
+    params = {"n": n, "viscosity": float(viscosity), "resolution": resolution, "sim_resolution": sim_resolution,
+              "dt": dt, "warmup": float(warmup), "interval": float(interval), "t_in": t_in, "t_out": t_out,
+              "method": method, "store_dtype": store_dtype, "alpha": 2.5, "tau": 7.0, "forcing": model.forcing_name,
+              "dealias": model.dealias, "downsampling": "spectral"}
+    fields = {"x": ((1, resolution, resolution, t_in), store_dtype), "y": ((1, resolution, resolution, t_out), store_dtype)}
+    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed) as w:
+        attrs = w.f.attrs
+        attrs["viscosity"] = float(viscosity)
+        attrs["dt"] = dt
+        attrs["lengths"] = np.array(model.lengths)
+        attrs["times"] = np.array(times)
+        attrs["resolution"] = resolution
+        attrs["sim_resolution"] = sim_resolution
+        attrs["downsampling"] = "spectral"
+        attrs["forcing"] = "0.1 (sin 2 pi (x + y) + cos 2 pi (x + y))"
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=w.n_written, desc=f"ns2d {sim_resolution}^2 -> {resolution}^2", unit="traj")
+        # batches start at multiples of batch_size whatever the resume point: the same tensors, the same rounding
+        for start in range((w.n_written // batch_size) * batch_size, n, batch_size):
+            indices = range(start, min(start + batch_size, n))
+            w0 = initial_vorticity(seed, indices, sim_resolution).to(dev)
+            snaps = simulate(model, w0, times[-1], dt, snapshots=times, method=method)  # (B, S, S, T)
+            coarse = spectral_resample(snaps.movedim(-1, 1), (resolution, resolution)).movedim(1, -1)
+            coarse = coarse.unsqueeze(1).cpu().numpy().astype(store_dtype)
+            for j, i in enumerate(indices):
+                if i >= w.n_written:
+                    w.write(i, {"x": coarse[j, ..., :t_in], "y": coarse[j, ..., t_in:]})
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+    return str(path)

@@ -1,0 +1,129 @@
+r"""The spectral convolution of krylon's own Fourier neural operators, written on :mod:`torch.fft`.
+
+:class:`SpectralConv` multiplies the lowest Fourier modes of a ``(B, C_in, *grid)`` field by learned complex
+matrices (one ``C_in x C_out`` matrix per kept mode) and drops the rest.  The last grid axis is the
+:func:`torch.fft.rfftn` axis; the output may have a different number of points along it (``out_last=``), which
+resamples that axis spectrally (SFNO's output in time).
+
+Mode convention (the FNO paper's, and Spectral-Refiner's ``modes=(12, 12, 5)``): ``modes[a]`` for every axis
+but the last keeps the frequencies ``0 .. m-1`` and ``-m .. -1`` (``2 m`` in all, so a grid needs at least
+``2 m`` points); for the last axis it keeps ``0 .. m-1`` of the rfft half spectrum (needs ``n // 2 + 1 >= m``).
+Coefficients are normalised (``norm="forward"``: the mean is the 0 mode), so a band-limited field has the same
+coefficients at every resolution and the layer is resolution independent.
+
+The complex weights are stored as real tensors with a trailing dimension 2 and viewed as complex in
+``forward``: DDP's gradient all-reduce, AMP's scaler and optimizers that do not handle complex parameters then
+all work.  The FFTs run in float32 (or float64) even under autocast: half-precision cuFFT takes only
+power-of-two sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...kernels import validate
+
+__all__ = ["SpectralConv"]
+
+
+def _kept_index(n: int, m: int, device) -> torch.Tensor:
+    """FFT-order indices of the frequencies ``0..m-1`` and ``-m..-1`` on an ``n``-point axis."""
+    return torch.cat([torch.arange(m, device=device), torch.arange(n - m, n, device=device)])
+
+
+class SpectralConv(nn.Module):
+    """Fourier layer ``x -> irfftn(W(k) rfftn(x)(k))`` over the kept modes of the trailing ``len(modes)`` axes.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    modes : sequence of int
+        Kept modes per grid axis (module docstring: ``2 m`` frequencies on every axis but the last, ``m`` there).
+
+    Examples
+    --------
+    >>> import torch
+    >>> conv = SpectralConv(3, 2, (4, 4, 3))
+    >>> conv(torch.randn(5, 3, 16, 12, 10)).shape
+    torch.Size([5, 2, 16, 12, 10])
+    >>> conv(torch.randn(5, 3, 16, 12, 10), out_last=40).shape  # resampled along the last axis
+    torch.Size([5, 2, 16, 12, 40])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, modes):
+        super().__init__()
+        self.in_channels = validate.integer(in_channels, "in_channels")
+        self.out_channels = validate.integer(out_channels, "out_channels")
+        self.modes = validate.shape(modes, "modes")
+        kept = tuple(2 * m for m in self.modes[:-1]) + (self.modes[-1],)
+        scale = 1.0 / (self.in_channels * self.out_channels)  # the FNO paper's initialisation
+        self.weight = nn.Parameter(scale * torch.rand(self.in_channels, self.out_channels, *kept, 2))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, modes={self.modes}"
+
+    def check_grid(self, grid, what: str = "input") -> None:
+        """``ValueError`` unless a grid of shape ``grid`` holds the kept modes."""
+        for a, (n, m) in enumerate(zip(grid[:-1], self.modes[:-1])):
+            if n < 2 * m:
+                raise ValueError(f"the {what} has {n} points on grid axis {a} but the layer keeps {m} modes there "
+                                 f"(frequencies -{m}..{m - 1}): it needs at least {2 * m} points")
+        n, m = grid[-1], self.modes[-1]
+        if n // 2 + 1 < m:
+            raise ValueError(f"the {what} has {n} points on the last grid axis but the layer keeps {m} modes there "
+                             f"(rfft frequencies 0..{m - 1}): it needs at least {2 * (m - 1)} points")
+
+    def forward(self, x: torch.Tensor, out_last: int | None = None) -> torch.Tensor:
+        d = len(self.modes)
+        if x.dim() != d + 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input of shape (B, {self.in_channels}, <{d} grid axes>), got {tuple(x.shape)}")
+        grid = tuple(x.shape[2:])
+        self.check_grid(grid)
+        n_last = grid[-1] if out_last is None else validate.integer(out_last, "out_last")
+        dims = tuple(range(2, d + 2))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if x.dtype not in (torch.float32, torch.float64):
+                x = x.float()
+            xh = torch.fft.rfftn(x, dim=dims, norm="forward")
+            idx = [_kept_index(n, m, x.device) for n, m in zip(grid[:-1], self.modes[:-1])]
+            for a, i in enumerate(idx):
+                xh = xh.index_select(2 + a, i)
+            xh = xh[..., : self.modes[-1]]
+            w = torch.view_as_complex(self.weight.to(x.dtype))
+            yh = torch.einsum("bi...,io...->bo...", xh, w)
+            # back onto the full spectral grid: zeros outside the kept modes; the last axis padded or cut
+            r = n_last // 2 + 1
+            if r <= yh.shape[-1]:
+                yh = yh[..., :r]
+            else:
+                yh = torch.cat([yh, yh.new_zeros(*yh.shape[:-1], r - yh.shape[-1])], dim=-1)
+            for a in reversed(range(d - 1)):
+                shape = list(yh.shape)
+                shape[2 + a] = grid[a]
+                yh = yh.new_zeros(shape).index_copy(2 + a, idx[a], yh)
+            return torch.fft.irfftn(yh, s=(*grid[:-1], n_last), dim=dims, norm="forward")
+
+    @torch.no_grad()
+    def widened(self, modes) -> SpectralConv:
+        """A new layer keeping ``modes`` (each >= this layer's) with this layer's weights on the matching modes.
+
+        The other modes start at zero, so the new layer computes exactly what this one does on any grid that
+        holds the new modes.
+        """
+        modes = validate.shape(modes, "modes")
+        if len(modes) != len(self.modes):
+            raise ValueError(f"modes must have {len(self.modes)} entries (one per grid axis), got {modes}")
+        if any(new < old for new, old in zip(modes, self.modes)):
+            raise ValueError(f"widening cannot drop modes: the layer keeps {self.modes}, asked for {modes}")
+        new = SpectralConv(self.in_channels, self.out_channels, modes).to(self.weight.device, self.weight.dtype)
+        w = self.weight.detach()
+        for a, (m, big) in enumerate(zip(self.modes[:-1], modes[:-1])):
+            shape = list(w.shape)
+            shape[2 + a] = 2 * big
+            pos = _kept_index(2 * big, m, w.device)  # the old +-m block sits at both ends of the new 2*big axis
+            w = w.new_zeros(shape).index_copy(2 + a, pos, w)
+        shape = list(w.shape)
+        shape[-2] = modes[-1]
+        new.weight.copy_(torch.cat([w, w.new_zeros(*shape[:-2], modes[-1] - self.modes[-1], 2)], dim=-2))
+        return new

@@ -1,0 +1,188 @@
+"""The ``ns2d`` and ``darcy`` data-set generators: content against independent references, resume, batch size, CLI."""
+
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from krylon.cli import main
+from krylon.datasets import darcy, navier_stokes
+from krylon.datasets.hdf5 import DatasetWriter
+from krylon.operators.pde import NavierStokes2D
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY_NS = dict(resolution=8, sim_resolution=16, dt=0.05, warmup=0.1, interval=0.05, t_in=2, t_out=3)
+
+
+def read(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][...] for k in f.keys()}, dict(f.attrs)
+
+
+def interrupt_at(monkeypatch, index):
+    """Make DatasetWriter.write fail (as Ctrl-C would) when it reaches sample ``index``."""
+    original = DatasetWriter.write
+
+    def write(self, i, sample):
+        if i == index:
+            raise KeyboardInterrupt
+        return original(self, i, sample)
+
+    monkeypatch.setattr(DatasetWriter, "write", write)
+
+
+# ------------------------------------------------------------------ ns2d
+def test_ns2d_layout_attributes_and_downsampling(tmp_path):
+    path = navier_stokes.generate(tmp_path / "ns.h5", 3, batch_size=2, seed=5, store_dtype="float64",
+                                  **{**TINY_NS, "warmup": 0.0})
+    data, attrs = read(path)
+    assert data["x"].shape == (3, 1, 8, 8, 2) and data["y"].shape == (3, 1, 8, 8, 3)
+    assert attrs["viscosity"] == 1e-3 and attrs["dt"] == 0.05 and attrs["resolution"] == 8
+    np.testing.assert_allclose(attrs["times"], [0.0, 0.05, 0.1, 0.15, 0.2], atol=1e-12)
+    np.testing.assert_array_equal(attrs["lengths"], [1.0, 1.0])
+    # with no warm-up the first input snapshot is the initial field, coarsened by Fourier truncation (numpy)
+    w0 = navier_stokes.initial_vorticity(5, range(3), 16).numpy()
+    c = np.fft.fft2(w0)
+    keep = np.r_[0:4, 13:16]  # |m| < 4: below the 8-grid's Nyquist
+    coarse = np.zeros((3, 8, 8), dtype=complex)
+    idx = np.r_[0:4, 5:8]
+    coarse[:, idx[:, None], idx[None, :]] = c[:, keep[:, None], keep[None, :]]
+    expected = np.real(np.fft.ifft2(coarse)) * (64 / 256)
+    np.testing.assert_allclose(data["x"][:, 0, :, :, 0], expected, atol=1e-12)
+
+
+def test_ns2d_snapshots_are_consecutive_steps_in_time_order(tmp_path):
+    # stored at the simulated resolution with one step between snapshots: y[0] follows x[-1] by one CNAB2 step,
+    # so their Crank–Nicolson residual is tiny; the pair taken in the wrong order is not
+    opts = {**TINY_NS, "resolution": 16, "dt": 0.02, "interval": 0.02}
+    path = navier_stokes.generate(tmp_path / "ns.h5", 1, seed=1, store_dtype="float64", **opts)
+    data, _ = read(path)
+    ns = NavierStokes2D(viscosity=1e-3)
+    a, b = torch.from_numpy(data["x"][0, 0, ..., -1]), torch.from_numpy(data["y"][0, 0, ..., 0])
+    scale = float(((b - a) / 0.02).norm())
+    assert float(ns.crank_nicolson_residual(a, b, 0.02).norm()) < 1e-3 * scale
+    assert float(ns.crank_nicolson_residual(b, a, 0.02).norm()) > 0.5 * scale
+
+
+def test_ns2d_resume_after_interruption_is_identical(tmp_path, monkeypatch):
+    full = navier_stokes.generate(tmp_path / "full.h5", 5, batch_size=2, **TINY_NS)
+    part = tmp_path / "part.h5"
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)  # mid-batch: samples 0-2 on disk, batch [2, 3] interrupted after writing 2
+        with pytest.raises(KeyboardInterrupt):
+            navier_stokes.generate(part, 5, batch_size=2, **TINY_NS)
+    assert not part.exists()
+    with h5py.File(str(part) + ".partial", "r") as f:
+        assert int(f.attrs["n_written"]) == 3
+    navier_stokes.generate(part, 5, batch_size=2, **TINY_NS)
+    a, _ = read(full)
+    b, _ = read(part)
+    for k in ("x", "y"):
+        np.testing.assert_array_equal(a[k], b[k])
+    # another batch size: the same data to rounding (per-sample seeds)
+    c, _ = read(navier_stokes.generate(tmp_path / "b3.h5", 5, batch_size=3, **TINY_NS))
+    np.testing.assert_allclose(c["y"], a["y"], rtol=1e-5, atol=1e-6)
+    # a rerun with other settings refuses to resume
+    with monkeypatch.context() as m:
+        interrupt_at(m, 1)
+        with pytest.raises(KeyboardInterrupt):
+            navier_stokes.generate(tmp_path / "other.h5", 3, **TINY_NS)
+    with pytest.raises(ValueError, match="parameters differ"):
+        navier_stokes.generate(tmp_path / "other.h5", 3, **{**TINY_NS, "t_out": 4})
+
+
+def test_ns2d_bad_options(tmp_path):
+    with pytest.raises(ValueError, match="sim_resolution"):
+        navier_stokes.generate(tmp_path / "a.h5", 2, **{**TINY_NS, "sim_resolution": 4})
+    with pytest.raises(ValueError, match="multiple of the time step"):
+        navier_stokes.generate(tmp_path / "a.h5", 2, **{**TINY_NS, "interval": 0.07})
+    with pytest.raises(ValueError, match="even"):
+        navier_stokes.generate(tmp_path / "a.h5", 2, **{**TINY_NS, "resolution": 9})
+    with pytest.raises(ValueError, match="n must be"):
+        navier_stokes.generate(tmp_path / "a.h5", 0, **TINY_NS)
+
+
+# ------------------------------------------------------------------ darcy
+def scipy_darcy(a):
+    """Independent 5-point assembly: harmonic face means between interior nodes, a_p on boundary faces."""
+    s = a.shape[0]
+    m, h2 = s - 2, (1.0 / (s - 1)) ** 2
+    k = a[1:-1, 1:-1]
+    idx = np.arange(m * m).reshape(m, m)
+    rows, cols, vals = [], [], []
+    diag = np.zeros((m, m))
+    for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        for i in range(m):
+            for j in range(m):
+                p, q = i + di, j + dj
+                if 0 <= p < m and 0 <= q < m:
+                    w = 2 * k[i, j] * k[p, q] / (k[i, j] + k[p, q]) / h2
+                    rows.append(idx[i, j])
+                    cols.append(idx[p, q])
+                    vals.append(-w)
+                else:
+                    w = k[i, j] / h2
+                diag[i, j] += w
+    A = sp.csr_matrix((vals, (rows, cols)), shape=(m * m, m * m)) + sp.diags(diag.ravel())
+    u = np.zeros((s, s))
+    u[1:-1, 1:-1] = spla.spsolve(A.tocsc(), np.ones(m * m)).reshape(m, m)
+    return u
+
+
+def test_darcy_matches_scipy_sparse_solve(tmp_path):
+    path = darcy.generate(tmp_path / "d.h5", 3, resolution=17, batch_size=2, seed=3, store_dtype="float64")
+    data, attrs = read(path)
+    assert data["x"].shape == (3, 1, 17, 17) and data["y"].shape == (3, 1, 17, 17)
+    a, u = data["x"][:, 0], data["y"][:, 0]
+    assert set(np.unique(a)) <= {3.0, 12.0}
+    assert (a == 12).any() and (a == 3).any()
+    for i in range(3):
+        ref = scipy_darcy(a[i])
+        np.testing.assert_allclose(u[i], ref, rtol=0, atol=1e-8 * np.abs(ref).max())
+    assert np.all(u[:, 0, :] == 0) and np.all(u[:, :, -1] == 0)
+    assert attrs["resolution"] == 17
+
+
+def test_darcy_resume_and_batch_independence(tmp_path, monkeypatch):
+    full, _ = read(darcy.generate(tmp_path / "full.h5", 4, resolution=9, batch_size=2))
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            darcy.generate(tmp_path / "p.h5", 4, resolution=9, batch_size=2)
+    part, _ = read(darcy.generate(tmp_path / "p.h5", 4, resolution=9, batch_size=2))
+    for k in ("x", "y"):
+        np.testing.assert_array_equal(part[k], full[k])
+    one, _ = read(darcy.generate(tmp_path / "one.h5", 4, resolution=9, batch_size=1))
+    np.testing.assert_array_equal(one["x"], full["x"])
+    np.testing.assert_allclose(one["y"], full["y"], rtol=1e-6)
+
+
+def test_darcy_bad_input():
+    with pytest.raises(ValueError, match="positive"):
+        darcy.solve_darcy(-torch.ones(5, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="s, s"):
+        darcy.solve_darcy(torch.ones(5, 6, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_generate(tmp_path, capsys):
+    out = tmp_path / "ns.h5"
+    argv = ["generate", "ns2d", "--n", "2", "--out", str(out), "--resolution", "8", "--sim-resolution", "16",
+            "--dt", "0.05", "--warmup", "0.1", "--interval", "0.05", "--t-in", "2", "--t-out", "2", "--no-progress",
+            "--device", "cpu"]
+    assert main(argv) == 0
+    data, attrs = read(out)
+    assert data["x"].shape == (2, 1, 8, 8, 2) and attrs["sim_resolution"] == 16
+    assert main(["generate", "darcy", "--n", "2", "--out", str(tmp_path / "d.h5"), "--resolution", "9",
+                 "--no-progress"]) == 0
+    assert read(tmp_path / "d.h5")[0]["y"].shape == (2, 1, 9, 9)
+    assert main(argv[:-2] + ["--resolution", "7"]) == 2  # an odd grid: a clear error, no traceback
+    assert "even" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "ns2d", "--help"])
+    assert "default: 64 with --size quick, 256 with --size paper" in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        main(["generate"])

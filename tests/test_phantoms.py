@@ -1,0 +1,159 @@
+"""Phantoms: Shepp–Logan against skimage's, random families' properties, the HDF5 writer and its resume, the CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from krylon.datasets import open_dataset, read_attrs
+from krylon.datasets.phantoms import FAMILIES, generate_phantoms, phantom_generator, random_phantom, random_phantoms, shepp_logan
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_shepp_logan_matches_skimage():
+    skd = pytest.importorskip("skimage.data")
+    skt = pytest.importorskip("skimage.transform")
+    ref = skd.shepp_logan_phantom()  # 400 x 400, modified Shepp-Logan
+    mine = shepp_logan(400, supersample=1).numpy()
+    assert mine.shape == ref.shape
+    # same table and orientation: within 0.05 everywhere but on a thin band of pixels cut by an ellipse edge
+    # (skimage rounds some grey levels, e.g. 0.098 for 0.1, and samples the grid differently)
+    d = np.abs(mine - ref)
+    assert np.mean(d > 0.05) < 0.01
+    assert np.mean(np.abs(mine[::-1] - ref) > 0.05) > 0.05  # the check can tell an upside-down phantom
+    small = shepp_logan(64).numpy()
+    ref64 = skt.resize(ref, (64, 64), anti_aliasing=True)
+    assert np.corrcoef(small.ravel(), ref64.ravel())[0, 1] > 0.98
+
+
+def test_shepp_logan_variants():
+    m, o = shepp_logan(64), shepp_logan(64, modified=False)
+    assert float(m.max()) == 1.0 and 1.9 < float(o.max()) <= 2.0 + 1e-12
+    assert torch.equal(shepp_logan(32), shepp_logan(32))
+    assert shepp_logan((40, 30)).shape == (40, 30)
+    # the head's axis is vertical: the phantom is left-right symmetric up to the tilted inner ellipses
+    assert float((m - m.flip(-1)).abs().mean()) < 0.05
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_random_family_properties(family, complex_):
+    xs = torch.stack([random_phantom(48, family, complex=complex_, generator=phantom_generator(3, i)) for i in range(4)])
+    assert xs.shape == (4, 48, 48)
+    assert xs.dtype == (torch.complex128 if complex_ else torch.float64)
+    mag = xs.abs()
+    np.testing.assert_allclose(mag.amax(dim=(-2, -1)).numpy(), 1.0)
+    assert bool(torch.isfinite(mag).all())
+    if not complex_:
+        assert float(xs.min()) >= 0
+    else:  # a genuine, smooth phase where the image is not tiny
+        big = mag > 0.3
+        ph = xs.angle()
+        assert float(ph[big].std()) > 0.05
+    # the samples differ and are not blank
+    assert float((xs[0].abs() - xs[1].abs()).abs().mean()) > 1e-3
+    assert float((mag > 0.05).double().mean()) > 0.05
+
+
+def test_random_phantoms_reproducible_and_independent_of_batching():
+    a = random_phantoms(6, 32, seed=5)
+    b = torch.cat([random_phantoms(2, 32, seed=5), random_phantoms(4, 32, seed=5, start=2)])
+    assert torch.equal(a, b)
+    assert not torch.equal(a, random_phantoms(6, 32, seed=6))
+    # round robin over the families
+    c = random_phantoms(2, 32, seed=5, start=4, families=("polygons",))
+    assert torch.equal(c[0], random_phantom(32, "polygons", generator=phantom_generator(5, 4)))
+    # global RNG untouched
+    torch.manual_seed(0)
+    r1 = torch.rand(1)
+    torch.manual_seed(0)
+    random_phantoms(2, 16)
+    assert torch.equal(torch.rand(1), r1)
+
+
+@pytest.mark.parametrize("call, err", [
+    pytest.param(lambda: random_phantom(32, "squares"), ValueError, id="family"),
+    pytest.param(lambda: random_phantom(2), ValueError, id="too-small"),
+    pytest.param(lambda: random_phantom((8, 8, 8)), ValueError, id="3d"),
+    pytest.param(lambda: random_phantoms(2, 16, families=()), ValueError, id="no-families"),
+    pytest.param(lambda: shepp_logan(32, supersample=0), ValueError, id="supersample"),
+    pytest.param(lambda: random_phantoms(-1, 16), ValueError, id="n"),
+])
+def test_bad_input(call, err):
+    with pytest.raises(err):
+        call()
+
+
+@pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
+def test_generate_phantoms_writes_and_resumes(tmp_path, complex_):
+    path = tmp_path / "ph.h5"
+    n, size = 7, (16, 20)
+    # an interrupted run: write 3 samples into the partial file by hand through the same writer
+    from krylon.datasets.hdf5 import DatasetWriter
+
+    params_probe = tmp_path / "probe.h5"
+    generate_phantoms(params_probe, n, size, seed=2, complex=complex_)
+    attrs = read_attrs(params_probe)
+    ch = 2 if complex_ else 1
+    w = DatasetWriter(path, n, {"x": ((ch, 16, 20), "float32")}, generator=attrs["generator"],
+                      parameters=attrs["parameters"], seed=2)
+    full = open_dataset(params_probe)
+    for i in range(3):
+        w.write(i, {"x": full[i]["x"]})
+    w.close()
+    assert not path.exists() and path.with_name("ph.h5.partial").exists()
+    generate_phantoms(path, n, size, seed=2, complex=complex_)  # resumes at sample 3
+    ds = open_dataset(path)
+    assert len(ds) == n
+    expect = random_phantoms(n, size, seed=2, complex=complex_)
+    for i in range(n):
+        x = ds[i]["x"]
+        assert x.shape == (ch, 16, 20)
+        got = x[0] + 1j * x[1] if complex_ else x[0]
+        np.testing.assert_allclose(got, expect[i].numpy(), atol=1e-6)
+    with pytest.raises(FileExistsError):
+        generate_phantoms(path, n, size, seed=2, complex=complex_)
+
+
+def test_generate_phantoms_refuses_other_settings_on_resume(tmp_path):
+    from krylon.datasets.hdf5 import DatasetWriter
+
+    path = tmp_path / "ph.h5"
+    w = DatasetWriter(path, 4, {"x": ((1, 16, 16), "float32")}, generator="krylon.datasets.phantoms.generate_phantoms",
+                      parameters={"size": [16, 16]}, seed=0)
+    w.close()
+    with pytest.raises(ValueError, match="resume"):
+        generate_phantoms(path, 4, 16, seed=0)
+
+
+def test_cli_generate_phantoms(tmp_path):
+    out = tmp_path / "ph.h5"
+    p = subprocess.run([sys.executable, "-m", "krylon", "generate", "phantoms", "--n", "5", "--size", "24", "--out", str(out),
+                        "--seed", "1", "--complex", "--no-progress", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "wrote" in p.stdout
+    ds = open_dataset(out)
+    assert len(ds) == 5 and ds[4]["x"].shape == (2, 24, 24)
+    np.testing.assert_allclose(ds[4]["x"][0].numpy(), random_phantoms(1, 24, seed=1, start=4, complex=True)[0].real.numpy(), atol=1e-6)
+
+
+def test_cli_generate_phantoms_bad_input(tmp_path, capsys):
+    from krylon.cli import main
+
+    assert main(["generate", "phantoms", "--n", "2", "--out", str(tmp_path / "b.h5"), "--families", "squares"]) == 2
+    assert "families" in capsys.readouterr().err
+    assert main(["generate", "phantoms", "--n", "2", "--size", "24", "24", "24", "--out", str(tmp_path / "c.h5")]) == 2
+    assert "size" in capsys.readouterr().err
+    assert not (tmp_path / "b.h5").exists() and not (tmp_path / "c.h5").exists()
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from krylon.datasets import phantoms
+
+    result = doctest.testmod(phantoms, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
