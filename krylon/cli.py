@@ -6,6 +6,11 @@
     krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
     krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
     krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
+    krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
+    krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
+    krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
+    krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
+    krylon generate ns2d|darcy --n N --out FILE.h5 [...]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
     krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
@@ -121,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- krylon convert (begin)
 def _convert_parser(sub) -> None:
-    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat (v7.3 or v5) or PDEBench files into krylon HDF5")
     c.add_argument("source", help="the file to convert")
     c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
     c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
@@ -703,6 +708,10 @@ def main(argv=None) -> int:
             if args.model != "dcdm":
                 parser.parse_args(["train", "--help"])
             return _train_dcdm(args)
+        if args.command == "refine":
+            return _refine(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "convert":
             return _convert(args)
         if args.command == "generate":

@@ -17,6 +17,5 @@ __all__ = [
     "IterativeSolver", "CG", "MINRES", "GMRES", "CGLS",
     "Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner",
     "cg", "minres", "gmres", "DCDM",
-    "MEDIDA", "DiscoveredModelError",
-    "OperatorLearner",
+    "MEDIDA", "DiscoveredModelError", "OperatorLearner",
 ]

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels import fft, validate
+from ..kernels import validate
 from ..operators.learned import registry
 from . import training
 
@@ -32,39 +32,37 @@ LOSSES = ("l2", "h1")
 
 # ----------------------------------------------------------------------------- metrics
 def relative_errors(pred: torch.Tensor, target: torch.Tensor, *, s: float = 0.0, time_axis: int | None = None,
-                    space_dims: int | None = None) -> torch.Tensor:
+                    per_step: bool = False) -> torch.Tensor:
     r"""Relative Sobolev errors :math:`\|p - y\|_{H^s} / \|y\|_{H^s}` per sample (and per time step).
+
+    A per-sample view of :mod:`krylon.solvers.losses` (its quadrature and weight conventions): ``s = 0`` is the
+    relative L2 error, ``s = 1`` the relative (spectral) H1 error on the unit periodic box.
 
     Parameters
     ----------
     pred, target : torch.Tensor
         ``(B, C, *space)`` or, with ``time_axis=-1``, ``(B, C, *space, T)``.
     s : float
-        Sobolev index: 0 is the relative L2 error, 1 the relative H1 error (spectral, weights
-        :math:`1 + |k|^2` on the unit periodic box, so exact for band-limited fields).
+        Sobolev index.
     time_axis : None or -1
-        ``-1``: the last axis is time and the error is given per time step.
-    space_dims : int, optional
-        Number of space axes (default: every axis after the channel axis, less time).
+        ``-1``: the last axis is time; the error of a trajectory is the Bochner :math:`L^2` in time ratio.
+    per_step : bool
+        With a time axis: one relative error per time step instead, shape ``(B, T)``.
 
     Returns
     -------
     torch.Tensor
-        ``(B,)``, or ``(B, T)`` with a time axis; the norms sum over channels.  Computed in the inputs' dtype
-        (pass float64 for reporting, as :meth:`OperatorLearner.evaluate` does).
+        ``(B,)``, or ``(B, T)`` with ``per_step``.  Computed in the inputs' dtype (float64 for reporting, as
+        :meth:`OperatorLearner.evaluate` does).
     """
-    if pred.shape != target.shape:
-        raise ValueError(f"prediction and target shapes differ: {tuple(pred.shape)} and {tuple(target.shape)}")
+    from . import losses
+
     if time_axis not in (None, -1):
         raise ValueError(f"time_axis must be None or -1, got {time_axis!r}")
-    d = space_dims if space_dims is not None else pred.dim() - 2 - (time_axis is not None)
-    if d < 1:
-        raise ValueError(f"a field (B, C, *space{', T' if time_axis else ''}) needs a space axis; got shape {tuple(pred.shape)}")
-    if time_axis is not None:  # time to the front of the space axes: (B, T, C, *space)
-        pred, target = pred.movedim(-1, 1), target.movedim(-1, 1)
-    num = fft.sobolev_norm(pred - target, s, (1.0,) * d, squared=True, ndim=d).sum(-1)
-    den = fft.sobolev_norm(target, s, (1.0,) * d, squared=True, ndim=d).sum(-1)
-    return (num / den.clamp_min(torch.finfo(den.dtype).tiny)).sqrt()
+    kw = dict(reduction="none", time_axis=time_axis, time_reduction="none" if per_step and time_axis else "l2")
+    if s == 0:
+        return losses.lp_loss(pred, target, **kw)
+    return losses.sobolev_loss(pred, target, s=s, **kw)
 
 
 def navier_stokes_residual(viscosity: float, interval: float, *, lengths=1.0) -> Callable:
@@ -89,8 +87,10 @@ def _loss_fn(loss, time_axis) -> Callable:
     """``loss(pred, target) -> scalar`` for ``"l2"``, ``"h1"`` or a callable."""
     if callable(loss):
         return loss
-    s = {"l2": 0.0, "h1": 1.0}[validate.choice(loss, "loss", LOSSES)]
-    return lambda pred, target: relative_errors(pred, target, s=s, time_axis=time_axis).mean()
+    from . import losses
+
+    fn = {"l2": losses.lp_loss, "h1": losses.h1_loss}[validate.choice(loss, "loss", LOSSES)]
+    return lambda pred, target: fn(pred, target, time_axis=time_axis)
 
 
 # ----------------------------------------------------------------------------- normalised model
@@ -128,6 +128,17 @@ def _normalizer_from_state(saved: dict, where: str):
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ValueError(f"{where}: the saved normaliser is damaged: {exc}") from exc
     return norm
+
+
+def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Real tensors to ``dtype``, complex ones to its complex counterpart, in place (``Module.to(float64)`` would
+    drop the imaginary part of complex spectral weights); the parameter objects stay, so optimisers keep them."""
+    cdtype = {torch.float32: torch.complex64, torch.float64: torch.complex128}[dtype]
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_complex():
+            t.data = t.data.to(cdtype)
+        elif t.is_floating_point():
+            t.data = t.data.to(dtype)
 
 
 def _check_sample(dataset, name: str) -> None:
@@ -197,8 +208,8 @@ class OperatorLearner:
         try:
             return self.operator(x, **kw)
         except RuntimeError as exc:  # a shape the layers cannot take: name it, whatever the layer said
-            raise ValueError(f"{type(self.model).__name__} cannot take an input of shape {tuple(x.shape)} "
-                             f"(channels or resolution do not fit the model): {exc}") from exc
+            raise ValueError(f"{type(self.model).__name__} failed on an input of shape {tuple(x.shape)} "
+                             f"(channels or resolution the model cannot take?): {exc}") from exc
 
     def predict(self, x, *, batch_size: int = 16, **kw) -> torch.Tensor:
         """The operator applied to ``x`` (``(B, C, *grid)``, or one sample ``(C, *grid)``), in eval mode, no grad.
@@ -287,7 +298,7 @@ class OperatorLearner:
           :mod:`krylon.operators.pde`).  No target is used.
         * ``mode="data"``: :math:`\|p - y\|_{H^s}^2 / \|y\|_{H^s}^2` (the data misfit).
 
-        The norm is that of :func:`krylon.kernels.fft.sobolev_norm`: :math:`\|u\|_{H^s}^2 = V \sum_k (\alpha +
+        The norm is :func:`krylon.solvers.losses.sobolev_loss`'s (time integrated for trajectories): :math:`\|u\|_{H^s}^2 = V \sum_k (\alpha +
         |k|^2)^{s} |\hat u_k|^2` on the unit box (angular :math:`k`); Spectral-Refiner's default :math:`s = -1`,
         :math:`\alpha = 10^{-1.5}`.  Refinement runs in ``dtype`` (float64, as the paper); the model is returned
         to its own dtype afterwards.  Returns ``{"loss": [...], "seconds": ..., "parameters": n}``.
@@ -304,7 +315,6 @@ class OperatorLearner:
             raise TypeError(f"{type(self.model).__name__} has no widen_last_layer(modes); refinement needs a "
                             "spectral model (krylon's FNO or SFNO)")
         sample = data[0]
-        space = tuple(sample["y"].shape[1:-1] if self.time_axis == -1 else sample["y"].shape[1:])
         if modes is None:
             modes = self._full_modes(sample)
         own_dtype = next(self.model.parameters()).dtype
@@ -315,16 +325,13 @@ class OperatorLearner:
             raise ValueError(f"{type(self.model).__name__}.widen_last_layer returned no parameters to refine")
         for p in params:
             p.requires_grad_(True)
-        self.model.to(dtype)  # the normalisers keep float64 statistics and compute in the input's dtype
-        params = [p for p in self.model.parameters() if p.requires_grad]  # .to() may replace parameter objects
+        _cast(self.model, dtype)  # the normalisers keep float64 statistics and compute in the input's dtype
         opt = torch.optim.Adam(params, lr=lr)
-        d = len(space)
-        lengths = (1.0,) * d
+        from .losses import sobolev_loss
 
-        def hs2(u):  # squared H^s norm per sample, time steps moved into the batch
-            if self.time_axis == -1:
-                u = u.movedim(-1, 1)
-            return fft.sobolev_norm(u, s, lengths, alpha=alpha, squared=True, ndim=d).flatten(1).sum(1)
+        def hs2(u, target=None):  # squared H^s norm per sample (time: integrated), relative with a target
+            return sobolev_loss(u, target, s=s, alpha=alpha, squared=True, reduction="none",
+                                       time_axis=self.time_axis)
 
         from torch.utils.data import DataLoader
 
@@ -348,7 +355,7 @@ class OperatorLearner:
                 x, y = batch["x"].to(self.device, dtype), batch["y"].to(self.device, dtype)
                 pred = self._forward(x)
                 if mode == "data":
-                    loss = (hs2(pred - y) / hs2(y).clamp_min(torch.finfo(dtype).tiny)).mean()
+                    loss = hs2(pred, y).mean()
                 else:
                     loss = self._physics_loss(x, pred, residual, hs2)
                 if not torch.isfinite(loss):
@@ -365,7 +372,7 @@ class OperatorLearner:
         finally:
             if bar is not None:
                 bar.close()
-            self.model.to(own_dtype)
+            _cast(self.model, own_dtype)
             for p in self.model.parameters():
                 p.requires_grad_(True)
         result = {"loss": losses, "seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in params),
@@ -406,7 +413,7 @@ class OperatorLearner:
         _check_sample(dataset, "evaluation")
         from torch.utils.data import DataLoader
 
-        l2, h1 = [], []
+        l2, h1, l2_step, h1_step = [], [], [], []
         t0 = time.perf_counter()
         dt = next(self.model.parameters()).dtype
         for i, batch in enumerate(DataLoader(dataset, batch_size=batch_size)):
@@ -422,14 +429,16 @@ class OperatorLearner:
             pred, y = pred.double(), y.double()
             l2.append(relative_errors(pred, y, time_axis=self.time_axis))
             h1.append(relative_errors(pred, y, s=1.0, time_axis=self.time_axis))
+            if self.time_axis == -1:
+                l2_step.append(relative_errors(pred, y, time_axis=-1, per_step=True))
+                h1_step.append(relative_errors(pred, y, s=1.0, time_axis=-1, per_step=True))
         l2, h1 = torch.cat(l2), torch.cat(h1)
         sample = dataset[0]["y"]
         out = {"samples": int(l2.shape[0]), "resolution": list(sample.shape[1:]),
                "seconds": time.perf_counter() - t0}
-        if self.time_axis == -1:
-            # the error of a sample is its relative norm over the whole trajectory (Bochner L2 in time)
-            out["l2_per_step"], out["h1_per_step"] = l2.mean(0).tolist(), h1.mean(0).tolist()
-            l2, h1 = l2.pow(2).mean(1).sqrt(), h1.pow(2).mean(1).sqrt()
+        if self.time_axis == -1:  # a sample's error is the Bochner ratio over its trajectory; per step: means
+            out["l2_per_step"] = torch.cat(l2_step).mean(0).tolist()
+            out["h1_per_step"] = torch.cat(h1_step).mean(0).tolist()
         out.update(l2=float(l2.mean()), h1=float(h1.mean()), l2_per_sample=l2.tolist(), h1_per_sample=h1.tolist())
         return out
 

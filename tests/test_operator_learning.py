@@ -257,11 +257,13 @@ def test_relative_errors_match_numpy_and_analytic_sobolev_norms():
     # H1 weights 1 + |k|^2 (angular k): |e|^2 = 0.01/2 (1 + 36 pi^2), |y|^2 = 1/4 (1 + 8 pi^2)
     h1 = float(relative_errors(pred, target, s=1.0)[0])
     assert h1 == pytest.approx(math.sqrt(0.005 * (1 + 36 * math.pi ** 2) / (0.25 * (1 + 8 * math.pi ** 2))), rel=1e-10)
-    # per time step: the last axis is time; the second step has twice the error
+    # per time step: the last axis is time; the second step has twice the error; the trajectory's error is the
+    # ratio of the time-integrated squared norms
     traj_p = torch.stack([pred, target + 2 * (pred - target)], dim=-1)
     traj_t = torch.stack([target, target], dim=-1)
-    per_step = relative_errors(traj_p, traj_t, time_axis=-1)
-    np.testing.assert_allclose(per_step.numpy(), [[l2, 2 * l2]], rtol=1e-12)
+    np.testing.assert_allclose(relative_errors(traj_p, traj_t, time_axis=-1, per_step=True).numpy(), [[l2, 2 * l2]],
+                               rtol=1e-12)
+    np.testing.assert_allclose(relative_errors(traj_p, traj_t, time_axis=-1).numpy(), [math.sqrt(2.5) * l2], rtol=1e-12)
 
 
 # ----------------------------------------------------------------------------- OperatorLearner
@@ -328,7 +330,7 @@ def test_bad_input_is_a_clear_error(fitted):
     with pytest.raises(ValueError, match=r"3 channels.*\(2, 3, 16, 16\)"):
         learner.predict(x.expand(2, 3, 16, 16))
     bare = OperatorLearner(learner.model, normalize=False)  # the network's own error, named with the shape
-    with pytest.raises(ValueError, match=r"cannot take an input of shape \(2, 3, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"failed on an input of shape \(2, 3, 16, 16\)"):
         bare.predict(x.expand(2, 3, 16, 16))
     x[1, 0, 3, 3] = float("nan")
     with pytest.raises(ValueError, match="x"):
@@ -411,3 +413,62 @@ def test_refine_needs_a_residual_in_physics_mode(fitted):
         learner.refine(train, mode="physics")
     with pytest.raises(ValueError, match="mode"):
         learner.refine(train, mode="both")
+
+
+# ----------------------------------------------------------------------------- command line and example
+def _h5_pairs(path, n, size, seed):
+    from krylon.datasets import write_dataset
+
+    x = _smooth_fields(n, size, seed)
+    return write_dataset(path, {"x": x.astype(np.float32), "y": _helmholtz(x).astype(np.float32)})
+
+
+def test_cli_train_evaluate_refine_fno(tmp_path, capsys):
+    from krylon import cli
+
+    train, test, fine = (_h5_pairs(tmp_path / "train.h5", 24, 16, 0), _h5_pairs(tmp_path / "test.h5", 4, 16, 1),
+                         _h5_pairs(tmp_path / "fine.h5", 4, 32, 2))
+    out = tmp_path / "run"
+    assert cli.main(["train", "fno", "--data", str(train), "--test", str(test), "--test", str(fine), "--out", str(out),
+                     "--modes", "8", "8", "--hidden", "8", "--layers", "2", "--epochs", "2", "--batch", "8",
+                     "--lr", "1e-2", "--no-progress", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "train.h5" not in text and "test.h5" in text and "fine.h5" in text and "resolution 32x32" in text
+    record = json.loads((out / "training.json").read_text())
+    assert record["config"]["n_modes"] == [8, 8] and set(record["test"]) == {str(test), str(fine)}
+    assert (out / "losses.png").stat().st_size > 0
+    learner = OperatorLearner.load(out / "model.pt")
+    assert cli.main(["evaluate", "--model", str(out / "model.pt"), "--data", str(fine), "--plot", str(tmp_path / "e.png"),
+                     "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())[str(fine)]
+    from krylon.datasets import open_dataset
+
+    assert res["l2"] == pytest.approx(learner.evaluate(open_dataset(fine))["l2"], rel=1e-6)
+    assert (tmp_path / "e.png").stat().st_size > 1000
+    assert cli.main(["refine", "--model", str(out / "model.pt"), "--data", str(train), "--mode", "data", "--steps", "3",
+                     "--test", str(test), "--out", str(tmp_path / "r.pt")]) == 0
+    refined = OperatorLearner.load(tmp_path / "r.pt")
+    assert refined.model.config["last_n_modes"] == [16, 16] and "-> " in capsys.readouterr().out
+    # physics mode needs the equations of the data: a plain file is a clear error (exit code 2)
+    assert cli.main(["refine", "--model", str(out / "model.pt"), "--data", str(train), "--steps", "1"]) == 2
+    assert "viscosity" in capsys.readouterr().err
+    # a checkpoint of another kind is refused by name
+    assert cli.main(["evaluate", "--model", str(out / "checkpoint.pt"), "--data", str(test)]) == 2
+    assert "not an operator learner" in capsys.readouterr().err
+
+
+def test_example_navier_stokes_operator_runs_small(tmp_path, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    from krylon.datasets import presets
+
+    # a short warm-up on a coarse simulation grid: the workflow, not the physics, is under test here
+    monkeypatch.setitem(presets.NS2D, "quick", dict(presets.NS2D["quick"], sim_resolution=16, warmup=0.2, interval=0.1))
+    spec = importlib.util.spec_from_file_location("nso", Path(__file__).parent.parent / "examples" / "navier_stokes_operator.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.main(tmp_path, n_train=4, n_test=2, resolution=16, epochs=1, refine_steps=2, width=4, quiet=True)
+    assert len(res["after"]["l2_per_step"]) == 40 and np.isfinite(res["after"]["l2"])
+    assert Path(res["plot"]).stat().st_size > 1000
+    assert OperatorLearner.load(tmp_path / "sfno-refined.pt").model.config["last_modes"] == [8, 8, 6]

@@ -32,7 +32,7 @@ SIZES = {
     "quick": {"darcy": {"n_train": 1000, "epochs": 5, "batch": 32},
               "ns": {"n_train": 16, "n_test": 4, "resolution": 32, "epochs": 3, "refine_steps": 20, "batch": 4}},
     "default": {"darcy": {"n_train": 1000, "epochs": 20, "batch": 32},
-                "ns": {"n_train": 64, "n_test": 16, "resolution": 64, "epochs": 10, "refine_steps": 50, "batch": 4}},
+                "ns": {"n_train": 32, "n_test": 8, "resolution": 64, "epochs": 6, "refine_steps": 50, "batch": 4}},
     "paper": {"darcy": {"n_train": 1000, "epochs": 20, "batch": 32},
               "ns": {"n_train": 1152, "n_test": 128, "resolution": 64, "epochs": 10, "refine_steps": 50, "batch": 4,
                      "preset": "paper"}},
@@ -119,20 +119,17 @@ class _Pairs:
 
 
 def _fno(seed: int):
-    """The FNO both sides train, with the same initial weights (krylon's wrapper when installed)."""
+    """krylon's FNO (it wraps neuraloperator's) and neuraloperator's own network with the same initial weights."""
+    import copy
+
     import torch
 
+    from ..operators.learned import FNO
+
     torch.manual_seed(seed)
-    try:
-        from ..operators.learned import FNO
-
-        return FNO(n_modes=DARCY["n_modes"], in_channels=1, out_channels=1, hidden_channels=DARCY["hidden_channels"],
-                   n_layers=DARCY["n_layers"]), "krylon FNO"
-    except ImportError:
-        from neuralop.models import FNO
-
-        return FNO(n_modes=DARCY["n_modes"], in_channels=1, out_channels=1, hidden_channels=DARCY["hidden_channels"],
-                   n_layers=DARCY["n_layers"]), "neuralop FNO"
+    model = FNO(n_modes=DARCY["n_modes"], in_channels=1, out_channels=1, hidden_channels=DARCY["hidden_channels"],
+                n_layers=DARCY["n_layers"])
+    return model, copy.deepcopy(model.net)
 
 
 def _errors(predict, data, device) -> float:
@@ -171,8 +168,8 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
     _warm_up(device, train)
 
     # krylon
-    model, label = _fno(seed)
-    model = model.to(device)
+    model, peer = _fno(seed)
+    model, peer = model.to(device), peer.to(device)
     n_params = sum(p.numel() for p in model.parameters())
     learner = OperatorLearner(model, loss="l2")
     with _PeakMemory(device) as mem:
@@ -182,7 +179,7 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
                            seed=seed, max_grad_norm=None)
     seconds = sum(hist["seconds"])
     model.eval()
-    rows.append({"case": "darcy16", "trainer": f"krylon OperatorLearner ({label})", "parameters": n_params,
+    rows.append({"case": "darcy16", "trainer": "krylon OperatorLearner (krylon FNO)", "parameters": n_params,
                  "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": sum(hist["samples"]) / seconds,
                  "peak_mib": mem.mib, "l2_16": _errors(learner.operator, tests[16], device),
                  "l2_32": _errors(learner.operator, tests[32], device)})
@@ -192,8 +189,6 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
     from neuralop.data.transforms.data_processors import DefaultDataProcessor
     from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
 
-    peer, _ = _fno(seed)
-    peer = peer.to(device)
     y_norm = UnitGaussianNormalizer(dim=[0, 2, 3])
     y_norm.fit(train.y)
     processor = DefaultDataProcessor(in_normalizer=None, out_normalizer=y_norm).to(device)
