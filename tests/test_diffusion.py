@@ -285,3 +285,36 @@ def test_shipped_prior_beats_zero_filling_on_a_tiny_reconstruction():
         return float(10 * torch.log10(x.max() ** 2 / (a - x).pow(2).mean()))
 
     assert psnr(rec) > psnr(zf) + 1.0
+
+
+# ----------------------------------------------------------------------------- CLI, examples, bench summary
+def test_cli_reconstruct_and_train_diffusion(tmp_path, capsys):
+    from krylon.cli import main
+
+    n = DDS.pretrained().image_size
+    img = np.zeros((n, n))
+    img[16:48, 20:44] = 1.0
+    np.save(tmp_path / "img.npy", img)
+    assert main(["reconstruct", "mri", "--image", str(tmp_path / "img.npy"), "--nfe", "3",
+                 "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0 and "DDS 3 NFE" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4, 5, 6)))
+    assert main(["reconstruct", "ct", "--image", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")]) == 2
+    from krylon.datasets import write_dataset
+
+    write_dataset(tmp_path / "d.h5", {"x": np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)})
+    assert main(["train", "diffusion", "--data", str(tmp_path / "d.h5"), "--out", str(tmp_path / "run"),
+                 "--channels", "8", "--mults", "1", "2", "--epochs", "1", "--batch", "4", "--no-progress"]) == 0
+    dds = DDS.load(tmp_path / "run" / "prior.pt")
+    assert dds.image_size == 8 and (tmp_path / "run" / "training.json").exists()
+
+
+def test_bench_summary_rows():
+    from krylon.bench import dds as bench
+
+    rows = [{"task": "ct-30views", "noise": 0.0, "method": m, "nfe": nfe, "psnr": p, "seconds_per_image": s}
+            for m, nfe, p, s in [("FBP", None, 30.0, 0.01), ("TV", None, 31.0, 0.5), ("DDS-20", 20, 33.0, 1.0),
+                                 ("DDS-50", 50, 34.0, 2.0), ("DPS-500", 500, 28.0, 40.0)]]
+    out = bench.summary({"rows": rows})
+    assert out[0]["krylon"] == "DDS-50" and out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 34 / 31) < 1e-12
+    assert out[1]["metric"].startswith("s/image") and abs(out[1]["ratio"] - 20.0) < 1e-12
