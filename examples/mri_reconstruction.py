@@ -20,7 +20,7 @@ from krylon.solvers.reconstruction import cg_sense, zero_filled
 
 
 def main(nfe=50, noise=0.0, out="mri_dds.png", seed=0):
-    dds = DDS.pretrained(gamma=10.0 if noise else None)  # noiseless: exact data consistency A^H A x = A^H y
+    dds = DDS.pretrained(gamma=30.0 if noise else None)  # noiseless: exact data consistency A^H A x = A^H y
     n = dds.image_size
     x = shepp_logan(n).float()
     A = MRI(mri_mask((n, n), kind="uniform1d", acceleration=4, center_fraction=0.08, seed=seed),

@@ -21,7 +21,7 @@ from krylon.solvers.reconstruction import fbp
 
 
 def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
-    dds = DDS.pretrained(gamma=0.1 if noise else None)  # CT's A^H A is ~300x an orthonormal MRI's: smaller gamma
+    dds = DDS.pretrained(gamma=0.01 if noise else None)  # CT: A^H A is ~300x an orthonormal MRI one, so a smaller gamma
     n = dds.image_size
     x = shepp_logan(n).float()
     R = Radon((n, n), angles=torch.arange(views, dtype=torch.float64) * math.pi / views)

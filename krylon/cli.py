@@ -765,7 +765,9 @@ def _reconstruct(args) -> int:
         what = f"CT {args.views} views over {args.arc:g} degrees"
     if args.noise:
         y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1))
-    gamma = args.gamma if args.gamma is not None else ({"mri": 10.0, "ct": 0.1}[args.modality] if args.noise else None)
+    from .bench.dds import DDS_GAMMA
+
+    gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
     dds = DDS(dds.model, gamma=gamma)
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else ("FBP", fbp(A, y))
     res = dds.solve(A, y, nfe=args.nfe, seed=args.seed, progress=True)
