@@ -381,7 +381,8 @@ def _add_discover_ks(dsub) -> None:
                    help="the imperfect model's l0 l1 l2 (e.g. 1 0.5 1: halved u_xx)")
     q.add_argument("--extra-term", action="append", default=None, metavar="NAME=C",
                    help="a term c*NAME added to the model's right-hand side (repeatable), e.g. u_xxx=0.1 or u^2*u_x=0.15")
-    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0)")
+    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0); "
+                   "with noise use many windows (e.g. --samples 60 --spacing 2): with 10 the regression keeps spurious terms")
     q.add_argument("--members", type=int, default=2048, help="EnKF members when --noise > 0 (default 2048)")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
     q.add_argument("--threshold", type=float, default=None, help="RVM pruning precision (1e2) or STLSQ threshold (0.1)")
