@@ -111,8 +111,11 @@ def _spectral(targets: torch.Tensor, m2: torch.Tensor, cutoff, ridge: float) -> 
     a = basis(coords[m2])
     if a.shape[1] >= a.shape[0]:
         raise ValueError(f"the spectral fit has {a.shape[1]} unknowns for {a.shape[0]} sensors; lower cutoff={cutoff}")
-    ata = a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype) * a.shape[0]
-    coef = torch.linalg.solve(ata, a.T @ targets.double())
+    rhs = targets.double()
+    if ridge:  # Tikhonov rows appended: least squares without squaring the condition number
+        a = torch.cat((a, math.sqrt(ridge * a.shape[0]) * torch.eye(a.shape[1], dtype=a.dtype)))
+        rhs = torch.cat((rhs, rhs.new_zeros(a.shape[1], rhs.shape[1])))
+    coef = torch.linalg.lstsq(a, rhs, driver="gelsd").solution
     return (basis(coords.reshape(-1, 2)) @ coef).reshape(*shape, -1)
 
 
@@ -141,7 +144,7 @@ _RFF_DEFAULTS = {"sigma": 5.0, "features": 256, "width": 256, "depth": 4, "epoch
 
 
 def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_observed: bool = False, cutoff=None,
-                ridge: float = 1e-10, margin: float = 0.15, **rff) -> torch.Tensor:
+                ridge: float = 0.0, margin: float = 0.15, **rff) -> torch.Tensor:
     """Fill the unobserved points of periodic 2-D fields from their sensors.
 
     Parameters
@@ -163,7 +166,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     cutoff : int or (int, int), optional
         Spectral method: highest mode index kept per axis.
     ridge : float
-        Spectral method: Tikhonov weight (relative, per sensor).
+        Spectral method: Tikhonov weight (relative, per sensor; default 0, plain least squares).
     margin : float
         Cubic method: width (fraction of the box) of the periodic copies of the sensors around the box.
     **rff
