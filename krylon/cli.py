@@ -344,7 +344,8 @@ def _discover_qg(args) -> int:
     t0 = time.perf_counter()
     if args.data:
         ds = open_dataset(args.data)
-        model = json.loads(ds.attrs["parameters"])["model"]
+        params = ds.attrs["parameters"]
+        model = (json.loads(params) if isinstance(params, str) else params)["model"]
         settings = {"shape": tuple(model["shape"]), "nu": model["nu"]}
         windows = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))]).to(torch.float64)
     else:
