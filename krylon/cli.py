@@ -3,9 +3,19 @@
     krylon solve poisson --grid 512 512 [--bc dirichlet] [--obstacles N] [--solver cg|pcg-jacobi|pcg-ic0|pcg-dst]
     krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
     krylon generate ns2d|darcy --n N --out FILE.h5 [...]
+    krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
+    krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
+    krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
+    krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
+    krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
+    krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
+    krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
+    krylon generate ns2d|darcy --n N --out FILE.h5 [...]
     krylon generate qg --samples N --out FILE.h5 [--members 2 --spinup 100 --spacing 10 --grid 192 96]
     krylon discover qg --case tau_d [--sensors 0.25 --interp rff|cubic|spectral] [--json out.json]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
+    krylon generate ks --out FILE.h5 [--samples 10] [--times 2] [--truth 1 1 1] [--n 1024] [--length 100]
+    krylon discover ks --truth 1 1 1 --model 1 0.5 1 [--extra-term u_xxx=0.1] [--noise 0.01 --members 2048] [--json out.json]
     krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
 Heavy modules are imported after the arguments are parsed, so ``--threads``
@@ -76,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="bench-out", help="folder for JSON and PNG output")
     b.add_argument("--no-peers", action="store_true", help="skip scipy/pyamg")
     b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--data-dir", default=None, help="folder of neuraloperator's Darcy .pt files for the fno suite "
+                   "(default: shared/data/neuralop next to or above the current folder or the repository)")
     b.add_argument("--model", action="append", default=None,
                    help="DCDM checkpoint(s) for the dcdm suite instead of the shipped models (repeat for 2-D and 3-D)")
     t = sub.add_parser("train", help="generate training data (resumable) and train a learned solver (resumable)")
@@ -112,12 +124,16 @@ def _parser() -> argparse.ArgumentParser:
     _convert_parser(sub)
     _add_generate(sub)
     _add_discover(sub)
+    _operator_parsers(sub, tsub)
+    _convert_parser(sub)
+    _add_generate(sub)
+    _dds_parsers(sub, tsub)
     return p
 
 
 # ----------------------------------------------------------------------------- krylon convert (begin)
 def _convert_parser(sub) -> None:
-    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat (v7.3 or v5) or PDEBench files into krylon HDF5")
     c.add_argument("source", help="the file to convert")
     c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
     c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
@@ -160,6 +176,7 @@ def _add_generate(sub) -> None:
     _add_generate_phantoms(gsub)
     _add_generate_ns2d(gsub)
     _add_generate_darcy(gsub)
+    _add_generate_ks(gsub)
     _add_generate_qg(gsub)
 
 
@@ -255,6 +272,45 @@ def _generate_darcy(args) -> int:
     print(f"wrote {path}")
     return 0
 # ---- end krylon generate ns2d|darcy
+# ---- krylon generate ks (issue #12: MEDIDA truth data)
+def _add_ks_grid(q) -> None:
+    q.add_argument("--truth", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("L0", "L1", "L2"),
+                   help="the truth's -l0 u u_x - l1 u_xx - l2 u_xxxx (default 1 1 1)")
+    q.add_argument("--n", type=int, default=1024, help="grid points (default 1024)")
+    q.add_argument("--length", type=float, default=100.0, help="period L (default 100)")
+    q.add_argument("--dt", type=float, default=1e-3, help="the truth's ETDRK4 step inside observation windows (default 1e-3)")
+    q.add_argument("--transit-dt", type=float, default=1e-2,
+                   help="ETDRK4 step of the spin-up and between windows (default 1e-2; 0 = --dt throughout)")
+    q.add_argument("--interval", type=float, default=5e-3, help="time between snapshots = the model's step (default 5e-3)")
+    q.add_argument("--spacing", type=float, default=10.0, help="time between windows (default 10)")
+    q.add_argument("--spinup", type=float, default=100.0, help="time before the first window (default 100)")
+    q.add_argument("--samples", type=int, default=10, help="observation windows (default 10)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def _ks_window_options(args) -> dict:
+    return {"dt": args.dt, "transit_dt": args.transit_dt or None, "spacing": args.spacing, "spinup": args.spinup}
+
+
+def _add_generate_ks(gsub) -> None:
+    q = gsub.add_parser("ks", help="Kuramoto-Sivashinsky observation windows from one chaotic trajectory (ETDRK4): "
+                        "field u (times, n)")
+    _add_ks_grid(q)
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--times", type=int, default=2, help="snapshots per window (default 2; 3 for noisy discovery)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(run=_generate_ks)
+
+
+def _generate_ks(args) -> int:
+    from .datasets.kuramoto_sivashinsky import generate
+
+    path = generate(args.out, n_samples=args.samples, n_times=args.times, interval=args.interval, spacing=args.spacing,
+                    spinup=args.spinup, coefficients=tuple(args.truth), length=args.length, n=args.n, dt=args.dt,
+                    transit_dt=args.transit_dt or None, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate ks
 # ---- krylon generate qg (issue #12: two-layer quasi-geostrophic truth windows for MEDIDA)
 def _qg_settings(q) -> None:
     q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
@@ -301,9 +357,75 @@ def _generate_qg(args) -> int:
 def _add_discover(sub) -> None:
     d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
     dsub = d.add_subparsers(dest="system")
+    _add_discover_ks(dsub)
     _add_discover_qg(dsub)
 
 
+# ---- krylon discover ks
+def _extra_terms(items) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--extra-term takes NAME=COEFFICIENT (e.g. u_xxx=0.1), got {item!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--extra-term {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _add_discover_ks(dsub) -> None:
+    q = dsub.add_parser("ks", help="Kuramoto-Sivashinsky: simulate the truth, run the imperfect model one step from the "
+                        "observations, regress the model error on 24 terms u^p d^d u (RVM)")
+    _add_ks_grid(q)
+    q.add_argument("--model", type=float, nargs=3, required=True, metavar=("L0", "L1", "L2"),
+                   help="the imperfect model's l0 l1 l2 (e.g. 1 0.5 1: halved u_xx)")
+    q.add_argument("--extra-term", action="append", default=None, metavar="NAME=C",
+                   help="a term c*NAME added to the model's right-hand side (repeatable), e.g. u_xxx=0.1 or u^2*u_x=0.15")
+    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0)")
+    q.add_argument("--members", type=int, default=2048, help="EnKF members when --noise > 0 (default 2048)")
+    q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=None, help="RVM pruning precision (1e2) or STLSQ threshold (0.1)")
+    q.add_argument("--data", default=None, help="truth windows from `krylon generate ks` instead of simulating")
+    q.add_argument("--seed", type=int, default=0, help="observation noise and ensemble seed (default 0)")
+    q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
+    q.set_defaults(run=_discover_ks)
+
+
+def _discover_ks(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .datasets import open_dataset
+    from .datasets.kuramoto_sivashinsky import discover_case
+    from .operators.pde import KuramotoSivashinsky
+
+    model = KuramotoSivashinsky(tuple(args.model), extra=_extra_terms(args.extra_term), length=args.length, n=args.n)
+    truth = KuramotoSivashinsky(tuple(args.truth), length=args.length, n=args.n)
+    windows = None
+    if args.data:
+        ds = open_dataset(args.data)
+        windows = torch.stack([torch.as_tensor(ds[i]["u"]) for i in range(min(len(ds), args.samples))]).to(torch.float64)
+    t0 = time.perf_counter()
+    found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
+                             interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
+                             window_options=_ks_window_options(args))
+    seconds = time.perf_counter() - t0
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+# ---- end krylon discover ks
 # ---- krylon discover qg
 def _add_discover_qg(dsub) -> None:
     q = dsub.add_parser("qg", help="two-layer QG: simulate the truth (or read `krylon generate qg` windows), run the "
@@ -369,6 +491,343 @@ def _discover_qg(args) -> int:
     return 0
 # ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
+
+
+# ============================================================================ neural operators (train fno|sfno, refine, evaluate)
+def _operator_parsers(sub, tsub) -> None:
+    """``krylon train fno|sfno``, ``krylon refine``, ``krylon evaluate``: OperatorLearner on HDF5 data sets."""
+    for kind, help_ in (("fno", "a Fourier neural operator (neuraloperator's FNO) on an HDF5 data set of x -> y"),
+                        ("sfno", "a space-time SFNO (x: (C, X, Y, T_in) -> y: (C, X, Y, T_out)) on an HDF5 data set")):
+        t = tsub.add_parser(kind, help=help_)
+        t.add_argument("--data", required=True, help="training data (krylon HDF5, FNO .mat or PDEBench file)")
+        t.add_argument("--val", default=None, help="validation data (default: --val-fraction of --data)")
+        t.add_argument("--val-fraction", type=float, default=0.1)
+        t.add_argument("--test", action="append", default=[], help="test data evaluated after training (repeatable; "
+                       "other resolutions are zero-shot)")
+        t.add_argument("--out", default=f"runs/{kind}", help="folder for checkpoints, loss curves and model.pt")
+        if kind == "fno":
+            t.add_argument("--modes", type=int, nargs="+", default=[16, 16],
+                           help="kept Fourier modes per axis, neuraloperator 2.0's convention (16 = the paper's 8)")
+            t.add_argument("--hidden", type=int, default=32, help="hidden channels")
+        else:
+            t.add_argument("--modes", type=int, nargs=3, default=[12, 12, 5], help="modes in x, y, t")
+            t.add_argument("--width", type=int, default=20)
+        t.add_argument("--layers", type=int, default=4)
+        t.add_argument("--loss", default="l2", choices=("l2", "h1"), help="relative L2 or spectral H1 error")
+        t.add_argument("--epochs", type=int, default=10)
+        t.add_argument("--batch", type=int, default=16 if kind == "fno" else 4)
+        t.add_argument("--lr", type=float, default=1e-3 if kind == "fno" else 1e-2, help="(peak) learning rate")
+        t.add_argument("--weight-decay", type=float, default=0.0)
+        t.add_argument("--optimizer", default="adam", choices=("adam", "adamw"))
+        t.add_argument("--schedule", default="onecycle", choices=("onecycle", "cosine", "constant"))
+        t.add_argument("--amp", action="store_true", help="mixed precision (bf16 on CPU, fp16 on CUDA)")
+        t.add_argument("--no-normalize", action="store_true", help="no per-channel normalisation of x and y")
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--threads", type=int, default=None)
+        t.add_argument("--device", default="cpu")
+        t.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("refine", help="Spectral-Refiner: fine-tune the widened last spectral layer of a trained "
+                       "operator in a negative Sobolev norm (physics residual or data misfit)")
+    r.add_argument("--model", required=True, help="model.pt written by krylon train fno|sfno")
+    r.add_argument("--data", required=True, help="data whose inputs (and, in data mode, targets) drive the refinement")
+    r.add_argument("--mode", default="physics", choices=("physics", "data"),
+                   help="physics: residual of one implicit Crank-Nicolson step of the data's Navier-Stokes equations "
+                        "(viscosity and time step from the file's attributes); data: the misfit to the targets")
+    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--s", type=float, default=-1.0, help="Sobolev index of the loss norm (default -1)")
+    r.add_argument("--alpha", type=float, default=10 ** -1.5, help="offset of the Sobolev weight (alpha + |k|^2)^s")
+    r.add_argument("--batch", type=int, default=4)
+    r.add_argument("--samples", type=int, default=None, help="use the first N samples of --data")
+    r.add_argument("--test", action="append", default=[], help="data to evaluate before and after (repeatable)")
+    r.add_argument("--out", default=None, help="refined model file (default: <model>-refined.pt)")
+    r.add_argument("--threads", type=int, default=None)
+    r.add_argument("--device", default="cpu")
+
+    e = sub.add_parser("evaluate", help="relative L2 / H1 errors of a trained operator on data sets (any resolution)")
+    e.add_argument("--model", required=True)
+    e.add_argument("--data", required=True, action="append", help="data to evaluate (repeatable)")
+    e.add_argument("--plot", default=None, help="PNG of truth / prediction / error of the first sample of the first data")
+    e.add_argument("--json", default=None, help="write the full results (per sample, per step) to this JSON file")
+    e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--threads", type=int, default=None)
+    e.add_argument("--device", default="cpu")
+
+
+def _open_pairs(path):
+    from .datasets import open_dataset
+
+    ds = open_dataset(path)
+    sample = ds[0]
+    if not isinstance(sample, dict) or "x" not in sample or "y" not in sample:
+        raise ValueError(f"{path}: samples need fields 'x' and 'y' (inputs and targets); found {sorted(sample)}")
+    return ds
+
+
+def _print_errors(name: str, res: dict) -> None:
+    print(f"{name:40s} samples {res['samples']:5d}  resolution {'x'.join(map(str, res['resolution']))}  "
+          f"rel. L2 {res['l2']:.4e}  rel. H1 {res['h1']:.4e}")
+
+
+def _train_operator(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .kernels import backend
+    from .operators import learned
+    from .solvers import OperatorLearner
+
+    train = _open_pairs(args.data)
+    val = _open_pairs(args.val) if args.val else None
+    x0, y0 = train[0]["x"], train[0]["y"]
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    torch.manual_seed(args.seed)
+    if args.model == "fno":
+        if len(args.modes) != x0.dim() - 1:
+            raise ValueError(f"--modes has {len(args.modes)} numbers; {args.data} has {x0.dim() - 1}-D fields {tuple(x0.shape)}")
+        model = learned.FNO(n_modes=tuple(args.modes), in_channels=x0.shape[0], out_channels=y0.shape[0],
+                            hidden_channels=args.hidden, n_layers=args.layers)
+        time_axis = None
+    else:
+        if x0.dim() != 4:
+            raise ValueError(f"sfno takes fields (C, X, Y, T); {args.data} has x of shape {tuple(x0.shape)}")
+        model = learned.SFNO(modes=tuple(args.modes), width=args.width, n_layers=args.layers, in_steps=x0.shape[-1],
+                             out_steps=y0.shape[-1])
+        time_axis = -1
+    learner = OperatorLearner(model.to(device), loss=args.loss, normalize=not args.no_normalize, time_axis=time_axis)
+    t0 = time.perf_counter()
+    history = learner.fit(train, val, out_dir=args.out, progress=not args.no_progress, epochs=args.epochs,
+                          batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
+                          schedule=args.schedule, amp=args.amp, seed=args.seed,
+                          val_fraction=0.0 if val is not None else args.val_fraction)
+    seconds = time.perf_counter() - t0
+    results = {path: learner.evaluate(_open_pairs(path)) for path in args.test}
+    for path, res in results.items():
+        _print_errors(path, res)
+    record = {"command": "krylon " + " ".join(sys.argv[1:]), "model": args.model, "config": model.config,
+              "parameters": learner.n_parameters, "epochs": args.epochs, "final_train_loss": history["train"][-1],
+              "final_val": {k: v[-1] for k, v in history.items() if k.startswith("val") and v},
+              "train_seconds": round(seconds, 2), "device": str(device), "threads": torch.get_num_threads(),
+              "test": {p: {k: r[k] for k in ("l2", "h1", "samples", "resolution")} for p, r in results.items()}}
+    out = __import__("pathlib").Path(args.out)
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    print(f"saved {out / 'model.pt'} ({learner.n_parameters} parameters); record in {out / 'training.json'}")
+    return 0
+
+
+def _ns_residual(path):
+    """The residual of one implicit Crank-Nicolson step between the stored snapshots of ns2d data at ``path``."""
+    from .datasets import read_attrs
+    from .solvers.operator_learning import navier_stokes_residual
+
+    attrs = read_attrs(path)
+    times = attrs.get("times")
+    if "viscosity" not in attrs or times is None or len(times) < 2:
+        raise ValueError(f"{path} does not say its viscosity and snapshot times (attributes of krylon generate ns2d "
+                         "data); --mode physics needs the equations of the data: use --mode data otherwise")
+    return navier_stokes_residual(float(attrs["viscosity"]), float(times[1] - times[0]),
+                                  lengths=tuple(float(v) for v in attrs.get("lengths", (1.0, 1.0))))
+
+
+def _refine(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from .kernels import backend
+    from .solvers import OperatorLearner
+
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    learner = OperatorLearner.load(args.model, map_location=device)
+    data = _open_pairs(args.data)
+    if args.samples is not None:
+        data = torch.utils.data.Subset(data, range(min(args.samples, len(data))))
+    residual = _ns_residual(args.data) if args.mode == "physics" else None
+    tests = {p: _open_pairs(p) for p in args.test}
+    before = {p: learner.evaluate(ds) for p, ds in tests.items()}
+    res = learner.refine(data, mode=args.mode, residual=residual, s=args.s, alpha=args.alpha, steps=args.steps,
+                         lr=args.lr, batch_size=args.batch, progress=True)
+    after = {p: learner.evaluate(ds) for p, ds in tests.items()}
+    for p in tests:
+        print(f"{p}: rel. L2 {before[p]['l2']:.4e} -> {after[p]['l2']:.4e} ({before[p]['l2'] / after[p]['l2']:.2f}x lower)")
+    out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).stem + "-refined.pt")
+    learner.save(out)
+    print(f"refined {res['parameters']} parameters (modes {res['modes']}) in {res['seconds']:.1f} s; loss "
+          f"{res['loss'][0]:.4g} -> {res['loss'][-1]:.4g}; saved {out}")
+    out.with_suffix(".json").write_text(json.dumps({"refine": {k: v for k, v in res.items() if k != "loss"},
+                                                    "loss": res["loss"],
+                                                    "before": {p: r["l2"] for p, r in before.items()},
+                                                    "after": {p: r["l2"] for p, r in after.items()}}, indent=1))
+    return 0
+
+
+def _evaluate(args) -> int:
+    import json
+
+    import torch
+
+    from .kernels import backend
+    from .solvers import OperatorLearner
+
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    learner = OperatorLearner.load(args.model, map_location=device)
+    results = {}
+    for path in args.data:
+        results[path] = learner.evaluate(_open_pairs(path), batch_size=args.batch)
+        _print_errors(path, results[path])
+    if args.plot:
+        learner.plot(_open_pairs(args.data[0]), args.plot)
+        print(f"plot in {args.plot}")
+    if args.json:
+        __import__("pathlib").Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+# ============================================================================ end of neural operators
+
+
+# ----------------------------------------------------------------------------- krylon convert (begin)
+def _convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
+    c.add_argument("source", help="the file to convert")
+    c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
+    c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
+                   "pdebench-darcy, pdebench-cfd or pdebench-seeds")
+    c.add_argument("--input-steps", type=int, default=None, help="trajectories: snapshots that form the input x (default 10)")
+    c.add_argument("--output-steps", type=int, default=None, help="trajectories: snapshots of the target y (default: the rest)")
+    c.add_argument("--x-key", default=None, help="the input's name in the source, if it is misnamed")
+    c.add_argument("--y-key", default=None, help="the target's (or trajectory's) name in the source, if it is misnamed")
+    c.add_argument("--variables", nargs="+", default=None, help="pdebench-cfd: the variables to stack as channels")
+    c.add_argument("--dtype", default=None, choices=("float32", "float64"), help="store floating fields in this dtype")
+    c.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def _convert(args) -> int:
+    from .datasets import convert, open_dataset
+
+    options = {"input_steps": args.input_steps, "output_steps": args.output_steps, "x_key": args.x_key,
+               "y_key": args.y_key, "variables": args.variables}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        out = convert(args.source, args.dest, layout=args.layout, dtype=args.dtype, overwrite=args.force, **options)
+    except KeyError as exc:  # a missing key in the source: an input error, reported like the others
+        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
+    ds = open_dataset(out)
+    shapes = ", ".join(f"{k} {tuple(s)}" for k, s in ds.shapes.items())
+    print(f"wrote {out}: {len(ds)} samples, {shapes}, from {ds.attrs['source']} ({ds.attrs['source_layout']}, "
+          f"sha256 {ds.attrs['source_sha256'][:12]}...)")
+    return 0
+# ----------------------------------------------------------------------------- krylon convert (end)
+
+
+
+# ---------------------------------------------------------------------------------------------- krylon generate
+# One sub-command per data-set kind.  To add a kind: write an _add_generate_<kind>(gsub) that builds its parser
+# and sets ``run=`` to its handler, and call it from _add_generate; main() dispatches on ``args.run``.
+def _add_generate(sub) -> None:
+    g = sub.add_parser("generate", help="write a training data set (krylon HDF5; batched, resumable: rerun the same "
+                       "command after an interruption to continue)")
+    gsub = g.add_subparsers(dest="kind")
+    _add_generate_phantoms(gsub)
+    _add_generate_ns2d(gsub)
+    _add_generate_darcy(gsub)
+
+
+# ---- krylon generate phantoms (issue #11: DDS training images)
+def _add_generate_phantoms(gsub) -> None:
+    q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
+                        "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
+    q.add_argument("--n", type=int, required=True, help="number of images")
+    q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
+    q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
+    q.add_argument("--families", nargs="+", default=None, help="phantom families, used in turn (default: all)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(run=_generate_phantoms)
+
+
+def _generate_phantoms(args) -> int:
+    from .datasets.phantoms import FAMILIES, generate_phantoms
+
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    path = generate_phantoms(args.out, args.n, size, seed=args.seed, complex=args.complex,
+                             families=tuple(args.families or FAMILIES), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate phantoms
+# ---- krylon generate ns2d|darcy (issue #10: neural-operator training data)
+def _generate_common(q, batch: int) -> None:
+    q.add_argument("--n", type=int, required=True, help="number of samples")
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--batch", type=int, default=batch, help=f"samples computed together as one tensor (default {batch})")
+    q.add_argument("--seed", type=int, default=0, help="sample i is drawn from (seed, i) (default 0)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
+    q.add_argument("--store-dtype", default="float32", choices=("float32", "float64"), help="precision on disk (default float32)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_generate_ns2d(gsub) -> None:
+    from .datasets.presets import NS2D as PRESETS
+
+    quick, paper = PRESETS["quick"], PRESETS["paper"]
+
+    def both(key):
+        return f"(default: {quick[key]:g} with --size quick, {paper[key]:g} with --size paper)"
+
+    q = gsub.add_parser("ns2d", help="2-D Navier-Stokes vorticity trajectories (GRF initial state, forcing "
+                        "0.1(sin 2pi(x+y) + cos 2pi(x+y)), CNAB2 with 2/3 dealiasing; simulated fine, stored coarse "
+                        "by Fourier truncation): fields x (1,X,Y,t_in), y (1,X,Y,t_out)")
+    _generate_common(q, batch=16)
+    q.add_argument("--size", default="quick", choices=tuple(PRESETS),
+                   help="defaults for the options below: quick (laptop CPU) or paper (Spectral-Refiner: 256^2 "
+                        "simulation, dt 1e-3, 30 time units of warm-up) (default quick)")
+    q.add_argument("--viscosity", type=float, default=1e-3, help="kinematic viscosity (default 1e-3)")
+    q.add_argument("--resolution", type=int, default=None, help="stored grid per axis " + both("resolution"))
+    q.add_argument("--sim-resolution", type=int, default=None, help="simulated grid per axis " + both("sim_resolution"))
+    q.add_argument("--dt", type=float, default=None, help="time step " + both("dt"))
+    q.add_argument("--warmup", type=float, default=None, help="time before the first snapshot " + both("warmup"))
+    q.add_argument("--interval", type=float, default=None, help="time between snapshots " + both("interval"))
+    q.add_argument("--t-in", type=int, default=10, help="input snapshots (default 10)")
+    q.add_argument("--t-out", type=int, default=40, help="target snapshots, following the input ones (default 40)")
+    q.set_defaults(run=_generate_ns2d)
+
+
+def _add_generate_darcy(gsub) -> None:
+    q = gsub.add_parser("darcy", help="2-D Darcy flow -div(a grad u) = 1, u = 0 on the unit square's boundary, "
+                        "a = 12/3 from a thresholded GRF (alpha 2, tau 3), solved by CG: fields x = a (1,s,s), "
+                        "y = u (1,s,s) on s x s nodes including the boundary")
+    _generate_common(q, batch=32)
+    q.add_argument("--resolution", type=int, default=64, help="grid nodes per axis, boundary included (default 64)")
+    q.add_argument("--rtol", type=float, default=1e-10, help="CG relative tolerance (default 1e-10)")
+    q.set_defaults(run=_generate_darcy)
+
+
+def _generate_ns2d(args) -> int:
+    from .datasets.navier_stokes import PRESETS, generate
+
+    preset = PRESETS[args.size]
+    opts = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in preset}
+    path = generate(args.out, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
+                    batch_size=args.batch, seed=args.seed, device=args.device, store_dtype=args.store_dtype,
+                    progress=not args.no_progress, **opts)
+    print(f"wrote {path}")
+    return 0
+
+
+def _generate_darcy(args) -> int:
+    from .datasets.darcy import generate
+
+    path = generate(args.out, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
+                    device=args.device, rtol=args.rtol, store_dtype=args.store_dtype, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate ns2d|darcy
+# ------------------------------------------------------------------------------------------ end krylon generate
 
 
 def _train_dcdm(args) -> int:
@@ -511,14 +970,84 @@ def _bench(args) -> int:
     size = args.size or ("quick" if every else "default")
     # the options each suite declares reach it (None: the suite's own default)
     options = {"repeats": args.repeats, "rtol": args.rtol, "peers": not args.no_peers, "plot": not args.no_plot,
-               "models": args.model}
+               "models": args.model, "data_dir": args.data_dir}
     flags = {"--size": size, "--device": args.device, "--threads": args.threads, "--repeats": args.repeats,
              "--rtol": args.rtol, "--out": args.out, "--no-peers": args.no_peers or None, "--no-plot": args.no_plot or None}
     command = " ".join(["krylon bench", args.suite] + [k if v is True else f"{k} {v}" for k, v in flags.items() if v is not None]
-                       + [f"--model {m}" for m in args.model or []])
+                       + [f"--model {m}" for m in args.model or []]
+                       + ([f"--data-dir {args.data_dir}"] if args.data_dir else []))
     record = run_suites(list(SUITES) if every else [args.suite], size, device=device, out=args.out, options=options,
                         command=command, isolate=every, write=every, plot=not args.no_plot)
     return 0 if record["ok"] else 1
+
+
+# ----------------------------------------------------------------------------- DDS (diffusion prior) block
+def _dds_parsers(sub, tsub) -> None:
+    """``krylon train diffusion`` and ``krylon reconstruct mri|ct``."""
+    tf = tsub.add_parser("diffusion", help="the score U-Net of the DDS/DPS diffusion prior, on images in an HDF5 file")
+    tf.add_argument("--data", required=True, help="krylon HDF5 data set of (N, H, W) images (square H = W)")
+    tf.add_argument("--key", default=None, help="field holding the images (default: 'image', or the only field)")
+    tf.add_argument("--complex", action="store_true", help="complex images as two channels (default: real)")
+    tf.add_argument("--channels", type=int, default=16, help="U-Net channels at full resolution (default 16)")
+    tf.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 4], help="channel multiplier per level")
+    tf.add_argument("--no-attention", dest="attention", action="store_false")
+    tf.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
+    tf.add_argument("--epochs", type=int, default=10)
+    tf.add_argument("--batch", type=int, default=16)
+    tf.add_argument("--lr", type=float, default=1e-3)
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--out", default="runs/diffusion", help="folder for checkpoints, loss curves and prior.pt")
+    tf.add_argument("--threads", type=int, default=None)
+    tf.add_argument("--device", default="cpu")
+    tf.add_argument("--no-progress", action="store_true")
+
+
+def _is_dds(args) -> bool:
+    return (args.command == "train" and args.model == "diffusion") or args.command == "reconstruct"
+
+
+def _run_dds(args) -> int:
+    if args.command == "train":
+        return _train_diffusion(args)
+    return _reconstruct(args)
+
+
+def _train_diffusion(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from .datasets import open_dataset
+    from .kernels import backend
+    from .solvers.diffusion import train_prior
+    from .solvers.training import TrainConfig
+
+    ds = open_dataset(args.data)
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, val_fraction=0.05)
+    t0 = time.perf_counter()
+    net = train_prior(ds, args.out, cfg, key=args.key, complex_images=args.complex, channels=args.channels,
+                      mults=args.mults, attention=args.attention, ema_decay=args.ema, device=device,
+                      progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    history = json.loads((out / "history.json").read_text())
+    n_par = sum(p.numel() for p in net.parameters())
+    record = {"command": "krylon " + " ".join(sys.argv[1:]), "data": str(args.data), "samples": len(ds),
+              "network": net.config, "parameters": n_par, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+              "ema": args.ema, "seed": args.seed, "final_train_loss": history["train"][-1],
+              "final_val_loss": history["val"][-1] if history["val"] else None,
+              "train_seconds_this_run": round(seconds, 1), "device": str(device), "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    print(f"exported {out / 'prior.pt'} ({n_par} parameters); record in {out / 'training.json'}")
+    return 0
+
+
+def _reconstruct(args) -> int:
+    raise SystemExit("krylon: reconstruct is not available yet")
+# ----------------------------------------------------------------------------- end of the DDS block
 
 
 def main(argv=None) -> int:
@@ -540,10 +1069,18 @@ def main(argv=None) -> int:
             return _solve_poisson(args)
         if args.command == "bench":
             return _bench(args)
+        if _is_dds(args):
+            return _run_dds(args)
         if args.command == "train":
+            if args.model in ("fno", "sfno"):
+                return _train_operator(args)
             if args.model != "dcdm":
                 parser.parse_args(["train", "--help"])
             return _train_dcdm(args)
+        if args.command == "refine":
+            return _refine(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "convert":
             return _convert(args)
         if args.command == "discover":
@@ -554,7 +1091,11 @@ def main(argv=None) -> int:
             if getattr(args, "run", None) is None:
                 parser.parse_args(["generate", "--help"])
             return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+        if args.command == "refine":
+            return _refine(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
     return 2

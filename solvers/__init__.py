@@ -8,6 +8,7 @@ from .dcdm import DCDM
 from .gmres import GMRES
 from .medida import MEDIDA, DiscoveredModelError
 from .minres import MINRES
+from .operator_learning import OperatorLearner
 from .preconditioners import IC0, Jacobi, Preconditioner, SpectralPoisson, as_preconditioner
 from .result import IterationState, SolveResult, Status
 
@@ -16,5 +17,5 @@ __all__ = [
     "IterativeSolver", "CG", "MINRES", "GMRES", "CGLS",
     "Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner",
     "cg", "minres", "gmres", "DCDM",
-    "MEDIDA", "DiscoveredModelError",
+    "MEDIDA", "DiscoveredModelError", "OperatorLearner",
 ]

@@ -30,6 +30,10 @@ so this is exactly the norm :math:`\|w \odot c\|_{\ell^2}` with the Spectral-Ref
 which would be the norm of index ``s/2``.  ``s = 1, alpha = 1`` is the :math:`H^1` norm
 :math:`\int |u|^2 + |\nabla u|^2`; ``s = -1`` is :math:`\langle u, (\alpha - \Delta)^{-1} u\rangle^{1/2}`
 (Spectral-Refiner uses ``alpha = 10**-1.5``); a negative ``s`` needs ``alpha > 0``.
+
+The Sobolev losses take the fields as periodic.  For data on a non-periodic box (Darcy flow), the jump
+between opposite faces of ``pred - target`` counts as a discontinuity: where the two agree on the boundary
+(Dirichlet data) it is harmless; otherwise prefer :func:`lp_loss` there.
 """
 
 from __future__ import annotations

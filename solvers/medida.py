@@ -325,7 +325,8 @@ class MEDIDA:
 
     def __init__(self, model, library: Library, *, regression: str = "rvm", threshold: float | None = None,
                  members: int = 2048, spread: float = 0.2, inflation: float = 1.0,
-                 interpolate: Callable | None = None, seed: int = 0, chunk: int = 64, progress: bool = False):
+                 ensemble_method: str = "etdrk4", perturbation: str = "white", interpolate: Callable | None = None, seed: int = 0, chunk: int = 64,
+                 progress: bool = False):
         if not hasattr(model, "forecast") and not hasattr(model, "nonlinear"):
             raise TypeError(f"{type(model).__name__} is not a model: it needs forecast(states, dt) or the spectral interface")
         if not callable(library) or not hasattr(library, "names"):
@@ -340,6 +341,8 @@ class MEDIDA:
             raise ValueError(f"an ensemble needs at least 2 members, got members={members}")
         self.spread = validate.real_number(spread, "spread", minimum=0.0)
         self.inflation = validate.real_number(inflation, "inflation", minimum=1.0)
+        self.perturbation = validate.choice(perturbation, "perturbation", ("climatology", "white"))
+        self.ensemble_method = validate.choice(ensemble_method, "ensemble_method", ("etdrk4", "cnab2"))
         self.interpolate = validate.callable_or_none(interpolate, "interpolate")
         self.seed = validate.integer(seed, "seed", minimum=0)
         self.chunk = validate.integer(chunk, "chunk")
@@ -405,6 +408,7 @@ class MEDIDA:
         enkf = EnKF(inflation=self.inflation, seed=self.seed)
         g = torch.Generator().manual_seed(self.seed + 1)
         scale = self.spread * float(v[..., obs.mask].std() if obs.mask is not None else v.std())
+        shaping = self._climatology(v, obs) if self.perturbation == "climatology" else None
         out = torch.empty(v.shape[0], v.shape[1] - 1, *v.shape[2:], dtype=v.dtype, device=v.device)
         jobs = [(s, i) for s in range(v.shape[0]) for i in range(1, v.shape[1])]
         bar = None
@@ -415,7 +419,10 @@ class MEDIDA:
         for s, i in jobs:
             start = self._fill(v[s, i - 1][None], obs.mask)[0]
             pert = torch.randn(self.members, *start.shape, generator=g, dtype=v.dtype).to(v.device)
-            ensemble = one_step(self.model, start + scale * pert, obs.dt)
+            if shaping is not None:  # white noise filtered to the observed (noise-free part of the) spectrum
+                dims = tuple(range(1, pert.dim()))
+                pert = torch.fft.irfftn(torch.fft.rfftn(pert, dim=dims) * shaping, s=start.shape, dim=dims)
+            ensemble = one_step(self.model, start + scale * pert, obs.dt, method=self.ensemble_method)
             target = v[s, i] if obs.mask is None else v[s, i][obs.mask]
             analysis = enkf.analyse(ensemble, target, obs.noise_std, operator=obs.mask)
             out[s, i - 1] = analysis.mean(0)
@@ -424,6 +431,17 @@ class MEDIDA:
         if bar is not None:
             bar.close()
         return out, 1
+
+    def _climatology(self, v: torch.Tensor, obs: Observations) -> torch.Tensor:
+        """Amplitude filter that shapes white perturbations to the truth's mean spectrum, estimated as the
+        observations' mean power spectrum less the white-noise floor, normalised to unit mean variance."""
+        if obs.mask is not None:
+            v = self._fill(v.flatten(0, 1), obs.mask).reshape(v.shape)
+        dims = tuple(range(2, v.dim()))
+        npts = math.prod(v.shape[2:])
+        power = torch.fft.rfftn(v - v.mean(), dim=dims).abs().square().mean((0, 1)) / npts
+        signal = (power - obs.noise_std**2).clamp_min(0)
+        return (signal / signal.mean().clamp_min(torch.finfo(v.dtype).tiny)).sqrt()
 
     def model_error(self, observations, times=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The regression problem: library columns ``theta (N, n_terms)``, model error ``y (N,)`` and info."""

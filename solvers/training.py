@@ -20,7 +20,7 @@ import torch
 
 from ..operators.learned.registry import atomic_save, read_torch_file
 
-__all__ = ["TrainConfig", "train", "load_checkpoint", "plot_losses"]
+__all__ = ["TrainConfig", "EMA", "train", "load_checkpoint", "plot_losses"]
 
 
 @dataclass
@@ -42,6 +42,44 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+class EMA:
+    """Exponential moving average of a model's floating parameters, a hook of :func:`train` (``ema=``).
+
+    After every optimiser step ``shadow = d * shadow + (1 - d) * param`` with ``d = min(decay, (1 + n) / (10 + n))``
+    (``n`` updates so far: the average does not drag the random initialisation along early on).  Saved in
+    and restored from the training checkpoint; :meth:`copy_to` writes the averaged weights into a model.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.updates = float(decay), 0
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if p.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach(), 1 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                p.copy_(self.shadow[k])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("the checkpoint's EMA weights do not match this model's parameters")
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        self.shadow = {k: v.to(self.shadow[k].device) for k, v in state["shadow"].items()}
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -73,11 +111,13 @@ def plot_losses(history: dict, path, title: str = "training") -> None:
 
 
 def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor], dataset, out_dir,
-          config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print, name: str = "model") -> dict:
+          config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print, name: str = "model",
+          ema: EMA | None = None) -> dict:
     """Train ``model`` on ``dataset`` minimising ``loss_fn(model, batch)``; resume from ``out_dir`` if possible.
 
     Returns the loss history ``{"train": [...], "val": [...]}``.  ``out_dir`` receives
-    ``checkpoint.pt`` (every epoch), ``losses.png`` and ``history.json``.
+    ``checkpoint.pt`` (every epoch), ``losses.png`` and ``history.json``.  ``ema``: an :class:`EMA` updated
+    after every step and kept in the checkpoint (the model itself keeps the raw weights).
     """
     from torch.utils.data import DataLoader, Subset
 
@@ -109,6 +149,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         history = json.loads(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
         torch.set_rng_state(ckpt["rng"])
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
         log(f"resuming {name} from {ckpt_path} after epoch {start_epoch}")
     device = next(model.parameters()).device
     loader_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -137,6 +179,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             bs = next(iter(batch.values())).shape[0]
             total += float(loss.detach()) * bs
             count += bs
@@ -157,7 +201,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
             history["val"].append(vl / max(vc, 1))
         atomic_save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": json.dumps(history),
-                      "rng": torch.get_rng_state(), "config": json.dumps(getattr(model, "config", {}))}, ckpt_path)
+                      "rng": torch.get_rng_state(), "config": json.dumps(getattr(model, "config", {})),
+                      **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
         (out / "history.json").write_text(json.dumps(history, indent=1))
         plot_losses(history, out / "losses.png", title=name)
         log(f"{name} epoch {epoch + 1}/{config.epochs}: train {history['train'][-1]:.5g}"

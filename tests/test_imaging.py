@@ -258,6 +258,21 @@ def test_radon_autograd_uses_transpose():
     assert torch.autograd.gradcheck(lambda v: R.matvec(v), (torch.randn(1, 12, 12, dtype=torch.float64, requires_grad=True),))
 
 
+def test_radon_copies_pickles_and_converts():
+    import copy
+    import pickle
+
+    R = Radon((16, 16), angles=torch.linspace(0, math.pi, 5)[:-1])
+    x = torch.randn(16, 16, generator=gen())
+    for other in (copy.deepcopy(R), pickle.loads(pickle.dumps(R))):
+        torch.testing.assert_close(other.matvec(x), R.matvec(x), rtol=0, atol=0)
+    s32 = R.matvec(x)
+    R.to(torch.float64)
+    assert R.dtype == torch.float64
+    torch.testing.assert_close(R.matvec(x.double()), s32.double(), rtol=1e-6, atol=1e-5)
+    assert dottest(R, generator=gen(1)) < 1e-13
+
+
 def test_fbp_reconstructs_shepp_logan(shepp64):
     th = np.arange(0, 180, 1.0)
     R = Radon((64, 64), angles=np.deg2rad(th), dtype=torch.float64)

@@ -35,11 +35,13 @@ def weight_at(conv, freq):
 
 # ----------------------------------------------------------------------------- SpectralConv
 @pytest.mark.parametrize("freq", [pytest.param((2, 1), id="pos"), pytest.param((-3, 2), id="neg-x"),
-                                  pytest.param((0, 3), id="axis"), pytest.param((-4, 1), id="edge")])
+                                  pytest.param((0, 3), id="axis"), pytest.param((-4, 1), id="edge"),
+                                  pytest.param((3,), id="1d")])
 @pytest.mark.parametrize("shape", [pytest.param((16, 12), id="16x12"), pytest.param((33, 20), id="33x20")])
 def test_spectral_conv_multiplies_a_kept_mode_by_its_weight(freq, shape):
     # a kept mode cos(theta) comes out as Re(W e^{i theta}), whatever the resolution: the coefficients are normalised
-    conv = SpectralConv(1, 1, (4, 4)).double()
+    shape = shape[: len(freq)]
+    conv = SpectralConv(1, 1, (4, 4)[: len(freq)]).double()
     u, arg = mode_field(shape, freq)
     w = weight_at(conv, freq)
     expected = w.real * np.cos(arg) - w.imag * np.sin(arg)
@@ -109,6 +111,8 @@ def test_sfno_shapes_resolutions_and_out_steps():
     model = small_sfno()
     assert model(torch.randn(2, 1, 16, 16, 6)).shape == (2, 1, 16, 16, 12)
     assert model(torch.randn(1, 1, 24, 8, 6), out_steps=7).shape == (1, 1, 24, 8, 7)
+    mlp = small_sfno(mlp_channels=16)
+    assert mlp(torch.randn(1, 1, 8, 8, 6)).shape == (1, 1, 8, 8, 12) and len(mlp.mlp[0]) == 3
     two = small_sfno(in_channels=2, out_channels=3)
     assert not two.residual
     assert two(torch.randn(1, 2, 8, 8, 6)).shape == (1, 3, 8, 8, 12)
@@ -146,7 +150,7 @@ def test_sfno_widen_last_layer_keeps_output_and_trains_new_modes(tmp_path):
     # the config records the widening, so the refined checkpoint rebuilds itself
     assert model.config["last_modes"] == [8, 8, 4]
     registry.save_checkpoint(model, tmp_path / "sfno.pt")
-    loaded = registry.load_checkpoint(tmp_path / "sfno.pt", expect=SFNO).double()
+    loaded = SFNO.load(tmp_path / "sfno.pt").double()
     torch.testing.assert_close(loaded(x), model(x))
     with pytest.raises(ValueError, match="cannot drop modes"):
         model.widen_last_layer((4, 4, 3))
@@ -239,9 +243,16 @@ def test_fno_checkpoint_round_trip_and_other_model_refused(tmp_path, fno_model):
     torch.testing.assert_close(loaded(x), fno_model(x))
     with pytest.raises(ValueError, match="holds a fno.FNO checkpoint, not a SFNO"):
         registry.load_checkpoint(path, expect=SFNO)
-    registry.save_checkpoint(small_sfno(), tmp_path / "sfno.pt")
+    small_sfno().save(tmp_path / "sfno.pt")
     with pytest.raises(ValueError, match="holds a sfno.SFNO checkpoint, not a FNO"):
-        registry.load_checkpoint(tmp_path / "sfno.pt", expect=FNO)
+        FNO.load(tmp_path / "sfno.pt")
+    with pytest.raises(ValueError, match="holds a fno.FNO checkpoint, not a SFNO"):
+        SFNO.load(path)
+    dcdm = registry.load_pretrained("dcdm", "poisson2d")
+    registry.save_checkpoint(dcdm, tmp_path / "dcdm.pt")
+    with pytest.raises(ValueError, match="holds a dcdm.DCDMNet checkpoint, not a SFNO"):
+        SFNO.load(tmp_path / "dcdm.pt")
+    assert isinstance(FNO.load(path), FNO) and not FNO.load(path).training
 
 
 @pytest.mark.parametrize("call,err,match", [

@@ -18,6 +18,7 @@ import importlib
 SUITES = {  # name -> module of this package; one line per family
     "krylov": ".krylov",  # matrix-free CG vs scipy cg / pyamg; batched vs sequential right-hand sides
     "dcdm": ".dcdm",  # learned conjugate directions vs CG, IC0-, DST-, pyamg-PCG on unseen obstacle scenes
+    "fno": ".fno",  # neural operators: krylon's training vs neuraloperator's Trainer (Darcy); SFNO + Spectral-Refiner (NS)
 }
 
 

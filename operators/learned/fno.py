@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ...kernels import validate
+from . import registry
 from .registry import register_model
 
 __all__ = ["FNO"]
@@ -121,6 +122,15 @@ class FNO(nn.Module):
     def from_config(cls, config: dict) -> FNO:
         """A new (untrained) FNO from a :attr:`config` dict."""
         return cls(**config)
+
+    def save(self, path) -> None:
+        """Write the checkpoint (state dict + config, atomically) that :meth:`load` reads."""
+        registry.save_checkpoint(self, path)
+
+    @classmethod
+    def load(cls, path, *, map_location="cpu") -> FNO:
+        """The FNO saved at ``path`` (``weights_only=True``), in eval mode; ``ValueError`` for another model's file."""
+        return registry.load_checkpoint(path, map_location=map_location, expect=cls)
 
     @property
     def n_dim(self) -> int:

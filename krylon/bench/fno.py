@@ -1,0 +1,363 @@
+"""``krylon bench fno``: spectral neural operators trained by krylon against neuraloperator's own Trainer.
+
+Two cases:
+
+1. **Darcy 16x16** (neuraloperator's own small data set, read from ``shared/data/neuralop/``): the same FNO
+   (n_modes (16, 16) in neuraloperator 2.0's convention, hidden 32, ~341k parameters, the same initial weights)
+   trained by :class:`krylon.solvers.OperatorLearner` and by ``neuralop.Trainer`` with an equal budget -- the same
+   epochs, batch size, optimiser (AdamW), cosine schedule and relative-L2 loss -- in the same run.  Reported:
+   test relative L2 at 16 and zero-shot at 32 (both measured with one function on both models), training
+   samples per second, and the peak memory of each training stage (CUDA: allocator peak; CPU: resident-set
+   high-water mark above the stage's start, sampled).  neuraloperator steps its scheduler per epoch, krylon
+   per batch (the same cosine curve, finer steps).
+2. **Navier--Stokes** nu = 1e-3, 10 -> 40 steps (generated with ``krylon generate ns2d``): an SFNO trained with
+   relative L2, then refined (Spectral-Refiner, physics residual): relative L2 before and after, seconds per
+   stage.  Skipped with a note when the generator or the SFNO is not installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import time
+from pathlib import Path
+
+from .common import machine_info, print_table, sync, write_json
+
+__all__ = ["SIZES", "run", "summary", "find_data_dir"]
+
+# darcy: training samples, epochs, batch; ns: trajectories (train/test), resolution, epochs, refinement steps
+SIZES = {
+    "quick": {"darcy": {"n_train": 1000, "epochs": 5, "batch": 32},
+              "ns": {"n_train": 16, "n_test": 4, "resolution": 32, "epochs": 3, "refine_steps": 20, "batch": 4}},
+    "default": {"darcy": {"n_train": 1000, "epochs": 20, "batch": 32},
+                "ns": {"n_train": 32, "n_test": 8, "resolution": 64, "epochs": 6, "refine_steps": 50, "batch": 4}},
+    "paper": {"darcy": {"n_train": 1000, "epochs": 20, "batch": 32},
+              "ns": {"n_train": 1152, "n_test": 128, "resolution": 64, "epochs": 10, "refine_steps": 50, "batch": 4,
+                     "preset": "paper"}},
+}
+DARCY = {"n_modes": (16, 16), "hidden_channels": 32, "n_layers": 4, "lr": 8e-3, "weight_decay": 1e-4}
+
+
+def find_data_dir(data_dir=None) -> Path | None:
+    """``shared/data/neuralop`` next to or above the current directory or this repository (or ``data_dir``)."""
+    if data_dir is not None:
+        p = Path(data_dir)
+        return p if (p / "darcy_train_16.pt").is_file() else None
+    starts = [Path.cwd().resolve(), Path(__file__).resolve().parent]
+    for start in starts:
+        for folder in (start, *start.parents):
+            cand = folder / "shared" / "data" / "neuralop"
+            if (cand / "darcy_train_16.pt").is_file():
+                return cand
+    return None
+
+
+class _PeakMemory:
+    """Peak memory of a stage: CUDA allocator peak, or sampled resident-set size above the stage's start (CPU)."""
+
+    def __init__(self, device):
+        self.device = str(device)
+        self.peak = 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        import torch
+
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base = self._rss()
+        self._stop = threading.Event()
+
+        def sample():
+            while not self._stop.wait(0.01):
+                self.peak = max(self.peak, self._rss() - self.base)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.startswith("cuda"):
+            self.peak = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss() - self.base)
+        return False
+
+    @property
+    def mib(self) -> float:
+        return self.peak / 2 ** 20
+
+
+class _Pairs:
+    """A torch Dataset of ``{"x": (1, n, n), "y": (1, n, n)}`` from neuraloperator's ``.pt`` dicts."""
+
+    def __init__(self, path: Path, n: int | None = None):
+        import torch
+
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        n = n or len(d["x"])
+        self.x = d["x"][:n].float().unsqueeze(1).contiguous()
+        self.y = d["y"][:n].float().unsqueeze(1).contiguous()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def _fno(seed: int):
+    """krylon's FNO (it wraps neuraloperator's) and neuraloperator's own network with the same initial weights."""
+    import copy
+
+    import torch
+
+    from ..operators.learned import FNO
+
+    torch.manual_seed(seed)
+    model = FNO(n_modes=DARCY["n_modes"], in_channels=1, out_channels=1, hidden_channels=DARCY["hidden_channels"],
+                n_layers=DARCY["n_layers"])
+    return model, copy.deepcopy(model.net)
+
+
+def _errors(predict, data, device) -> float:
+    """Mean relative L2 error over ``data`` of ``predict(x)`` -- one measurement for both trainers."""
+    import torch
+
+    from ..solvers.operator_learning import relative_errors
+
+    with torch.no_grad():
+        pred = torch.cat([predict(data.x[i:i + 50].to(device)).cpu() for i in range(0, len(data), 50)])
+    return float(relative_errors(pred.double(), data.y.double()).mean())
+
+
+def _warm_up(device, train) -> None:
+    """One untimed forward/backward/step so neither trainer pays the first call's FFT plans and lazy imports."""
+    import torch
+
+    model, _ = _fno(0)
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters())
+    model(train.x[:4].to(device)).square().mean().backward()
+    opt.step()
+
+
+def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[dict]:
+    import warnings
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..solvers import OperatorLearner
+
+    train = _Pairs(data_dir / "darcy_train_16.pt", cfg["n_train"])
+    tests = {16: _Pairs(data_dir / "darcy_test_16.pt"), 32: _Pairs(data_dir / "darcy_test_32.pt")}
+    rows = []
+    _warm_up(device, train)
+
+    # krylon
+    model, peer = _fno(seed)
+    model, peer = model.to(device), peer.to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    learner = OperatorLearner(model, loss="l2")
+    with _PeakMemory(device) as mem:
+        hist = learner.fit(train, None, out_dir=out / "fno-darcy-krylon", progress=False, log=lambda s: None,
+                           plot=False, epochs=cfg["epochs"], batch_size=cfg["batch"], lr=DARCY["lr"],
+                           weight_decay=DARCY["weight_decay"], optimizer="adamw", schedule="cosine", val_fraction=0.0,
+                           seed=seed, max_grad_norm=None)
+    seconds = sum(hist["seconds"])
+    model.eval()
+    rows.append({"case": "darcy16", "trainer": "krylon OperatorLearner (krylon FNO)", "parameters": n_params,
+                 "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": sum(hist["samples"]) / seconds,
+                 "peak_mib": mem.mib, "l2_16": _errors(learner.operator, tests[16], device),
+                 "l2_32": _errors(learner.operator, tests[32], device)})
+
+    # neuraloperator's Trainer: the same model and initial weights, its own data processor (output normalised)
+    from neuralop import LpLoss, Trainer
+    from neuralop.data.transforms.data_processors import DefaultDataProcessor
+    from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
+
+    y_norm = UnitGaussianNormalizer(dim=[0, 2, 3])
+    y_norm.fit(train.y)
+    processor = DefaultDataProcessor(in_normalizer=None, out_normalizer=y_norm).to(device)
+    loader = DataLoader(train, batch_size=cfg["batch"], shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
+    opt = torch.optim.AdamW(peer.parameters(), lr=DARCY["lr"], weight_decay=DARCY["weight_decay"])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+    trainer = Trainer(model=peer, n_epochs=cfg["epochs"], device=str(device), data_processor=processor,
+                      eval_interval=10 ** 9, verbose=False)
+    epoch_seconds = []
+    one_epoch = trainer.train_one_epoch
+
+    def timed(*a, **kw):
+        sync(device)
+        t0 = time.perf_counter()
+        r = one_epoch(*a, **kw)
+        sync(device)
+        epoch_seconds.append(time.perf_counter() - t0)
+        return r
+
+    trainer.train_one_epoch = timed
+    loss = LpLoss(d=2, p=2)
+    with _PeakMemory(device) as mem, warnings.catch_warnings():
+        # its Trainer passes every batch key to the model and the loss, which warn about the ones they ignore
+        warnings.filterwarnings("ignore", message=".*received unexpected keyword arguments")
+        trainer.train(train_loader=loader, test_loaders={}, optimizer=opt, scheduler=sched, training_loss=loss,
+                      eval_losses={"l2": loss}, save_dir=str(out / "fno-darcy-neuralop"))
+    peer.eval()
+    processor.eval()
+
+    def peer_predict(x):
+        out_, _ = processor.postprocess(peer(x), {"x": x, "y": x})
+        return out_
+
+    seconds = sum(epoch_seconds)
+    rows.append({"case": "darcy16", "trainer": "neuralop Trainer (neuralop FNO)", "parameters": n_params,
+                 "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": len(train) * cfg["epochs"] / seconds,
+                 "peak_mib": mem.mib, "l2_16": _errors(peer_predict, tests[16], device),
+                 "l2_32": _errors(peer_predict, tests[32], device)})
+    for r in rows:
+        r["zero_shot_ratio"] = r["l2_32"] / r["l2_16"]
+    return rows
+
+
+def _ns_data(cfg: dict, out: Path, seed: int, device):
+    """Generate (or reuse) the NS train/test files with ``krylon generate ns2d``'s library function."""
+    from ..datasets.navier_stokes import generate
+    from ..datasets.presets import NS2D
+
+    preset = dict(NS2D[cfg.get("preset", "quick")])
+    preset.update(resolution=cfg["resolution"], sim_resolution=max(cfg["resolution"], preset["sim_resolution"]))
+    paths = {}
+    for split, n, s in (("train", cfg["n_train"], seed), ("test", cfg["n_test"], seed + 10_000)):
+        path = out / f"ns2d-{cfg['resolution']}-{split}-{n}-seed{s}.h5"
+        if not path.exists():
+            generate(path, n, viscosity=1e-3, t_in=10, t_out=40, seed=s, device=device, **preset)
+        paths[split] = path
+    return paths
+
+
+def _ns(cfg: dict, device, out: Path, seed: int = 0) -> tuple[list[dict], str | None]:
+    import torch
+
+    try:
+        from ..operators.learned import SFNO
+    except ImportError:
+        return [], "skipped: no SFNO in this installation (krylon.operators.learned.SFNO)"
+    try:
+        from ..datasets import navier_stokes  # noqa: F401
+    except ImportError:
+        return [], "skipped: the Navier-Stokes generator (krylon generate ns2d) is not in this installation"
+    t0 = time.perf_counter()
+    paths = _ns_data(cfg, out, seed, device)
+    t_data = time.perf_counter() - t0
+    from ..cli import _ns_residual
+    from ..datasets import open_dataset
+    from ..solvers import OperatorLearner
+
+    train, test = open_dataset(paths["train"]), open_dataset(paths["test"])
+    torch.manual_seed(seed)
+    model = SFNO(modes=(12, 12, 5), width=20, n_layers=4, in_steps=10, out_steps=40).to(device)
+    learner = OperatorLearner(model, loss="l2", time_axis=-1)
+    hist = learner.fit(train, None, out_dir=out / "sfno-ns", progress=False, log=lambda s: None, plot=False,
+                       epochs=cfg["epochs"], batch_size=cfg["batch"], lr=1e-2, val_fraction=0.0, seed=seed)
+    before = learner.evaluate(test)
+    res = learner.refine(train, mode="physics", residual=_ns_residual(paths["train"]), steps=cfg["refine_steps"],
+                         lr=1e-3, batch_size=cfg["batch"])
+    after = learner.evaluate(test)
+    return [{"case": f"ns2d {cfg['resolution']}^2 nu=1e-3 10->40", "train_trajectories": len(train),
+             "epochs": cfg["epochs"], "data_s": t_data, "train_s": sum(hist["seconds"]), "l2_before": before["l2"],
+             "refine_s": res["seconds"], "refine_steps": cfg["refine_steps"], "l2_after": after["l2"],
+             "improvement": before["l2"] / after["l2"], "parameters": learner.n_parameters}], None
+
+
+def run(size: str = "default", *, device: str = "cpu", out="bench-out", data_dir=None, plot: bool = True) -> dict:
+    """Run the suite at ``size``; ``data_dir``: the folder of neuraloperator's Darcy ``.pt`` files."""
+    import torch
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = SIZES[size]
+    result = {"suite": "fno", "size": size, "machine": machine_info(device), "darcy": [], "ns": [], "notes": []}
+    found = find_data_dir(data_dir)
+    if found is None:
+        note = (f"Darcy skipped: no darcy_train_16.pt in {data_dir}" if data_dir else
+                "Darcy skipped: no shared/data/neuralop/ next to or above the current folder or the repository "
+                "(pass data_dir / --data-dir)")
+        result["notes"].append(note)
+        print(note)
+    elif cfg.get("darcy"):
+        result["darcy"] = _darcy(cfg["darcy"], found, device, out)
+        result["darcy_data"] = str(found)
+        print_table(result["darcy"], ["trainer", "parameters", "epochs", "train_s", "samples_per_s", "peak_mib", "l2_16",
+                                      "l2_32", "zero_shot_ratio"],
+                    title=f"\n== FNO on Darcy 16x16 ({cfg['darcy']['n_train']} samples), krylon vs neuraloperator's "
+                          f"Trainer (device {device}, torch threads {torch.get_num_threads()}) ==")
+        write_json(out / "fno.json", result)
+    if cfg.get("ns"):
+        rows, note = _ns(cfg["ns"], device, out)
+        result["ns"] = rows
+        if note:
+            result["notes"].append("NS " + note)
+            print("NS " + note)
+        else:
+            print_table(rows, ["case", "train_trajectories", "epochs", "train_s", "l2_before", "refine_s", "l2_after",
+                               "improvement"], title="\n== SFNO on Navier-Stokes, then Spectral-Refiner ==")
+    write_json(out / "fno.json", result)
+    if plot and result["darcy"]:
+        _plot(result, out / "fno_darcy.png")
+    print(f"\nwrote {out / 'fno.json'}")
+    return result
+
+
+def _plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["darcy"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.35
+    for i, r in enumerate(rows):
+        ax.bar([j + i * width for j in range(2)], [r["l2_16"], r["l2_32"]], width, label=r["trainer"])
+    ax.set_xticks([width / 2, 1 + width / 2], ["test 16x16", "zero-shot 32x32"])
+    ax.set_ylabel("relative L2 error")
+    ax.set_title(f"Darcy FNO, {rows[0]['epochs']} epochs")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary(result: dict) -> list[dict]:
+    """Darcy: test error at 16 and zero-shot at 32 (lower is better), training throughput (higher); NS:
+    relative L2 after refinement against before (krylon's own stage 1 is the reference)."""
+    from .summary import HIGHER, compare
+
+    rows = result.get("darcy") or []
+    mine = [r for r in rows if r["trainer"].startswith("krylon")]
+    peers = [r for r in rows if not r["trainer"].startswith("krylon")]
+    out = []
+    if mine and peers:
+        for metric, key, better in (("test rel. L2 at 16", "l2_16", "lower"), ("zero-shot rel. L2 at 32", "l2_32", "lower"),
+                                    ("training samples/s", "samples_per_s", HIGHER)):
+            out.append(compare("fno", "darcy 16x16 FNO", metric, [(r["trainer"], r[key]) for r in mine],
+                               [(r["trainer"], r[key]) for r in peers], better=better))
+    for r in result.get("ns") or []:
+        out.append(compare("fno", r["case"], "test rel. L2 (refined vs SFNO)", [("SFNO + Spectral-Refiner", r["l2_after"])],
+                           [("SFNO (stage 1)", r["l2_before"])]))
+    return out
