@@ -445,6 +445,9 @@ def _add_discover_qg(dsub) -> None:
     q.add_argument("--spacing", type=float, default=5.0)
     q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=10.0, help="RVM pruning precision (default 10 for QG)")
+    q.add_argument("--lowpass", type=float, default=None, help="regress on wavenumbers |K| <= this only (default: "
+                   "0.6 with --sensors, none with full observations)")
     q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
     q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
     q.set_defaults(run=_discover_qg)
@@ -476,7 +479,8 @@ def _discover_qg(args) -> int:
     rff = {"sigma": args.rff_sigma, "features": args.rff_width, "width": args.rff_width, "depth": args.rff_depth,
            "epochs": args.rff_epochs, "lr": 3e-3}
     found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
-                        regression=args.regression, seed=args.seed + 1)
+                        regression=args.regression, threshold=args.threshold,
+                        lowpass="auto" if args.lowpass is None else args.lowpass, seed=args.seed + 1)
     seconds = time.perf_counter() - t0
     print("truth:     " + found.equation("truth"))
     print("model:     " + found.equation("model"))

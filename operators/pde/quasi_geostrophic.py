@@ -321,6 +321,18 @@ class QuasiGeostrophic:
             p = p * self._c(weight, v_hat)
         return p.sum((-2, -1)) / (ny * nx) ** 2
 
+    def lowpass(self, fields: torch.Tensor, cutoff: float) -> torch.Tensor:
+        """Fields ``(*batch, n_y, n_x)`` keeping only the modes of wavenumber ``|K| <= cutoff`` (sharp spectral cut).
+
+        MEDIDA from sparse sensors regresses on the large scales only, where the interpolation is accurate: the
+        same linear filter on the model error and on every library column leaves the coefficients unchanged.
+        """
+        cutoff = validate.real_number(cutoff, "cutoff", minimum=0.0)
+        if tuple(fields.shape[-2:]) != self.shape:
+            raise ValueError(f"fields must have the grid {self.shape} in their last axes, got {tuple(fields.shape)}")
+        keep = self._c(self.k2, fields) <= cutoff**2
+        return self.irfft(self.rfft(fields) * keep)
+
     # ----------------------------------------------------------------------------- the library's terms
     def library(self, psi: torch.Tensor, *, space: str = "psi") -> torch.Tensor:
         """The QG library's columns at grid states ``psi``: shape ``(*batch, 2, n_y, n_x, 22)``.
