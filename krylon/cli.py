@@ -125,8 +125,6 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_discover(sub)
     _operator_parsers(sub, tsub)
-    _convert_parser(sub)
-    _add_generate(sub)
     _dds_parsers(sub, tsub)
     return p
 
@@ -692,148 +690,6 @@ def _evaluate(args) -> int:
 # ============================================================================ end of neural operators
 
 
-# ----------------------------------------------------------------------------- krylon convert (begin)
-def _convert_parser(sub) -> None:
-    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
-    c.add_argument("source", help="the file to convert")
-    c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
-    c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
-                   "pdebench-darcy, pdebench-cfd or pdebench-seeds")
-    c.add_argument("--input-steps", type=int, default=None, help="trajectories: snapshots that form the input x (default 10)")
-    c.add_argument("--output-steps", type=int, default=None, help="trajectories: snapshots of the target y (default: the rest)")
-    c.add_argument("--x-key", default=None, help="the input's name in the source, if it is misnamed")
-    c.add_argument("--y-key", default=None, help="the target's (or trajectory's) name in the source, if it is misnamed")
-    c.add_argument("--variables", nargs="+", default=None, help="pdebench-cfd: the variables to stack as channels")
-    c.add_argument("--dtype", default=None, choices=("float32", "float64"), help="store floating fields in this dtype")
-    c.add_argument("--force", action="store_true", help="replace an existing output file")
-
-
-def _convert(args) -> int:
-    from .datasets import convert, open_dataset
-
-    options = {"input_steps": args.input_steps, "output_steps": args.output_steps, "x_key": args.x_key,
-               "y_key": args.y_key, "variables": args.variables}
-    options = {k: v for k, v in options.items() if v is not None}
-    try:
-        out = convert(args.source, args.dest, layout=args.layout, dtype=args.dtype, overwrite=args.force, **options)
-    except KeyError as exc:  # a missing key in the source: an input error, reported like the others
-        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
-    ds = open_dataset(out)
-    shapes = ", ".join(f"{k} {tuple(s)}" for k, s in ds.shapes.items())
-    print(f"wrote {out}: {len(ds)} samples, {shapes}, from {ds.attrs['source']} ({ds.attrs['source_layout']}, "
-          f"sha256 {ds.attrs['source_sha256'][:12]}...)")
-    return 0
-# ----------------------------------------------------------------------------- krylon convert (end)
-
-
-
-# ---------------------------------------------------------------------------------------------- krylon generate
-# One sub-command per data-set kind.  To add a kind: write an _add_generate_<kind>(gsub) that builds its parser
-# and sets ``run=`` to its handler, and call it from _add_generate; main() dispatches on ``args.run``.
-def _add_generate(sub) -> None:
-    g = sub.add_parser("generate", help="write a training data set (krylon HDF5; batched, resumable: rerun the same "
-                       "command after an interruption to continue)")
-    gsub = g.add_subparsers(dest="kind")
-    _add_generate_phantoms(gsub)
-    _add_generate_ns2d(gsub)
-    _add_generate_darcy(gsub)
-
-
-# ---- krylon generate phantoms (issue #11: DDS training images)
-def _add_generate_phantoms(gsub) -> None:
-    q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
-                        "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
-    q.add_argument("--n", type=int, required=True, help="number of images")
-    q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
-    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
-    q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
-    q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
-    q.add_argument("--families", nargs="+", default=None, help="phantom families, used in turn (default: all)")
-    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
-    q.set_defaults(run=_generate_phantoms)
-
-
-def _generate_phantoms(args) -> int:
-    from .datasets.phantoms import FAMILIES, generate_phantoms
-
-    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
-    path = generate_phantoms(args.out, args.n, size, seed=args.seed, complex=args.complex,
-                             families=tuple(args.families or FAMILIES), progress=not args.no_progress)
-    print(f"wrote {path}")
-    return 0
-# ---- end krylon generate phantoms
-# ---- krylon generate ns2d|darcy (issue #10: neural-operator training data)
-def _generate_common(q, batch: int) -> None:
-    q.add_argument("--n", type=int, required=True, help="number of samples")
-    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
-    q.add_argument("--batch", type=int, default=batch, help=f"samples computed together as one tensor (default {batch})")
-    q.add_argument("--seed", type=int, default=0, help="sample i is drawn from (seed, i) (default 0)")
-    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
-    q.add_argument("--store-dtype", default="float32", choices=("float32", "float64"), help="precision on disk (default float32)")
-    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_generate_ns2d(gsub) -> None:
-    from .datasets.presets import NS2D as PRESETS
-
-    quick, paper = PRESETS["quick"], PRESETS["paper"]
-
-    def both(key):
-        return f"(default: {quick[key]:g} with --size quick, {paper[key]:g} with --size paper)"
-
-    q = gsub.add_parser("ns2d", help="2-D Navier-Stokes vorticity trajectories (GRF initial state, forcing "
-                        "0.1(sin 2pi(x+y) + cos 2pi(x+y)), CNAB2 with 2/3 dealiasing; simulated fine, stored coarse "
-                        "by Fourier truncation): fields x (1,X,Y,t_in), y (1,X,Y,t_out)")
-    _generate_common(q, batch=16)
-    q.add_argument("--size", default="quick", choices=tuple(PRESETS),
-                   help="defaults for the options below: quick (laptop CPU) or paper (Spectral-Refiner: 256^2 "
-                        "simulation, dt 1e-3, 30 time units of warm-up) (default quick)")
-    q.add_argument("--viscosity", type=float, default=1e-3, help="kinematic viscosity (default 1e-3)")
-    q.add_argument("--resolution", type=int, default=None, help="stored grid per axis " + both("resolution"))
-    q.add_argument("--sim-resolution", type=int, default=None, help="simulated grid per axis " + both("sim_resolution"))
-    q.add_argument("--dt", type=float, default=None, help="time step " + both("dt"))
-    q.add_argument("--warmup", type=float, default=None, help="time before the first snapshot " + both("warmup"))
-    q.add_argument("--interval", type=float, default=None, help="time between snapshots " + both("interval"))
-    q.add_argument("--t-in", type=int, default=10, help="input snapshots (default 10)")
-    q.add_argument("--t-out", type=int, default=40, help="target snapshots, following the input ones (default 40)")
-    q.set_defaults(run=_generate_ns2d)
-
-
-def _add_generate_darcy(gsub) -> None:
-    q = gsub.add_parser("darcy", help="2-D Darcy flow -div(a grad u) = 1, u = 0 on the unit square's boundary, "
-                        "a = 12/3 from a thresholded GRF (alpha 2, tau 3), solved by CG: fields x = a (1,s,s), "
-                        "y = u (1,s,s) on s x s nodes including the boundary")
-    _generate_common(q, batch=32)
-    q.add_argument("--resolution", type=int, default=64, help="grid nodes per axis, boundary included (default 64)")
-    q.add_argument("--rtol", type=float, default=1e-10, help="CG relative tolerance (default 1e-10)")
-    q.set_defaults(run=_generate_darcy)
-
-
-def _generate_ns2d(args) -> int:
-    from .datasets.navier_stokes import PRESETS, generate
-
-    preset = PRESETS[args.size]
-    opts = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in preset}
-    path = generate(args.out, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
-                    batch_size=args.batch, seed=args.seed, device=args.device, store_dtype=args.store_dtype,
-                    progress=not args.no_progress, **opts)
-    print(f"wrote {path}")
-    return 0
-
-
-def _generate_darcy(args) -> int:
-    from .datasets.darcy import generate
-
-    path = generate(args.out, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
-                    device=args.device, rtol=args.rtol, store_dtype=args.store_dtype, progress=not args.no_progress)
-    print(f"wrote {path}")
-    return 0
-# ---- end krylon generate ns2d|darcy
-# ------------------------------------------------------------------------------------------ end krylon generate
-
-
 def _train_dcdm(args) -> int:
     import json
     import time
@@ -1095,10 +951,6 @@ def main(argv=None) -> int:
             if getattr(args, "run", None) is None:
                 parser.parse_args(["generate", "--help"])
             return args.run(args)
-        if args.command == "refine":
-            return _refine(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
