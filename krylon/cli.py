@@ -352,6 +352,25 @@ def _generate_qg(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- krylon discover
 # One sub-command per model (issue #12, MEDIDA): each _add_discover_<model>(dsub) sets ``run=`` to its handler.
+def _report_discovery(args, found, seconds: float) -> int:
+    """Print a discovery (truth, model, error, timing) and write ``--json``: every ``krylon discover`` model."""
+    import json
+
+    import torch
+
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_discover(sub) -> None:
     d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
     dsub = d.add_subparsers(dest="system")
@@ -392,7 +411,6 @@ def _add_discover_ks(dsub) -> None:
 
 
 def _discover_ks(args) -> int:
-    import json
     import time
 
     import torch
@@ -411,18 +429,7 @@ def _discover_ks(args) -> int:
     found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
                              interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
                              window_options=_ks_window_options(args))
-    seconds = time.perf_counter() - t0
-    print("truth:     " + found.equation("truth"))
-    print("model:     " + found.equation("model"))
-    print(str(found))
-    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
-    if args.json:
-        record = found.to_json()
-        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+    return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover ks
 # ---- krylon discover qg
 def _add_discover_qg(dsub) -> None:
@@ -479,18 +486,7 @@ def _discover_qg(args) -> int:
     found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
                         regression=args.regression, threshold=args.threshold,
                         lowpass="auto" if args.lowpass is None else args.lowpass, seed=args.seed + 1)
-    seconds = time.perf_counter() - t0
-    print("truth:     " + found.equation("truth"))
-    print("model:     " + found.equation("model"))
-    print(str(found))
-    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
-    if args.json:
-        record = found.to_json()
-        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+    return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
 

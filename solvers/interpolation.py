@@ -182,7 +182,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     Examples
     --------
     >>> import torch
-    >>> x = torch.arange(32) / 32
+    >>> x = torch.arange(32, dtype=torch.float64) / 32
     >>> u = torch.sin(2 * torch.pi * x)[:, None] * torch.cos(2 * torch.pi * x)[None, :]
     >>> mask = torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) < 0.3
     >>> filled = interpolate(u.masked_fill(~mask, float("nan")), mask, method="spectral")

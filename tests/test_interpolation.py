@@ -99,3 +99,20 @@ def test_bad_input(call, err, match):
     m = _mask((16, 16), 0.3)
     with pytest.raises(err, match=match):
         call(v, m)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from krylon.operators.learned import rff
+    from krylon.operators.pde import quasi_geostrophic
+    from krylon.solvers import interpolation, libraries
+
+    for mod in (rff, interpolation, quasi_geostrophic):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, mod.__name__
+    finder = doctest.DocTestFinder()
+    (test,) = [t for t in finder.find(libraries.QuasiGeostrophicLibrary) if t.examples]
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    runner.run(test)
+    assert runner.failures == 0

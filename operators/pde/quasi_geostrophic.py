@@ -36,8 +36,6 @@ Model errors are changed parameters or removed terms: :data:`CASES` names the pa
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 
 from ...kernels import backend, validate
@@ -356,11 +354,3 @@ class QuasiGeostrophic:
             cols = self.psi_from_q(cols * self.mask)
         return self.irfft(cols).movedim(-4, -1)                        # (*batch, 2, ny, nx, 22)
 
-
-def settings_from(mapping: Mapping | None) -> dict:
-    """A model's constructor settings from a JSON mapping (lists back to tuples)."""
-    out = dict(mapping or {})
-    for key in ("shape", "lengths"):
-        if key in out:
-            out[key] = tuple(out[key])
-    return out
