@@ -314,6 +314,7 @@ def _qg_settings(q) -> None:
     q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
     q.add_argument("--nu", type=float, default=None, help="hyperviscosity on k^8 + l^8 (default the paper's 1e-6; "
                    "raise it on coarse grids, e.g. 2e-4 on 96 x 48)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
 
 
 def _qg_model_settings(args) -> dict:
