@@ -314,6 +314,7 @@ def _qg_settings(q) -> None:
     q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
     q.add_argument("--nu", type=float, default=None, help="hyperviscosity on k^8 + l^8 (default the paper's 1e-6; "
                    "raise it on coarse grids, e.g. 2e-4 on 96 x 48)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
 
 
 def _qg_model_settings(args) -> dict:
@@ -352,6 +353,25 @@ def _generate_qg(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- krylon discover
 # One sub-command per model (issue #12, MEDIDA): each _add_discover_<model>(dsub) sets ``run=`` to its handler.
+def _report_discovery(args, found, seconds: float) -> int:
+    """Print a discovery (truth, model, error, timing) and write ``--json``: every ``krylon discover`` model."""
+    import json
+
+    import torch
+
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_discover(sub) -> None:
     d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
     dsub = d.add_subparsers(dest="system")
@@ -393,7 +413,6 @@ def _add_discover_ks(dsub) -> None:
 
 
 def _discover_ks(args) -> int:
-    import json
     import time
 
     import torch
@@ -412,18 +431,7 @@ def _discover_ks(args) -> int:
     found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
                              interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
                              window_options=_ks_window_options(args))
-    seconds = time.perf_counter() - t0
-    print("truth:     " + found.equation("truth"))
-    print("model:     " + found.equation("model"))
-    print(str(found))
-    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
-    if args.json:
-        record = found.to_json()
-        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+    return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover ks
 # ---- krylon discover qg
 def _add_discover_qg(dsub) -> None:
@@ -444,6 +452,9 @@ def _add_discover_qg(dsub) -> None:
     q.add_argument("--spacing", type=float, default=5.0)
     q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=10.0, help="RVM pruning precision (default 10 for QG)")
+    q.add_argument("--lowpass", type=float, default=None, help="regress on wavenumbers |K| <= this only (default: "
+                   "0.6 with --sensors, none with full observations)")
     q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
     q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
     q.set_defaults(run=_discover_qg)
@@ -465,7 +476,8 @@ def _discover_qg(args) -> int:
     t0 = time.perf_counter()
     if args.data:
         ds = open_dataset(args.data)
-        model = json.loads(ds.attrs["parameters"])["model"]
+        params = ds.attrs["parameters"]
+        model = (json.loads(params) if isinstance(params, str) else params)["model"]
         settings = {"shape": tuple(model["shape"]), "nu": model["nu"]}
         windows = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))]).to(torch.float64)
     else:
@@ -474,19 +486,9 @@ def _discover_qg(args) -> int:
     rff = {"sigma": args.rff_sigma, "features": args.rff_width, "width": args.rff_width, "depth": args.rff_depth,
            "epochs": args.rff_epochs, "lr": 3e-3}
     found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
-                        regression=args.regression, seed=args.seed + 1)
-    seconds = time.perf_counter() - t0
-    print("truth:     " + found.equation("truth"))
-    print("model:     " + found.equation("model"))
-    print(str(found))
-    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
-    if args.json:
-        record = found.to_json()
-        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+                        regression=args.regression, threshold=args.threshold,
+                        lowpass="auto" if args.lowpass is None else args.lowpass, seed=args.seed + 1)
+    return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
 
