@@ -1,6 +1,5 @@
 """open_dataset on every layout: small files written here with h5py, samples checked against the numpy source."""
 
-import json
 import pickle
 
 import h5py
