@@ -7,7 +7,8 @@ Two kinds of source:
   fields ``"x"`` (N, 1, *space) and ``"y"`` (N, 1, *space) or (N, 1, *space, T) -- channels first, time last,
   the sample convention of :mod:`.readers`; booleans become float32; scalar entries (Burgers' ``visc``) become
   attributes.  Read with ``torch.load(weights_only=True)``: tensors only, never pickled code.
-* anything :func:`.readers.open_dataset` reads (FNO ``.mat``, PDEBench, krylon), with the same options.
+* anything :func:`.readers.open_dataset` reads (FNO ``.mat``, PDEBench, krylon), with the same options, and
+  FNO's older MATLAB v5 ``.mat`` files (read with scipy, then as the v7.3 layout ``"fno-mat"``).
 
 The output is written through :class:`.hdf5.DatasetWriter` (atomic, resumable) and records its provenance: the
 source file's name and sha256, the layout and the options (attributes ``source``, ``source_sha256``,
@@ -138,6 +139,42 @@ def convert(src, dst, *, layout: str = "auto", dtype: str | None = None, overwri
     if layout == "auto":
         layout = PT_LAYOUT if _is_torch_file(src) else "auto"
     digest = sha256(src)
+    if layout in ("auto", "fno-mat") and _is_matlab_v5(src):
+        # FNO's older files (Darcy, Burgers) are MATLAB v5, which HDF5 cannot read: rewrite them the way
+        # MATLAB's v7.3 would store them and read that with the one .mat reader
+        tmp = dst.with_name(dst.name + ".v73.tmp")
+        try:
+            _matlab_v5_as_v73(src, tmp)
+            return _convert(tmp, dst, "fno-mat", dtype, options, src.name, digest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return _convert(src, dst, layout, dtype, options, src.name, digest)
+
+
+def _is_matlab_v5(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(10) == b"MATLAB 5.0"
+
+
+def _matlab_v5_as_v73(src: Path, out: Path) -> None:
+    """Write the arrays of a MATLAB v5 ``.mat`` file as MATLAB v7.3 would: HDF5, every array's axes reversed."""
+    import h5py
+    from scipy.io import loadmat
+
+    try:
+        arrays = loadmat(src)
+    except Exception as exc:  # scipy raises several types for a damaged file
+        raise ValueError(f"{src} is not a readable MATLAB v5 .mat file (truncated or corrupt?): {exc}") from exc
+    with h5py.File(out, "w") as f:
+        for k, a in arrays.items():
+            if k.startswith("__") or not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+                continue  # header, version, globals; cells and structs are not fields
+            f[k] = np.ascontiguousarray(a.T)
+            f[k].attrs["MATLAB_class"] = np.bytes_("double")
+
+
+def _convert(src: Path, dst: Path, layout: str, dtype, options: dict, name: str, digest: str) -> Path:
+    """Write ``src`` (read with ``layout``) to ``dst``; ``name``/``digest`` identify the original source."""
     coords, extra = {}, {}
     if layout == PT_LAYOUT:
         unknown = sorted(set(options) - {"x_key", "y_key"})
@@ -168,13 +205,13 @@ def convert(src, dst, *, layout: str = "auto", dtype: str | None = None, overwri
 
         def blocks(start):
             for i in range(start, n, _BLOCK):
-                samples = [ds[j] for j in range(i, min(i + _BLOCK, n))]
+                samples = ds.__getitems__(range(i, min(i + _BLOCK, n)))  # one read per key where the layout allows
                 yield i, {k: np.stack([s[k].numpy() for s in samples]) for k in shapes}
     if dtype is not None:
         shapes = {k: (s, dtype if dt.kind == "f" else dt) for k, (s, dt) in shapes.items()}
-    parameters = {"source": src.name, "source_sha256": digest, "layout": layout, "options": options,
+    parameters = {"source": name, "source_sha256": digest, "layout": layout, "options": options,
                   "dtype": None if dtype is None else dtype.name}
-    attrs = dict(extra, source=src.name, source_sha256=digest, source_layout=layout)
+    attrs = dict(extra, source=name, source_sha256=digest, source_layout=layout)
     with DatasetWriter(dst, n, shapes, generator="krylon.datasets.convert", parameters=parameters,
                        attrs=attrs, coords=coords) as w:
         for start, block in blocks(w.n_written):

@@ -333,7 +333,15 @@ def open_h5(path):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from exc
+        with open(path, "rb") as fh:
+            head = fh.read(128)
+        if head.startswith(b"PK\x03\x04"):  # torch.save's zip container
+            hint = "; it is a torch file: convert it with `krylon convert` (krylon.datasets.convert)"
+        elif head.startswith(b"MATLAB 5.0"):
+            hint = "; it is a MATLAB v5 .mat file, not v7.3 (HDF5): convert it with `krylon convert`"
+        else:
+            hint = " (truncated or corrupt?)"
+        raise ValueError(f"{path} is not a readable HDF5 file{hint}: {exc}") from exc
 
 
 class LazyH5Dataset(torch.utils.data.Dataset):
@@ -341,7 +349,9 @@ class LazyH5Dataset(torch.utils.data.Dataset):
 
     A subclass fills ``path``, ``layout``, ``keys``, ``n``, ``shapes``, ``coords``, ``attrs`` in its constructor
     (with the file opened once to look at it) and implements ``_sample(f, i) -> {key: (numpy array, source)}``,
-    where ``source`` names the HDF5 object the array came from (for error messages).  The file is opened on first
+    where ``source`` names the HDF5 object the array came from (for error messages), and, where its layout can
+    read several samples at once, ``_range(f, lo, hi)`` (the same with a leading sample axis), which batched
+    fetches (``ds[a:b]``, ``ds.__getitems__``, hence DataLoader) use.  The file is opened on first
     access in each process (safe with DataLoader workers); ``ds[i]`` returns a dict of torch tensors, converted
     to ``dtype`` when one is given (floating fields only); a sample holding NaN or Inf raises ``ValueError``
     naming the file, the key and the sample index (``check_finite=False`` skips the check).
@@ -374,10 +384,23 @@ class LazyH5Dataset(torch.utils.data.Dataset):
     def _sample(self, f, index: int) -> dict:
         raise NotImplementedError
 
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            idx = range(*index.indices(self.n))
-            return {k: torch.stack([self[i][k] for i in idx]) for k in self.keys}
+    def _range(self, f, lo: int, hi: int) -> dict | None:
+        """Samples ``lo..hi-1`` in one read per key: ``{key: (array (hi - lo, ...), source)}``; ``None`` where a
+        layout reads sample by sample."""
+        return None
+
+    def _block(self, f, indices: list) -> dict | None:
+        """The sorted unique ``indices`` from one contiguous read when they are dense enough, else ``None``."""
+        lo, hi = indices[0], indices[-1] + 1
+        if hi - lo > 4 * len(indices):  # sparse: reading the span would cost more than sample by sample
+            return None
+        raw = self._range(f, lo, hi)
+        if raw is None:
+            return None
+        pick = np.asarray(indices) - lo
+        return {k: (arr[pick], source) for k, (arr, source) in raw.items()}
+
+    def _index(self, index) -> int:
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
             raise TypeError(f"a data set is indexed by an integer or a slice, got {index!r}")
         index = int(index)
@@ -385,20 +408,43 @@ class LazyH5Dataset(torch.utils.data.Dataset):
             index += self.n
         if not 0 <= index < self.n:
             raise IndexError(f"index {index} out of range for a data set of {self.n} samples")
+        return index
+
+    def _read(self, fn, what: str):
         try:
-            raw = self._sample(self._handle(), index)
+            return fn(self._handle())
         except (OSError, RuntimeError) as exc:  # h5py raises these for unreadable chunks
-            raise ValueError(f"{self.path}: cannot read sample {index} (truncated file?): {exc}") from exc
-        out = {}
-        for k, (arr, source) in raw.items():
-            arr = np.asarray(arr)
-            if self.check_finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-                bad = int((~np.isfinite(arr)).sum())
-                src = "" if source == k else f" (from {source!r})"
-                raise ValueError(f"{self.path}: key {k!r}{src} of sample {index} contains {bad} NaN/Inf value(s)")
-            t = torch.from_numpy(np.ascontiguousarray(arr))
-            out[k] = t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
-        return out
+            raise ValueError(f"{self.path}: cannot read {what} (truncated file?): {exc}") from exc
+
+    def _tensor(self, arr, key: str, source: str, index: int) -> torch.Tensor:
+        arr = np.asarray(arr)
+        if self.check_finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            bad = int((~np.isfinite(arr)).sum())
+            src = "" if source == key else f" (from {source!r})"
+            raise ValueError(f"{self.path}: key {key!r}{src} of sample {index} contains {bad} NaN/Inf value(s)")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            samples = self.__getitems__(range(*index.indices(self.n)))
+            return {k: torch.stack([s[k] for s in samples]) if samples else torch.empty((0, *self.shapes[k]))
+                    for k in self.keys}
+        index = self._index(index)
+        raw = self._read(lambda f: self._sample(f, index), f"sample {index}")
+        return {k: self._tensor(arr, k, source, index) for k, (arr, source) in raw.items()}
+
+    def __getitems__(self, indices) -> list:
+        """A list of samples (DataLoader's batched fetch): one read per key where the layout allows it."""
+        idx = [self._index(i) for i in indices]
+        if not idx:
+            return []
+        order = sorted(set(idx))
+        raw = self._read(lambda f: self._block(f, order), f"samples {order[0]}..{order[-1]}")
+        if raw is None:
+            return [self[i] for i in idx]
+        pos = {j: n for n, j in enumerate(order)}
+        return [{k: self._tensor(arr[pos[i]], k, source, i) for k, (arr, source) in raw.items()} for i in idx]
 
     def __getstate__(self):  # picklable for DataLoader workers: reopen in the child
         d = dict(self.__dict__)
@@ -467,6 +513,9 @@ class H5Dataset(LazyH5Dataset):
 
     def _sample(self, f, index):
         return {k: (f[k][index], k) for k in self.keys}
+
+    def _range(self, f, lo, hi):
+        return {k: (f[k][lo:hi], k) for k in self.keys}
 
 
 def open_dataset(path, keys: Iterable[str] | None = None, *, layout: str = "auto", **options) -> LazyH5Dataset:

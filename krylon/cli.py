@@ -1,12 +1,21 @@
 """The ``krylon`` command (thin: argument parsing, then the library does the work).
 
     krylon solve poisson --grid 512 512 [--bc dirichlet] [--obstacles N] [--solver cg|pcg-jacobi|pcg-ic0|pcg-dst]
+    krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
+    krylon generate ns2d|darcy --n N --out FILE.h5 [...]
+    krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
+    krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
+    krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
     krylon train fno|sfno --data TRAIN.h5 [--test TEST.h5 ...] --out DIR
     krylon refine --model DIR/model.pt --data TRAIN.h5 [--mode physics|data] [--test TEST.h5]
     krylon evaluate --model DIR/model.pt --data TEST.h5 [--plot PNG]
     krylon generate phantoms --n N --size 64 --out FILE.h5 [--complex] [--seed 0]
     krylon generate ns2d|darcy --n N --out FILE.h5 [...]
+    krylon generate qg --samples N --out FILE.h5 [--members 2 --spinup 100 --spacing 10 --grid 192 96]
+    krylon discover qg --case tau_d [--sensors 0.25 --interp rff|cubic|spectral] [--json out.json]
     krylon bench [krylov|dcdm|all] [--size quick|default|paper] [--threads 1] [--device cpu] [--out bench-out]
+    krylon generate ks --out FILE.h5 [--samples 10] [--times 2] [--truth 1 1 1] [--n 1024] [--length 100]
+    krylon discover ks --truth 1 1 1 --model 1 0.5 1 [--extra-term u_xxx=0.1] [--noise 0.01 --members 2048] [--json out.json]
     krylon convert IN OUT.h5 [--layout auto|neuralop-pt|fno-mat|pdebench|...] [--input-steps 10] [--output-steps N]
 
 Heavy modules are imported after the arguments are parsed, so ``--threads``
@@ -112,10 +121,376 @@ def _parser() -> argparse.ArgumentParser:
     td.add_argument("--threads", type=int, default=None)
     td.add_argument("--device", default="cpu")
     td.add_argument("--no-progress", action="store_true")
-    _operator_parsers(sub, tsub)
     _convert_parser(sub)
     _add_generate(sub)
+    _add_discover(sub)
+    _operator_parsers(sub, tsub)
+    _dds_parsers(sub, tsub)
     return p
+
+
+# ----------------------------------------------------------------------------- krylon convert (begin)
+def _convert_parser(sub) -> None:
+    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat (v7.3 or v5) or PDEBench files into krylon HDF5")
+    c.add_argument("source", help="the file to convert")
+    c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
+    c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
+                   "pdebench-darcy, pdebench-cfd or pdebench-seeds")
+    c.add_argument("--input-steps", type=int, default=None, help="trajectories: snapshots that form the input x (default 10)")
+    c.add_argument("--output-steps", type=int, default=None, help="trajectories: snapshots of the target y (default: the rest)")
+    c.add_argument("--x-key", default=None, help="the input's name in the source, if it is misnamed")
+    c.add_argument("--y-key", default=None, help="the target's (or trajectory's) name in the source, if it is misnamed")
+    c.add_argument("--variables", nargs="+", default=None, help="pdebench-cfd: the variables to stack as channels")
+    c.add_argument("--dtype", default=None, choices=("float32", "float64"), help="store floating fields in this dtype")
+    c.add_argument("--force", action="store_true", help="replace an existing output file")
+
+
+def _convert(args) -> int:
+    from .datasets import convert, open_dataset
+
+    options = {"input_steps": args.input_steps, "output_steps": args.output_steps, "x_key": args.x_key,
+               "y_key": args.y_key, "variables": args.variables}
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        out = convert(args.source, args.dest, layout=args.layout, dtype=args.dtype, overwrite=args.force, **options)
+    except KeyError as exc:  # a missing key in the source: an input error, reported like the others
+        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
+    ds = open_dataset(out)
+    shapes = ", ".join(f"{k} {tuple(s)}" for k, s in ds.shapes.items())
+    print(f"wrote {out}: {len(ds)} samples, {shapes}, from {ds.attrs['source']} ({ds.attrs['source_layout']}, "
+          f"sha256 {ds.attrs['source_sha256'][:12]}...)")
+    return 0
+# ----------------------------------------------------------------------------- krylon convert (end)
+
+
+
+# ---------------------------------------------------------------------------------------------- krylon generate
+# One sub-command per data-set kind.  To add a kind: write an _add_generate_<kind>(gsub) that builds its parser
+# and sets ``run=`` to its handler, and call it from _add_generate; main() dispatches on ``args.run``.
+def _add_generate(sub) -> None:
+    g = sub.add_parser("generate", help="write a training data set (krylon HDF5; batched, resumable: rerun the same "
+                       "command after an interruption to continue)")
+    gsub = g.add_subparsers(dest="kind")
+    _add_generate_phantoms(gsub)
+    _add_generate_ns2d(gsub)
+    _add_generate_darcy(gsub)
+    _add_generate_ks(gsub)
+    _add_generate_qg(gsub)
+
+
+# ---- krylon generate phantoms (issue #11: DDS training images)
+def _add_generate_phantoms(gsub) -> None:
+    q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
+                        "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
+    q.add_argument("--n", type=int, required=True, help="number of images")
+    q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
+    q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
+    q.add_argument("--families", nargs="+", default=None, help="phantom families, used in turn (default: all)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(run=_generate_phantoms)
+
+
+def _generate_phantoms(args) -> int:
+    from .datasets.phantoms import FAMILIES, generate_phantoms
+
+    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    path = generate_phantoms(args.out, args.n, size, seed=args.seed, complex=args.complex,
+                             families=tuple(args.families or FAMILIES), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate phantoms
+# ---- krylon generate ns2d|darcy (issue #10: neural-operator training data)
+def _generate_common(q, batch: int) -> None:
+    q.add_argument("--n", type=int, required=True, help="number of samples")
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--batch", type=int, default=batch, help=f"samples computed together as one tensor (default {batch})")
+    q.add_argument("--seed", type=int, default=0, help="sample i is drawn from (seed, i) (default 0)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
+    q.add_argument("--store-dtype", default="float32", choices=("float32", "float64"), help="precision on disk (default float32)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_generate_ns2d(gsub) -> None:
+    from .datasets.presets import NS2D as PRESETS
+
+    quick, paper = PRESETS["quick"], PRESETS["paper"]
+
+    def both(key):
+        return f"(default: {quick[key]:g} with --size quick, {paper[key]:g} with --size paper)"
+
+    q = gsub.add_parser("ns2d", help="2-D Navier-Stokes vorticity trajectories (GRF initial state, forcing "
+                        "0.1(sin 2pi(x+y) + cos 2pi(x+y)), CNAB2 with 2/3 dealiasing; simulated fine, stored coarse "
+                        "by Fourier truncation): fields x (1,X,Y,t_in), y (1,X,Y,t_out)")
+    _generate_common(q, batch=16)
+    q.add_argument("--size", default="quick", choices=tuple(PRESETS),
+                   help="defaults for the options below: quick (laptop CPU) or paper (Spectral-Refiner: 256^2 "
+                        "simulation, dt 1e-3, 30 time units of warm-up) (default quick)")
+    q.add_argument("--viscosity", type=float, default=1e-3, help="kinematic viscosity (default 1e-3)")
+    q.add_argument("--resolution", type=int, default=None, help="stored grid per axis " + both("resolution"))
+    q.add_argument("--sim-resolution", type=int, default=None, help="simulated grid per axis " + both("sim_resolution"))
+    q.add_argument("--dt", type=float, default=None, help="time step " + both("dt"))
+    q.add_argument("--warmup", type=float, default=None, help="time before the first snapshot " + both("warmup"))
+    q.add_argument("--interval", type=float, default=None, help="time between snapshots " + both("interval"))
+    q.add_argument("--t-in", type=int, default=10, help="input snapshots (default 10)")
+    q.add_argument("--t-out", type=int, default=40, help="target snapshots, following the input ones (default 40)")
+    q.set_defaults(run=_generate_ns2d)
+
+
+def _add_generate_darcy(gsub) -> None:
+    q = gsub.add_parser("darcy", help="2-D Darcy flow -div(a grad u) = 1, u = 0 on the unit square's boundary, "
+                        "a = 12/3 from a thresholded GRF (alpha 2, tau 3), solved by CG: fields x = a (1,s,s), "
+                        "y = u (1,s,s) on s x s nodes including the boundary")
+    _generate_common(q, batch=32)
+    q.add_argument("--resolution", type=int, default=64, help="grid nodes per axis, boundary included (default 64)")
+    q.add_argument("--rtol", type=float, default=1e-10, help="CG relative tolerance (default 1e-10)")
+    q.set_defaults(run=_generate_darcy)
+
+
+def _generate_ns2d(args) -> int:
+    from .datasets.navier_stokes import PRESETS, generate
+
+    preset = PRESETS[args.size]
+    opts = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in preset}
+    path = generate(args.out, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
+                    batch_size=args.batch, seed=args.seed, device=args.device, store_dtype=args.store_dtype,
+                    progress=not args.no_progress, **opts)
+    print(f"wrote {path}")
+    return 0
+
+
+def _generate_darcy(args) -> int:
+    from .datasets.darcy import generate
+
+    path = generate(args.out, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
+                    device=args.device, rtol=args.rtol, store_dtype=args.store_dtype, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate ns2d|darcy
+# ---- krylon generate ks (issue #12: MEDIDA truth data)
+def _add_ks_grid(q) -> None:
+    q.add_argument("--truth", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("L0", "L1", "L2"),
+                   help="the truth's -l0 u u_x - l1 u_xx - l2 u_xxxx (default 1 1 1)")
+    q.add_argument("--n", type=int, default=1024, help="grid points (default 1024)")
+    q.add_argument("--length", type=float, default=100.0, help="period L (default 100)")
+    q.add_argument("--dt", type=float, default=1e-3, help="the truth's ETDRK4 step inside observation windows (default 1e-3)")
+    q.add_argument("--transit-dt", type=float, default=1e-2,
+                   help="ETDRK4 step of the spin-up and between windows (default 1e-2; 0 = --dt throughout)")
+    q.add_argument("--interval", type=float, default=5e-3, help="time between snapshots = the model's step (default 5e-3)")
+    q.add_argument("--spacing", type=float, default=10.0, help="time between windows (default 10)")
+    q.add_argument("--spinup", type=float, default=100.0, help="time before the first window (default 100)")
+    q.add_argument("--samples", type=int, default=10, help="observation windows (default 10)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def _ks_window_options(args) -> dict:
+    return {"dt": args.dt, "transit_dt": args.transit_dt or None, "spacing": args.spacing, "spinup": args.spinup}
+
+
+def _add_generate_ks(gsub) -> None:
+    q = gsub.add_parser("ks", help="Kuramoto-Sivashinsky observation windows from one chaotic trajectory (ETDRK4): "
+                        "field u (times, n)")
+    _add_ks_grid(q)
+    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
+    q.add_argument("--times", type=int, default=2, help="snapshots per window (default 2; 3 for noisy discovery)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.set_defaults(run=_generate_ks)
+
+
+def _generate_ks(args) -> int:
+    from .datasets.kuramoto_sivashinsky import generate
+
+    path = generate(args.out, n_samples=args.samples, n_times=args.times, interval=args.interval, spacing=args.spacing,
+                    spinup=args.spinup, coefficients=tuple(args.truth), length=args.length, n=args.n, dt=args.dt,
+                    transit_dt=args.transit_dt or None, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate ks
+# ---- krylon generate qg (issue #12: two-layer quasi-geostrophic truth windows for MEDIDA)
+def _qg_settings(q) -> None:
+    q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
+    q.add_argument("--nu", type=float, default=None, help="hyperviscosity on k^8 + l^8 (default the paper's 1e-6; "
+                   "raise it on coarse grids, e.g. 2e-4 on 96 x 48)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+
+
+def _qg_model_settings(args) -> dict:
+    out = {}
+    if args.grid is not None:
+        out["shape"] = tuple(args.grid)
+    if args.nu is not None:
+        out["nu"] = args.nu
+    return out
+
+
+def _add_generate_qg(gsub) -> None:
+    q = gsub.add_parser("qg", help="two-layer QG truth windows (leapfrog, the paper's parameters) for MEDIDA")
+    _qg_settings(q)
+    q.add_argument("--samples", type=int, default=10, help="windows per run (default 10)")
+    q.add_argument("--members", type=int, default=1, help="independent runs, stepped as one batch (default 1)")
+    q.add_argument("--times", type=int, default=2, help="snapshots per window, one step apart (default 2)")
+    q.add_argument("--spinup", type=float, default=100.0, help="time units before the first window (default 100)")
+    q.add_argument("--spacing", type=float, default=10.0, help="time units between windows (default 10)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="the krylon HDF5 file (rerun the same command to resume)")
+    q.add_argument("--no-progress", action="store_true")
+    q.set_defaults(run=_generate_qg)
+
+
+def _generate_qg(args) -> int:
+    from .datasets.quasi_geostrophic import generate
+
+    path = generate(args.out, n_samples=args.samples, members=args.members, n_times=args.times, spacing=args.spacing,
+                    spinup=args.spinup, seed=args.seed, settings=_qg_model_settings(args), progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+# ---- end krylon generate qg
+# ------------------------------------------------------------------------------------------ end krylon generate
+
+
+# ---------------------------------------------------------------------------------------------- krylon discover
+# One sub-command per model (issue #12, MEDIDA): each _add_discover_<model>(dsub) sets ``run=`` to its handler.
+def _report_discovery(args, found, seconds: float) -> int:
+    """Print a discovery (truth, model, error, timing) and write ``--json``: every ``krylon discover`` model."""
+    import json
+
+    import torch
+
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_discover(sub) -> None:
+    d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
+    dsub = d.add_subparsers(dest="system")
+    _add_discover_ks(dsub)
+    _add_discover_qg(dsub)
+
+
+# ---- krylon discover ks
+def _extra_terms(items) -> dict:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--extra-term takes NAME=COEFFICIENT (e.g. u_xxx=0.1), got {item!r}")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--extra-term {item!r}: {value!r} is not a number") from None
+    return out
+
+
+def _add_discover_ks(dsub) -> None:
+    q = dsub.add_parser("ks", help="Kuramoto-Sivashinsky: simulate the truth, run the imperfect model one step from the "
+                        "observations, regress the model error on 24 terms u^p d^d u (RVM)")
+    _add_ks_grid(q)
+    q.add_argument("--model", type=float, nargs=3, required=True, metavar=("L0", "L1", "L2"),
+                   help="the imperfect model's l0 l1 l2 (e.g. 1 0.5 1: halved u_xx)")
+    q.add_argument("--extra-term", action="append", default=None, metavar="NAME=C",
+                   help="a term c*NAME added to the model's right-hand side (repeatable), e.g. u_xxx=0.1 or u^2*u_x=0.15")
+    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0); "
+                   "with noise use many windows (e.g. --samples 60 --spacing 2): with 10 the regression keeps spurious terms")
+    q.add_argument("--members", type=int, default=2048, help="EnKF members when --noise > 0 (default 2048)")
+    q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=None, help="RVM pruning precision (1e2) or STLSQ threshold (0.1)")
+    q.add_argument("--data", default=None, help="truth windows from `krylon generate ks` instead of simulating")
+    q.add_argument("--seed", type=int, default=0, help="observation noise and ensemble seed (default 0)")
+    q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
+    q.set_defaults(run=_discover_ks)
+
+
+def _discover_ks(args) -> int:
+    import time
+
+    import torch
+
+    from .datasets import open_dataset
+    from .datasets.kuramoto_sivashinsky import discover_case
+    from .operators.pde import KuramotoSivashinsky
+
+    model = KuramotoSivashinsky(tuple(args.model), extra=_extra_terms(args.extra_term), length=args.length, n=args.n)
+    truth = KuramotoSivashinsky(tuple(args.truth), length=args.length, n=args.n)
+    windows = None
+    if args.data:
+        ds = open_dataset(args.data)
+        windows = torch.stack([torch.as_tensor(ds[i]["u"]) for i in range(min(len(ds), args.samples))]).to(torch.float64)
+    t0 = time.perf_counter()
+    found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
+                             interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
+                             window_options=_ks_window_options(args))
+    return _report_discovery(args, found, time.perf_counter() - t0)
+# ---- end krylon discover ks
+# ---- krylon discover qg
+def _add_discover_qg(dsub) -> None:
+    q = dsub.add_parser("qg", help="two-layer QG: simulate the truth (or read `krylon generate qg` windows), run the "
+                        "case's imperfect model one step from the (interpolated) observations, regress on 22 terms (RVM)")
+    q.add_argument("--case", required=True, help="the paper's model-error case: tau_d, tau_f, tau_d+tau_f, no_relaxation, "
+                   "no_jet, no_friction, jacobian, beta (krylon.operators.pde.quasi_geostrophic.CASES)")
+    _qg_settings(q)
+    q.add_argument("--sensors", type=float, default=None, help="observed fraction of each layer's grid (default: all)")
+    q.add_argument("--interp", default="rff", choices=("rff", "cubic", "spectral"), help="fill of sparse sensors")
+    q.add_argument("--rff-sigma", type=float, default=2.0)
+    q.add_argument("--rff-width", type=int, default=128, help="hidden width and number of Fourier features")
+    q.add_argument("--rff-depth", type=int, default=3)
+    q.add_argument("--rff-epochs", type=int, default=1500)
+    q.add_argument("--samples", type=int, default=5, help="windows per run when simulating (default 5)")
+    q.add_argument("--members", type=int, default=2, help="independent runs when simulating (default 2)")
+    q.add_argument("--spinup", type=float, default=100.0)
+    q.add_argument("--spacing", type=float, default=5.0)
+    q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
+    q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=10.0, help="RVM pruning precision (default 10 for QG)")
+    q.add_argument("--lowpass", type=float, default=None, help="regress on wavenumbers |K| <= this only (default: "
+                   "0.6 with --sensors, none with full observations)")
+    q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
+    q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
+    q.set_defaults(run=_discover_qg)
+
+
+def _discover_qg(args) -> int:
+    import json
+    import time
+
+    import torch
+
+    from .bench.medida_qg import discover_qg, truth_windows
+    from .datasets import open_dataset
+    from .operators.pde.quasi_geostrophic import CASES, PAPER
+
+    if args.case not in CASES:  # before the truth run, not after it
+        raise ValueError(f"unknown QG case {args.case!r}; the cases are {', '.join(CASES)}")
+    settings = {"shape": PAPER["shape"], "nu": PAPER["nu"], **_qg_model_settings(args)}
+    t0 = time.perf_counter()
+    if args.data:
+        ds = open_dataset(args.data)
+        params = ds.attrs["parameters"]
+        model = (json.loads(params) if isinstance(params, str) else params)["model"]
+        settings = {"shape": tuple(model["shape"]), "nu": model["nu"]}
+        windows = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))]).to(torch.float64)
+    else:
+        _, windows = truth_windows(**settings, spinup=args.spinup, samples=args.samples, members=args.members,
+                                   spacing=args.spacing, seed=args.seed)
+    rff = {"sigma": args.rff_sigma, "features": args.rff_width, "width": args.rff_width, "depth": args.rff_depth,
+           "epochs": args.rff_epochs, "lr": 3e-3}
+    found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
+                        regression=args.regression, threshold=args.threshold,
+                        lowpass="auto" if args.lowpass is None else args.lowpass, seed=args.seed + 1)
+    return _report_discovery(args, found, time.perf_counter() - t0)
+# ---- end krylon discover qg
+# ------------------------------------------------------------------------------------------ end krylon discover
 
 
 # ============================================================================ neural operators (train fno|sfno, refine, evaluate)
@@ -313,148 +688,6 @@ def _evaluate(args) -> int:
 # ============================================================================ end of neural operators
 
 
-# ----------------------------------------------------------------------------- krylon convert (begin)
-def _convert_parser(sub) -> None:
-    c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat or PDEBench files into krylon HDF5")
-    c.add_argument("source", help="the file to convert")
-    c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
-    c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
-                   "pdebench-darcy, pdebench-cfd or pdebench-seeds")
-    c.add_argument("--input-steps", type=int, default=None, help="trajectories: snapshots that form the input x (default 10)")
-    c.add_argument("--output-steps", type=int, default=None, help="trajectories: snapshots of the target y (default: the rest)")
-    c.add_argument("--x-key", default=None, help="the input's name in the source, if it is misnamed")
-    c.add_argument("--y-key", default=None, help="the target's (or trajectory's) name in the source, if it is misnamed")
-    c.add_argument("--variables", nargs="+", default=None, help="pdebench-cfd: the variables to stack as channels")
-    c.add_argument("--dtype", default=None, choices=("float32", "float64"), help="store floating fields in this dtype")
-    c.add_argument("--force", action="store_true", help="replace an existing output file")
-
-
-def _convert(args) -> int:
-    from .datasets import convert, open_dataset
-
-    options = {"input_steps": args.input_steps, "output_steps": args.output_steps, "x_key": args.x_key,
-               "y_key": args.y_key, "variables": args.variables}
-    options = {k: v for k, v in options.items() if v is not None}
-    try:
-        out = convert(args.source, args.dest, layout=args.layout, dtype=args.dtype, overwrite=args.force, **options)
-    except KeyError as exc:  # a missing key in the source: an input error, reported like the others
-        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
-    ds = open_dataset(out)
-    shapes = ", ".join(f"{k} {tuple(s)}" for k, s in ds.shapes.items())
-    print(f"wrote {out}: {len(ds)} samples, {shapes}, from {ds.attrs['source']} ({ds.attrs['source_layout']}, "
-          f"sha256 {ds.attrs['source_sha256'][:12]}...)")
-    return 0
-# ----------------------------------------------------------------------------- krylon convert (end)
-
-
-
-# ---------------------------------------------------------------------------------------------- krylon generate
-# One sub-command per data-set kind.  To add a kind: write an _add_generate_<kind>(gsub) that builds its parser
-# and sets ``run=`` to its handler, and call it from _add_generate; main() dispatches on ``args.run``.
-def _add_generate(sub) -> None:
-    g = sub.add_parser("generate", help="write a training data set (krylon HDF5; batched, resumable: rerun the same "
-                       "command after an interruption to continue)")
-    gsub = g.add_subparsers(dest="kind")
-    _add_generate_phantoms(gsub)
-    _add_generate_ns2d(gsub)
-    _add_generate_darcy(gsub)
-
-
-# ---- krylon generate phantoms (issue #11: DDS training images)
-def _add_generate_phantoms(gsub) -> None:
-    q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
-                        "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
-    q.add_argument("--n", type=int, required=True, help="number of images")
-    q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
-    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
-    q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
-    q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
-    q.add_argument("--families", nargs="+", default=None, help="phantom families, used in turn (default: all)")
-    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
-    q.set_defaults(run=_generate_phantoms)
-
-
-def _generate_phantoms(args) -> int:
-    from .datasets.phantoms import FAMILIES, generate_phantoms
-
-    size = args.size[0] if len(args.size) == 1 else tuple(args.size)
-    path = generate_phantoms(args.out, args.n, size, seed=args.seed, complex=args.complex,
-                             families=tuple(args.families or FAMILIES), progress=not args.no_progress)
-    print(f"wrote {path}")
-    return 0
-# ---- end krylon generate phantoms
-# ---- krylon generate ns2d|darcy (issue #10: neural-operator training data)
-def _generate_common(q, batch: int) -> None:
-    q.add_argument("--n", type=int, required=True, help="number of samples")
-    q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
-    q.add_argument("--batch", type=int, default=batch, help=f"samples computed together as one tensor (default {batch})")
-    q.add_argument("--seed", type=int, default=0, help="sample i is drawn from (seed, i) (default 0)")
-    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto, CUDA when present)")
-    q.add_argument("--store-dtype", default="float32", choices=("float32", "float64"), help="precision on disk (default float32)")
-    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _add_generate_ns2d(gsub) -> None:
-    from .datasets.presets import NS2D as PRESETS
-
-    quick, paper = PRESETS["quick"], PRESETS["paper"]
-
-    def both(key):
-        return f"(default: {quick[key]:g} with --size quick, {paper[key]:g} with --size paper)"
-
-    q = gsub.add_parser("ns2d", help="2-D Navier-Stokes vorticity trajectories (GRF initial state, forcing "
-                        "0.1(sin 2pi(x+y) + cos 2pi(x+y)), CNAB2 with 2/3 dealiasing; simulated fine, stored coarse "
-                        "by Fourier truncation): fields x (1,X,Y,t_in), y (1,X,Y,t_out)")
-    _generate_common(q, batch=16)
-    q.add_argument("--size", default="quick", choices=tuple(PRESETS),
-                   help="defaults for the options below: quick (laptop CPU) or paper (Spectral-Refiner: 256^2 "
-                        "simulation, dt 1e-3, 30 time units of warm-up) (default quick)")
-    q.add_argument("--viscosity", type=float, default=1e-3, help="kinematic viscosity (default 1e-3)")
-    q.add_argument("--resolution", type=int, default=None, help="stored grid per axis " + both("resolution"))
-    q.add_argument("--sim-resolution", type=int, default=None, help="simulated grid per axis " + both("sim_resolution"))
-    q.add_argument("--dt", type=float, default=None, help="time step " + both("dt"))
-    q.add_argument("--warmup", type=float, default=None, help="time before the first snapshot " + both("warmup"))
-    q.add_argument("--interval", type=float, default=None, help="time between snapshots " + both("interval"))
-    q.add_argument("--t-in", type=int, default=10, help="input snapshots (default 10)")
-    q.add_argument("--t-out", type=int, default=40, help="target snapshots, following the input ones (default 40)")
-    q.set_defaults(run=_generate_ns2d)
-
-
-def _add_generate_darcy(gsub) -> None:
-    q = gsub.add_parser("darcy", help="2-D Darcy flow -div(a grad u) = 1, u = 0 on the unit square's boundary, "
-                        "a = 12/3 from a thresholded GRF (alpha 2, tau 3), solved by CG: fields x = a (1,s,s), "
-                        "y = u (1,s,s) on s x s nodes including the boundary")
-    _generate_common(q, batch=32)
-    q.add_argument("--resolution", type=int, default=64, help="grid nodes per axis, boundary included (default 64)")
-    q.add_argument("--rtol", type=float, default=1e-10, help="CG relative tolerance (default 1e-10)")
-    q.set_defaults(run=_generate_darcy)
-
-
-def _generate_ns2d(args) -> int:
-    from .datasets.navier_stokes import PRESETS, generate
-
-    preset = PRESETS[args.size]
-    opts = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in preset}
-    path = generate(args.out, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
-                    batch_size=args.batch, seed=args.seed, device=args.device, store_dtype=args.store_dtype,
-                    progress=not args.no_progress, **opts)
-    print(f"wrote {path}")
-    return 0
-
-
-def _generate_darcy(args) -> int:
-    from .datasets.darcy import generate
-
-    path = generate(args.out, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
-                    device=args.device, rtol=args.rtol, store_dtype=args.store_dtype, progress=not args.no_progress)
-    print(f"wrote {path}")
-    return 0
-# ---- end krylon generate ns2d|darcy
-# ------------------------------------------------------------------------------------------ end krylon generate
-
-
 def _train_dcdm(args) -> int:
     import json
     import time
@@ -606,6 +839,191 @@ def _bench(args) -> int:
     return 0 if record["ok"] else 1
 
 
+# ----------------------------------------------------------------------------- DDS (diffusion prior) block
+def _dds_parsers(sub, tsub) -> None:
+    """``krylon train diffusion`` and ``krylon reconstruct mri|ct``."""
+    tf = tsub.add_parser("diffusion", help="the score U-Net of the DDS/DPS diffusion prior, on images in an HDF5 file")
+    tf.add_argument("--data", required=True, help="krylon HDF5 data set of (N, H, W) images (square H = W)")
+    tf.add_argument("--key", default=None, help="field holding the images (default: 'image', or the only field)")
+    tf.add_argument("--complex", action="store_true", help="complex images as two channels (default: real)")
+    tf.add_argument("--channels", type=int, default=16, help="U-Net channels at full resolution (default 16)")
+    tf.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 4], help="channel multiplier per level")
+    tf.add_argument("--no-attention", dest="attention", action="store_false")
+    tf.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
+    tf.add_argument("--epochs", type=int, default=10)
+    tf.add_argument("--batch", type=int, default=16)
+    tf.add_argument("--lr", type=float, default=1e-3)
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--out", default="runs/diffusion", help="folder for checkpoints, loss curves and prior.pt")
+    tf.add_argument("--threads", type=int, default=None)
+    tf.add_argument("--device", default="cpu")
+    tf.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("reconstruct", help="simulate MRI/CT measurements of an image and reconstruct it with DDS "
+                       "(shipped prior) and a classical baseline; saves a comparison PNG")
+    rsub = r.add_subparsers(dest="modality")
+    for name, what in (("mri", "4-coil Cartesian MRI (CG-SENSE baseline)"), ("ct", "parallel-beam CT (FBP baseline)")):
+        q = rsub.add_parser(name, help=what)
+        q.add_argument("--image", required=True, help="a .png, .npy (2-D array) or krylon .h5 file (first image)")
+        q.add_argument("--out", required=True, help="PNG to write (truth, baseline, DDS, error)")
+        q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
+        q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS")
+        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default by modality)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
+        q.add_argument("--threads", type=int, default=None)
+        if name == "mri":
+            q.add_argument("--acceleration", type=float, default=4.0)
+            q.add_argument("--mask", default="uniform1d", choices=("uniform1d", "gaussian1d", "gaussian2d", "equispaced"))
+            q.add_argument("--coils", type=int, default=4)
+        else:
+            q.add_argument("--views", type=int, default=30, help="projection angles")
+            q.add_argument("--arc", type=float, default=180.0, help="angular range in degrees (120: limited angle)")
+
+
+def _is_dds(args) -> bool:
+    return (args.command == "train" and args.model == "diffusion") or args.command == "reconstruct"
+
+
+def _run_dds(args) -> int:
+    if args.command == "train":
+        return _train_diffusion(args)
+    return _reconstruct(args)
+
+
+def _train_diffusion(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from .datasets import open_dataset
+    from .kernels import backend
+    from .solvers.diffusion import train_prior
+    from .solvers.training import TrainConfig
+
+    ds = open_dataset(args.data)
+    device = backend.resolve_device(args.device) or torch.device("cpu")
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, val_fraction=0.05)
+    t0 = time.perf_counter()
+    net = train_prior(ds, args.out, cfg, key=args.key, complex_images=args.complex, channels=args.channels,
+                      mults=args.mults, attention=args.attention, ema_decay=args.ema, device=device,
+                      progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    history = json.loads((out / "history.json").read_text())
+    n_par = sum(p.numel() for p in net.parameters())
+    record = {"command": "krylon " + " ".join(sys.argv[1:]), "data": str(args.data), "samples": len(ds),
+              "network": net.config, "parameters": n_par, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
+              "ema": args.ema, "seed": args.seed, "final_train_loss": history["train"][-1],
+              "final_val_loss": history["val"][-1] if history["val"] else None,
+              "train_seconds_this_run": round(seconds, 1), "device": str(device), "threads": torch.get_num_threads()}
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    print(f"exported {out / 'prior.pt'} ({n_par} parameters); record in {out / 'training.json'}")
+    return 0
+
+
+def _read_image(path: str, n: int):
+    """A 2-D image from .png/.npy/.h5 as float64 in [0, 1] (magnitude), resized to n x n when it is not."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no image at {p}")
+    if p.suffix.lower() == ".npy":
+        a = np.load(p, allow_pickle=False)
+    elif p.suffix.lower() in (".h5", ".hdf5"):
+        from .datasets import open_dataset
+
+        ds = open_dataset(p)
+        a = ds[0][ds.keys[0]].numpy()
+    elif p.suffix.lower() == ".png":
+        import matplotlib.image as mpimg
+
+        a = mpimg.imread(p)
+    else:
+        raise ValueError(f"--image must be .png, .npy or .h5, got {p.name}")
+    a = np.abs(np.asarray(a)).astype(np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 2):  # (1|2, H, W) channels: magnitude
+        a = np.sqrt((a ** 2).sum(0))
+    elif a.ndim == 3:  # colour PNG: luminance
+        a = a[..., :3] @ np.array([0.299, 0.587, 0.114])
+    if a.ndim != 2 or min(a.shape) < 2:
+        raise ValueError(f"{p.name}: expected a 2-D image, got shape {a.shape}")
+    x = torch.from_numpy(a)
+    if tuple(x.shape) != (n, n):
+        print(f"note: {p.name} is {x.shape[0]}x{x.shape[1]}; resized to the prior's {n}x{n}")
+        x = torch.nn.functional.interpolate(x[None, None], size=(n, n), mode="bilinear", antialias=True)[0, 0]
+    if not bool(torch.isfinite(x).all()) or float(x.max()) <= 0:
+        raise ValueError(f"{p.name}: the image has non-finite values or no positive value")
+    return (x.clamp(min=0) / x.max()).float()
+
+
+def _reconstruct(args) -> int:
+    import math
+
+    import torch
+
+    from .operators import MRI, Radon
+    from .operators.imaging import add_noise, coil_maps, mri_mask
+    from .solvers.diffusion import DDS
+    from .solvers.metrics import psnr, ssim
+    from .solvers.reconstruction import cg_sense, fbp
+
+    if args.modality is None:
+        raise SystemExit("krylon: reconstruct needs a modality: mri or ct")
+    dds = DDS.load(args.model) if args.model else DDS.pretrained()
+    n = dds.image_size
+    x = _read_image(args.image, n)
+    if args.modality == "mri":
+        A = MRI(mri_mask((n, n), kind=args.mask, acceleration=args.acceleration, seed=args.seed),
+                coil_maps((n, n), n_coils=args.coils))
+        y = A.matvec(x.to(torch.complex64))
+        what = f"MRI x{args.acceleration:g} {args.mask}, {args.coils} coils"
+    else:
+        if args.views < 1 or not 0 < args.arc <= 180:
+            raise ValueError(f"--views must be >= 1 and --arc in (0, 180], got {args.views}, {args.arc}")
+        angles = torch.arange(args.views, dtype=torch.float64) * math.radians(args.arc) / args.views
+        A = Radon((n, n), angles=angles)
+        y = A.matvec(x)
+        what = f"CT {args.views} views over {args.arc:g} degrees"
+    if args.noise:
+        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1))
+    from .bench.dds import DDS_GAMMA
+
+    gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
+    dds = DDS(dds.model, gamma=gamma)
+    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else ("FBP", fbp(A, y))
+    res = dds.solve(A, y, nfe=args.nfe, seed=args.seed, progress=True)
+    rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
+    print(f"{what}, noise {args.noise:g}, {n}x{n}:")
+    for name, r in rows:
+        print(f"  {name:14s} PSNR {float(psnr(r, x)):6.2f} dB  SSIM {float(ssim(r, x)):.4f}")
+    print(f"  DDS time {res.seconds:.2f} s")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 4, figsize=(10, 2.8))
+    panels = [("truth", x), *[(f"{k}\n{float(psnr(v, x)):.2f} dB", v.abs()) for k, v in rows],
+              ("|DDS - truth|", (res.x.abs() - x).abs())]
+    for a, (t, im) in zip(ax, panels):
+        a.imshow(im, cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
+        a.set_title(t, fontsize=8)
+        a.axis("off")
+    fig.suptitle(what, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+    return 0
+# ----------------------------------------------------------------------------- end of the DDS block
+
+
 def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -625,6 +1043,8 @@ def main(argv=None) -> int:
             return _solve_poisson(args)
         if args.command == "bench":
             return _bench(args)
+        if _is_dds(args):
+            return _run_dds(args)
         if args.command == "train":
             if args.model in ("fno", "sfno"):
                 return _train_operator(args)
@@ -637,11 +1057,15 @@ def main(argv=None) -> int:
             return _evaluate(args)
         if args.command == "convert":
             return _convert(args)
+        if args.command == "discover":
+            if getattr(args, "run", None) is None:
+                parser.parse_args(["discover", "--help"])
+            return args.run(args)
         if args.command == "generate":
             if getattr(args, "run", None) is None:
                 parser.parse_args(["generate", "--help"])
             return args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
     return 2

@@ -12,7 +12,8 @@ that holds its options (:class:`LpLoss`, :class:`H1Loss`, :class:`SobolevLoss`).
 Conventions
 -----------
 * ``relative=True`` (the default when a target is given) divides each sample's error norm by the norm of its
-  target; ``target=None`` measures ``pred`` itself (an absolute norm, e.g. of a PDE residual).
+  target (a sample whose target is zero gives ``inf`` or ``nan``); ``target=None`` measures ``pred`` itself
+  (an absolute norm, e.g. of a PDE residual).
 * ``reduction``: ``"mean"`` (default) or ``"sum"`` over the batch, or ``"none"`` for one value per sample.
 * ``time_axis``: the Bochner norm :math:`\|u\|_{L^2(0, T; X)} = (\Delta t \sum_j \|u(t_j)\|_X^2)^{1/2}`,
   ``Delta t = time_length / n_t`` (``time_length = 1`` by default, so the time quadrature is a mean over
@@ -30,6 +31,10 @@ so this is exactly the norm :math:`\|w \odot c\|_{\ell^2}` with the Spectral-Ref
 which would be the norm of index ``s/2``.  ``s = 1, alpha = 1`` is the :math:`H^1` norm
 :math:`\int |u|^2 + |\nabla u|^2`; ``s = -1`` is :math:`\langle u, (\alpha - \Delta)^{-1} u\rangle^{1/2}`
 (Spectral-Refiner uses ``alpha = 10**-1.5``); a negative ``s`` needs ``alpha > 0``.
+
+The Sobolev losses take the fields as periodic.  For data on a non-periodic box (Darcy flow), the jump
+between opposite faces of ``pred - target`` counts as a discontinuity: where the two agree on the boundary
+(Dirichlet data) it is harmless; otherwise prefer :func:`lp_loss` there.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import torch
 from ..kernels import validate
 from ..operators.learned.registry import atomic_save, read_torch_file
 
-__all__ = ["TrainConfig", "TrainHook", "train", "load_checkpoint", "plot_losses", "autocast"]
+__all__ = ["TrainConfig", "TrainHook", "EMA", "train", "load_checkpoint", "plot_losses", "autocast"]
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -95,6 +95,56 @@ class TrainHook:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+class EMA(TrainHook):
+    """Exponential moving average of a model's floating parameters (a :class:`TrainHook`).
+
+    After every optimiser step ``shadow = d * shadow + (1 - d) * param`` with ``d = min(decay, (1 + n) / (10 + n))``
+    (``n`` updates so far: early on the average does not drag the random initialisation along).  Validation runs
+    with the averaged weights; :meth:`copy_to` writes them into a model (for export).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        if not 0 <= decay < 1:
+            raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
+        self.decay, self.updates = float(decay), 0
+        self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if p.is_floating_point()}
+
+    @torch.no_grad()
+    def on_step(self, model, optimizer=None, step=None) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                self.shadow[k].lerp_(p.detach(), 1 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for k, p in model.named_parameters():
+            if k in self.shadow:
+                p.copy_(self.shadow[k])
+
+    @contextlib.contextmanager
+    def evaluating(self, model: torch.nn.Module):
+        raw = {k: p.detach().clone() for k, p in model.named_parameters() if k in self.shadow}
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    if k in raw:
+                        p.copy_(raw[k])
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("the checkpoint's EMA weights do not match this model's parameters")
+        self.decay, self.updates = float(state["decay"]), int(state["updates"])
+        self.shadow = {k: v.to(self.shadow[k].device) for k, v in state["shadow"].items()}
 
 
 def autocast(device: torch.device, enabled: bool):

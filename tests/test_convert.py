@@ -99,3 +99,49 @@ def test_convert_command(tmp_path, capsys):
     assert open_dataset(out)[0]["y"].dtype == torch.float64
     assert main(["convert", str(tmp_path / "toy.pt"), str(tmp_path / "z.h5"), "--y-key", "u"]) == 2
     assert "no tensor 'u'" in capsys.readouterr().err
+
+
+def test_interrupted_conversion_resumes(tmp_path, monkeypatch):
+    from krylon.datasets import hdf5
+
+    x = torch.rand(150, 4)
+    torch.save({"x": x, "y": 2 * x}, tmp_path / "s.pt")
+    calls = []
+    write_many = hdf5.DatasetWriter.write_many
+
+    def dies_on_second_block(self, start, samples):
+        calls.append(start)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        write_many(self, start, samples)
+
+    monkeypatch.setattr(hdf5.DatasetWriter, "write_many", dies_on_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tmp_path / "s.pt", tmp_path / "s.h5")
+    assert not (tmp_path / "s.h5").exists()
+    with h5py.File(tmp_path / "s.h5.partial", "r") as f:
+        assert int(f.attrs["n_written"]) == calls[1] > 0
+    calls.clear()
+    monkeypatch.setattr(hdf5.DatasetWriter, "write_many", lambda self, s, b: (calls.append(s), write_many(self, s, b)))
+    ds = open_dataset(convert(tmp_path / "s.pt", tmp_path / "s.h5"))
+    assert calls[0] == 64  # resumed after the block on disk, not from 0
+    np.testing.assert_array_equal(ds[:]["y"].numpy()[:, 0], 2 * x.numpy())
+
+
+def test_convert_matlab_v5_files(tmp_path):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(5)
+    a, u = rng.random((4, 6, 5)), rng.random((4, 6, 5))
+    savemat(tmp_path / "darcy.mat", {"coeff": a, "sol": u})  # scipy writes MATLAB v5
+    ds = open_dataset(convert(tmp_path / "darcy.mat", tmp_path / "darcy.h5"))
+    np.testing.assert_array_equal(ds[3]["x"].numpy(), a[3][None])
+    np.testing.assert_array_equal(ds[3]["y"].numpy(), u[3][None])
+    assert ds.attrs["source"] == "darcy.mat" and ds.attrs["source_layout"] == "fno-mat"
+    assert ds.attrs["source_sha256"] == hashlib.sha256((tmp_path / "darcy.mat").read_bytes()).hexdigest()
+    traj = rng.random((3, 4, 4, 13))
+    savemat(tmp_path / "ns.mat", {"u": traj, "a": traj[..., 0], "t": np.arange(1.0, 14.0)[None]})
+    ds = open_dataset(convert(tmp_path / "ns.mat", tmp_path / "ns.h5", input_steps=4))
+    np.testing.assert_array_equal(ds[1]["y"].numpy(), traj[1, ..., 4:][None])
+    np.testing.assert_array_equal(ds.coords["t"], np.arange(1.0, 14.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["darcy.h5", "darcy.mat", "ns.h5", "ns.mat"]  # no temporaries

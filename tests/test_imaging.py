@@ -1,6 +1,7 @@
 """MRI and Radon operators against independent references: numpy FFTs, skimage's radon/iradon, dot tests."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -153,6 +154,13 @@ def test_mri_to_device_and_precision():
     assert A.dtype == torch.complex128 and A.coil_maps.dtype == torch.complex128
     np.testing.assert_allclose((A.coil_maps.abs() ** 2).sum(0).numpy(), 1.0, rtol=1e-6)
     assert A.matvec(crandn(8, 8)).dtype == torch.complex128
+    with warnings.catch_warnings():  # torch's note that complex modules are new
+        warnings.simplefilter("ignore", UserWarning)
+        B = MRI(mri_mask((8, 8), seed=0), coil_maps((8, 8), 2)).to(torch.complex128)  # a complex dtype names the precision
+    assert B.dtype == torch.complex128 and not B.mask.is_complex()
+    torch.testing.assert_close(B.matvec(crandn(8, 8)), A.matvec(crandn(8, 8)))
+    C = MRI(mri_mask((8, 8), seed=0).bool(), coil_maps((8, 8), 2))  # a boolean mask is taken as 0/1
+    torch.testing.assert_close(C.matvec(crandn(8, 8).to(torch.complex64)), A.to(torch.float32).matvec(crandn(8, 8).to(torch.complex64)))
 
 
 @pytest.mark.parametrize("make, err, match", [
@@ -256,6 +264,21 @@ def test_radon_autograd_uses_transpose():
     (R.matvec(x) * w).sum().backward()
     torch.testing.assert_close(x.grad, R.rmatvec(w))
     assert torch.autograd.gradcheck(lambda v: R.matvec(v), (torch.randn(1, 12, 12, dtype=torch.float64, requires_grad=True),))
+
+
+def test_radon_copies_pickles_and_converts():
+    import copy
+    import pickle
+
+    R = Radon((16, 16), angles=torch.linspace(0, math.pi, 5)[:-1])
+    x = torch.randn(16, 16, generator=gen())
+    for other in (copy.deepcopy(R), pickle.loads(pickle.dumps(R))):
+        torch.testing.assert_close(other.matvec(x), R.matvec(x), rtol=0, atol=0)
+    s32 = R.matvec(x)
+    R.to(torch.float64)
+    assert R.dtype == torch.float64
+    torch.testing.assert_close(R.matvec(x.double()), s32.double(), rtol=1e-6, atol=1e-5)
+    assert dottest(R, generator=gen(1)) < 1e-13
 
 
 def test_fbp_reconstructs_shepp_logan(shepp64):

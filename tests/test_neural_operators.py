@@ -35,11 +35,13 @@ def weight_at(conv, freq):
 
 # ----------------------------------------------------------------------------- SpectralConv
 @pytest.mark.parametrize("freq", [pytest.param((2, 1), id="pos"), pytest.param((-3, 2), id="neg-x"),
-                                  pytest.param((0, 3), id="axis"), pytest.param((-4, 1), id="edge")])
+                                  pytest.param((0, 3), id="axis"), pytest.param((-4, 1), id="edge"),
+                                  pytest.param((3,), id="1d")])
 @pytest.mark.parametrize("shape", [pytest.param((16, 12), id="16x12"), pytest.param((33, 20), id="33x20")])
 def test_spectral_conv_multiplies_a_kept_mode_by_its_weight(freq, shape):
     # a kept mode cos(theta) comes out as Re(W e^{i theta}), whatever the resolution: the coefficients are normalised
-    conv = SpectralConv(1, 1, (4, 4)).double()
+    shape = shape[: len(freq)]
+    conv = SpectralConv(1, 1, (4, 4)[: len(freq)]).double()
     u, arg = mode_field(shape, freq)
     w = weight_at(conv, freq)
     expected = w.real * np.cos(arg) - w.imag * np.sin(arg)
@@ -109,6 +111,8 @@ def test_sfno_shapes_resolutions_and_out_steps():
     model = small_sfno()
     assert model(torch.randn(2, 1, 16, 16, 6)).shape == (2, 1, 16, 16, 12)
     assert model(torch.randn(1, 1, 24, 8, 6), out_steps=7).shape == (1, 1, 24, 8, 7)
+    mlp = small_sfno(mlp_channels=16)
+    assert mlp(torch.randn(1, 1, 8, 8, 6)).shape == (1, 1, 8, 8, 12) and len(mlp.mlp[0]) == 3
     two = small_sfno(in_channels=2, out_channels=3)
     assert not two.residual
     assert two(torch.randn(1, 2, 8, 8, 6)).shape == (1, 3, 8, 8, 12)
@@ -135,7 +139,8 @@ def test_sfno_widen_last_layer_keeps_output_and_trains_new_modes(tmp_path):
     model = small_sfno().double()
     x = torch.randn(2, 1, 16, 16, 6, dtype=torch.float64)
     before = model(x).detach()
-    params = model.widen_last_layer((8, 8, 4))  # the full grid of 16 x 16 x 6
+    assert model.full_modes((16, 16, 12)) == (8, 8, 4)
+    params = model.widen_last_layer(model.full_modes((16, 16)))  # the full grid of 16 x 16 x 6
     assert model.last_spectral_layer() is model.out and model.out.modes == (8, 8, 4)
     assert [p is q for p, q in zip(params, model.out.parameters())] == [True]
     torch.testing.assert_close(model(x), before, atol=1e-12, rtol=0)
@@ -146,7 +151,7 @@ def test_sfno_widen_last_layer_keeps_output_and_trains_new_modes(tmp_path):
     # the config records the widening, so the refined checkpoint rebuilds itself
     assert model.config["last_modes"] == [8, 8, 4]
     registry.save_checkpoint(model, tmp_path / "sfno.pt")
-    loaded = registry.load_checkpoint(tmp_path / "sfno.pt", expect=SFNO).double()
+    loaded = SFNO.load(tmp_path / "sfno.pt").double()
     torch.testing.assert_close(loaded(x), model(x))
     with pytest.raises(ValueError, match="cannot drop modes"):
         model.widen_last_layer((4, 4, 3))
@@ -211,7 +216,8 @@ def test_fno_widen_last_layer_keeps_output(tmp_path):
     model = FNO((6, 4), hidden_channels=8, n_layers=2)
     x = torch.randn(2, 1, 16, 12)
     before = model(x).detach()
-    params = model.widen_last_layer((16, 12))  # the full grid
+    assert model.full_modes((16, 12)) == (16, 12)
+    params = model.widen_last_layer(model.full_modes((16, 12)))  # the full grid
     assert model.config["last_n_modes"] == [16, 12]
     conv = model.last_spectral_layer()
     assert conv.weight.shape == (8, 8, 16, 7)
@@ -239,9 +245,38 @@ def test_fno_checkpoint_round_trip_and_other_model_refused(tmp_path, fno_model):
     torch.testing.assert_close(loaded(x), fno_model(x))
     with pytest.raises(ValueError, match="holds a fno.FNO checkpoint, not a SFNO"):
         registry.load_checkpoint(path, expect=SFNO)
-    registry.save_checkpoint(small_sfno(), tmp_path / "sfno.pt")
+    small_sfno().save(tmp_path / "sfno.pt")
     with pytest.raises(ValueError, match="holds a sfno.SFNO checkpoint, not a FNO"):
-        registry.load_checkpoint(tmp_path / "sfno.pt", expect=FNO)
+        FNO.load(tmp_path / "sfno.pt")
+    with pytest.raises(ValueError, match="holds a fno.FNO checkpoint, not a SFNO"):
+        SFNO.load(path)
+    dcdm = registry.load_pretrained("dcdm", "poisson2d")
+    registry.save_checkpoint(dcdm, tmp_path / "dcdm.pt")
+    with pytest.raises(ValueError, match="holds a dcdm.DCDMNet checkpoint, not a SFNO"):
+        SFNO.load(tmp_path / "dcdm.pt")
+    assert isinstance(FNO.load(path), FNO) and not FNO.load(path).training
+
+
+def test_fno_to_float64_keeps_the_complex_spectral_weights():
+    model = FNO((6, 6), hidden_channels=4, n_layers=1)
+    w = model.last_spectral_layer().weight.tensor.detach().clone()
+    x = torch.randn(2, 1, 12, 12)
+    y = model(x).detach()
+    model.to(torch.float64)
+    w64 = model.last_spectral_layer().weight.tensor
+    assert w64.dtype == torch.complex128 and torch.equal(w64.detach().to(torch.complex64), w)
+    torch.testing.assert_close(model(x.double()).float(), y, atol=1e-5, rtol=1e-5)
+    model.float()
+    assert model.last_spectral_layer().weight.tensor.dtype == torch.complex64
+
+
+def test_fno_passes_neuraloperator_options_through_its_config(tmp_path):
+    model = FNO((6, 6), in_channels=2, out_channels=3, hidden_channels=4, n_layers=1, positional_embedding=None,
+                domain_padding=(0.25, 0.25), lifting_channel_ratio=1)
+    assert model.config["domain_padding"] == [0.25, 0.25] and model.net.positional_embedding is None
+    x = torch.randn(2, 2, 12, 12)
+    model.save(tmp_path / "f.pt")
+    torch.testing.assert_close(FNO.load(tmp_path / "f.pt")(x), model(x))
 
 
 @pytest.mark.parametrize("call,err,match", [

@@ -111,3 +111,31 @@ def test_bad_input_is_a_clear_error():
     norm.fit(torch.randn(4, 3, 5))
     with pytest.raises(ValueError, match="dim=4 is not an axis"):
         norm.encode(torch.zeros(2, 3, 4), dim=4)
+
+
+def test_fit_on_any_indexable_data_set_with_samples_of_different_sizes():
+    rng = np.random.default_rng(4)
+    samples = [rng.standard_normal((2, n)) * [[1.0], [3.0]] + [[0.5], [-2.0]] for n in (5, 9, 7, 3)]
+
+    class Plain:  # no __getitems__, samples of different grid sizes (zero-shot resolutions)
+        def __len__(self):
+            return len(samples)
+
+        def __getitem__(self, i):
+            return {"x": torch.from_numpy(samples[i])}
+
+    norm = ChannelNormalizer(2).fit(Plain(), indices=[0, 1, 3])
+    ref = np.concatenate([samples[i] for i in (0, 1, 3)], axis=1)
+    np.testing.assert_allclose(norm.mean.numpy(), ref.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(norm.std.numpy(), ref.std(axis=1), rtol=1e-12)
+    with pytest.raises(KeyError, match="sample 0 .* no key 'y'"):
+        ChannelNormalizer(2).fit(Plain(), key="y")
+
+
+def test_docstring_example_runs():
+    import doctest
+
+    from krylon.operators.learned import normalizer
+
+    result = doctest.testmod(normalizer)
+    assert result.attempted > 0 and result.failed == 0

@@ -1,5 +1,6 @@
 """open_dataset on every layout: small files written here with h5py, samples checked against the numpy source."""
 
+import json
 import pickle
 
 import h5py
@@ -56,8 +57,11 @@ def test_fno_mat_navier_stokes_split_and_initial_condition(tmp_path):
     np.testing.assert_array_equal(ds[2]["y"].numpy(), u[2, ..., 10:][None])
     np.testing.assert_array_equal(ds.coords["t"], t[0])
     assert ds.attrs["input_steps"] == 10 and ds.attrs["output_steps"] == 4
+    batch = ds.__getitems__([2, 0, 1])  # one read of the samples' h5py range
+    np.testing.assert_array_equal(batch[0]["y"].numpy(), u[2, ..., 10:][None])
+    np.testing.assert_array_equal(batch[1]["x"].numpy(), u[0, ..., :10][None])
     ds = open_dataset(p, input_steps=3, output_steps=5, keys=["y"])
-    assert list(ds[1]) == ["y"]
+    assert list(ds[1]) == ["y"] and list(open_dataset(p, "x")[0]) == ["x"]
     np.testing.assert_array_equal(ds[1]["y"].numpy(), u[1, ..., 3:8][None])
     np.testing.assert_array_equal(ds.coords["t"], t[0, :8])
     ds = open_dataset(p, x_key="a", output_steps=6)  # initial vorticity -> trajectory
@@ -134,6 +138,7 @@ def test_pdebench_darcy(tmp_path):
     assert ds.layout == "pdebench-darcy" and ds.shapes == {"x": (1, 6, 7), "y": (1, 6, 7)}
     np.testing.assert_array_equal(ds[4]["x"].numpy(), nu[4][None])
     np.testing.assert_array_equal(ds[4]["y"].numpy(), u[4])
+    np.testing.assert_array_equal(ds[1:5]["x"].numpy()[:, 0], nu[1:5])
     np.testing.assert_array_equal(ds.coords["y"], np.arange(7.0))
     with h5py.File(tmp_path / "bad.hdf5", "w") as f:
         f["nu"], f["tensor"] = nu, u[:4]
@@ -155,6 +160,7 @@ def test_pdebench_cfd_variables_become_channels(tmp_path):
     ref = np.stack([np.moveaxis(fields[v][1], 0, -1) for v in order])
     np.testing.assert_array_equal(ds[1]["x"].numpy(), ref[..., :2])
     np.testing.assert_array_equal(ds[1]["y"].numpy(), ref[..., 2:5])
+    np.testing.assert_array_equal(ds[0:3]["y"].numpy()[1], ref[..., 2:5])
     ds = open_dataset(p, variables=["Vy", "Vx"], input_steps=2)
     np.testing.assert_array_equal(ds[0]["y"].numpy()[0], np.moveaxis(fields["Vy"][0, 2:], 0, -1))
     ds.close()
@@ -178,6 +184,7 @@ def test_pdebench_seeds_groups(tmp_path):
     ref = np.moveaxis(data[2], (0, 3), (3, 0))  # (V, X, Y, T)
     np.testing.assert_array_equal(ds[2]["x"].numpy(), ref[..., :4])
     np.testing.assert_array_equal(ds[2]["y"].numpy(), ref[..., 4:])
+    np.testing.assert_array_equal(ds[1:3]["x"].numpy()[1], ref[..., :4])  # sample by sample: one group each
     np.testing.assert_array_equal(ds.coords["t"], np.arange(9.0) / 8)
     ds.close()
     with h5py.File(p, "a") as f:
@@ -268,3 +275,68 @@ def test_readers_pickle_and_feed_a_dataloader(tmp_path):
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
     assert batch["x"].shape == (4, 1, 8, 10) and batch["y"].shape == (4, 1, 8, 2)
     assert ds[1:3]["x"].shape == (2, 1, 8, 10)
+
+
+def test_batched_reads_match_single_reads_and_name_the_bad_sample(tmp_path):
+    b = RNG.random((40, 3, 2))
+    b[33, 1, 0] = np.inf
+    p = tmp_path / "k.h5"
+    with h5py.File(p, "w") as f:  # written by another program: the krylon writer refuses Inf
+        f.attrs.update({"krylon_format": "krylon-dataset", "n_samples": 40, "n_written": 40})
+        f["b"] = b
+    ds = open_dataset(p)
+    for idx in ([7, 2, 7, 30], [0, 39], list(range(5, 12))):  # unsorted, repeated, sparse (fancy read), dense
+        got = ds.__getitems__(idx)
+        assert [float(g["b"][0, 0]) for g in got] == [b[i, 0, 0] for i in idx]
+    np.testing.assert_array_equal(ds[3:9]["b"].numpy(), b[3:9])
+    assert ds[5:5]["b"].shape == (0, 3, 2)
+    with pytest.raises(ValueError, match=r"key 'b' of sample 33 contains 1 NaN/Inf"):
+        ds.__getitems__([40 - 1, 33, 1])
+    with pytest.raises(IndexError):
+        ds.__getitems__([1, 40])
+    batches = list(torch.utils.data.DataLoader(torch.utils.data.Subset(ds, list(range(30))), batch_size=8, shuffle=True,
+                                               generator=torch.Generator().manual_seed(0)))
+    assert sorted(float(v) for bt in batches for v in bt["b"][:, 0, 0]) == sorted(b[:30, 0, 0])
+
+
+def test_files_that_are_not_hdf5_say_what_they_are(tmp_path):
+    torch.save({"x": torch.zeros(2, 3)}, tmp_path / "d.pt")
+    with pytest.raises(ValueError, match="torch file: convert it with `krylon convert`"):
+        open_dataset(tmp_path / "d.pt")
+    (tmp_path / "v5.mat").write_bytes(b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(128, b" ") + b"\0" * 64)
+    with pytest.raises(ValueError, match="MATLAB v5 .mat file, not v7.3.*krylon convert"):
+        open_dataset(tmp_path / "v5.mat")
+
+
+def test_docstring_examples_run():
+    import doctest
+    import importlib
+
+    for name in ("hdf5", "readers", "convert"):
+        module = importlib.import_module(f"krylon.datasets.{name}")  # krylon.datasets.convert is also a function
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_writer_attrs_coords_and_blocks_are_checked(tmp_path):
+    f32 = {"x": ((2,), "float32")}
+    with pytest.raises(ValueError, match="'seed' is part of the schema"):
+        DatasetWriter(tmp_path / "a.h5", 2, f32, generator="g", attrs={"seed": 3})
+    with pytest.raises(ValueError, match="coordinate 'x' must be a 1-D numeric array"):
+        DatasetWriter(tmp_path / "b.h5", 2, f32, generator="g", coords={"x": np.zeros((2, 2))})
+    with pytest.raises(TypeError, match="attribute 'f' must be"):
+        DatasetWriter(tmp_path / "c.h5", 2, f32, generator="g", attrs={"f": object()})
+    with pytest.raises(ValueError, match="'coords' is reserved"):
+        DatasetWriter(tmp_path / "d.h5", 2, {"coords": ((2,), "float32")}, generator="g")
+    w = DatasetWriter(tmp_path / "e.h5", 3, f32, generator="g", attrs={"meta": {"k": [1, 2]}, "names": ["a", "b"]})
+    block = np.ones((2, 2), np.float32)
+    block[1, 0] = np.nan
+    with pytest.raises(ValueError, match="'x' of sample 1 contains NaN"):
+        w.write_many(0, {"x": block})
+    with pytest.raises(IndexError, match="runs past the end"):
+        w.write_many(0, {"x": np.ones((4, 2), np.float32)})
+    assert w.n_written == 0  # nothing of a refused block is on disk
+    w.write_many(0, {"x": np.ones((3, 2), np.float32)})
+    assert w.close()
+    attrs = open_dataset(tmp_path / "e.h5").attrs
+    assert json.loads(attrs["meta"]) == {"k": [1, 2]} and json.loads(attrs["names"]) == ["a", "b"]

@@ -41,8 +41,8 @@ class ChannelNormalizer(nn.Module):
     >>> x = torch.randn(8, 2, 16, 16) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1) + 3
     >>> norm = ChannelNormalizer(2).fit(x)
     >>> z = norm.encode(x)
-    >>> [round(float(v), 6) for v in z.mean(dim=(0, 2, 3))], torch.allclose(norm.decode(z), x, atol=1e-5)
-    ([0.0, 0.0], True)
+    >>> float(z.mean(dim=(0, 2, 3)).abs().max()) < 1e-6, torch.allclose(norm.decode(z), x, atol=1e-5)
+    (True, True)
     """
 
     def __init__(self, channels: int, eps: float = 1e-6):
@@ -86,15 +86,21 @@ class ChannelNormalizer(nn.Module):
         else:
             if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
                 raise TypeError(f"data must be a tensor (N, C, ...) or a data set, got {type(data).__name__}")
-            idx = range(len(data)) if indices is None else _index_list(indices, len(data), "indices")
+            idx = list(range(len(data))) if indices is None else _index_list(indices, len(data), "indices")
+            getitems = getattr(data, "__getitems__", None)  # krylon's readers fetch a batch in one read
 
             def samples():
-                for i in idx:
-                    sample = data[i]
-                    if key not in sample:
-                        raise KeyError(f"sample {i} of {getattr(data, 'path', 'the data set')} has no key {key!r}; "
-                                       f"it has {sorted(sample)}")
-                    yield self._channels_first(sample[key], 0, f"sample {i} key {key!r}").unsqueeze(1)
+                for start in range(0, len(idx), 64):
+                    block = idx[start:start + 64]
+                    fetched = getitems(block) if getitems is not None else [data[i] for i in block]
+                    parts = []
+                    for i, sample in zip(block, fetched):
+                        if key not in sample:
+                            raise KeyError(f"sample {i} of {getattr(data, 'path', 'the data set')} has no key {key!r}; "
+                                           f"it has {sorted(sample)}")
+                        parts.append(self._channels_first(sample[key], 0, f"sample {i} key {key!r}"))
+                    yield torch.stack(parts, dim=1) if len({p.shape for p in parts}) == 1 else torch.cat(
+                        [p.reshape(self.channels, -1) for p in parts], dim=1)
 
             chunks = samples()
             where = f"the data set's key {key!r}"

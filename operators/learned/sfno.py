@@ -6,12 +6,15 @@ It maps ``in_steps`` snapshots of a field on a periodic 2-D grid to ``out_steps`
 1. a space-time positional encoding -- ``sin``/``cos`` of ``2 pi x`` and ``2 pi y`` (periodic, the same at every
    resolution) and ``t = j / in_steps`` -- concatenated to the input channels, lifted to ``width`` channels by a
    pointwise linear map;
-2. ``n_layers`` Fourier layers ``h <- GELU(K h + W h)``, ``K`` a :class:`~.spectral.SpectralConv` over
-   ``(x, y, t)`` keeping ``modes`` and ``W`` pointwise;
+2. ``n_layers`` Fourier layers ``h <- GELU(M(K h) + W h)``, ``K`` a :class:`~.spectral.SpectralConv` over
+   ``(x, y, t)`` keeping ``modes``, ``W`` pointwise linear and ``M`` the identity or, with ``mlp_channels > 0``,
+   a pointwise two-layer MLP ``width -> mlp_channels -> width`` (the paper's code uses 128; on a CPU that
+   triples the cost of a training step at 64^2 x 10, so it is off by default);
 3. a pointwise two-layer projection to ``out_channels``, then the **output spectral layer**: a
    ``SpectralConv`` over ``(x, y, t)`` whose inverse FFT is taken at ``out_steps`` points in time -- the
    prediction is resampled in time spectrally, so ``model(x, out_steps=80)`` samples the same trajectory twice as
-   finely as ``out_steps=40``;
+   finely as ``out_steps=40``.  (As in the paper's code, the FFTs treat the time window as periodic: the output
+   steps are ``out_steps`` equispaced samples of one period of a trigonometric polynomial in time);
 4. when ``in_channels == out_channels``, the last input snapshot is added to every output step (the network
    predicts the change from it).
 
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...kernels import validate
+from . import registry
 from .registry import register_model
 from .spectral import SpectralConv
 
@@ -82,6 +86,8 @@ class SFNO(nn.Module):
         Modes of the output spectral layer (default ``modes``); set by :meth:`widen_last_layer`.
     projection : int
         Hidden channels of the pointwise projection (default ``4 * width``).
+    mlp_channels : int
+        Hidden channels of the MLP after each hidden spectral convolution; 0 (default) for none.
 
     Examples
     --------
@@ -94,7 +100,8 @@ class SFNO(nn.Module):
     """
 
     def __init__(self, modes=(12, 12, 5), width: int = 20, n_layers: int = 4, in_steps: int = 10, out_steps: int = 40,
-                 in_channels: int = 1, out_channels: int = 1, last_modes=None, projection: int | None = None):
+                 in_channels: int = 1, out_channels: int = 1, last_modes=None, projection: int | None = None,
+                 mlp_channels: int = 0):
         super().__init__()
         modes = _modes3(modes, "modes")
         last_modes = modes if last_modes is None else _modes3(last_modes, "last_modes")
@@ -105,14 +112,18 @@ class SFNO(nn.Module):
         in_channels = validate.integer(in_channels, "in_channels")
         out_channels = validate.integer(out_channels, "out_channels")
         projection = 4 * width if projection is None else validate.integer(projection, "projection")
+        mlp_channels = validate.integer(mlp_channels, "mlp_channels", minimum=0)
         if in_steps // 2 + 1 < max(modes[2], last_modes[2]):
             raise ValueError(f"in_steps={in_steps} input steps hold rfft time modes 0..{in_steps // 2}, "
                              f"fewer than modes {modes} / last_modes {last_modes} keep in time")
         self.config = {"modes": list(modes), "width": width, "n_layers": n_layers, "in_steps": in_steps,
                        "out_steps": out_steps, "in_channels": in_channels, "out_channels": out_channels,
-                       "last_modes": list(last_modes), "projection": projection}
+                       "last_modes": list(last_modes), "projection": projection,
+                       "mlp_channels": mlp_channels}
         self.lift = _Pointwise(in_channels + _N_ENCODING, width)
         self.spectral = nn.ModuleList(SpectralConv(width, width, modes) for _ in range(n_layers))
+        self.mlp = nn.ModuleList((nn.Sequential(_Pointwise(width, mlp_channels), nn.GELU(), _Pointwise(mlp_channels, width))
+                                  if mlp_channels else nn.Identity()) for _ in range(n_layers))
         self.pointwise = nn.ModuleList(_Pointwise(width, width) for _ in range(n_layers))
         self.project = nn.Sequential(_Pointwise(width, projection), nn.GELU(), _Pointwise(projection, out_channels))
         self.out = SpectralConv(out_channels, out_channels, last_modes)
@@ -121,6 +132,15 @@ class SFNO(nn.Module):
     def from_config(cls, config: dict) -> SFNO:
         """A new (untrained) SFNO from a :attr:`config` dict."""
         return cls(**config)
+
+    def save(self, path) -> None:
+        """Write the checkpoint (state dict + config, atomically) that :meth:`load` reads."""
+        registry.save_checkpoint(self, path)
+
+    @classmethod
+    def load(cls, path, *, map_location="cpu") -> SFNO:
+        """The SFNO saved at ``path`` (``weights_only=True``), in eval mode; ``ValueError`` for another model's file."""
+        return registry.load_checkpoint(path, map_location=map_location, expect=cls)
 
     @property
     def residual(self) -> bool:
@@ -148,8 +168,8 @@ class SFNO(nn.Module):
             layer.check_grid(grid)
         pe = self.encoding(grid, x.device, x.dtype if x.is_floating_point() else torch.float32)
         h = self.lift(torch.cat([x, pe.expand(x.shape[0], -1, -1, -1, -1)], dim=1))
-        for k, w in zip(self.spectral, self.pointwise):
-            h = F.gelu(k(h) + w(h))
+        for k, m, w in zip(self.spectral, self.mlp, self.pointwise):
+            h = F.gelu(m(k(h)) + w(h))
         y = self.out(self.project(h), out_last=out_steps)
         if self.residual:
             y = y + x[..., -1:]
@@ -159,6 +179,14 @@ class SFNO(nn.Module):
     def last_spectral_layer(self) -> SpectralConv:
         """The output spectral layer (the one Spectral-Refiner fine-tunes)."""
         return self.out
+
+    def full_modes(self, grid) -> tuple[int, int, int]:
+        """The modes of the output layer that cover every mode of a space grid ``grid`` (``(X, Y)``; a trailing
+        time length is ignored): ``(X // 2, Y // 2, in_steps // 2 + 1)``, the widest :meth:`widen_last_layer` takes."""
+        grid = validate.shape(grid, "grid")
+        if len(grid) not in (2, 3):
+            raise ValueError(f"grid must be (X, Y) or (X, Y, T), got {grid}")
+        return grid[0] // 2, grid[1] // 2, self.config["in_steps"] // 2 + 1
 
     def widen_last_layer(self, modes) -> list[nn.Parameter]:
         """Re-create the output spectral layer with ``modes`` (each >= its current modes), old weights copied in.

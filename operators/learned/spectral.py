@@ -27,9 +27,13 @@ from ...kernels import validate
 __all__ = ["SpectralConv"]
 
 
-def _kept_index(n: int, m: int, device) -> torch.Tensor:
-    """FFT-order indices of the frequencies ``0..m-1`` and ``-m..-1`` on an ``n``-point axis."""
-    return torch.cat([torch.arange(m, device=device), torch.arange(n - m, n, device=device)])
+def _pad_between(t: torch.Tensor, dim: int, m: int, n: int) -> torch.Tensor:
+    """Grow axis ``dim`` to length ``n`` with zeros inserted after its first ``m`` entries."""
+    if n == t.shape[dim]:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n - t.shape[dim]
+    return torch.cat([t.narrow(dim, 0, m), t.new_zeros(shape), t.narrow(dim, m, t.shape[dim] - m)], dim=dim)
 
 
 class SpectralConv(nn.Module):
@@ -86,22 +90,19 @@ class SpectralConv(nn.Module):
             if x.dtype not in (torch.float32, torch.float64):
                 x = x.float()
             xh = torch.fft.rfftn(x, dim=dims, norm="forward")
-            idx = [_kept_index(n, m, x.device) for n, m in zip(grid[:-1], self.modes[:-1])]
-            for a, i in enumerate(idx):
-                xh = xh.index_select(2 + a, i)
+            for a, m in enumerate(self.modes[:-1]):  # gather the +-m blocks (slices: cheap, with a cheap backward)
+                xh = torch.cat([xh.narrow(2 + a, 0, m), xh.narrow(2 + a, grid[a] - m, m)], dim=2 + a)
             xh = xh[..., : self.modes[-1]]
             w = torch.view_as_complex(self.weight.to(x.dtype))
             yh = torch.einsum("bi...,io...->bo...", xh, w)
-            # back onto the full spectral grid: zeros outside the kept modes; the last axis padded or cut
+            # back onto the full spectral grid: zeros between the +-m blocks; the last axis padded or cut
             r = n_last // 2 + 1
             if r <= yh.shape[-1]:
                 yh = yh[..., :r]
             else:
-                yh = torch.cat([yh, yh.new_zeros(*yh.shape[:-1], r - yh.shape[-1])], dim=-1)
-            for a in reversed(range(d - 1)):
-                shape = list(yh.shape)
-                shape[2 + a] = grid[a]
-                yh = yh.new_zeros(shape).index_copy(2 + a, idx[a], yh)
+                yh = _pad_between(yh, yh.dim() - 1, yh.shape[-1], r)
+            for a, m in enumerate(self.modes[:-1]):
+                yh = _pad_between(yh, 2 + a, m, grid[a])
             return torch.fft.irfftn(yh, s=(*grid[:-1], n_last), dim=dims, norm="forward")
 
     @torch.no_grad()
@@ -119,11 +120,6 @@ class SpectralConv(nn.Module):
         new = SpectralConv(self.in_channels, self.out_channels, modes).to(self.weight.device, self.weight.dtype)
         w = self.weight.detach()
         for a, (m, big) in enumerate(zip(self.modes[:-1], modes[:-1])):
-            shape = list(w.shape)
-            shape[2 + a] = 2 * big
-            pos = _kept_index(2 * big, m, w.device)  # the old +-m block sits at both ends of the new 2*big axis
-            w = w.new_zeros(shape).index_copy(2 + a, pos, w)
-        shape = list(w.shape)
-        shape[-2] = modes[-1]
-        new.weight.copy_(torch.cat([w, w.new_zeros(*shape[:-2], modes[-1] - self.modes[-1], 2)], dim=-2))
+            w = _pad_between(w, 2 + a, m, 2 * big)  # the old +-m blocks sit at both ends of the new 2*big axis
+        new.weight.copy_(_pad_between(w, w.dim() - 2, self.modes[-1], modes[-1]))
         return new

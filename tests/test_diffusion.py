@@ -1,0 +1,320 @@
+"""DDS/DPS samplers, the VP schedule, the score U-Net and the shipped prior.
+
+References are independent of the code under test: dense direct solves (torch.linalg.solve), a numpy CG, the
+exact Gaussian posterior (with the analytic noise predictor of Gaussian data), closed-form schedule values.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from krylon.operators import CallableOperator
+from krylon.operators.learned import registry
+from krylon.operators.learned.unet import ScoreUNet
+from krylon.solvers.diffusion import DDS, DPS, VPSchedule, diffusion_loss
+from krylon.solvers.training import EMA, TrainConfig, train
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def assert_close(a, b, rtol=1e-6, atol=1e-6):
+    """numpy's check (torch.testing.assert_close imports torch.distributed: seconds per test process)."""
+    np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=rtol, atol=atol)
+
+
+def dense_op(M: torch.Tensor, n: int) -> CallableOperator:
+    """``x (n x n image) -> M x.flatten()``, with the exact adjoint ``M^H``."""
+    m = M.shape[0]
+    return CallableOperator(lambda x: (x.to(M.dtype).reshape(*x.shape[:-2], n * n) @ M.T),
+                            (n, n), (m,), adjoint=lambda y: (y @ M.conj()).reshape(*y.shape[:-1], n, n),
+                            dtype=M.dtype)
+
+
+class GaussianEps(ScoreUNet):
+    """The exact noise predictor of data x0 ~ N(0, s0^2 I): E[eps | x_t] = sqrt(1 - a) x_t / (a s0^2 + 1 - a)."""
+
+    def __init__(self, image_size, s0, schedule):
+        super().__init__(image_size=image_size, channels=4, mults=(1,), groups=1, attention=False)
+        self.s0, self.sched = s0, schedule
+
+    def forward(self, x, t):
+        a = self.sched.alpha_bar[t].to(x.dtype)[:, None, None, None]
+        return (1 - a).sqrt() * x / (a * self.s0 ** 2 + 1 - a)
+
+
+def tiny_net(**kw):
+    torch.manual_seed(0)
+    return ScoreUNet(image_size=8, channels=8, mults=(1, 2), groups=4, **kw)
+
+
+# ----------------------------------------------------------------------------- schedule
+def test_schedule_closed_form():
+    s = VPSchedule()
+    betas = np.linspace(1e-4, 0.02, 1000)
+    np.testing.assert_allclose(s.alpha_bar.numpy(), np.cumprod(1 - betas), rtol=1e-12)
+    ts = s.timesteps(50)
+    assert ts[0] == 999 and ts[-1] == 0 and len(set(ts.tolist())) == 50
+    with pytest.raises(ValueError, match="nfe"):
+        s.timesteps(1001)
+
+
+# ----------------------------------------------------------------------------- data consistency
+@pytest.mark.parametrize("gamma", [pytest.param(0.7, id="noisy"), pytest.param(None, id="noiseless")])
+def test_cg_data_consistency_matches_dense_solve_complex(gamma):
+    g = torch.Generator().manual_seed(1)
+    n, m = 4, 10
+    M = torch.randn(m, n * n, dtype=torch.complex128, generator=g)
+    A = dense_op(M, n)
+    x0 = torch.randn(2, n, n, dtype=torch.complex128, generator=g)
+    y = torch.randn(2, m, dtype=torch.complex128, generator=g)
+    dds = DDS(tiny_net(complex_images=True), gamma=gamma, cg_steps=n * n)
+    got = dds.data_consistency(A, y, x0, real=False)
+    AhA = M.conj().T @ M
+    if gamma is None:  # CG on the normal equations from x0 converges to the solution nearest x0
+        ls = torch.linalg.lstsq(M, y.T).solution.T
+        null = torch.eye(n * n, dtype=M.dtype) - torch.linalg.pinv(M) @ M
+        ref = ls + x0.reshape(2, -1) @ null.T
+    else:
+        rhs = x0.reshape(2, -1) + gamma * y @ M.conj()
+        ref = torch.linalg.solve(torch.eye(n * n, dtype=M.dtype) + gamma * AhA, rhs.T).T
+    assert_close(got.reshape(2, -1), ref, rtol=1e-7, atol=1e-7)
+
+
+def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
+    """3 CG steps of the real-restricted normal system vs an independent numpy CG."""
+    g = torch.Generator().manual_seed(2)
+    n, m = 4, 12
+    M = torch.randn(m, n * n, dtype=torch.complex128, generator=g)
+    A = dense_op(M, n)
+    x0 = torch.randn(n, n, dtype=torch.float64, generator=g)
+    y = torch.randn(m, dtype=torch.complex128, generator=g)
+    gamma = 2.0
+    got = DDS(tiny_net(), gamma=gamma, cg_steps=3).data_consistency(A, y, x0, real=True)
+    Mn = M.numpy()
+    K = np.eye(n * n) + gamma * (Mn.conj().T @ Mn).real
+    b = x0.numpy().ravel() + gamma * (Mn.conj().T @ y.numpy()).real
+    x = x0.numpy().ravel().copy()
+    r = b - K @ x
+    p = r.copy()
+    for _ in range(3):
+        alpha = (r @ r) / (p @ K @ p)
+        x = x + alpha * p
+        r_new = r - alpha * K @ p
+        p = r_new + (r_new @ r_new) / (r @ r) * p
+        r = r_new
+    np.testing.assert_allclose(got.numpy().ravel(), x, rtol=1e-9, atol=1e-9)
+
+
+# ----------------------------------------------------------------------------- Gaussian posterior
+def test_dds_noiseless_gaussian_prior_samples_the_exact_posterior():
+    """Prior N(0, s0^2 I), y = A x: posterior mean = A^+ y, covariance s0^2 P_null (exact noise predictor).
+
+    With eta = 0 the re-noising is DDIM's probability-flow step, which transports the prior's variance (up to
+    the time discretisation); eta > 0 re-noises the Tweedie mean and under-disperses by design.
+    """
+    n, m, s0 = 4, 6, 0.8
+    sched = VPSchedule()
+    g = torch.Generator().manual_seed(3)
+    M = torch.randn(m, n * n, dtype=torch.float64, generator=g)
+    A = dense_op(M, n)
+    y = torch.randn(m, dtype=torch.float64, generator=g)
+    dds = DDS(GaussianEps(n, s0, sched), schedule=sched, gamma=None, cg_steps=n * n, eta=0.0)
+    k = 500
+    res = dds.solve(A, y.expand(k, m), nfe=100, seed=0, scale=1.0)
+    X = res.x.reshape(k, -1)
+    pinv = torch.linalg.pinv(M)
+    mean = pinv @ y
+    P = torch.eye(n * n, dtype=torch.float64) - pinv @ M
+    assert_close(X @ (pinv @ M).T, mean.expand(k, -1), atol=1e-6, rtol=1e-6)  # range part exact
+    # sample mean within 4 standard errors; null-space covariance s0^2 P: total variance within the DDIM
+    # discretisation error at 100 steps (-4 %, measured: -8 % at 50, -2 % at 200) plus sampling error
+    assert float((X.mean(0) - mean).abs().max()) < 4 * s0 / math.sqrt(k)
+    C = torch.cov(X.T)
+    assert 0.91 < float(torch.trace(C) / torch.trace(s0 ** 2 * P)) < 1.05
+    assert float(torch.linalg.matrix_norm(C - s0 ** 2 * P) / torch.linalg.matrix_norm(s0 ** 2 * P)) < 0.2
+
+
+def test_dps_gaussian_prior_mean_near_posterior_mean():
+    """DPS is approximate: its sample mean should still be near the exact posterior mean of a Gaussian prior."""
+    n, m, s0 = 4, 6, 0.8
+    sched = VPSchedule()
+    g = torch.Generator().manual_seed(4)
+    M = torch.randn(m, n * n, dtype=torch.float64, generator=g) / 4
+    A = dense_op(M, n)
+    x_true = s0 * torch.randn(n * n, dtype=torch.float64, generator=g)
+    y = M @ x_true
+    k = 400
+    res = DPS(GaussianEps(n, s0, sched), schedule=sched, step_size=0.5).solve(A, y.expand(k, m), nfe=200,
+                                                                              seed=0, scale=1.0)
+    mean = torch.linalg.pinv(M) @ y
+    err_dps = float(torch.linalg.vector_norm(res.x.reshape(k, -1).mean(0) - mean))
+    assert err_dps < 0.25 * float(torch.linalg.vector_norm(mean))
+
+
+# ----------------------------------------------------------------------------- determinism, batching
+def test_sampler_determinism_and_batch_independence():
+    net = tiny_net()
+    keep = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5
+    A = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep)
+    y = A @ torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for sampler in (DDS(net), DPS(net)):
+        a = sampler.solve(A, y, nfe=6, seed=5)
+        b = sampler.solve(A, y, nfe=6, generator=torch.Generator().manual_seed(5))
+        c = sampler.solve(A, y, nfe=6, seed=6)
+        assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+        assert a.nfe == 6 and a.x.shape == (3, 8, 8) and a.seconds > 0
+    t = DDS(net).solve(A, y, nfe=4, seed=0, trajectory=True)
+    assert t.trajectory.shape == (4, 3, 8, 8) and torch.equal(t.trajectory[-1], t.x)
+
+
+# ----------------------------------------------------------------------------- U-Net
+def test_unet_shapes_and_checkpoint_round_trip(tmp_path):
+    for cplx in (False, True):
+        net = tiny_net(complex_images=cplx)
+        c = 2 if cplx else 1
+        x = torch.randn(2, c, 8, 8)
+        assert net(x, torch.tensor([0, 999])).shape == (2, c, 8, 8)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        registry.save_checkpoint(net, tmp_path / "p.pt")
+        back = registry.load_checkpoint(tmp_path / "p.pt", expect=ScoreUNet)
+        assert back.config == net.config
+        assert_close(back(x, torch.tensor([3, 4])), net.eval()(x, torch.tensor([3, 4])))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        ScoreUNet(image_size=7, mults=(1, 2))
+    with pytest.raises(ValueError, match="multiples of 2"):
+        tiny_net()(torch.zeros(1, 1, 6, 9), torch.tensor([0]))
+
+
+def test_ema_hook_in_training_loop_and_resume(tmp_path):
+    """The EMA of the training loop equals an independent recomputation from the raw weights' trajectory."""
+    net = tiny_net()
+    data = [{"image": torch.rand(8, 8, generator=torch.Generator().manual_seed(i))} for i in range(8)]
+    sched = VPSchedule()
+    ema = EMA(net, 0.9)
+    cfg = TrainConfig(epochs=1, batch_size=4, seed=0, val_fraction=0.0)
+    train(net, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, cfg, progress=False, log=lambda s: None,
+          hooks=[ema], plot=False)
+    assert ema.updates == 2
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["hooks"][0]["updates"] == 2
+    # resume with more epochs: the EMA continues from its checkpointed state
+    net2, ema2 = tiny_net(), None
+    ema2 = EMA(net2, 0.9)
+    train(net2, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, TrainConfig(epochs=2, batch_size=4, seed=0,
+          val_fraction=0.0), progress=False, log=lambda s: None, hooks=[ema2], plot=False)
+    assert ema2.updates == 4
+    # EMA arithmetic against a hand recurrence
+    lin = torch.nn.Linear(1, 1, bias=False)
+    e = EMA(lin, 0.5)
+    shadow = float(lin.weight)
+    for k, w in enumerate([1.0, 2.0, 3.0]):
+        with torch.no_grad():
+            lin.weight.fill_(w)
+        e.on_step(lin)
+        d = min(0.5, (1 + k) / (10 + k))
+        shadow = d * shadow + (1 - d) * w
+    assert abs(float(e.shadow["weight"]) - shadow) < 1e-6
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_input_is_refused_with_a_clear_error(tmp_path):
+    net = tiny_net()
+    keep = torch.ones(8, 8, dtype=torch.bool)
+    A = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep)
+    dds = DDS(net)
+    y = torch.rand(8, 8)
+    with pytest.raises(ValueError, match="NaN"):
+        dds.solve(A, torch.full((8, 8), float("nan")), nfe=2)
+    A6 = CallableOperator(lambda x: x, (6, 6), adjoint=lambda y: y)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        DDS(ScoreUNet(image_size=8, channels=8, mults=(1, 2, 2), groups=4)).solve(A6, torch.rand(6, 6), nfe=2)
+    A16 = CallableOperator(lambda x: x, (16, 16), adjoint=lambda y: y)
+    with pytest.raises(ValueError, match="trained on 8x8"):
+        dds.solve(A16, torch.rand(16, 16), nfe=2)
+    with pytest.raises(ValueError, match="measurement shape"):
+        dds.solve(A, torch.rand(8, 7), nfe=2)
+    with pytest.raises(ValueError, match="nfe"):
+        dds.solve(A, y, nfe=0)
+    with pytest.raises(ValueError, match="eta"):
+        DDS(net, eta=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        DDS(net, gamma=-1.0)
+    with pytest.raises(TypeError, match="ScoreUNet"):
+        DDS(torch.nn.Linear(2, 2))
+    Areal = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep, dtype=torch.float32)
+    with pytest.raises(ValueError, match="complex"):
+        dds.solve(Areal, y.to(torch.complex64), nfe=2)
+    # a checkpoint of another model
+    from krylon.operators.learned.dcdm import DCDMNet
+
+    registry.save_checkpoint(DCDMNet(dim=2, in_channels=3, width=4, levels=1), tmp_path / "dcdm.pt")
+    with pytest.raises(ValueError, match="not a ScoreUNet"):
+        DDS.load(tmp_path / "dcdm.pt")
+
+
+# ----------------------------------------------------------------------------- shipped prior
+def test_shipped_prior_beats_zero_filling_on_a_tiny_reconstruction():
+    dds = DDS.pretrained()
+    n = dds.image_size
+    assert registry.record("diffusion", "phantom64")["sha256"]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, n), torch.linspace(-1, 1, n), indexing="ij")
+    x = ((xx / 0.7) ** 2 + (yy / 0.9) ** 2 <= 1).double() * 0.8 + ((xx - 0.2) ** 2 + yy ** 2 <= 0.1).double() * 0.2
+    g = torch.Generator().manual_seed(0)
+    lines = torch.rand(n, generator=g) < 0.3
+    lines[n // 2 - 3: n // 2 + 3] = True
+    mask = lines[None, :].expand(n, n)
+
+    def fwd(v):
+        return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(v.to(torch.complex128), dim=(-2, -1)),
+                                                 norm="ortho"), dim=(-2, -1)) * mask
+
+    def adj(k):
+        return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(k * mask, dim=(-2, -1)), norm="ortho"),
+                                  dim=(-2, -1))
+
+    A = CallableOperator(fwd, (n, n), adjoint=adj, dtype=torch.complex128)
+    y = A @ x
+    zf = adj(y).abs()
+    rec = dds.solve(A, y, nfe=10, seed=0).x.abs()
+
+    def psnr(a):
+        return float(10 * torch.log10(x.max() ** 2 / (a - x).pow(2).mean()))
+
+    assert psnr(rec) > psnr(zf) + 1.0
+
+
+# ----------------------------------------------------------------------------- CLI, examples, bench summary
+def test_cli_reconstruct_and_train_diffusion(tmp_path, capsys):
+    from krylon.cli import main
+
+    n = DDS.pretrained().image_size
+    img = np.zeros((n, n))
+    img[16:48, 20:44] = 1.0
+    np.save(tmp_path / "img.npy", img)
+    assert main(["reconstruct", "mri", "--image", str(tmp_path / "img.npy"), "--nfe", "3",
+                 "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0 and "DDS 3 NFE" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4, 5, 6)))
+    assert main(["reconstruct", "ct", "--image", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")]) == 2
+    from krylon.datasets import write_dataset
+
+    write_dataset(tmp_path / "d.h5", {"x": np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)})
+    assert main(["train", "diffusion", "--data", str(tmp_path / "d.h5"), "--out", str(tmp_path / "run"),
+                 "--channels", "8", "--mults", "1", "2", "--epochs", "1", "--batch", "4", "--no-progress"]) == 0
+    dds = DDS.load(tmp_path / "run" / "prior.pt")
+    assert dds.image_size == 8 and (tmp_path / "run" / "training.json").exists()
+
+
+def test_bench_summary_rows():
+    from krylon.bench import dds as bench
+
+    rows = [{"task": "ct-30views", "noise": 0.0, "method": m, "nfe": nfe, "psnr": p, "seconds_per_image": s}
+            for m, nfe, p, s in [("FBP", None, 30.0, 0.01), ("TV", None, 31.0, 0.5), ("DDS-20", 20, 33.0, 1.0),
+                                 ("DDS-50", 50, 34.0, 2.0), ("DPS-500", 500, 28.0, 40.0)]]
+    out = bench.summary({"rows": rows})
+    assert out[0]["krylon"] == "DDS-50" and out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 34 / 31) < 1e-12
+    assert out[1]["metric"].startswith("s/image") and abs(out[1]["ratio"] - 20.0) < 1e-12
