@@ -21,7 +21,7 @@ from .common import machine_info, print_table, write_json
 SIZES = {  # DPS (a forward and a backward pass per NFE) dominates: it runs on the noiseless dps_tasks only
     "quick": {"images": 1, "tasks": ("mri-x4-uniform1d", "ct-30views"), "dds_nfe": (20, 50), "dps_nfe": 500,
               "dps_tasks": ("mri-x4-uniform1d",)},
-    "default": {"images": 2, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 500,
+    "default": {"images": 1, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 500,
                 "dps_tasks": ("mri-x4-uniform1d", "ct-30views")},
     "paper": {"images": 8, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 1000, "dps_tasks": None},
 }
@@ -178,10 +178,10 @@ def _plot(grid: dict, x, path: Path) -> None:
     for r, task in enumerate(rows):
         for c, m in enumerate(cols):
             img = x[i] if m == "truth" else grid[task][m][i].abs()
-            ax[2 * r, c].imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax[2 * r, c].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
             ax[2 * r, c].set_title(f"{task}\n{m}" if c == 0 else m, fontsize=7)
             err = (img - x[i]).abs()
-            ax[2 * r + 1, c].imshow(err, cmap="inferno", vmin=0, vmax=0.2)
+            ax[2 * r + 1, c].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=0.2)
             ax[2 * r + 1, c].set_title("|error| (0..0.2)" if c == 0 else "", fontsize=7)
     for a in ax.flat:
         a.axis("off")
