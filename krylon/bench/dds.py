@@ -173,15 +173,15 @@ def _plot(grid: dict, x, path: Path) -> None:
         return
     i = x.shape[0] - 1  # the Shepp-Logan image
     rows = list(grid)
-    cols = ["truth"] + [m for m in next(iter(grid.values())) if m not in ("zero-filled",)]
-    fig, ax = plt.subplots(2 * len(rows), len(cols), figsize=(1.8 * len(cols), 3.6 * len(rows)), squeeze=False)
+    ncols = 1 + max(len([m for m in g if m != "zero-filled"]) for g in grid.values())
+    fig, ax = plt.subplots(2 * len(rows), ncols, figsize=(1.8 * ncols, 3.6 * len(rows)), squeeze=False)
     for r, task in enumerate(rows):
+        cols = ["truth"] + [m for m in grid[task] if m != "zero-filled"]
         for c, m in enumerate(cols):
             img = x[i] if m == "truth" else grid[task][m][i].abs()
             ax[2 * r, c].imshow(img.numpy(), cmap="gray", vmin=0, vmax=1)
             ax[2 * r, c].set_title(f"{task}\n{m}" if c == 0 else m, fontsize=7)
-            err = (img - x[i]).abs()
-            ax[2 * r + 1, c].imshow(err.numpy(), cmap="inferno", vmin=0, vmax=0.2)
+            ax[2 * r + 1, c].imshow((img - x[i]).abs().numpy(), cmap="inferno", vmin=0, vmax=0.2)
             ax[2 * r + 1, c].set_title("|error| (0..0.2)" if c == 0 else "", fontsize=7)
     for a in ax.flat:
         a.axis("off")
