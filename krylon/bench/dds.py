@@ -106,8 +106,10 @@ def _classical(task, A, y, x, L):
     return out
 
 
-def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None) -> dict:
-    """Run the suite; ``model``: a ``prior.pt`` to use instead of the shipped prior."""
+def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, cg_steps=5, eta=0.85,
+        dds_nfe=None, dps=True) -> dict:
+    """Run the suite; ``model``: a ``prior.pt`` to use instead of the shipped prior; ``cg_steps``, ``eta``: DDS's
+    (default: the paper's 5 and 0.85); ``dds_nfe``: DDS's NFE list instead of the size's; ``dps=False`` skips DPS."""
     import torch
 
     from ..operators.imaging import add_noise
@@ -127,6 +129,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None)
     tasks = cfg["tasks"] or TASKS
     dps_tasks = cfg["dps_tasks"] or TASKS
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
+              "dds": {"cg_steps": cg_steps, "eta": eta},
               "shepp_logan": sl_name, "noise_relative": NOISE, "rows": [], "prior": prior.config}
     grid = {}
     for task in tasks:
@@ -139,10 +142,10 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None)
             y = add_noise(clean, NOISE, generator=g, ndim=clean.dim() - 1) if noisy else clean
             recs = {k: v for k, v in _classical(task, A, y, x, L).items()}
             gamma = DDS_GAMMA[modality] if noisy else None
-            for nfe in cfg["dds_nfe"]:
-                r = DDS(prior, gamma=gamma).solve(A, y, nfe=nfe, seed=0)
+            for nfe in dds_nfe or cfg["dds_nfe"]:
+                r = DDS(prior, gamma=gamma, cg_steps=cg_steps, eta=eta).solve(A, y, nfe=nfe, seed=0)
                 recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], f"gamma={gamma}")
-            if task in dps_tasks and not noisy:
+            if dps and task in dps_tasks and not noisy:
                 r = DPS(prior, step_size=DPS_STEP[modality]).solve(A, y, nfe=cfg["dps_nfe"], seed=0)
                 recs[f"DPS-{cfg['dps_nfe']}"] = (r.x, r.seconds / x.shape[0], f"step={DPS_STEP[modality]}")
             for method, (rec, sec, note) in recs.items():
