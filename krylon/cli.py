@@ -1012,7 +1012,7 @@ def _reconstruct(args) -> int:
     panels = [("truth", x), *[(f"{k}\n{float(psnr(v, x)):.2f} dB", v.abs()) for k, v in rows],
               ("|DDS - truth|", (res.x.abs() - x).abs())]
     for a, (t, im) in zip(ax, panels):
-        a.imshow(im, cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
+        a.imshow(im.detach().numpy(), cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
         a.set_title(t, fontsize=8)
         a.axis("off")
     fig.suptitle(what, fontsize=9)
