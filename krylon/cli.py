@@ -453,8 +453,8 @@ def _add_discover_qg(dsub) -> None:
     q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
     q.add_argument("--threshold", type=float, default=10.0, help="RVM pruning precision (default 10 for QG)")
-    q.add_argument("--lowpass", type=float, default=None, help="regress on wavenumbers |K| <= this only (default: "
-                   "0.6 with --sensors, none with full observations)")
+    q.add_argument("--lowpass", type=float, default=0.6, help="regress on wavenumbers |K| <= this only (default 0.6; "
+                   "0 = every mode)")
     q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
     q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
     q.set_defaults(run=_discover_qg)
@@ -487,7 +487,7 @@ def _discover_qg(args) -> int:
            "epochs": args.rff_epochs, "lr": 3e-3}
     found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
                         regression=args.regression, threshold=args.threshold,
-                        lowpass="auto" if args.lowpass is None else args.lowpass, seed=args.seed + 1)
+                        lowpass=args.lowpass or None, seed=args.seed + 1)
     return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
