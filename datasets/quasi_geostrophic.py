@@ -10,23 +10,15 @@ snapshots are the truth's own steps.  :func:`generate` writes such windows to a 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..kernels import validate
 from ..operators.pde.quasi_geostrophic import PAPER, QuasiGeostrophic
 from ..solvers.timestepping import Leapfrog, integrate
 from .hdf5 import DatasetWriter
+from .kuramoto_sivashinsky import _steps  # the one whole-number-of-steps check of the generators
 
 __all__ = ["observation_windows", "generate"]
-
-
-def _steps(t: float, dt: float, name: str) -> int:
-    k = round(t / dt)
-    if not math.isclose(k * dt, t, rel_tol=1e-9, abs_tol=1e-12):
-        raise ValueError(f"{name} = {t} is not a whole number of steps of dt = {dt}")
-    return k
 
 
 def observation_windows(model: QuasiGeostrophic, n_samples: int = 10, *, members: int = 1, n_times: int = 2,

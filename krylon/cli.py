@@ -314,6 +314,7 @@ def _qg_settings(q) -> None:
     q.add_argument("--grid", type=int, nargs=2, default=None, metavar=("NY", "NX"), help="grid (default the paper's 192 96)")
     q.add_argument("--nu", type=float, default=None, help="hyperviscosity on k^8 + l^8 (default the paper's 1e-6; "
                    "raise it on coarse grids, e.g. 2e-4 on 96 x 48)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
 
 
 def _qg_model_settings(args) -> dict:
@@ -352,6 +353,25 @@ def _generate_qg(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- krylon discover
 # One sub-command per model (issue #12, MEDIDA): each _add_discover_<model>(dsub) sets ``run=`` to its handler.
+def _report_discovery(args, found, seconds: float) -> int:
+    """Print a discovery (truth, model, error, timing) and write ``--json``: every ``krylon discover`` model."""
+    import json
+
+    import torch
+
+    print("truth:     " + found.equation("truth"))
+    print("model:     " + found.equation("model"))
+    print(str(found))
+    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
+    if args.json:
+        record = found.to_json()
+        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_discover(sub) -> None:
     d = sub.add_parser("discover", help="discover the missing terms of an imperfect PDE model from observations (MEDIDA)")
     dsub = d.add_subparsers(dest="system")
@@ -381,7 +401,8 @@ def _add_discover_ks(dsub) -> None:
                    help="the imperfect model's l0 l1 l2 (e.g. 1 0.5 1: halved u_xx)")
     q.add_argument("--extra-term", action="append", default=None, metavar="NAME=C",
                    help="a term c*NAME added to the model's right-hand side (repeatable), e.g. u_xxx=0.1 or u^2*u_x=0.15")
-    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0)")
+    q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0); "
+                   "with noise use many windows (e.g. --samples 60 --spacing 2): with 10 the regression keeps spurious terms")
     q.add_argument("--members", type=int, default=2048, help="EnKF members when --noise > 0 (default 2048)")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
     q.add_argument("--threshold", type=float, default=None, help="RVM pruning precision (1e2) or STLSQ threshold (0.1)")
@@ -392,7 +413,6 @@ def _add_discover_ks(dsub) -> None:
 
 
 def _discover_ks(args) -> int:
-    import json
     import time
 
     import torch
@@ -411,18 +431,7 @@ def _discover_ks(args) -> int:
     found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
                              interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
                              window_options=_ks_window_options(args))
-    seconds = time.perf_counter() - t0
-    print("truth:     " + found.equation("truth"))
-    print("model:     " + found.equation("model"))
-    print(str(found))
-    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
-    if args.json:
-        record = found.to_json()
-        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+    return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover ks
 # ---- krylon discover qg
 def _add_discover_qg(dsub) -> None:
@@ -443,6 +452,9 @@ def _add_discover_qg(dsub) -> None:
     q.add_argument("--spacing", type=float, default=5.0)
     q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
+    q.add_argument("--threshold", type=float, default=10.0, help="RVM pruning precision (default 10 for QG)")
+    q.add_argument("--lowpass", type=float, default=0.6, help="regress on wavenumbers |K| <= this only (default 0.6; "
+                   "0 = every mode)")
     q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
     q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
     q.set_defaults(run=_discover_qg)
@@ -464,7 +476,8 @@ def _discover_qg(args) -> int:
     t0 = time.perf_counter()
     if args.data:
         ds = open_dataset(args.data)
-        model = json.loads(ds.attrs["parameters"])["model"]
+        params = ds.attrs["parameters"]
+        model = (json.loads(params) if isinstance(params, str) else params)["model"]
         settings = {"shape": tuple(model["shape"]), "nu": model["nu"]}
         windows = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))]).to(torch.float64)
     else:
@@ -473,19 +486,9 @@ def _discover_qg(args) -> int:
     rff = {"sigma": args.rff_sigma, "features": args.rff_width, "width": args.rff_width, "depth": args.rff_depth,
            "epochs": args.rff_epochs, "lr": 3e-3}
     found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
-                        regression=args.regression, seed=args.seed + 1)
-    seconds = time.perf_counter() - t0
-    print("truth:     " + found.equation("truth"))
-    print("model:     " + found.equation("model"))
-    print(str(found))
-    print(f"{seconds:.1f} s ({'discovery' if args.data else 'truth simulation and discovery'}), {torch.get_num_threads()} threads")
-    if args.json:
-        record = found.to_json()
-        record.update(command="krylon " + " ".join(sys.argv[1:]), seconds=seconds)
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-        print(f"wrote {args.json}")
-    return 0
+                        regression=args.regression, threshold=args.threshold,
+                        lowpass=args.lowpass or None, seed=args.seed + 1)
+    return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
 
@@ -855,6 +858,26 @@ def _dds_parsers(sub, tsub) -> None:
     tf.add_argument("--threads", type=int, default=None)
     tf.add_argument("--device", default="cpu")
     tf.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("reconstruct", help="simulate MRI/CT measurements of an image and reconstruct it with DDS "
+                       "(shipped prior) and a classical baseline; saves a comparison PNG")
+    rsub = r.add_subparsers(dest="modality")
+    for name, what in (("mri", "4-coil Cartesian MRI (CG-SENSE baseline)"), ("ct", "parallel-beam CT (FBP baseline)")):
+        q = rsub.add_parser(name, help=what)
+        q.add_argument("--image", required=True, help="a .png, .npy (2-D array) or krylon .h5 file (first image)")
+        q.add_argument("--out", required=True, help="PNG to write (truth, baseline, DDS, error)")
+        q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
+        q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS")
+        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default by modality)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
+        q.add_argument("--threads", type=int, default=None)
+        if name == "mri":
+            q.add_argument("--acceleration", type=float, default=4.0)
+            q.add_argument("--mask", default="uniform1d", choices=("uniform1d", "gaussian1d", "gaussian2d", "equispaced"))
+            q.add_argument("--coils", type=int, default=4)
+        else:
+            q.add_argument("--views", type=int, default=30, help="projection angles")
+            q.add_argument("--arc", type=float, default=180.0, help="angular range in degrees (120: limited angle)")
 
 
 def _is_dds(args) -> bool:
@@ -900,8 +923,104 @@ def _train_diffusion(args) -> int:
     return 0
 
 
+def _read_image(path: str, n: int):
+    """A 2-D image from .png/.npy/.h5 as float64 in [0, 1] (magnitude), resized to n x n when it is not."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no image at {p}")
+    if p.suffix.lower() == ".npy":
+        a = np.load(p, allow_pickle=False)
+    elif p.suffix.lower() in (".h5", ".hdf5"):
+        from .datasets import open_dataset
+
+        ds = open_dataset(p)
+        a = ds[0][ds.keys[0]].numpy()
+    elif p.suffix.lower() == ".png":
+        import matplotlib.image as mpimg
+
+        a = mpimg.imread(p)
+    else:
+        raise ValueError(f"--image must be .png, .npy or .h5, got {p.name}")
+    a = np.abs(np.asarray(a)).astype(np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 2):  # (1|2, H, W) channels: magnitude
+        a = np.sqrt((a ** 2).sum(0))
+    elif a.ndim == 3:  # colour PNG: luminance
+        a = a[..., :3] @ np.array([0.299, 0.587, 0.114])
+    if a.ndim != 2 or min(a.shape) < 2:
+        raise ValueError(f"{p.name}: expected a 2-D image, got shape {a.shape}")
+    x = torch.from_numpy(a)
+    if tuple(x.shape) != (n, n):
+        print(f"note: {p.name} is {x.shape[0]}x{x.shape[1]}; resized to the prior's {n}x{n}")
+        x = torch.nn.functional.interpolate(x[None, None], size=(n, n), mode="bilinear", antialias=True)[0, 0]
+    if not bool(torch.isfinite(x).all()) or float(x.max()) <= 0:
+        raise ValueError(f"{p.name}: the image has non-finite values or no positive value")
+    return (x.clamp(min=0) / x.max()).float()
+
+
 def _reconstruct(args) -> int:
-    raise SystemExit("krylon: reconstruct is not available yet")
+    import math
+
+    import torch
+
+    from .operators import MRI, Radon
+    from .operators.imaging import add_noise, coil_maps, mri_mask
+    from .solvers.diffusion import DDS
+    from .solvers.metrics import psnr, ssim
+    from .solvers.reconstruction import cg_sense, fbp
+
+    if args.modality is None:
+        raise SystemExit("krylon: reconstruct needs a modality: mri or ct")
+    dds = DDS.load(args.model) if args.model else DDS.pretrained()
+    n = dds.image_size
+    x = _read_image(args.image, n)
+    if args.modality == "mri":
+        A = MRI(mri_mask((n, n), kind=args.mask, acceleration=args.acceleration, seed=args.seed),
+                coil_maps((n, n), n_coils=args.coils))
+        y = A.matvec(x.to(torch.complex64))
+        what = f"MRI x{args.acceleration:g} {args.mask}, {args.coils} coils"
+    else:
+        if args.views < 1 or not 0 < args.arc <= 180:
+            raise ValueError(f"--views must be >= 1 and --arc in (0, 180], got {args.views}, {args.arc}")
+        angles = torch.arange(args.views, dtype=torch.float64) * math.radians(args.arc) / args.views
+        A = Radon((n, n), angles=angles)
+        y = A.matvec(x)
+        what = f"CT {args.views} views over {args.arc:g} degrees"
+    if args.noise:
+        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1))
+    from .bench.dds import DDS_GAMMA
+
+    gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
+    dds = DDS(dds.model, gamma=gamma)
+    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else ("FBP", fbp(A, y))
+    res = dds.solve(A, y, nfe=args.nfe, seed=args.seed, progress=True)
+    rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
+    print(f"{what}, noise {args.noise:g}, {n}x{n}:")
+    for name, r in rows:
+        print(f"  {name:14s} PSNR {float(psnr(r, x)):6.2f} dB  SSIM {float(ssim(r, x)):.4f}")
+    print(f"  DDS time {res.seconds:.2f} s")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 4, figsize=(10, 2.8))
+    panels = [("truth", x), *[(f"{k}\n{float(psnr(v, x)):.2f} dB", v.abs()) for k, v in rows],
+              ("|DDS - truth|", (res.x.abs() - x).abs())]
+    for a, (t, im) in zip(ax, panels):
+        a.imshow(im.detach().numpy(), cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
+        a.set_title(t, fontsize=8)
+        a.axis("off")
+    fig.suptitle(what, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=100)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+    return 0
 # ----------------------------------------------------------------------------- end of the DDS block
 
 

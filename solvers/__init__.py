@@ -5,6 +5,7 @@ from .cg import CG
 from .cgls import CGLS
 from .compat import cg, gmres, minres
 from .dcdm import DCDM
+from .diffusion import DDS, DPS
 from .gmres import GMRES
 from .medida import MEDIDA, DiscoveredModelError
 from .minres import MINRES
@@ -18,4 +19,5 @@ __all__ = [
     "Preconditioner", "Jacobi", "SpectralPoisson", "IC0", "as_preconditioner",
     "cg", "minres", "gmres", "DCDM",
     "MEDIDA", "DiscoveredModelError", "OperatorLearner",
+    "DDS", "DPS",
 ]

@@ -150,7 +150,7 @@ def train_prior(dataset, out_dir, config, *, key: str | None = None, complex_ima
                     blocks=blocks, attention=attention).to(device)
     ema = EMA(net, ema_decay)
     train(net, lambda m, b: diffusion_loss(m, b, schedule, key=key), dataset, out_dir, config, progress=progress,
-          log=log, name="diffusion-prior", ema=ema)
+          log=log, name="diffusion-prior", hooks=[ema])
     ema.copy_to(net)
     registry.save_checkpoint(net.eval(), Path(out_dir) / "prior.pt")
     return net

@@ -22,6 +22,7 @@ that :class:`krylon.solvers.MEDIDA` takes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -111,19 +112,23 @@ def _spectral(targets: torch.Tensor, m2: torch.Tensor, cutoff, ridge: float) -> 
     a = basis(coords[m2])
     if a.shape[1] >= a.shape[0]:
         raise ValueError(f"the spectral fit has {a.shape[1]} unknowns for {a.shape[0]} sensors; lower cutoff={cutoff}")
-    ata = a.T @ a + ridge * torch.eye(a.shape[1], dtype=a.dtype) * a.shape[0]
-    coef = torch.linalg.solve(ata, a.T @ targets.double())
+    rhs = targets.double()
+    if ridge:  # Tikhonov rows appended: least squares without squaring the condition number
+        a = torch.cat((a, math.sqrt(ridge * a.shape[0]) * torch.eye(a.shape[1], dtype=a.dtype)))
+        rhs = torch.cat((rhs, rhs.new_zeros(a.shape[1], rhs.shape[1])))
+    coef = torch.linalg.lstsq(a, rhs, driver="gelsd").solution
     return (basis(coords.reshape(-1, 2)) @ coef).reshape(*shape, -1)
 
 
-def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict) -> torch.Tensor:
+def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict, device) -> torch.Tensor:
+    """Train on ``device`` (the values' own: a GPU trains the paper-size networks), return on the CPU."""
     shape = tuple(m2.shape)
-    coords = _unit_coords(shape).to(torch.float32)
+    coords = _unit_coords(shape).to(device=device, dtype=torch.float32)
     mean, std = targets.mean(0), targets.std(0).clamp_min(1e-12)
-    t = ((targets - mean) / std).to(torch.float32)
+    t = ((targets - mean) / std).to(device=device, dtype=torch.float32)
     net = RFFMLP(2, t.shape[1], sigma=opts["sigma"], features=opts["features"], width=opts["width"],
-                 depth=opts["depth"], periodic=True, seed=opts["seed"])
-    x = coords[m2]
+                 depth=opts["depth"], periodic=True, seed=opts["seed"]).to(device)
+    x = coords[m2.to(device)]
     optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, opts["epochs"])
     for _ in range(opts["epochs"]):
@@ -133,7 +138,7 @@ def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict) -> torch.Tensor:
         optim.step()
         sched.step()
     with torch.no_grad():
-        out = net(coords.reshape(-1, 2)).double()
+        out = net(coords.reshape(-1, 2)).double().cpu()
     return (out * std + mean).reshape(*shape, -1)
 
 
@@ -141,7 +146,7 @@ _RFF_DEFAULTS = {"sigma": 5.0, "features": 256, "width": 256, "depth": 4, "epoch
 
 
 def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_observed: bool = False, cutoff=None,
-                ridge: float = 1e-10, margin: float = 0.15, **rff) -> torch.Tensor:
+                ridge: float = 0.0, margin: float = 0.15, **rff) -> torch.Tensor:
     """Fill the unobserved points of periodic 2-D fields from their sensors.
 
     Parameters
@@ -163,7 +168,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     cutoff : int or (int, int), optional
         Spectral method: highest mode index kept per axis.
     ridge : float
-        Spectral method: Tikhonov weight (relative, per sensor).
+        Spectral method: Tikhonov weight (relative, per sensor; default 0, plain least squares).
     margin : float
         Cubic method: width (fraction of the box) of the periodic copies of the sensors around the box.
     **rff
@@ -178,7 +183,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     Examples
     --------
     >>> import torch
-    >>> x = torch.arange(32) / 32
+    >>> x = torch.arange(32, dtype=torch.float64) / 32
     >>> u = torch.sin(2 * torch.pi * x)[:, None] * torch.cos(2 * torch.pi * x)[None, :]
     >>> mask = torch.rand(32, 32, generator=torch.Generator().manual_seed(0)) < 0.3
     >>> filled = interpolate(u.masked_fill(~mask, float("nan")), mask, method="spectral")
@@ -221,7 +226,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
         elif method == "spectral":
             filled = _spectral(targets, m2, cutoff, ridge)
         else:
-            filled = _rff(targets, m2, opts)
+            filled = _rff(targets, m2, opts, values.device)
         filled = filled.permute(2, 0, 1).reshape(sel.shape)
         if keep_observed:
             filled[..., m2] = sel[..., m2]
@@ -234,8 +239,20 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     return out.reshape(*batch, *chan, *grid).to(device=values.device, dtype=values.dtype)
 
 
+def _content_key(values, mask) -> tuple:
+    h = hashlib.sha256()
+    for t in (torch.as_tensor(values), torch.as_tensor(mask)):
+        t = t.detach().cpu().contiguous()
+        h.update(str((t.dtype, tuple(t.shape))).encode())
+        h.update(t.numpy().tobytes())
+    return (h.hexdigest(),)
+
+
 class SensorInterpolator:
     """``interpolate(values, mask)`` with a fixed method and options: the callable MEDIDA takes.
+
+    ``cache=True`` keeps the last fill and returns it again for the same values and mask (by content), so
+    several model cases observing one truth train the RFF network once.
 
     Examples
     --------
@@ -244,16 +261,24 @@ class SensorInterpolator:
     'rff'
     """
 
-    def __init__(self, method: str = "cubic", **options):
+    def __init__(self, method: str = "cubic", *, cache: bool = False, **options):
         self.method = validate.choice(method, "method", METHODS)
         self.options = options
+        self.cache = validate.boolean(cache, "cache")
+        self._last: tuple | None = None
         # refuse bad options now, not at the first call deep inside a run
         probe = {**options, "window": 1, **({"epochs": 1} if self.method == "rff" else {})}
         validate.integer(options.get("window", 1), "window")
         interpolate(torch.zeros(4, 4), torch.ones(4, 4, dtype=torch.bool), method=self.method, **probe)
 
     def __call__(self, values, mask) -> torch.Tensor:
-        return interpolate(values, mask, method=self.method, **self.options)
+        if not self.cache:
+            return interpolate(values, mask, method=self.method, **self.options)
+        # the same observations again (several model cases, one truth): reuse the fill, keyed by content
+        key = _content_key(values, mask)
+        if self._last is None or self._last[0] != key:
+            self._last = (key, interpolate(values, mask, method=self.method, **self.options))
+        return self._last[1].clone()
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())

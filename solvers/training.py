@@ -1,30 +1,47 @@
-"""One training loop for every learned part of krylon (DCDM now; neural operators and score networks later).
+"""One training loop for every learned part of krylon (DCDM, neural operators; score networks next).
 
-:func:`train` runs epochs over a data set with a progress bar, writes a
-checkpoint after every epoch (model, optimiser, scheduler, epoch, loss history,
-RNG state), resumes from the last checkpoint after an interruption, and plots
-the loss curves to PNG.  Checkpoints hold only tensors and plain Python data,
-so they load with ``torch.load(..., weights_only=True)``.
+:func:`train` runs epochs over a data set with a progress bar, validates after every epoch (the loss and any
+extra metrics), writes a checkpoint after every epoch (model, optimiser, scheduler, gradient scaler, hook
+states, epoch, history, RNG state), resumes from the last checkpoint after an interruption -- with the same
+losses an uninterrupted run gets -- and plots the loss curves to PNG.  Checkpoints hold only tensors and plain
+Python data, so they load with ``torch.load(..., weights_only=True)``.
+
+What differs between learned parts is configuration (:class:`TrainConfig`: optimiser, schedule, mixed
+precision) or a :class:`TrainHook` (e.g. EMA weights), never a second loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import torch
 
+from ..kernels import validate
 from ..operators.learned.registry import atomic_save, read_torch_file
 
-__all__ = ["TrainConfig", "EMA", "train", "load_checkpoint", "plot_losses"]
+__all__ = ["TrainConfig", "TrainHook", "EMA", "train", "load_checkpoint", "plot_losses", "autocast"]
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("cosine", "onecycle", "constant")
 
 
 @dataclass
 class TrainConfig:
+    """Options of :func:`train`.
+
+    ``optimizer``: ``"adam"`` or ``"adamw"`` (decoupled weight decay); ``schedule``: ``"cosine"`` (annealed to
+    zero over all steps; DCDM's), ``"onecycle"`` (warm-up to ``lr`` over ``pct_start`` of the steps, then
+    annealed; the neural operators') or ``"constant"``; ``amp``: mixed precision -- bf16 autocast on CPU, fp16
+    autocast with a gradient scaler on CUDA (modules that need fp32, such as FFTs, must say so themselves:
+    see :func:`autocast`); ``val_fraction``: the share of ``dataset`` held out when no validation set is given.
+    """
+
     epochs: int = 10
     batch_size: int = 16
     lr: float = 1e-3
@@ -33,6 +50,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     max_grad_norm: float | None = 1.0
     num_workers: int = 0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    pct_start: float = 0.3
+    amp: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -40,16 +61,48 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"pct_start must be in (0, 1), got {self.pct_start}")
+        self.optimizer = validate.choice(self.optimizer, "optimizer", OPTIMIZERS)
+        self.schedule = validate.choice(self.schedule, "schedule", SCHEDULES)
+        self.amp = validate.boolean(self.amp, "amp")
 
 
-class EMA:
-    """Exponential moving average of a model's floating parameters, a hook of :func:`train` (``ema=``).
+class TrainHook:
+    """Extension point of :func:`train`: subclass and override what you need (every method is a no-op here).
+
+    A hook's :meth:`state_dict` goes into each checkpoint and comes back through :meth:`load_state_dict` on
+    resume, so a hook with state (EMA weights, counters) resumes exactly.  :meth:`evaluating` wraps validation
+    and may swap weights in and out (EMA).
+    """
+
+    def on_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """After each optimiser step (``step`` counts from 1 over the whole run)."""
+
+    def on_epoch_end(self, model: torch.nn.Module, epoch: int, history: dict) -> None:
+        """After each epoch's validation, before its checkpoint (``epoch`` counts from 1)."""
+
+    def evaluating(self, model: torch.nn.Module):
+        """Context manager around validation."""
+        return contextlib.nullcontext()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class EMA(TrainHook):
+    """Exponential moving average of a model's floating parameters (a :class:`TrainHook`).
 
     After every optimiser step ``shadow = d * shadow + (1 - d) * param`` with ``d = min(decay, (1 + n) / (10 + n))``
-    (``n`` updates so far: the average does not drag the random initialisation along early on).  Saved in
-    and restored from the training checkpoint; :meth:`copy_to` writes the averaged weights into a model.
+    (``n`` updates so far: early on the average does not drag the random initialisation along).  Validation runs
+    with the averaged weights; :meth:`copy_to` writes them into a model (for export).
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):
@@ -59,7 +112,7 @@ class EMA:
         self.shadow = {k: p.detach().clone() for k, p in model.named_parameters() if p.is_floating_point()}
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def on_step(self, model, optimizer=None, step=None) -> None:
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
         for k, p in model.named_parameters():
             if k in self.shadow:
@@ -72,6 +125,18 @@ class EMA:
             if k in self.shadow:
                 p.copy_(self.shadow[k])
 
+    @contextlib.contextmanager
+    def evaluating(self, model: torch.nn.Module):
+        raw = {k: p.detach().clone() for k, p in model.named_parameters() if k in self.shadow}
+        self.copy_to(model)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, p in model.named_parameters():
+                    if k in raw:
+                        p.copy_(raw[k])
+
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
 
@@ -80,6 +145,18 @@ class EMA:
             raise ValueError("the checkpoint's EMA weights do not match this model's parameters")
         self.decay, self.updates = float(state["decay"]), int(state["updates"])
         self.shadow = {k: v.to(self.shadow[k].device) for k, v in state["shadow"].items()}
+
+
+def autocast(device: torch.device, enabled: bool):
+    """The autocast context :func:`train` uses: bf16 on CPU, fp16 on CUDA; a no-op when not ``enabled``.
+
+    Spectral layers should run their FFTs outside it (``torch.autocast(device.type, enabled=False)`` and
+    ``.float()``): cuFFT takes half precision only on power-of-two sizes and the CPU FFT not at all.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -92,6 +169,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
 
 def plot_losses(history: dict, path, title: str = "training") -> None:
+    """Loss curves (``train``, ``val`` and the validation metrics ``val_*``) on a log scale, to PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +177,7 @@ def plot_losses(history: dict, path, title: str = "training") -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, values in history.items():
-        if values:
+        if values and (key in ("train", "val") or key.startswith("val_")):
             ax.semilogy(range(1, len(values) + 1), values, marker="o", label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
@@ -110,31 +188,90 @@ def plot_losses(history: dict, path, title: str = "training") -> None:
     plt.close(fig)
 
 
+def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(opt, config: TrainConfig, total_steps: int):
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
+                                                   pct_start=config.pct_start)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+
+
+def _to(batch: Mapping, device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _batch_size(batch: Mapping) -> int:
+    return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
+
+
 def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor], dataset, out_dir,
-          config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print, name: str = "model",
-          ema: EMA | None = None) -> dict:
+          config: TrainConfig, *, val=None, metrics: Mapping[str, Callable] | None = None,
+          hooks: Sequence[TrainHook] = (), progress: bool = True, log: Callable[[str], None] = print,
+          name: str = "model", plot: bool = True) -> dict:
     """Train ``model`` on ``dataset`` minimising ``loss_fn(model, batch)``; resume from ``out_dir`` if possible.
 
-    Returns the loss history ``{"train": [...], "val": [...]}``.  ``out_dir`` receives
-    ``checkpoint.pt`` (every epoch), ``losses.png`` and ``history.json``.  ``ema``: an :class:`EMA` updated
-    after every step and kept in the checkpoint (the model itself keeps the raw weights).
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Trained in place (its parameters with ``requires_grad``); its device is the training device.
+    loss_fn : callable
+        ``loss_fn(model, batch) -> scalar tensor``, the mean over the batch; ``batch`` is a dict of tensors.
+    dataset : torch.utils.data.Dataset
+        Samples are dicts of tensors.
+    out_dir : path
+        Receives ``checkpoint.pt`` and ``history.json`` (every epoch) and ``losses.png`` (at the end, unless
+        ``plot=False``); a checkpoint already
+        there is resumed (it must come from a run named ``name``).
+    config : TrainConfig
+    val : Dataset, optional
+        Validation set; without it ``config.val_fraction`` of ``dataset`` is held out (seeded split).
+    metrics : dict of callables, optional
+        Extra validation metrics ``fn(model, batch) -> scalar`` (batch mean), recorded as ``val_<name>``.
+    hooks : sequence of TrainHook
+        Called after each step and epoch; their state is checkpointed.
+
+    Returns
+    -------
+    dict
+        The history: ``train`` and ``val`` losses per epoch, ``val_<metric>`` per epoch, ``seconds`` per epoch
+        (training only) and ``samples`` (training samples per epoch).
     """
     from torch.utils.data import DataLoader, Subset
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
+    metrics = dict(metrics or {})
+    hooks = list(hooks)
     n = len(dataset)
-    if n < 2:
-        raise ValueError(f"the data set has {n} samples; need at least 2")
-    g = torch.Generator().manual_seed(config.seed)
-    perm = torch.randperm(n, generator=g).tolist()
-    n_val = int(round(config.val_fraction * n)) if config.val_fraction > 0 else 0
-    val_idx, train_idx = perm[:n_val], perm[n_val:]
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs * steps_per_epoch)
-    history = {"train": [], "val": []}
+    if val is None:
+        if n < 2:
+            raise ValueError(f"the data set has {n} samples; need at least 2")
+        g = torch.Generator().manual_seed(config.seed)
+        perm = torch.randperm(n, generator=g).tolist()
+        n_val = int(round(config.val_fraction * n)) if config.val_fraction > 0 else 0
+        train_set, val_set = Subset(dataset, perm[n_val:]), (Subset(dataset, perm[:n_val]) if n_val else None)
+    else:
+        if n < 1 or len(val) < 1:
+            raise ValueError(f"empty data set: {n} training and {len(val)} validation samples")
+        train_set, val_set = dataset, val
+    n_train = len(train_set)
+    device = next(model.parameters()).device
+    opt = _optimizer(model, config)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    sched = _scheduler(opt, config, total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
+    history: dict = {"train": [], "val": [], **{f"val_{k}": [] for k in metrics}, "seconds": [], "samples": []}
     start_epoch = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
@@ -145,19 +282,25 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         except RuntimeError as exc:
             raise ValueError(f"{ckpt_path} does not match this model's configuration: {exc}") from exc
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        history = json.loads(ckpt["history"])
+        saved = ckpt["scheduler"]
+        if config.schedule == "onecycle" and saved.get("total_steps") != total_steps:
+            raise ValueError(f"{ckpt_path} was written by a one-cycle run of {saved.get('total_steps')} steps; this "
+                             f"run has {total_steps} (epochs or batch size changed): use another output folder")
+        sched.load_state_dict(saved)
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        for hook, state in zip(hooks, ckpt.get("hooks", [])):
+            hook.load_state_dict(state)
+        history.update(json.loads(ckpt["history"]))
         start_epoch = int(ckpt["epoch"])
         torch.set_rng_state(ckpt["rng"])
-        if ema is not None and "ema" in ckpt:
-            ema.load_state_dict(ckpt["ema"])
         log(f"resuming {name} from {ckpt_path} after epoch {start_epoch}")
-    device = next(model.parameters()).device
     loader_gen = torch.Generator().manual_seed(config.seed + 1)
+    step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
         loader_gen.manual_seed(config.seed + 1 + epoch)  # the same batches whether or not we resumed
-        loader = DataLoader(Subset(dataset, train_idx), batch_size=config.batch_size, shuffle=True,
-                            generator=loader_gen, num_workers=config.num_workers, drop_last=False)
+        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=loader_gen,
+                            num_workers=config.num_workers, drop_last=False)
         model.train()
         total, count = 0.0, 0
         t0 = time.perf_counter()
@@ -169,42 +312,70 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
             bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False)
             it = bar
         for batch in it:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = loss_fn(model, batch)
+            batch = _to(batch, device)
+            with autocast(device, config.amp):
+                loss = loss_fn(model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss.float()).backward()
             if config.max_grad_norm:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
-            if ema is not None:
-                ema.update(model)
-            bs = next(iter(batch.values())).shape[0]
+            step += 1
+            for hook in hooks:
+                hook.on_step(model, opt, step)
+            bs = _batch_size(batch)
             total += float(loss.detach()) * bs
             count += bs
             if bar is not None:
                 bar.set_postfix(loss=f"{total / count:.4g}")
         if bar is not None:
             bar.close()
+        history["seconds"].append(time.perf_counter() - t0)
+        history["samples"].append(count)
         history["train"].append(total / max(count, 1))
-        if n_val:
-            model.eval()
-            vl, vc = 0.0, 0
-            with torch.no_grad():
-                for batch in DataLoader(Subset(dataset, val_idx), batch_size=config.batch_size):
-                    batch = {k: v.to(device) for k, v in batch.items()}
-                    bs = next(iter(batch.values())).shape[0]
-                    vl += float(loss_fn(model, batch)) * bs
-                    vc += bs
-            history["val"].append(vl / max(vc, 1))
-        atomic_save({"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "scheduler": sched.state_dict(), "epoch": epoch + 1, "history": json.dumps(history),
-                      "rng": torch.get_rng_state(), "config": json.dumps(getattr(model, "config", {})),
-                      **({"ema": ema.state_dict()} if ema is not None else {})}, ckpt_path)
+        if val_set is not None:
+            sums = _validate(model, loss_fn, metrics, val_set, config, device, hooks)
+            history["val"].append(sums.pop("loss"))
+            for k, v in sums.items():
+                history[f"val_{k}"].append(v)
+        for hook in hooks:
+            hook.on_epoch_end(model, epoch + 1, history)
+        ckpt = {"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
+                "epoch": epoch + 1, "history": json.dumps(history), "rng": torch.get_rng_state(),
+                "config": json.dumps(getattr(model, "config", {}))}
+        atomic_save(ckpt, ckpt_path)
         (out / "history.json").write_text(json.dumps(history, indent=1))
+        extra = "".join(f", {k} {history[k][-1]:.5g}" for k in history if k.startswith("val") and history[k])
+        log(f"{name} epoch {epoch + 1}/{config.epochs}: train {history['train'][-1]:.5g}{extra} "
+            f"({history['seconds'][-1]:.1f} s)")
+    if plot:  # once, at the end: a figure per epoch costs more than a small model's epoch
         plot_losses(history, out / "losses.png", title=name)
-        log(f"{name} epoch {epoch + 1}/{config.epochs}: train {history['train'][-1]:.5g}"
-            + (f", val {history['val'][-1]:.5g}" if n_val else "") + f" ({time.perf_counter() - t0:.1f} s)")
     return history
+
+
+def _validate(model, loss_fn, metrics, val_set, config, device, hooks) -> dict:
+    """Sample-weighted means of the loss and each metric over ``val_set``."""
+    from torch.utils.data import DataLoader
+
+    model.eval()
+    sums = {"loss": 0.0, **{k: 0.0 for k in metrics}}
+    count = 0
+    with contextlib.ExitStack() as stack:
+        for hook in hooks:
+            stack.enter_context(hook.evaluating(model))
+        with torch.no_grad():
+            for batch in DataLoader(val_set, batch_size=config.batch_size, num_workers=config.num_workers):
+                batch = _to(batch, device)
+                bs = _batch_size(batch)
+                with autocast(device, config.amp):
+                    sums["loss"] += float(loss_fn(model, batch)) * bs
+                    for k, fn in metrics.items():
+                        sums[k] += float(fn(model, batch)) * bs
+                count += bs
+    return {k: v / max(count, 1) for k, v in sums.items()}

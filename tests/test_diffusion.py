@@ -197,15 +197,15 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     ema = EMA(net, 0.9)
     cfg = TrainConfig(epochs=1, batch_size=4, seed=0, val_fraction=0.0)
     train(net, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, cfg, progress=False, log=lambda s: None,
-          ema=ema)
+          hooks=[ema], plot=False)
     assert ema.updates == 2
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ckpt["ema"]["updates"] == 2
+    assert ckpt["hooks"][0]["updates"] == 2
     # resume with more epochs: the EMA continues from its checkpointed state
     net2, ema2 = tiny_net(), None
     ema2 = EMA(net2, 0.9)
     train(net2, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, TrainConfig(epochs=2, batch_size=4, seed=0,
-          val_fraction=0.0), progress=False, log=lambda s: None, ema=ema2)
+          val_fraction=0.0), progress=False, log=lambda s: None, hooks=[ema2], plot=False)
     assert ema2.updates == 4
     # EMA arithmetic against a hand recurrence
     lin = torch.nn.Linear(1, 1, bias=False)
@@ -214,7 +214,7 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     for k, w in enumerate([1.0, 2.0, 3.0]):
         with torch.no_grad():
             lin.weight.fill_(w)
-        e.update(lin)
+        e.on_step(lin)
         d = min(0.5, (1 + k) / (10 + k))
         shadow = d * shadow + (1 - d) * w
     assert abs(float(e.shadow["weight"]) - shadow) < 1e-6
@@ -245,8 +245,9 @@ def test_bad_input_is_refused_with_a_clear_error(tmp_path):
         DDS(net, gamma=-1.0)
     with pytest.raises(TypeError, match="ScoreUNet"):
         DDS(torch.nn.Linear(2, 2))
+    Areal = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep, dtype=torch.float32)
     with pytest.raises(ValueError, match="complex"):
-        dds.solve(A, y.to(torch.complex64), nfe=2)
+        dds.solve(Areal, y.to(torch.complex64), nfe=2)
     # a checkpoint of another model
     from krylon.operators.learned.dcdm import DCDMNet
 
@@ -284,3 +285,47 @@ def test_shipped_prior_beats_zero_filling_on_a_tiny_reconstruction():
         return float(10 * torch.log10(x.max() ** 2 / (a - x).pow(2).mean()))
 
     assert psnr(rec) > psnr(zf) + 1.0
+
+
+# ----------------------------------------------------------------------------- CLI, examples, bench summary
+def test_cli_reconstruct_and_train_diffusion(tmp_path, capsys):
+    from krylon.cli import main
+
+    n = DDS.pretrained().image_size
+    img = np.zeros((n, n))
+    img[16:48, 20:44] = 1.0
+    np.save(tmp_path / "img.npy", img)
+    assert main(["reconstruct", "mri", "--image", str(tmp_path / "img.npy"), "--nfe", "3",
+                 "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0 and "DDS 3 NFE" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", np.zeros((3, 4, 5, 6)))
+    assert main(["reconstruct", "ct", "--image", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "b.png")]) == 2
+    from krylon.datasets import write_dataset
+
+    write_dataset(tmp_path / "d.h5", {"x": np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)})
+    assert main(["train", "diffusion", "--data", str(tmp_path / "d.h5"), "--out", str(tmp_path / "run"),
+                 "--channels", "8", "--mults", "1", "2", "--epochs", "1", "--batch", "4", "--no-progress"]) == 0
+    dds = DDS.load(tmp_path / "run" / "prior.pt")
+    assert dds.image_size == 8 and (tmp_path / "run" / "training.json").exists()
+
+
+def test_bench_summary_rows():
+    from krylon.bench import dds as bench
+
+    rows = [{"task": "ct-30views", "noise": 0.0, "method": m, "nfe": nfe, "psnr": p, "seconds_per_image": s}
+            for m, nfe, p, s in [("FBP", None, 30.0, 0.01), ("TV", None, 31.0, 0.5), ("DDS-20", 20, 33.0, 1.0),
+                                 ("DDS-50", 50, 34.0, 2.0), ("DPS-500", 500, 28.0, 40.0)]]
+    out = bench.summary({"rows": rows})
+    assert out[0]["krylon"] == "DDS-50" and out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 34 / 31) < 1e-12
+    assert out[1]["metric"].startswith("s/image") and abs(out[1]["ratio"] - 20.0) < 1e-12
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from krylon.operators.learned import unet
+    from krylon.solvers import diffusion
+
+    for mod in (diffusion, unet):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__

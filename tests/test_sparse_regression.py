@@ -8,6 +8,8 @@ from krylon.solvers.sparse_regression import check_columns, rvm, stlsq
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def _problem(seed=0, n=400, m=8, noise=0.05):
     rng = np.random.default_rng(seed)

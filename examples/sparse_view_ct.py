@@ -1,0 +1,60 @@
+"""Sparse-view CT with DDS and krylon's shipped diffusion prior (no training, no download).
+
+Simulates a parallel-beam sinogram of a phantom with 30 views over [0, pi) (``--views``), reconstructs it with
+DDS (50 network calls, 5 CG steps of data consistency each) and with filtered back-projection, and saves a
+comparison PNG.
+
+    python examples/sparse_view_ct.py [--views 30] [--nfe 50] [--noise 0.0] [--out ct_dds.png]
+"""
+
+import argparse
+import math
+
+import torch
+
+from krylon.datasets.phantoms import shepp_logan
+from krylon.operators import Radon
+from krylon.operators.imaging import add_noise
+from krylon.solvers import DDS
+from krylon.solvers.metrics import psnr, ssim
+from krylon.solvers.reconstruction import fbp
+
+
+def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
+    dds = DDS.pretrained(gamma=0.01 if noise else None)  # CT: A^H A is ~300x an orthonormal MRI one, so a smaller gamma
+    n = dds.image_size
+    x = shepp_logan(n).float()
+    R = Radon((n, n), angles=torch.arange(views, dtype=torch.float64) * math.pi / views)
+    y = R.matvec(x)
+    if noise:
+        y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=2)
+    res = dds.solve(R, y, nfe=nfe, seed=seed)
+    recs = {"FBP": fbp(R, y), f"DDS ({res.nfe} NFE)": res.x}
+    for name, r in recs.items():
+        print(f"{name:16s} PSNR {float(psnr(r, x)):6.2f} dB  SSIM {float(ssim(r, x)):.3f}")
+    print(f"DDS: {res.seconds:.1f} s")
+    if out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, len(recs) + 1, figsize=(2.6 * (len(recs) + 1), 2.8))
+        for a, (t, im) in zip(ax, [("truth", x), *recs.items()]):
+            a.imshow(im.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            a.set_title(t if t == "truth" else f"{t}\n{float(psnr(im, x)):.2f} dB", fontsize=8)
+            a.axis("off")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+        print(f"wrote {out}")
+    return x, recs
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--views", type=int, default=30)
+    p.add_argument("--nfe", type=int, default=50)
+    p.add_argument("--noise", type=float, default=0.0)
+    p.add_argument("--out", default="ct_dds.png")
+    a = p.parse_args()
+    main(a.views, a.nfe, a.noise, a.out)
