@@ -240,3 +240,16 @@ def test_resolution_check_is_quiet_on_a_resolved_single_state():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PolynomialDerivativeLibrary(L)(torch.sin(2 * math.pi * x / L))  # one unbatched, resolved state
+
+
+def test_cli_generate_ks_then_discover_from_the_file(tmp_path, capsys):
+    from krylon.cli import main
+
+    data = tmp_path / "ks.h5"
+    grid = ["--n", str(N), "--length", str(L), "--samples", "3", "--spinup", "40", "--spacing", "2"]
+    assert main(["generate", "ks", "--out", str(data), "--no-progress", *grid]) == 0 and data.exists()
+    out = tmp_path / "found.json"
+    assert main(["discover", "ks", "--model", "1", "1", "0.5", "--data", str(data), "--json", str(out), *grid]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["discovered"]) == {"u_xxxx"} and record["discovered"]["u_xxxx"]["coefficient"] == pytest.approx(-0.5, rel=0.01)
+    assert "discovery)" in capsys.readouterr().out
