@@ -453,8 +453,8 @@ def _add_discover_qg(dsub) -> None:
     q.add_argument("--data", default=None, help="truth windows from `krylon generate qg` instead of simulating")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
     q.add_argument("--threshold", type=float, default=10.0, help="RVM pruning precision (default 10 for QG)")
-    q.add_argument("--lowpass", type=float, default=None, help="regress on wavenumbers |K| <= this only (default: "
-                   "0.6 with --sensors, none with full observations)")
+    q.add_argument("--lowpass", type=float, default=0.6, help="regress on wavenumbers |K| <= this only (default 0.6; "
+                   "0 = every mode)")
     q.add_argument("--seed", type=int, default=0, help="truth run and sensor seed (default 0)")
     q.add_argument("--json", default=None, help="write the result here (discovered, spurious, corrected, ...)")
     q.set_defaults(run=_discover_qg)
@@ -487,7 +487,7 @@ def _discover_qg(args) -> int:
            "epochs": args.rff_epochs, "lr": 3e-3}
     found = discover_qg(args.case, windows, **settings, sensors=args.sensors, interp=args.interp, rff=rff,
                         regression=args.regression, threshold=args.threshold,
-                        lowpass="auto" if args.lowpass is None else args.lowpass, seed=args.seed + 1)
+                        lowpass=args.lowpass or None, seed=args.seed + 1)
     return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover qg
 # ------------------------------------------------------------------------------------------ end krylon discover
@@ -996,7 +996,8 @@ def _reconstruct(args) -> int:
 
     gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
     dds = DDS(dds.model, gamma=gamma)
-    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else ("FBP", fbp(A, y))
+    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else \
+        ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
     res = dds.solve(A, y, nfe=args.nfe, seed=args.seed, progress=True)
     rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
     print(f"{what}, noise {args.noise:g}, {n}x{n}:")
@@ -1012,7 +1013,7 @@ def _reconstruct(args) -> int:
     panels = [("truth", x), *[(f"{k}\n{float(psnr(v, x)):.2f} dB", v.abs()) for k, v in rows],
               ("|DDS - truth|", (res.x.abs() - x).abs())]
     for a, (t, im) in zip(ax, panels):
-        a.imshow(im, cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
+        a.imshow(im.detach().numpy(), cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
         a.set_title(t, fontsize=8)
         a.axis("off")
     fig.suptitle(what, fontsize=9)

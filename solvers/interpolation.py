@@ -120,14 +120,15 @@ def _spectral(targets: torch.Tensor, m2: torch.Tensor, cutoff, ridge: float) -> 
     return (basis(coords.reshape(-1, 2)) @ coef).reshape(*shape, -1)
 
 
-def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict) -> torch.Tensor:
+def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict, device) -> torch.Tensor:
+    """Train on ``device`` (the values' own: a GPU trains the paper-size networks), return on the CPU."""
     shape = tuple(m2.shape)
-    coords = _unit_coords(shape).to(torch.float32)
+    coords = _unit_coords(shape).to(device=device, dtype=torch.float32)
     mean, std = targets.mean(0), targets.std(0).clamp_min(1e-12)
-    t = ((targets - mean) / std).to(torch.float32)
+    t = ((targets - mean) / std).to(device=device, dtype=torch.float32)
     net = RFFMLP(2, t.shape[1], sigma=opts["sigma"], features=opts["features"], width=opts["width"],
-                 depth=opts["depth"], periodic=True, seed=opts["seed"])
-    x = coords[m2]
+                 depth=opts["depth"], periodic=True, seed=opts["seed"]).to(device)
+    x = coords[m2.to(device)]
     optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, opts["epochs"])
     for _ in range(opts["epochs"]):
@@ -137,7 +138,7 @@ def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict) -> torch.Tensor:
         optim.step()
         sched.step()
     with torch.no_grad():
-        out = net(coords.reshape(-1, 2)).double()
+        out = net(coords.reshape(-1, 2)).double().cpu()
     return (out * std + mean).reshape(*shape, -1)
 
 
@@ -225,7 +226,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
         elif method == "spectral":
             filled = _spectral(targets, m2, cutoff, ridge)
         else:
-            filled = _rff(targets, m2, opts)
+            filled = _rff(targets, m2, opts, values.device)
         filled = filled.permute(2, 0, 1).reshape(sel.shape)
         if keep_observed:
             filled[..., m2] = sel[..., m2]

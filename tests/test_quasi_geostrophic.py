@@ -317,3 +317,13 @@ def test_bench_summary_compares_fills_against_cubic():
     assert set(SIZES) == {"quick", "default", "paper"}
     with pytest.raises(ValueError, match="size"):
         run_qg("huge")
+
+
+def test_lowpass_regression_keeps_the_coefficients(tiny_windows):
+    """The same filter on the model error and on every column (rows of whole fields) keeps c in y = Theta c."""
+    from krylon.bench.medida_qg import discover_qg
+
+    for cut in (None, 0.8):
+        found = discover_qg("tau_f", tiny_windows, **TINY, lowpass=cut)
+        assert found.info["lowpass"] == cut
+        assert list(found.coefficients) == ["q2:lap(psi_2)"] and found.errors["q2:lap(psi_2)"] < 0.05, found.errors

@@ -73,14 +73,16 @@ class LowPassMEDIDA(MEDIDA):
 
 def discover_qg(case: str, windows: torch.Tensor, *, shape, nu, sensors: float | None = None, interp: str = "rff",
                 rff: dict | None = None, regression: str = "rvm", threshold: float | None = 10.0,
-                lowpass: float | str | None = "auto", seed: int = 1, device: str = "cpu"):
+                lowpass: float | None = 0.6, seed: int = 1, device: str = "cpu"):
     """Discover the model error of ``case`` from truth ``windows``; returns the :class:`DiscoveredModelError`.
 
     ``threshold``: the RVM's pruning precision; 10 (not the KS default 1e2) because QG's one-step errors carry a
     time-stepping residual (the truth leapfrogs, the forecast is one Euler step) that the relative 1e2 lets a
     spurious Laplacian or two fit (precisions 60-100 measured; the true terms' are < 1).  ``lowpass``: regress
-    on the modes ``|K| <= lowpass`` only (:class:`LowPassMEDIDA`); ``"auto"``: 0.6 with sparse sensors (scales
-    longer than ~10 deformation radii), none with full observations.
+    on the modes ``|K| <= lowpass`` only (:class:`LowPassMEDIDA`; default 0.6, scales longer than ~10
+    deformation radii; None: every mode).  Both the interpolation errors of sparse sensors and the
+    time-stepping residual live at small scales, so the cut helps full observations too (worst error over the
+    eight cases 3.5% -> 1.6% at the default size).
 
     ``sensors``: observed fraction of the grid points, the same in both layers as in the paper (None: full
     observations); ``interp``: ``"cubic"``, ``"spectral"`` or ``"rff"`` (``rff``: the network's options), or a
@@ -93,8 +95,6 @@ def discover_qg(case: str, windows: torch.Tensor, *, shape, nu, sensors: float |
             interp, window=windows.shape[1], **((rff or {}) if interp == "rff" else {}))
         mask = sensor_mask(tuple(windows.shape[-2:]), sensors, seed=seed).to(windows.device).expand(windows.shape[-3:])
         values = windows.masked_fill(~mask, float("nan"))
-    if lowpass == "auto":
-        lowpass = None if sensors is None else 0.6
     opts = dict(regression=regression, threshold=threshold, interpolate=fill, seed=seed)
     library = QuasiGeostrophicLibrary(model)
     medida = MEDIDA(model, library, **opts) if lowpass is None else LowPassMEDIDA(model, library, cutoff=lowpass, **opts)
