@@ -151,14 +151,16 @@ def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, 
     monkeypatch.setitem(load("krylov").SIZES, "quick", {"cases": [(16, 16)], "batched": [(8, 8)], "gpu_extra": []})
     monkeypatch.setitem(load("dcdm").SIZES, "quick", {2: [16], 3: []})
     monkeypatch.setitem(load("fno").SIZES, "quick", {"darcy": {"n_train": 16, "epochs": 1, "batch": 8}, "ns": None})
+    monkeypatch.setitem(load("dds").SIZES, "quick", {"images": 0, "tasks": ("ct-8views",), "dds_nfe": (2,),
+                                                     "dps_nfe": 2, "dps_tasks": ("ct-8views",)})
     assert cli.main(["bench", "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "== summary: krylov, dcdm, fno at --size quick" in out
+    assert "== summary: krylov, dcdm, fno, dds at --size quick" in out
     data = json.loads((tmp_path / "summary.json").read_text())
     assert set(data["suites"]) == set(SUITES) and all(s["status"] == "ok" for s in data["suites"].values())
     assert data["command"].startswith("krylon bench all --size quick") and data["machine"]["torch_threads"] == 1
     # the fno suite compares only when neuraloperator's Darcy files are found (shared/data/neuralop)
-    assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm"} | ({"fno"} if load("fno").find_data_dir() else set())
+    assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm", "dds"} | ({"fno"} if load("fno").find_data_dir() else set())
     assert (tmp_path / "summary.png").stat().st_size > 1000
     assert (tmp_path / "krylov.json").exists() and (tmp_path / "dcdm.json").exists()
 
