@@ -41,7 +41,7 @@ def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
 
         fig, ax = plt.subplots(1, len(recs) + 1, figsize=(2.6 * (len(recs) + 1), 2.8))
         for a, (t, im) in zip(ax, [("truth", x), *recs.items()]):
-            a.imshow(im.clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            a.imshow(im.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
             a.set_title(t if t == "truth" else f"{t}\n{float(psnr(im, x)):.2f} dB", fontsize=8)
             a.axis("off")
         fig.tight_layout()

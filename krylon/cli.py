@@ -996,7 +996,8 @@ def _reconstruct(args) -> int:
 
     gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
     dds = DDS(dds.model, gamma=gamma)
-    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else ("FBP", fbp(A, y))
+    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else \
+        ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
     res = dds.solve(A, y, nfe=args.nfe, seed=args.seed, progress=True)
     rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
     print(f"{what}, noise {args.noise:g}, {n}x{n}:")
@@ -1012,7 +1013,7 @@ def _reconstruct(args) -> int:
     panels = [("truth", x), *[(f"{k}\n{float(psnr(v, x)):.2f} dB", v.abs()) for k, v in rows],
               ("|DDS - truth|", (res.x.abs() - x).abs())]
     for a, (t, im) in zip(ax, panels):
-        a.imshow(im, cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
+        a.imshow(im.detach().numpy(), cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
         a.set_title(t, fontsize=8)
         a.axis("off")
     fig.suptitle(what, fontsize=9)

@@ -318,3 +318,14 @@ def test_bench_summary_rows():
     out = bench.summary({"rows": rows})
     assert out[0]["krylon"] == "DDS-50" and out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 34 / 31) < 1e-12
     assert out[1]["metric"].startswith("s/image") and abs(out[1]["ratio"] - 20.0) < 1e-12
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from krylon.operators.learned import unet
+    from krylon.solvers import diffusion
+
+    for mod in (diffusion, unet):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, mod.__name__

@@ -13,6 +13,7 @@ the equation and forcing of the FNO and Spectral-Refiner data sets (``0.1 (sin 2
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -101,7 +102,7 @@ class NavierStokes2D:
             if forcing != "kolmogorov-diagonal":
                 raise ValueError(f"forcing must be 'kolmogorov-diagonal', a callable, a tensor or None, got {forcing!r}")
             self.forcing_name = forcing
-            forcing = kolmogorov_diagonal_forcing
+            forcing = functools.partial(kolmogorov_diagonal_forcing, lengths=self.lengths)  # periodic on this box
         elif forcing is None:
             self.forcing_name = "none"
         elif callable(forcing):
