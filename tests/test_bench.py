@@ -156,6 +156,10 @@ def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, 
     monkeypatch.setattr(load("medida"), "CASES", load("medida").CASES[:2])
     monkeypatch.setitem(load("dds").SIZES, "quick", {"images": 0, "tasks": ("ct-8views",), "dds_nfe": (2,),
                                                      "dps_nfe": 2, "dps_tasks": ("ct-8views",)})
+    from krylon.bench import medida_qg  # the QG cases run inside the medida suite
+
+    monkeypatch.setitem(medida_qg.SIZES, "quick", {"shape": (32, 16), "nu": 5e-3, "spinup": 10.0, "samples": 1, "members": 2,
+                                                   "spacing": 1.0, "cases": ["tau_f"], "interp": ["cubic"], "rff": {}})
     assert cli.main(["bench", "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "== summary: krylov, dcdm, fno, dds, medida at --size quick" in out
@@ -166,6 +170,7 @@ def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, 
     assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm", "medida", "dds"} | ({"fno"} if load("fno").find_data_dir() else set())
     assert (tmp_path / "summary.png").stat().st_size > 1000
     assert (tmp_path / "krylov.json").exists() and (tmp_path / "dcdm.json").exists()
+    assert any(r["problem"].startswith("QG tau_f") for r in data["rows"]) and (tmp_path / "medida_qg.json").exists()
 
 
 def test_only_a_missing_optional_package_counts_as_skipped():

@@ -1,5 +1,6 @@
 """``krylon bench medida``: MEDIDA's Kuramoto–Sivashinsky cases, krylon's RVM against pysindy on the same data,
-then the two-layer quasi-geostrophic cases of :mod:`krylon.bench.medida_qg` (``SIZES[size]["qg"]``).
+then the two-layer QG cases (:mod:`krylon.bench.medida_qg`: full observations and 25% sensors filled by cubic,
+spectral and RFF-MLP interpolation).
 
 One truth run (L = 100, N = 1024, ETDRK4; observation windows 5e-3 apart, ``spacing`` time units apart) serves
 every case.  For each imperfect model of the paper (missing, halved, doubled and mixed coefficients; extra
@@ -194,12 +195,11 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
                                       cfg.get("plot_time", 40.0)))
         except ImportError:
             pass
-    if cfg.get("qg"):
-        from .medida_qg import SIZES as QG_SIZES
-        from .medida_qg import run_qg
+    # ---- QG cases (issue #12, the 2024 paper): krylon.bench.medida_qg, its own table and medida_qg.json
+    from .medida_qg import run_qg
 
-        if cfg["qg"] in QG_SIZES:
-            result["qg"] = run_qg(cfg["qg"], device=device, out=out)
+    result["qg"] = run_qg(size, device=device, out=out)
+    # ---- end QG cases
     write_json(out / "medida.json", result)
     return result
 
@@ -295,7 +295,7 @@ def summary(result: dict) -> list[dict]:
         if k["spurious"] or k["missed"]:
             row["status"] = f"{len(k['spurious'])} spurious, {len(k['missed'])} missed term(s)"
         rows.append(row)
-    if result.get("qg"):
+    if "qg" in result:  # the QG cases: krylon's RFF/spectral fill of 25% sensors against cubic interpolation
         from .medida_qg import summary_qg
 
         rows += summary_qg(result["qg"])
