@@ -198,7 +198,9 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
     # ---- QG cases (issue #12, the 2024 paper): krylon.bench.medida_qg, its own table and medida_qg.json
     from .medida_qg import run_qg
 
-    result["qg"] = run_qg(size, device=device, out=out)
+    qg_size = cfg.get("qg", size)  # SIZES[size]["qg"]: the QG suite's size (None: no QG cases)
+    if qg_size:
+        result["qg"] = run_qg(qg_size, device=device, out=out)
     # ---- end QG cases
     write_json(out / "medida.json", result)
     return result
