@@ -18,16 +18,12 @@ import torch
 from ..kernels import validate
 from ..operators.pde.kuramoto_sivashinsky import KuramotoSivashinsky, initial_condition
 from ..solvers.medida import simulate
+from ..solvers.timestepping import whole_steps
 from .hdf5 import DatasetWriter
 
 __all__ = ["observation_windows", "generate"]
 
-
-def _steps(t: float, dt: float, name: str) -> int:
-    k = round(t / dt)
-    if not math.isclose(k * dt, t, rel_tol=1e-9, abs_tol=1e-12):
-        raise ValueError(f"{name} = {t} is not a whole number of steps of {dt}")
-    return k
+_steps = whole_steps  # the QG generator's import until it steps with timestepping.simulate
 
 
 def _advance(model, u, t: float, coarse: float, fine: float):
@@ -37,7 +33,7 @@ def _advance(model, u, t: float, coarse: float, fine: float):
         u = simulate(model, u, k * coarse, coarse)
     rest = t - k * coarse
     if rest > 1e-12:
-        u = simulate(model, u, fine * _steps(rest, fine, "the time between windows"), fine)
+        u = simulate(model, u, fine * whole_steps(rest, fine, "the time between windows"), fine)
     return u
 
 
@@ -62,7 +58,7 @@ def observation_windows(model: KuramotoSivashinsky, n_samples: int = 10, *, n_ti
             raise ValueError(f"{name} must be positive, got {value}")
     spinup = validate.real_number(spinup, "spinup", minimum=0.0)
     transit = dt if transit_dt is None else validate.real_number(transit_dt, "transit_dt", minimum=0.0)
-    _steps(interval, dt, "interval")
+    whole_steps(interval, dt, "interval")
     window = (n_times - 1) * interval
     if spacing < window:
         raise ValueError(f"spacing = {spacing} is shorter than a window of {n_times} snapshots {interval} apart")

@@ -1,7 +1,7 @@
 """2-D Navier–Stokes trajectories: the time-stepping driver and the ``krylon generate ns2d`` data sets.
 
-:func:`simulate` steps a :class:`~krylon.operators.pde.NavierStokes2D` with the integrators of
-:mod:`krylon.solvers.timestepping` (it lives here, above both layers: an operator may not import a solver).
+:func:`simulate` steps a :class:`~krylon.operators.pde.NavierStokes2D` with the one driver
+:func:`krylon.solvers.timestepping.simulate` (snapshots time last, the initial state excluded, CNAB2 by default).
 :func:`generate` writes the Spectral-Refiner / FNO recipe: Gaussian-random-field initial vorticity
 (alpha 2.5, tau 7), simulated on a fine grid with CNAB2 (Crank–Nicolson viscosity, Adams–Bashforth advection,
 2/3 dealiasing), a warm-up, then ``t_in + t_out`` snapshots ``interval`` apart, stored coarse as
@@ -22,7 +22,8 @@ import torch
 
 from ..kernels import backend, validate
 from ..operators.pde.navier_stokes import NavierStokes2D, spectral_resample
-from ..solvers.timestepping import CNAB2, ETDRK4, integrate
+from ..solvers import timestepping
+from ..solvers.timestepping import CNAB2, ETDRK4
 from .hdf5 import DatasetWriter
 from .presets import NS2D
 from .random_fields import gaussian_random_field
@@ -36,11 +37,7 @@ PRESETS = NS2D  # size presets of generate (quick / paper), see krylon.datasets.
 
 
 def _steps(t, dt: float, name: str) -> int:
-    t = validate.real_number(t, name, minimum=0.0)
-    n = round(t / dt)
-    if abs(n * dt - t) > 1e-9 * max(1.0, abs(t)):
-        raise ValueError(f"{name} = {t!r} is not a multiple of the time step dt = {dt!r}")
-    return int(n)
+    return timestepping.whole_steps(t, dt, name)
 
 
 def simulate(model: NavierStokes2D, w0: torch.Tensor, t_end: float, dt: float, *,
@@ -84,34 +81,10 @@ def simulate(model: NavierStokes2D, w0: torch.Tensor, t_end: float, dt: float, *
     """
     if not isinstance(model, NavierStokes2D):
         raise TypeError(f"model must be a NavierStokes2D, got {type(model).__name__}")
-    v = model.spectral(w0)
-    shape = tuple(w0.shape[-2:])
-    dt = validate.real_number(dt, "dt")
-    if not dt > 0:
-        raise ValueError(f"dt must be positive, got {dt!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    steps = _steps(t_end, dt, "t_end")
-    if snapshots is None:
-        marks = [steps]
-    elif isinstance(snapshots, int) and not isinstance(snapshots, bool):
-        if snapshots < 1 or steps % snapshots:
-            raise ValueError(f"snapshots={snapshots} must be a positive divisor of the {steps} steps to t_end")
-        marks = [steps * k // snapshots for k in range(1, snapshots + 1)]
-    else:
-        marks = [_steps(t, dt, "snapshot time") for t in snapshots]
-        if not marks or any(b < a for a, b in zip(marks, marks[1:])) or marks[-1] > steps:
-            raise ValueError(f"snapshot times must be a non-empty increasing sequence in [0, t_end], got {list(snapshots)}")
-    stepper = METHODS[method](model.linear(shape, torch.float64, w0.device), model.nonlinear, dt)
-    memory, done, out = None, 0, []
-    for mark in marks:
-        if mark > done:
-            hook = None if callback is None else (lambda n, s, o=done: callback(o + n, s))
-            v, memory = integrate(stepper, v, mark - done, memory=memory, callback=hook)
-            done = mark
-        snap = model.physical(v)
-        out.append(snap if transform is None else transform(snap))
-    return out[0] if snapshots is None else torch.stack(out, dim=-1)
+    return timestepping.simulate(model, w0, t_end, dt, method=method, times=snapshots, callback=callback,
+                                 transform=transform, time_axis="last")
 
 
 def _sample_generator(seed: int, index: int) -> torch.Generator:

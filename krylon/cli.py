@@ -25,6 +25,7 @@ reaches the BLAS/OpenMP thread pools of numpy and torch before they start.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -271,18 +272,26 @@ def _generate_darcy(args) -> int:
     return 0
 # ---- end krylon generate ns2d|darcy
 # ---- krylon generate ks (issue #12: MEDIDA truth data)
-def _add_ks_grid(q) -> None:
-    q.add_argument("--truth", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("L0", "L1", "L2"),
+#: the KS run settings shared by ``generate ks`` and ``discover ks``; ``discover ks --data`` reads them from the file
+KS_DEFAULTS = {"truth": [1.0, 1.0, 1.0], "n": 1024, "length": 100.0, "dt": 1e-3, "transit_dt": 1e-2, "interval": 5e-3,
+               "spacing": 10.0, "spinup": 100.0, "samples": 10}
+
+
+def _add_ks_grid(q, *, defaults: bool = True) -> None:
+    """The KS settings; ``defaults=False`` leaves them None so a handler can tell given values from defaults."""
+    d = KS_DEFAULTS if defaults else dict.fromkeys(KS_DEFAULTS)
+    q.add_argument("--truth", type=float, nargs=3, default=d["truth"], metavar=("L0", "L1", "L2"),
                    help="the truth's -l0 u u_x - l1 u_xx - l2 u_xxxx (default 1 1 1)")
-    q.add_argument("--n", type=int, default=1024, help="grid points (default 1024)")
-    q.add_argument("--length", type=float, default=100.0, help="period L (default 100)")
-    q.add_argument("--dt", type=float, default=1e-3, help="the truth's ETDRK4 step inside observation windows (default 1e-3)")
-    q.add_argument("--transit-dt", type=float, default=1e-2,
+    q.add_argument("--n", type=int, default=d["n"], help="grid points (default 1024)")
+    q.add_argument("--length", type=float, default=d["length"], help="period L (default 100)")
+    q.add_argument("--dt", type=float, default=d["dt"], help="the truth's ETDRK4 step inside observation windows (default 1e-3)")
+    q.add_argument("--transit-dt", type=float, default=d["transit_dt"],
                    help="ETDRK4 step of the spin-up and between windows (default 1e-2; 0 = --dt throughout)")
-    q.add_argument("--interval", type=float, default=5e-3, help="time between snapshots = the model's step (default 5e-3)")
-    q.add_argument("--spacing", type=float, default=10.0, help="time between windows (default 10)")
-    q.add_argument("--spinup", type=float, default=100.0, help="time before the first window (default 100)")
-    q.add_argument("--samples", type=int, default=10, help="observation windows (default 10)")
+    q.add_argument("--interval", type=float, default=d["interval"],
+                   help="time between snapshots = the model's step (default 5e-3)")
+    q.add_argument("--spacing", type=float, default=d["spacing"], help="time between windows (default 10)")
+    q.add_argument("--spinup", type=float, default=d["spinup"], help="time before the first window (default 100)")
+    q.add_argument("--samples", type=int, default=d["samples"], help="observation windows (default 10; with --data: all)")
     q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
 
 
@@ -396,7 +405,7 @@ def _extra_terms(items) -> dict:
 def _add_discover_ks(dsub) -> None:
     q = dsub.add_parser("ks", help="Kuramoto-Sivashinsky: simulate the truth, run the imperfect model one step from the "
                         "observations, regress the model error on 24 terms u^p d^d u (RVM)")
-    _add_ks_grid(q)
+    _add_ks_grid(q, defaults=False)
     q.add_argument("--model", type=float, nargs=3, required=True, metavar=("L0", "L1", "L2"),
                    help="the imperfect model's l0 l1 l2 (e.g. 1 0.5 1: halved u_xx)")
     q.add_argument("--extra-term", action="append", default=None, metavar="NAME=C",
@@ -412,7 +421,24 @@ def _add_discover_ks(dsub) -> None:
     q.set_defaults(run=_discover_ks)
 
 
+def _ks_data_settings(args, params: dict) -> None:
+    """Take the run settings of a ``krylon generate ks`` file; a conflicting command-line value is an error
+    (the model's step is the file's interval, the library's scale its length: a mismatch gives wrong terms)."""
+    from_file = {"truth": [float(c) for c in params["coefficients"]], "n": int(params["n"]), "length": float(params["length"]),
+                 "interval": float(params["interval"]), "dt": float(params["dt"]), "spacing": float(params["spacing"]),
+                 "spinup": float(params["spinup"]), "transit_dt": params.get("transit_dt") or 0.0}
+    for key, value in from_file.items():
+        given = getattr(args, key)
+        if given is None:
+            setattr(args, key, value)
+        elif (list(map(float, given)) != value if key == "truth" else
+              not math.isclose(float(given), float(value), rel_tol=1e-9, abs_tol=1e-15)):
+            raise ValueError(f"--{key.replace('_', '-')} {given} conflicts with the data file's {key} = {value} "
+                             f"({args.data}); drop the option (the file's settings are used)")
+
+
 def _discover_ks(args) -> int:
+    import json
     import time
 
     import torch
@@ -421,12 +447,24 @@ def _discover_ks(args) -> int:
     from .datasets.kuramoto_sivashinsky import discover_case
     from .operators.pde import KuramotoSivashinsky
 
-    model = KuramotoSivashinsky(tuple(args.model), extra=_extra_terms(args.extra_term), length=args.length, n=args.n)
-    truth = KuramotoSivashinsky(tuple(args.truth), length=args.length, n=args.n)
-    windows = None
+    windows, extra_truth = None, {}
     if args.data:
         ds = open_dataset(args.data)
-        windows = torch.stack([torch.as_tensor(ds[i]["u"]) for i in range(min(len(ds), args.samples))]).to(torch.float64)
+        params = ds.attrs.get("parameters")
+        params = json.loads(params) if isinstance(params, str) else params
+        if not params or "interval" not in params:
+            raise ValueError(f"{args.data} has no Kuramoto-Sivashinsky run parameters: write it with `krylon generate ks`")
+        _ks_data_settings(args, params)
+        extra_truth = dict(params.get("extra") or {})
+        count = len(ds) if args.samples is None else args.samples
+        if not 1 <= count <= len(ds):
+            raise ValueError(f"--samples {args.samples}: the data file has {len(ds)} windows")
+        windows = torch.stack([torch.as_tensor(ds[i]["u"]) for i in range(count)]).to(torch.float64)
+    for key, value in KS_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    model = KuramotoSivashinsky(tuple(args.model), extra=_extra_terms(args.extra_term), length=args.length, n=args.n)
+    truth = KuramotoSivashinsky(tuple(args.truth), extra=extra_truth, length=args.length, n=args.n)
     t0 = time.perf_counter()
     found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
                              interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,

@@ -81,6 +81,7 @@ class EnKF:
         X = X.reshape(members, -1)
         n = X.shape[1]
         y = backend.as_tensor(observation, name="observation").to(dtype=X.dtype, device=X.device)
+        given = tuple(y.shape)  # the observation may be a list: name its shape from the tensor
         if operator is not None:
             operator = torch.as_tensor(operator, device=X.device)
             if operator.dtype == torch.bool and tuple(operator.shape) != tuple(shape):
@@ -94,7 +95,7 @@ class EnKF:
         p = self._observe(X[:1], operator).shape[1]
         y = y.reshape(-1) if operator is None and tuple(y.shape) == tuple(shape) else y
         if y.dim() != 1 or y.shape[0] != p:
-            raise ValueError(f"the observation has shape {tuple(observation.shape)} but H maps the state to {p} values")
+            raise ValueError(f"the observation has shape {given} but H maps the state to {p} values")
         validate.finite(y, "the observation")
         r = torch.as_tensor(noise_std, dtype=X.dtype, device=X.device).expand(p) ** 2
         if not bool(torch.isfinite(r).all()) or not bool((r > 0).all()):

@@ -15,7 +15,8 @@ Bayesian sparse regression and data assimilation" (Chaos 2022; Kuramoto–Sivash
 Nothing here knows the equation: a *model* is anything with
 
 * ``forecast(states, dt) -> states`` (one step of the imperfect model), or the spectral-model interface
-  ``linear`` (diagonal symbol), ``nonlinear(v)``, ``spectral(u)``, ``physical(v)``, stepped by CNAB2
+  ``linear_symbol(shape, dtype, device)`` (diagonal symbol), ``nonlinear(v)``, ``spectral(u)``, ``physical(v)``
+  and ``grid_dims``, stepped by CNAB2
   (:mod:`krylon.solvers.timestepping`);
 * optionally ``terms``: its right-hand-side coefficients keyed by library term names, so the corrected model
   (model + discovered error) can be written down.
@@ -32,60 +33,44 @@ from typing import Callable, Mapping
 import torch
 
 from ..kernels import backend, validate
+from . import timestepping
 from .assimilation import EnKF
 from .libraries import Library
 from .sparse_regression import SparseFit, rvm, stlsq
-from .timestepping import CNAB2, ETDRK4, integrate
 
-__all__ = ["MEDIDA", "Observations", "DiscoveredModelError", "observe", "one_step", "simulate"]
+__all__ = ["MEDIDA", "Observations", "DiscoveredModelError", "observe", "one_step", "sensor_mask", "simulate"]
 
 
 # =============================================================================== stepping a model
-def _integrator(model, dt: float, method: str):
+def _integrator(model, dt: float, method: str, grid, device):
     method = validate.choice(method, "method", ("etdrk4", "cnab2"))
-    for attr in ("linear", "nonlinear", "spectral", "physical"):
+    for attr in ("linear_symbol", "nonlinear", "spectral", "physical"):
         if not hasattr(model, attr):
             raise TypeError(f"{type(model).__name__} has no {attr!r}: a model needs forecast(states, dt) or the spectral "
-                            "interface (linear, nonlinear, spectral, physical)")
-    return (ETDRK4 if method == "etdrk4" else CNAB2)(model.linear, model.nonlinear, dt)
+                            "interface (linear_symbol, nonlinear, spectral, physical)")
+    return timestepping.METHODS[method](model.linear_symbol(grid, torch.float64, device), model.nonlinear, dt)
 
 
 def simulate(model, u0: torch.Tensor, t_end: float, dt: float, *, every: float | None = None,
              method: str = "etdrk4") -> torch.Tensor:
     """Run a spectral model from grid states ``u0`` (``(*batch, *grid)``) for ``t_end`` time units.
 
-    Parameters
-    ----------
-    every : float, optional
-        Keep snapshots this far apart (a multiple of ``dt``); returned as ``(*batch, n_snapshots, *grid)``
-        with the initial state first.  Without it the final state is returned.
-    method : ``"etdrk4"`` (default, the truth's integrator) or ``"cnab2"``.
+    :func:`krylon.solvers.timestepping.simulate` with MEDIDA's conventions: ETDRK4 (the truth's integrator) by
+    default, and ``every`` snapshots (a multiple of ``dt`` dividing ``t_end``) returned as
+    ``(*batch, n_snapshots, *grid)`` with the initial state first; without it the final state.
 
     Raises
     ------
     FloatingPointError
         When the state stops being finite (the message names the step).
     """
-    dt = validate.real_number(dt, "dt", minimum=0.0)
-    t_end = validate.real_number(t_end, "t_end", minimum=0.0)
-    steps = round(t_end / dt)
-    if not math.isclose(steps * dt, t_end, rel_tol=1e-9, abs_tol=1e-12):
-        raise ValueError(f"t_end = {t_end} is not a whole number of steps of dt = {dt}")
-    integ = _integrator(model, dt, method)
-    v0 = model.spectral(u0)
-    if every is None:
-        v, _ = integrate(integ, v0, steps)
-        return model.physical(v)
-    stride = round(validate.real_number(every, "every", minimum=0.0) / dt)
-    if stride < 1 or not math.isclose(stride * dt, every, rel_tol=1e-9):
-        raise ValueError(f"every = {every} must be a positive multiple of dt = {dt}")
-    _, _, snaps = integrate(integ, v0, steps, every=stride)
-    return model.physical(snaps.movedim(-1, v0.dim() - model_grid_dims(model)))
+    return timestepping.simulate(model, u0, t_end, dt, method=validate.choice(method, "method", ("etdrk4", "cnab2")),
+                                 every=every, time_axis="grid")
 
 
 def model_grid_dims(model) -> int:
-    """Number of spectral axes of a model's state (``model.linear.dim()``; 1 for Kuramoto–Sivashinsky)."""
-    return int(getattr(model, "grid_dims", model.linear.dim() if hasattr(model, "linear") else 1))
+    """Number of trailing grid axes of a model's state (``model.grid_dims``; 1 for Kuramoto–Sivashinsky)."""
+    return int(getattr(model, "grid_dims", 1))
 
 
 def one_step(model, states: torch.Tensor, dt: float, *, method: str = "cnab2") -> torch.Tensor:
@@ -95,10 +80,13 @@ def one_step(model, states: torch.Tensor, dt: float, *, method: str = "cnab2") -
     MEDIDA paper's imperfect-model integrator).  A non-finite result raises ``FloatingPointError``.
     """
     dt = validate.real_number(dt, "dt", minimum=0.0)
+    if not dt > 0:
+        raise ValueError(f"dt must be positive, got {dt}")
     if hasattr(model, "forecast"):
         out = model.forecast(states, dt)
     else:
-        v, _ = _integrator(model, dt, method).step(model.spectral(states))
+        grid = tuple(states.shape[states.dim() - model_grid_dims(model):])
+        v, _ = _integrator(model, dt, method, grid, states.device).step(model.spectral(states))
         out = model.physical(v)
     bad = ~torch.isfinite(out)
     if bool(bad.any()):
@@ -145,8 +133,31 @@ class Observations:
         return tuple(self.values.shape[2:])
 
 
+def sensor_mask(shape, fraction: float, *, seed: int = 0, shared: bool = False,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random set of ``round(fraction * n)`` points of a grid ``shape`` (True where a sensor is), seeded.
+
+    ``shared=True``: the same points in every slice of the first grid axis (the layers of a two-layer QG state,
+    as in the 2024 paper), i.e. the layout is drawn on ``shape[1:]`` and repeated.  ``generator`` (instead of
+    ``seed``) continues a caller's random stream; the layout is its first draw.
+    """
+    shape = tuple(int(s) for s in shape)
+    fraction = validate.real_number(fraction, "sensors", minimum=0.0)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"sensors is the observed fraction of the grid, in (0, 1], got {fraction}")
+    if shared and len(shape) < 2:
+        raise ValueError(f"shared sensors repeat a layout over the first grid axis; the grid {shape} has only one")
+    drawn = shape[1:] if shared else shape
+    n = math.prod(drawn)
+    g = generator if generator is not None else torch.Generator().manual_seed(validate.integer(seed, "seed", minimum=0))
+    flat = torch.zeros(n, dtype=torch.bool)
+    flat[torch.randperm(n, generator=g)[:max(1, round(fraction * n))]] = True
+    mask = flat.reshape(drawn)
+    return mask.expand(shape).clone() if shared else mask
+
+
 def observe(truth: torch.Tensor, dt: float, *, noise: float = 0.0, sensors: float | None = None,
-            seed: int = 0) -> Observations:
+            shared: bool = False, seed: int = 0) -> Observations:
     """Observations of truth snapshots ``(n_samples, n_times, *grid)`` taken ``dt`` apart.
 
     Parameters
@@ -154,9 +165,13 @@ def observe(truth: torch.Tensor, dt: float, *, noise: float = 0.0, sensors: floa
     noise : float
         Noise standard deviation as a fraction of the truth's standard deviation (0.01 = the papers' 1%).
     sensors : float, optional
-        Fraction of grid points observed (a random subset, the same at every time); None = all.
+        Fraction of grid points observed (a random subset, the same at every time, :func:`sensor_mask`);
+        None = all.
+    shared : bool
+        With ``sensors``: the same points in every slice of the first grid axis (both layers of a QG state).
     seed : int
-        Seeds the noise and the sensor placement.
+        Seeds the sensor placement (drawn first, so a seed gives the same sensors at every noise level) and
+        then the noise.
     """
     truth = backend.as_tensor(truth, name="truth")
     noise = validate.real_number(noise, "noise", minimum=0.0)
@@ -164,18 +179,13 @@ def observe(truth: torch.Tensor, dt: float, *, noise: float = 0.0, sensors: floa
     if truth.dim() < 3:
         raise ValueError(f"truth must have shape (n_samples, n_times, *grid), got {tuple(truth.shape)}")
     g = torch.Generator().manual_seed(seed)
-    noise_std = noise * float(truth.std())
-    values = truth + noise_std * torch.randn(truth.shape, generator=g, dtype=truth.dtype).to(truth.device) if noise else truth.clone()
     mask = None
     if sensors is not None:
-        sensors = validate.real_number(sensors, "sensors", minimum=0.0)
-        if not 0 < sensors <= 1:
-            raise ValueError(f"sensors is the observed fraction of the grid, in (0, 1], got {sensors}")
-        grid = tuple(truth.shape[2:])
-        count = max(1, round(sensors * math.prod(grid)))
-        flat = torch.zeros(math.prod(grid), dtype=torch.bool)
-        flat[torch.randperm(flat.numel(), generator=g)[:count]] = True
-        mask = flat.reshape(grid).to(truth.device)
+        mask = sensor_mask(tuple(truth.shape[2:]), sensors, shared=validate.boolean(shared, "shared"), generator=g)
+        mask = mask.to(truth.device)
+    noise_std = noise * float(truth.std())
+    values = truth + noise_std * torch.randn(truth.shape, generator=g, dtype=truth.dtype).to(truth.device) if noise else truth.clone()
+    if mask is not None:
         values = values.masked_fill(~mask, float("nan"))
     return Observations(values, dt, noise_std, mask)
 
@@ -357,6 +367,10 @@ class MEDIDA:
             raise TypeError(f"{type(model).__name__} is not a model: it needs forecast(states, dt) or the spectral interface")
         if not callable(library) or not hasattr(library, "names"):
             raise TypeError(f"library must be a Library (names + call), got {type(library).__name__}")
+        for attr in ("length", "n"):  # a library on another domain would regress on wrongly scaled derivatives
+            lib, mod = getattr(library, attr, None), getattr(model, attr, None)
+            if lib is not None and mod is not None and not math.isclose(float(lib), float(mod), rel_tol=1e-12):
+                raise ValueError(f"the library's {attr} = {lib:g} differs from the model's {attr} = {mod:g}")
         self.model = model
         self.library = library
         self.regression = validate.choice(regression, "regression", ("rvm", "stlsq"))
@@ -368,9 +382,10 @@ class MEDIDA:
         self.spread = None if spread is None else validate.real_number(spread, "spread", minimum=0.0)
         self.inflation = validate.real_number(inflation, "inflation", minimum=1.0)
         self.estimator = validate.choice(estimator, "estimator", ("auto", "midpoint", "start"))
-        if self.estimator == "midpoint" and not hasattr(model, "linear"):
-            raise TypeError(f"estimator='midpoint' needs a spectral model stepped here (linear, spectral, physical); "
-                            f"{type(model).__name__} has none: use estimator='start'")
+        if self.estimator == "midpoint" and (hasattr(model, "forecast") or not hasattr(model, "linear_symbol")):
+            raise TypeError(f"estimator='midpoint' undoes the Crank–Nicolson filter of a spectral model stepped here by CNAB2; "
+                            f"{type(model).__name__} {'steps itself (forecast)' if hasattr(model, 'forecast') else 'has no linear symbol'}: "
+                            "use estimator='start'")
         self.perturbation = validate.choice(perturbation, "perturbation", ("climatology", "white"))
         self.ensemble_method = validate.choice(ensemble_method, "ensemble_method", ("etdrk4", "cnab2"))
         self.interpolate = validate.callable_or_none(interpolate, "interpolate")
@@ -443,6 +458,9 @@ class MEDIDA:
             scale = self.spread * float(v[..., obs.mask].std() if obs.mask is not None else v.std())
         shaping = self._climatology(v, obs) if self.perturbation == "climatology" else None
         out = torch.empty(v.shape[0], v.shape[1] - 1, *v.shape[2:], dtype=v.dtype, device=v.device)
+        # every start state filled in one batched call: an interpolator that works on whole time windows
+        # (``window=`` consecutive snapshots) needs the samples' snapshots together, never a batch of one
+        starts = self._fill(v.flatten(0, 1), obs.mask).reshape(v.shape)
         jobs = [(s, i) for s in range(v.shape[0]) for i in range(1, v.shape[1])]
         bar = None
         if self.progress:
@@ -450,7 +468,7 @@ class MEDIDA:
 
             bar = tqdm(total=len(jobs), desc="EnKF")
         for s, i in jobs:
-            start = self._fill(v[s, i - 1][None], obs.mask)[0]
+            start = starts[s, i - 1]
             pert = torch.randn(self.members, *start.shape, generator=g, dtype=v.dtype).to(v.device)
             if shaping is not None:  # white noise filtered to the observed (noise-free part of the) spectrum
                 dims = tuple(range(1, pert.dim()))
@@ -497,12 +515,14 @@ class MEDIDA:
             c, n = cur[a:a + self.chunk], nxt[a:a + self.chunk]
             y = (n - one_step(self.model, c, obs.dt)) / obs.dt
             if midpoint:  # undo the Crank–Nicolson filter on the error; evaluate the terms mid-step
-                lin = self.model.linear.to(device=y.device)
+                grid = tuple(y.shape[y.dim() - model_grid_dims(self.model):])
+                lin = self.model.linear_symbol(grid, torch.float64, y.device)
                 yh = self.model.spectral(y)
                 y = self.model.physical((1 - 0.5 * obs.dt * lin.to(yh.dtype if lin.is_complex() else yh.real.dtype)) * yh)
                 c = 0.5 * (c + n)
             ys.append(y.flatten())
-            thetas.append(self.library(c).reshape(-1, len(self.library.names)))
+            # the library in double precision whatever the states' (high powers and derivatives lose digits)
+            thetas.append(self.library(c.to(torch.float64)).reshape(-1, len(self.library.names)))
         info = {"estimator": estimator, "samples": int(states.shape[0]), "pairs": int(cur.shape[0]), "rows": int(sum(y.numel() for y in ys)),
                 "dt": obs.dt, "noise_std": obs.noise_std, "assimilated": bool(first),
                 "sensors": None if obs.mask is None else float(obs.mask.float().mean()),
@@ -519,7 +539,7 @@ class MEDIDA:
         theta, y, info = self.model_error(observations, times)
         names = tuple(self.library.names)
         if self.regression == "rvm":
-            fit = rvm(theta, y, threshold=self.threshold, names=names)
+            fit = rvm(theta, y, threshold=self.threshold, names=names, **getattr(self, "rvm_options", {}))
         else:
             fit = stlsq(theta, y, threshold=self.threshold, names=names)
         if not fit.converged:

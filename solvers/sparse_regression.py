@@ -104,7 +104,7 @@ def check_columns(theta: torch.Tensor, names=None, *, tol: float = 1e-10) -> tor
 
 
 def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1e-6, names=None,
-        noise_threshold: float = 1e-2) -> SparseFit:
+        noise_threshold: float = 1e-2, floor: float = 1e4) -> SparseFit:
     r"""Relevance vector machine: sparse Bayesian regression with ARD priors, type-II maximum likelihood.
 
     Parameters
@@ -189,7 +189,7 @@ def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1
 
     def dropped(alpha, beta):
         # pruned when small against the data (alpha >= threshold) AND against the residual (alpha >= noise_threshold * beta)
-        return alpha >= max(threshold, noise_threshold * beta)
+        return alpha >= max(threshold, min(noise_threshold * beta, floor))
 
     for it in range(1, max_iter + 1):
         old = coef.clone()

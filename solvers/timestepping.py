@@ -15,7 +15,10 @@ the symbol: ensembles and data-set batches run as one tensor.
   filter (the two-layer QG codes' scheme); its first step is forward Euler.
 
 :func:`integrate` runs an integrator for a number of steps, keeps snapshots and stops with a clear error
-when the state stops being finite.
+when the state stops being finite.  :func:`simulate` is the one time-stepping driver of every model (Navier–Stokes,
+Kuramoto–Sivashinsky and QG generators, MEDIDA): physical states in, snapshots out.  A model it steps has
+``linear_symbol(shape, dtype, device)`` (the diagonal symbol on the spectral grid of a physical grid ``shape``),
+``nonlinear(v)``, ``spectral(u)``, ``physical(v)`` and ``grid_dims`` (its number of trailing grid axes).
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["CNAB2", "ETDRK4", "Integrator", "Leapfrog", "integrate"]
+from ..kernels import validate
+
+__all__ = ["CNAB2", "ETDRK4", "Integrator", "Leapfrog", "METHODS", "integrate", "simulate", "whole_steps"]
 
 Nonlinear = Callable[[torch.Tensor], torch.Tensor]
 
@@ -166,6 +171,8 @@ def integrate(integrator: Integrator, v0: torch.Tensor, steps: int, *, every: in
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be a positive integer (steps between finiteness checks), got {check_every!r}")
     if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
         raise ValueError(f"every must be a positive integer, got {every!r}")
     if not torch.isfinite(v0).all():
@@ -233,3 +240,114 @@ class Leapfrog(Integrator):
             return new, v
         d = self.filter * (memory - 2 * v + new)
         return new + (self.alpha - 1) * d, v + self.alpha * d
+
+
+METHODS = {"cnab2": CNAB2, "etdrk4": ETDRK4, "leapfrog": Leapfrog}
+
+
+def whole_steps(t, dt: float, name: str = "t_end") -> int:
+    """``t / dt`` as a whole number of steps; ``ValueError`` naming ``name`` when ``t`` is not one (within
+    ``1e-9 max(1, |t|)``: the one tolerance of every driver)."""
+    t = validate.real_number(t, name, minimum=0.0)
+    n = round(t / dt)
+    if abs(n * dt - t) > 1e-9 * max(1.0, abs(t)):
+        raise ValueError(f"{name} = {t!r} is not a multiple of the time step dt = {dt!r}")
+    return int(n)
+
+
+def _marks(steps: int, dt: float, times, every) -> list[int] | None:
+    """The step numbers at which snapshots are taken (None: only the final state)."""
+    if times is not None and every is not None:
+        raise ValueError("give times= or every=, not both")
+    if every is not None:
+        stride = whole_steps(every, dt, "every")
+        if stride < 1:
+            raise ValueError(f"every = {every!r} must be a positive multiple of dt = {dt!r}")
+        if steps % stride:  # the final state would silently be missing
+            raise ValueError(f"t_end is {steps} steps, not a multiple of every = {every!r} ({stride} steps)")
+        return list(range(0, steps + 1, stride))
+    if times is None:
+        return None
+    if isinstance(times, int) and not isinstance(times, bool):
+        if times < 1 or steps % times:
+            raise ValueError(f"times={times} must be a positive divisor of the {steps} steps to t_end")
+        return [steps * k // times for k in range(1, times + 1)]
+    marks = [whole_steps(float(t), dt, "snapshot time") for t in times]
+    if not marks or any(b < a for a, b in zip(marks, marks[1:])) or marks[-1] > steps:
+        raise ValueError(f"snapshot times must be a non-empty increasing sequence in [0, t_end], got {list(times)}")
+    return marks
+
+
+def simulate(model, u0: torch.Tensor, t_end: float, dt: float, *, method: str = "etdrk4", times=None,
+             every: float | None = None, memory=None, callback: Callable[[int, torch.Tensor], None] | None = None,
+             transform: Callable[[torch.Tensor], torch.Tensor] | None = None, time_axis: str = "grid",
+             return_memory: bool = False, options: dict | None = None):
+    """Step physical states ``u0`` (``(*batch, *grid)``) of a spectral model from ``t = 0`` to ``t_end``.
+
+    Parameters
+    ----------
+    model :
+        ``linear_symbol(shape, dtype, device)``, ``nonlinear``, ``spectral``, ``physical``, ``grid_dims``
+        (see the module docstring).
+    t_end, dt : float
+        ``t_end`` must be a whole number of steps ``dt > 0`` (:func:`whole_steps`).
+    method : ``"etdrk4"`` (default), ``"cnab2"`` or ``"leapfrog"``; ``options`` go to its constructor
+        (e.g. ``{"filter": 0.04}`` for the leapfrog's Robert–Asselin filter).
+    times : int or sequence of float, optional
+        Snapshots: an int ``n`` takes the states at ``t_end k / n``, ``k = 1..n``; a sequence the states at
+        those times (increasing, in ``[0, t_end]``, whole steps; ``0`` is the initial state).
+    every : float, optional
+        Snapshots every ``every`` time units, the initial state first; ``t_end`` must be a multiple of it.
+    memory : optional
+        A multistep method's memory from an earlier call (``return_memory=True``): continue a run without
+        a restart step.
+    callback : callable(step, v), optional
+        After every step, with the spectral state.
+    transform : callable, optional
+        Applied to every physical snapshot as it is taken (coarsening, streaming to disk).
+    time_axis : ``"grid"`` (default) or ``"last"``
+        Snapshots stacked on a new axis just before the grid axes, ``(*batch, T, *grid)``, or last,
+        ``(*batch, *grid, T)``.
+    return_memory : bool
+        Return ``(result, memory)``.
+
+    Returns
+    -------
+    tensor
+        The state at ``t_end`` (no ``times``/``every``) or the stacked snapshots; with ``return_memory``,
+        ``(that, memory)``.
+
+    Raises
+    ------
+    FloatingPointError
+        When the state stops being finite (the message names the step).
+    """
+    dt = _check_step(validate.real_number(dt, "dt"))
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if time_axis not in ("grid", "last"):
+        raise ValueError(f"time_axis must be 'grid' or 'last', got {time_axis!r}")
+    steps = whole_steps(t_end, dt)
+    marks = _marks(steps, dt, times, every)
+    dims = int(getattr(model, "grid_dims", 0))
+    if dims < 1 or not hasattr(model, "linear_symbol"):
+        raise TypeError(f"{type(model).__name__} cannot be stepped here: it needs grid_dims, linear_symbol(shape, dtype, "
+                        "device), nonlinear, spectral and physical")
+    if u0.dim() < dims:
+        raise ValueError(f"u0 must have shape (*batch, *grid) with {dims} grid axes, got {tuple(u0.shape)}")
+    grid = tuple(u0.shape[-dims:])
+    stepper = METHODS[method](model.linear_symbol(grid, torch.float64, u0.device), model.nonlinear, dt, **(options or {}))
+    v = model.spectral(u0)
+    done, out = 0, []
+    for mark in [steps] if marks is None else marks:
+        if mark > done:
+            hook = None if callback is None else (lambda n, s, o=done: callback(o + n, s))
+            v, memory = integrate(stepper, v, mark - done, memory=memory, callback=hook)
+            done = mark
+        snap = model.physical(v)
+        out.append(snap if transform is None else transform(snap))
+    if marks is None:
+        result = out[0]
+    else:
+        result = torch.stack(out, dim=-1 if time_axis == "last" else out[0].dim() - dims)
+    return (result, memory) if return_memory else result

@@ -226,6 +226,17 @@ class KuramotoSivashinsky:
             raise ValueError(f"states must have shape (*batch, {self.n}), got {tuple(u.shape)}")
         return validate.finite(u, "the state")
 
+    grid_dims = 1  # one trailing grid axis
+
+    def linear_symbol(self, shape=None, dtype=torch.float64, device=None) -> torch.Tensor:
+        """The diagonal linear symbol on the rfft grid (:attr:`linear`), the stepping interface every model shares
+        (:func:`krylon.solvers.timestepping.simulate`); ``shape`` must be ``(n,)`` when given, ``dtype`` is the
+        real precision (a symbol with odd-order terms is complex)."""
+        if shape is not None and tuple(shape) != (self.n,):
+            raise ValueError(f"this model's grid is ({self.n},), got states on {tuple(shape)}")
+        complex_ = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return self.linear.to(device=device, dtype=complex_ if self.linear.is_complex() else dtype)
+
     def spectral(self, u: torch.Tensor) -> torch.Tensor:
         """The spectral state ``rfft(u)`` of real grid states ``(*batch, n)`` (what the integrators step)."""
         return torch.fft.rfft(self._state(u))

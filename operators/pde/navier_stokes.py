@@ -193,6 +193,13 @@ class NavierStokes2D:
         _, _, k2, *_ = self._tables(shape, dtype, device)
         return -self.viscosity * k2 - self.drag
 
+    grid_dims = 2  # two trailing grid axes (X, Y)
+
+    def linear_symbol(self, shape, dtype=torch.float64, device=None) -> torch.Tensor:
+        """:meth:`linear` under the stepping interface every model shares
+        (:func:`krylon.solvers.timestepping.simulate`)."""
+        return self.linear(shape, dtype, device)
+
     def velocity(self, w_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Physical velocity ``(u, v) = (psi_y, -psi_x)`` of an rfft2 vorticity state."""
         shape = self._check_grid(self._grid_of(w_hat))
