@@ -253,3 +253,107 @@ def test_cli_generate_ks_then_discover_from_the_file(tmp_path, capsys):
     record = json.loads(out.read_text())
     assert set(record["discovered"]) == {"u_xxxx"} and record["discovered"]["u_xxxx"]["coefficient"] == pytest.approx(-0.5, rel=0.01)
     assert "discovery)" in capsys.readouterr().out
+
+
+def test_cli_discover_from_a_file_uses_its_settings_and_all_its_windows(tmp_path, capsys):
+    # regression (#12): --data took interval, L, n and the truth from command-line defaults, and only the first
+    # --samples (10) windows
+    from krylon.cli import main
+
+    data = tmp_path / "ks.h5"
+    assert main(["generate", "ks", "--out", str(data), "--no-progress", "--n", str(N), "--length", str(L), "--samples", "12",
+                 "--spinup", "40", "--spacing", "1", "--interval", "1e-2", "--truth", "1", "1", "1.5"]) == 0
+    out = tmp_path / "found.json"
+    assert main(["discover", "ks", "--model", "1", "0.5", "1.5", "--data", str(data), "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["discovered"]) == {"u_xx"} and record["spurious"] == []
+    assert record["discovered"]["u_xx"]["coefficient"] == pytest.approx(-0.5, rel=0.01)
+    assert record["truth"]["u_xxxx"] == -1.5 and record["info"]["dt"] == pytest.approx(1e-2)
+    assert record["info"]["samples"] == 12
+    assert main(["discover", "ks", "--model", "1", "0.5", "1.5", "--data", str(data), "--samples", "4", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["info"]["samples"] == 4
+    capsys.readouterr()
+    for conflict in (["--interval", "5e-3"], ["--length", "100"], ["--truth", "1", "1", "1"], ["--samples", "13"]):
+        assert main(["discover", "ks", "--model", "1", "0.5", "1.5", "--data", str(data), *conflict]) == 2
+        assert conflict[0] in capsys.readouterr().err
+
+
+def test_noisy_sparse_observations_fill_whole_windows(windows):
+    # regression (#12): the EnKF start states were filled one at a time (a batch of 1), so an interpolator that
+    # works on whole time windows crashed
+    truth, w = windows
+    model = KuramotoSivashinsky((1, 0.5, 1), length=L, n=N)
+    calls = []
+
+    def fill(values, mask):  # periodic linear interpolation, on windows of 3 consecutive snapshots
+        if values.shape[0] % 3:
+            raise ValueError(f"window = 3 does not divide the {values.shape[0]} fields")
+        calls.append(values.shape[0])
+        idx = mask.nonzero().flatten()
+        x = torch.arange(N, dtype=torch.float64)
+        xp = torch.cat([idx - N, idx, idx + N]).to(torch.float64)
+        out = []
+        for v in values:
+            fp = v[idx].repeat(3)
+            j = torch.searchsorted(xp, x).clamp(1, len(xp) - 1)
+            t = (x - xp[j - 1]) / (xp[j] - xp[j - 1])
+            out.append(fp[j - 1] + t * (fp[j] - fp[j - 1]))
+        return torch.stack(out)
+
+    obs = observe(w[:2], 5e-3, noise=0.01, sensors=0.75)
+    medida = MEDIDA(model, PolynomialDerivativeLibrary(L), members=16, interpolate=fill)
+    states, first = medida.analysis_states(obs)
+    assert first == 1 and states.shape == (2, 2, N) and torch.isfinite(states).all()
+    assert calls and all(c % 3 == 0 for c in calls)
+
+
+def test_observe_draws_the_sensors_before_the_noise():
+    w = torch.randn(2, 2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    masks = [observe(w, 0.1, sensors=0.25, noise=noise, seed=3).mask for noise in (0.0, 0.01, 0.1)]
+    assert all(torch.equal(m, masks[0]) for m in masks)  # regression (#12): the layout changed with the noise level
+    assert int(masks[0].sum()) == round(0.25 * 3 * 64)
+    shared = observe(w, 0.1, sensors=0.25, shared=True, seed=3).mask
+    assert all(torch.equal(shared[i], shared[0]) for i in range(3)) and int(shared[0].sum()) == 16
+    with pytest.raises(ValueError, match="shared"):
+        observe(w[:, :, 0, 0], 0.1, sensors=0.5, shared=True)
+
+
+def test_bad_input_of_the_review():
+    from krylon.solvers.assimilation import EnKF
+    from krylon.solvers.timestepping import integrate
+
+    truth = KuramotoSivashinsky((1, 1, 1), length=L, n=N)
+    u0 = torch.zeros(N, dtype=torch.float64)
+    with pytest.raises(ValueError, match="time step"):
+        simulate(truth, u0, 1.0, 0.0)  # was ZeroDivisionError
+    with pytest.raises(ValueError, match="not a multiple of every"):
+        simulate(truth, u0, 1e-2, 1e-3, every=3e-3)  # would drop the final state
+    with pytest.raises(ValueError, match="check_every"):
+        integrate(None, u0, 1, check_every=0)
+    with pytest.raises(ValueError, match="length = 100 differs from the model's length = 22"):
+        MEDIDA(truth, PolynomialDerivativeLibrary(100.0))
+    with pytest.raises(ValueError, match=r"observation has shape \(3,\)"):
+        EnKF().analyse(torch.randn(4, 5, dtype=torch.float64), [1.0, 2.0, 3.0], 0.1)  # was AttributeError
+
+    class Forecasting:
+        linear_symbol = nonlinear = spectral = physical = None
+
+        def forecast(self, states, dt):
+            return states
+
+    with pytest.raises(TypeError, match="midpoint"):
+        MEDIDA(Forecasting(), PolynomialDerivativeLibrary(L), estimator="midpoint")
+
+
+def test_library_columns_are_double_precision_for_single_precision_states(windows):
+    import warnings
+
+    truth, w = windows
+    model = KuramotoSivashinsky((1, 0.5, 1), length=L, n=N)
+    medida = MEDIDA(model, PolynomialDerivativeLibrary(L, resolution_tol=0), estimator="start")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theta, _, _ = medida.model_error(observe(w[:2, :2].float(), 5e-3))
+    assert theta.dtype == torch.float64
+    ref = PolynomialDerivativeLibrary(L)(w[:2, 0].float().double()).reshape(-1, 24)
+    torch.testing.assert_close(theta, ref, rtol=1e-12, atol=1e-12)
