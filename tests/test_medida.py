@@ -318,25 +318,39 @@ def test_observe_draws_the_sensors_before_the_noise():
         observe(w[:, :, 0, 0], 0.1, sensors=0.5, shared=True)
 
 
-def test_bad_input_of_the_review():
-    from krylon.solvers.assimilation import EnKF
+# regressions of the review's bad-input findings (#12), one each
+def test_simulate_refuses_a_zero_step():
+    with pytest.raises(ValueError, match="time step"):  # was ZeroDivisionError
+        simulate(KuramotoSivashinsky((1, 1, 1), length=L, n=N), torch.zeros(N, dtype=torch.float64), 1.0, 0.0)
+
+
+def test_simulate_every_must_divide_the_run():
+    with pytest.raises(ValueError, match="not a multiple of every"):  # silently dropped the final state
+        simulate(KuramotoSivashinsky((1, 1, 1), length=L, n=N), torch.zeros(N, dtype=torch.float64), 1e-2, 1e-3, every=3e-3)
+
+
+def test_integrate_refuses_check_every_zero():
     from krylon.solvers.timestepping import integrate
 
-    truth = KuramotoSivashinsky((1, 1, 1), length=L, n=N)
-    u0 = torch.zeros(N, dtype=torch.float64)
-    with pytest.raises(ValueError, match="time step"):
-        simulate(truth, u0, 1.0, 0.0)  # was ZeroDivisionError
-    with pytest.raises(ValueError, match="not a multiple of every"):
-        simulate(truth, u0, 1e-2, 1e-3, every=3e-3)  # would drop the final state
-    with pytest.raises(ValueError, match="check_every"):
-        integrate(None, u0, 1, check_every=0)
-    with pytest.raises(ValueError, match="length = 100 differs from the model's length = 22"):
-        MEDIDA(truth, PolynomialDerivativeLibrary(100.0))
-    with pytest.raises(ValueError, match=r"observation has shape \(3,\)"):
-        EnKF().analyse(torch.randn(4, 5, dtype=torch.float64), [1.0, 2.0, 3.0], 0.1)  # was AttributeError
+    with pytest.raises(ValueError, match="check_every"):  # was ZeroDivisionError at the first step
+        integrate(None, torch.zeros(N, dtype=torch.float64), 1, check_every=0)
 
-    class Forecasting:
-        linear_symbol = nonlinear = spectral = physical = None
+
+def test_library_on_another_domain_is_refused():
+    with pytest.raises(ValueError, match="length = 100 differs from the model's length = 22"):
+        MEDIDA(KuramotoSivashinsky((1, 1, 1), length=L, n=N), PolynomialDerivativeLibrary(100.0))
+
+
+def test_enkf_names_the_shape_of_a_wrong_list_observation():
+    from krylon.solvers.assimilation import EnKF
+
+    with pytest.raises(ValueError, match=r"observation has shape \(3,\)"):  # was AttributeError
+        EnKF().analyse(torch.randn(4, 5, dtype=torch.float64), [1.0, 2.0, 3.0], 0.1)
+
+
+def test_midpoint_estimator_is_refused_for_a_model_with_its_own_forecast():
+    class Forecasting:  # like the QG model: a spectral interface, but it steps itself
+        linear = linear_symbol = nonlinear = spectral = physical = None
 
         def forecast(self, states, dt):
             return states
