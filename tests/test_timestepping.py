@@ -110,3 +110,60 @@ def test_gaussian_random_field_covariance():
     assert torch.equal(u, again)
     with pytest.raises(ValueError, match="alpha"):
         gaussian_random_field((8, 8), alpha=-1.0)
+
+
+def test_one_driver_snapshot_conventions_against_the_exact_linear_solution():
+    # KS without its nonlinear term is linear: every Fourier mode decays as exp(L(k) t), exactly for ETDRK4
+    from krylon.operators.pde import KuramotoSivashinsky
+    from krylon.solvers.timestepping import simulate, whole_steps
+
+    model = KuramotoSivashinsky({"u_xx": -0.1, "u_xxxx": -0.01}, length=2 * math.pi, n=32)
+    u0 = torch.randn(3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    lin = model.linear_symbol((32,))
+
+    def exact(t):
+        return torch.fft.irfft(torch.exp(lin * t) * torch.fft.rfft(u0), n=32)
+
+    every = simulate(model, u0, 0.5, 0.05, every=0.25)                    # initial state first, time before grid
+    assert every.shape == (3, 3, 32)
+    for i, t in enumerate((0.0, 0.25, 0.5)):
+        torch.testing.assert_close(every[:, i], exact(t), rtol=0, atol=1e-12)
+    last = simulate(model, u0, 0.5, 0.05, times=[0.1, 0.5], time_axis="last", transform=lambda u: 2 * u)
+    assert last.shape == (3, 32, 2)
+    torch.testing.assert_close(last[..., 0], 2 * exact(0.1), rtol=0, atol=1e-12)
+    counted = simulate(model, u0, 0.5, 0.05, times=5)                      # an int: t_end k / n, k = 1..n
+    assert counted.shape == (3, 5, 32)
+    torch.testing.assert_close(counted[:, 1], exact(0.2), rtol=0, atol=1e-12)
+    assert whole_steps(0.3, 0.1) == 3
+    with pytest.raises(ValueError, match="multiple of the time step"):
+        whole_steps(0.25, 0.1, "spacing")
+    with pytest.raises(ValueError, match="times= or every="):
+        simulate(model, u0, 0.5, 0.05, times=[0.5], every=0.25)
+
+
+def test_one_driver_continues_a_multistep_run_with_its_memory():
+    # leapfrog (the QG truth's scheme) in two calls with the memory carried = one call, bit for bit
+    from krylon.operators.pde import KuramotoSivashinsky
+    from krylon.solvers.timestepping import simulate
+
+    model = KuramotoSivashinsky((1, 1, 1), length=22.0, n=32)
+    u0 = 0.1 * torch.randn(2, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    opts = {"filter": 0.04}
+    whole = simulate(model, u0, 0.2, 1e-3, method="leapfrog", options=opts)
+    half, memory = simulate(model, u0, 0.1, 1e-3, method="leapfrog", options=opts, return_memory=True)
+    again = simulate(model, half, 0.1, 1e-3, method="leapfrog", options=opts, memory=memory)
+    torch.testing.assert_close(again, whole, rtol=0, atol=1e-13)  # the physical round trip of the state only
+    restarted = simulate(model, half, 0.1, 1e-3, method="leapfrog", options=opts)  # a restart step differs
+    assert not torch.allclose(restarted, whole, rtol=0, atol=1e-13)
+
+
+def test_navier_stokes_simulate_is_the_one_driver():
+    from krylon.datasets.navier_stokes import simulate as ns_simulate
+    from krylon.operators.pde import NavierStokes2D
+    from krylon.solvers.timestepping import simulate
+
+    model = NavierStokes2D()
+    w0 = gaussian_random_field((16, 16), alpha=2.5, tau=7.0, generator=torch.Generator().manual_seed(0))[None]
+    a = ns_simulate(model, w0, 0.02, 1e-3, snapshots=[0.01, 0.02])
+    b = simulate(model, w0, 0.02, 1e-3, method="cnab2", times=[0.01, 0.02], time_axis="last")
+    assert a.shape == (1, 16, 16, 2) and torch.equal(a, b)
