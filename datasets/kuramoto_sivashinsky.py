@@ -116,7 +116,8 @@ def generate(path, *, n_samples: int = 10, n_times: int = 2, interval: float = 5
 def discover_case(model, truth=None, *, windows: torch.Tensor | None = None, n_samples: int = 10, noise: float = 0.0,
                   members: int = 2048, interval: float = 5e-3, regression: str = "rvm", threshold: float | None = None,
                   seed: int = 0, window_options: dict | None = None, medida_options: dict | None = None):
-    """One Kuramoto–Sivashinsky MEDIDA case end to end: truth windows (or given ones), observations, discovery.
+    """One Kuramoto–Sivashinsky MEDIDA case end to end: truth windows (simulated here unless given), then
+    :func:`krylon.solvers.medida.discover_ks` on them (observation, assimilation, regression).
 
     Parameters
     ----------
@@ -125,31 +126,18 @@ def discover_case(model, truth=None, *, windows: torch.Tensor | None = None, n_s
     windows : tensor (n_samples, n_times, n), optional
         Truth snapshots ``interval`` apart to reuse (several cases share one truth run); simulated otherwise,
         with 2 snapshots per sample noise-free and 3 with noise (the EnKF needs one to start its ensemble).
-    noise : float
-        Observation noise as a fraction of the truth's std (0.01 = 1%); > 0 assimilates with the EnKF.
-    window_options, medida_options : dict
-        Passed to :func:`observation_windows` and :class:`krylon.solvers.MEDIDA`.
+    window_options : dict
+        Passed to :func:`observation_windows`; the other options to :func:`~krylon.solvers.medida.discover_ks`.
 
     Returns
     -------
     (DiscoveredModelError, windows)
     """
-    from ..solvers.libraries import PolynomialDerivativeLibrary
-    from ..solvers.medida import MEDIDA, observe
+    from ..solvers.medida import discover_ks
 
     truth = truth if truth is not None else KuramotoSivashinsky((1, 1, 1), length=model.length, n=model.n)
-    if (truth.n, truth.length) != (model.n, model.length):
-        raise ValueError(f"truth (n={truth.n}, L={truth.length}) and model (n={model.n}, L={model.length}) grids differ")
-    needed = 3 if noise else 2
     if windows is None:
-        windows = observation_windows(truth, n_samples, n_times=needed, interval=interval, **(window_options or {}))
-    if windows.dim() != 3 or windows.shape[-1] != model.n:
-        raise ValueError(f"windows must have shape (n_samples, n_times, {model.n}), got {tuple(windows.shape)}")
-    if windows.shape[1] < needed:
-        raise ValueError(f"{'noisy' if noise else 'noise-free'} discovery needs {needed} snapshots per window, got {windows.shape[1]}")
-    used = windows[:, -needed:]
-    obs = observe(used, interval, noise=noise, seed=seed)
-    library = PolynomialDerivativeLibrary(model.length, n=model.n)
-    medida = MEDIDA(model, library, regression=regression, threshold=threshold, members=members, seed=seed,
-                    **(medida_options or {}))
-    return medida.discover(obs, truth=truth.terms), windows
+        windows = observation_windows(truth, n_samples, n_times=3 if noise else 2, interval=interval, **(window_options or {}))
+    found = discover_ks(model, windows, interval, truth=truth, noise=noise, members=members, regression=regression,
+                        threshold=threshold, seed=seed, medida_options=medida_options)
+    return found, windows

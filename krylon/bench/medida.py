@@ -6,7 +6,8 @@ One truth run (L = 100, N = 1024, ETDRK4; observation windows 5e-3 apart, ``spac
 every case.  For each imperfect model of the paper (missing, halved, doubled and mixed coefficients; extra
 ``c u_xxx`` and ``c u^2 u_x`` terms) the suite computes the one-step model error (krylon's midpoint estimator) once and fits it three ways:
 krylon's RVM (the method), krylon's STLSQ, and pysindy's own ``PDELibrary`` (degree 4, derivatives up to 4,
-spectral derivatives as krylon's, ``differentiation_method=ps.SpectralDerivative``) with its ``STLSQ`` — the tool users reach for — on the same model-error data; krylon's RVM
+spectral derivatives as krylon's, ``differentiation_method=ps.SpectralDerivative``) with its ``STLSQ`` — the
+tool users reach for — on the same model-error data; krylon's RVM
 with the paper's estimator (error at the step's start, unfiltered) is reported beside it.  It reports
 the discovered terms, relative errors of the model-error coefficients and of the corrected model against the
 truth, spurious and missed terms and seconds, and with observation noise runs the EnKF path for the cases the
