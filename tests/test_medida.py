@@ -371,3 +371,17 @@ def test_library_columns_are_double_precision_for_single_precision_states(window
     assert theta.dtype == torch.float64
     ref = PolynomialDerivativeLibrary(L)(w[:2, 0].float().double()).reshape(-1, 24)
     torch.testing.assert_close(theta, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("noise_threshold,found", [(0.0, {"u_xx"}), (None, {"u_xx", "u_xxx"})])
+def test_a_small_true_term_next_to_a_large_one_is_found(windows, noise_threshold, found):
+    # regression (#12): the RVM's relative pruning dropped 0.02 u_xxx next to a missing u_xx, noise-free
+    truth, w = windows
+    model = KuramotoSivashinsky((1, 0, 1), extra={"u_xxx": 0.02}, length=L, n=N)
+    medida = MEDIDA(model, PolynomialDerivativeLibrary(L))
+    if noise_threshold is not None:  # 0: the relative threshold alone, the old rule
+        medida.rvm_options = {"noise_threshold": noise_threshold}
+    result = medida.discover(observe(w[:, :2], 5e-3), truth=truth.terms)
+    assert set(result.coefficients) == found
+    if "u_xxx" in found:
+        assert result.coefficients["u_xxx"] == pytest.approx(-0.02, rel=0.01) and not result.spurious
