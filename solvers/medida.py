@@ -301,6 +301,9 @@ class MEDIDA:
     regression : ``"rvm"`` (default) or ``"stlsq"``
     threshold : float, optional
         The RVM's pruning precision (default 1e2) or STLSQ's coefficient threshold (default 0.1).
+    noise_threshold : float, optional
+        The RVM's second pruning bound, relative to the residual (:func:`~krylon.solvers.sparse_regression.rvm`;
+        None: its default; 0: the fixed threshold alone).
     members : int
         EnKF ensemble size for noisy or sparse observations (>= 2).
     estimator : ``"auto"``, ``"midpoint"`` or ``"start"``
@@ -362,7 +365,7 @@ class MEDIDA:
                  members: int = 2048, spread: float | None = None, inflation: float = 1.0,
                  estimator: str = "auto", ensemble_method: str = "etdrk4", perturbation: str = "white",
                  interpolate: Callable | None = None, seed: int = 0, chunk: int = 64,
-                 progress: bool = False):
+                 progress: bool = False, noise_threshold: float | None = None):
         if not hasattr(model, "forecast") and not hasattr(model, "nonlinear"):
             raise TypeError(f"{type(model).__name__} is not a model: it needs forecast(states, dt) or the spectral interface")
         if not callable(library) or not hasattr(library, "names"):
@@ -392,6 +395,8 @@ class MEDIDA:
         self.seed = validate.integer(seed, "seed", minimum=0)
         self.chunk = validate.integer(chunk, "chunk")
         self.progress = validate.boolean(progress, "progress")
+        self.noise_threshold = None if noise_threshold is None else validate.real_number(noise_threshold, "noise_threshold",
+                                                                                        minimum=0.0)
 
     # ----------------------------------------------------------------------------- inputs
     def _observations(self, observations, times) -> Observations:
@@ -539,7 +544,8 @@ class MEDIDA:
         theta, y, info = self.model_error(observations, times)
         names = tuple(self.library.names)
         if self.regression == "rvm":
-            fit = rvm(theta, y, threshold=self.threshold, names=names, **getattr(self, "rvm_options", {}))
+            extra = {} if self.noise_threshold is None else {"noise_threshold": self.noise_threshold}
+            fit = rvm(theta, y, threshold=self.threshold, names=names, **extra)
         else:
             fit = stlsq(theta, y, threshold=self.threshold, names=names)
         if not fit.converged:

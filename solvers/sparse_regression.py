@@ -132,9 +132,9 @@ def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1
         the truth's right-hand side of relative size O(dt): below ~1% of the target no data can tell a term
         from it.  Measured on the MEDIDA KS data (L 100, N 1024, 10 windows, midpoint estimator): the 18 paper
         cases stay exact and the small mixed cases are found for ``noise_threshold`` in 1e-2 .. 7e-2 (3e-3
-        misses one, 1e-1 keeps a spurious one) and ``floor`` in 3e3 .. 1e5; the defaults sit inside.  With this bound the updates prune on the way only at
-        ``max(threshold, floor)`` (beta is small while the fit is poor), then prune by the bounds at
-        convergence and refit, until the set is stable.
+        misses one, 1e-1 keeps a spurious one) and ``floor`` in 3e3 .. 1e5; the defaults sit inside.  With
+        this bound the updates prune on the way only at ``max(threshold, floor)`` (beta is small while the fit
+        is poor), then prune by the bounds at convergence and refit, until the set is stable.
         ``noise_threshold=0``: the fixed threshold alone, pruned on the way, exactly
         ``sklearn.linear_model.ARDRegression(threshold_lambda=threshold)``.
     max_iter : int

@@ -378,9 +378,7 @@ def test_a_small_true_term_next_to_a_large_one_is_found(windows, noise_threshold
     # regression (#12): the RVM's relative pruning dropped 0.02 u_xxx next to a missing u_xx, noise-free
     truth, w = windows
     model = KuramotoSivashinsky((1, 0, 1), extra={"u_xxx": 0.02}, length=L, n=N)
-    medida = MEDIDA(model, PolynomialDerivativeLibrary(L))
-    if noise_threshold is not None:  # 0: the relative threshold alone, the old rule
-        medida.rvm_options = {"noise_threshold": noise_threshold}
+    medida = MEDIDA(model, PolynomialDerivativeLibrary(L), noise_threshold=noise_threshold)  # 0: the old rule
     result = medida.discover(observe(w[:, :2], 5e-3), truth=truth.terms)
     assert set(result.coefficients) == found
     if "u_xxx" in found:
