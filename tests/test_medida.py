@@ -240,6 +240,7 @@ def test_resolution_check_is_quiet_on_a_resolved_single_state():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         PolynomialDerivativeLibrary(L)(torch.sin(2 * math.pi * x / L))  # one unbatched, resolved state
+        PolynomialDerivativeLibrary(L)(torch.sin(2 * math.pi * 3 * x / L))  # the review's case (#12): warned 97.4%
 
 
 def test_cli_generate_ks_then_discover_from_the_file(tmp_path, capsys):
@@ -383,3 +384,19 @@ def test_a_small_true_term_next_to_a_large_one_is_found(windows, noise_threshold
     assert set(result.coefficients) == found
     if "u_xxx" in found:
         assert result.coefficients["u_xxx"] == pytest.approx(-0.02, rel=0.01) and not result.spurious
+
+
+def test_qg_noisy_sparse_observations_with_a_window_interpolator():
+    # the review's reproduction (#12): a QG model, noisy observations at half the grid points, an interpolator
+    # over windows of 3 snapshots; the EnKF start states used to be filled one at a time and crashed
+    from krylon.operators.pde import QuasiGeostrophic
+    from krylon.solvers.interpolation import SensorInterpolator
+    from krylon.solvers.libraries import QuasiGeostrophicLibrary
+
+    truth, model = QuasiGeostrophic.case("tau_d", shape=(16, 16), lengths=(34.0, 23.0), nu=1e-3)
+    psi = truth.initial_state(batch=2, generator=torch.Generator().manual_seed(0))
+    w = torch.stack([psi, truth.forecast(psi, 0.025), truth.forecast(truth.forecast(psi, 0.025), 0.025)], 1)
+    obs = observe(w, 0.025, noise=0.01, sensors=0.5, shared=True, seed=1)
+    medida = MEDIDA(model, QuasiGeostrophicLibrary(model), members=8, interpolate=SensorInterpolator("cubic", window=3))
+    states, first = medida.analysis_states(obs)
+    assert first == 1 and states.shape == (2, 2, 2, 16, 16) and torch.isfinite(states).all()
