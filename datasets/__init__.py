@@ -1,6 +1,6 @@
 """HDF5 data sets: schema, writers, lazy readers (krylon, FNO .mat, PDEBench), conversion and generators (``krylon.datasets``)."""
 
-from .convert import convert
+from .conversion import convert
 from .hdf5 import FORMAT, FORMAT_VERSION, DatasetWriter, H5Dataset, LazyH5Dataset, read_attrs, write_dataset
 from .readers import LAYOUTS, detect_layout, open_dataset
 

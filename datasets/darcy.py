@@ -8,7 +8,8 @@ periodic field on the unit box would make them.
 Grid: ``s x s`` nodes ``x_j = j / (s - 1)`` including the boundary (the layout of the FNO files: ``u`` is
 stored with its zero boundary rows).  The ``(s-2)^2`` interior unknowns are solved with krylon's CG on the
 5-point :class:`~krylon.operators.Diffusion` operator (harmonic means of ``a`` on the faces between interior
-nodes, ``a`` of the node itself on a face to the boundary), a batch of coefficients as one tensor.
+nodes, ``a`` of the node itself on a face to the boundary), a batch of coefficients as one tensor, preconditioned
+by the fast (DST) Poisson solve :class:`~krylon.solvers.SpectralPoisson`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ..kernels import backend, validate
 from ..operators import Diffusion
-from ..solvers import CG
+from ..solvers import CG, SpectralPoisson
 from .hdf5 import DatasetWriter
 from .navier_stokes import _sample_generator
 from .random_fields import gaussian_random_field
@@ -59,7 +60,9 @@ def solve_darcy(a: torch.Tensor, *, rtol: float = 1e-10, maxiter: int | None = N
     # a batch of coefficients: the stencil weights broadcast over a leading batch axis (one operator, B systems)
     A.coefficient = inner
     b = torch.full_like(inner, float(forcing))
-    res = CG(rtol=rtol, maxiter=maxiter).solve(A, b)
+    # preconditioned by the fast Dirichlet Poisson solve: the coefficient's 4x contrast bounds the condition
+    # number, so ~25 iterations whatever s (unpreconditioned: ~475 at s = 64, ~1000 at s = 128)
+    res = CG(rtol=rtol, maxiter=maxiter, M=SpectralPoisson(A)).solve(A, b)
     u = torch.zeros(inner.shape[0], s, s, dtype=a.dtype, device=a.device)
     u[:, 1:-1, 1:-1] = res.x
     return u.reshape(*batch, s, s), res
@@ -90,7 +93,7 @@ def generate(path, n: int, *, resolution: int = 64, batch_size: int = 32, seed: 
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, initial=w.n_written, desc=f"darcy {s}^2", unit="sample")
-        for start in range((w.n_written // batch_size) * batch_size, n, batch_size):
+        for start in range((w.n_written // batch_size) * batch_size, n if w.n_written < n else 0, batch_size):
             indices = range(start, min(start + batch_size, n))
             a = permeability(seed, indices, s).to(dev)
             u, res = solve_darcy(a, rtol=rtol)

@@ -14,10 +14,11 @@ indexes samples: ``/u`` of shape ``(N, *sample_shape)``.  File attributes:
 ``n_samples``        samples the file is meant to hold
 ``n_written``        samples written so far (== n_samples once complete)
 ``complete``         True after :meth:`DatasetWriter.close` finished it
+``json_attrs``       JSON list of the further attributes stored as JSON (dicts, lists of strings); only when any
 
 Optional: ``/coords/<axis>`` 1-D datasets with the coordinates of the sample axes (``x``, ``y``, ``t``, ...), and
 further attributes a writer passes (``attrs=``; e.g. a generator's ``lengths``/``times``, a conversion's source
-file and checksum), read back unchanged.
+file and checksum), read back unchanged (those in ``json_attrs`` decoded again).
 
 Readers of other layouts (FNO ``.mat``, PDEBench) live in :mod:`.readers`; :func:`open_dataset` picks one.  Every
 reader is a :class:`LazyH5Dataset`: lazily opened per process (picklable for DataLoader workers), ``ds[i]`` a dict
@@ -41,11 +42,16 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "DatasetWriter", "write_dataset", "open_dataset", "H5Dataset", "LazyH5Dataset",
-           "read_attrs", "open_h5"]
+from ..kernels import validate
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "SCHEMA_ATTRS", "DatasetWriter", "write_dataset", "open_dataset", "H5Dataset",
+           "LazyH5Dataset", "read_attrs", "open_h5", "file_kind"]
 
 FORMAT = "krylon-dataset"
 FORMAT_VERSION = 1
+# the attributes the schema owns: a writer's attrs= cannot set them
+SCHEMA_ATTRS = ("krylon_format", "format_version", "generator", "parameters", "seed", "krylon_version", "n_samples",
+                "n_written", "complete", "json_attrs")
 
 
 def _h5py():
@@ -91,9 +97,15 @@ class DatasetWriter:
         Samples per HDF5 chunk (compression off: these are float fields).
     attrs : mapping, optional
         Further file attributes (numbers, strings, 1-D numeric arrays; dicts and lists of strings are stored as
-        JSON), e.g. provenance of a conversion or a generator's ``lengths``/``times``.  Written once, at creation.
+        JSON, listed in ``json_attrs`` and decoded on read), e.g. provenance of a conversion or a generator's
+        ``lengths``/``times``.  Written once, at creation.
     coords : mapping axis -> 1-D array, optional
         Coordinates of the sample axes, stored as ``/coords/<axis>`` (readers expose them as ``ds.coords``).
+    overwrite : bool
+        Allow an existing finished ``path``: it is replaced (atomically) only when the new file is complete.
+
+    Every argument is checked before ``.partial`` is created, and a creation that fails half-way deletes it, so a
+    corrected retry starts clean.
 
     Examples
     --------
@@ -109,20 +121,37 @@ class DatasetWriter:
 
     def __init__(self, path, n_samples: int, fields: Mapping[str, tuple], *, generator: str,
                  parameters: Mapping | None = None, seed: int | None = None, chunk: int = 16,
-                 attrs: Mapping | None = None, coords: Mapping | None = None):
-        if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+                 attrs: Mapping | None = None, coords: Mapping | None = None, overwrite: bool = False):
+        self.f = None
+        self.n_samples = validate.integer(n_samples, "n_samples")
         if not fields:
             raise ValueError("a data set needs at least one field")
+        if "coords" in fields:
+            raise ValueError("'coords' is reserved for the coordinates group; name the field otherwise")
+        overwrite = validate.boolean(overwrite, "overwrite")
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        self.n_samples = int(n_samples)
         self.fields = {k: (tuple(int(s) for s in shape), np.dtype(dt)) for k, (shape, dt) in fields.items()}
         self.generator = generator
         self.parameters = _canonical_json(parameters)
         self.seed = -1 if seed is None else int(seed)
+        chunk = validate.integer(chunk, "chunk")
+        # everything checked before the .partial exists, so a refused call leaves nothing behind
+        stored, json_keys = {}, []
+        for key, value in (attrs or {}).items():
+            if key in SCHEMA_ATTRS:
+                raise ValueError(f"attribute {key!r} is part of the schema and cannot be set through attrs=")
+            stored[key] = _attr_value(key, value)
+            if _is_json_attr(value):
+                json_keys.append(key)
+        axes = {}
+        for axis, values in (coords or {}).items():
+            arr = np.asarray(values)
+            if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number):
+                raise ValueError(f"coordinate {axis!r} must be a 1-D numeric array, got shape {arr.shape} {arr.dtype}")
+            axes[axis] = arr
         h5py = _h5py()
-        if self.path.exists():
+        if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists (a finished data set); delete it to regenerate")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.partial.exists():
@@ -131,8 +160,9 @@ class DatasetWriter:
             except OSError as exc:
                 raise ValueError(f"cannot resume from {self.partial}: the partial file is unreadable ({exc}); delete it") from exc
             self._check_resumable()
-        else:
-            self.f = h5py.File(self.partial, "w")
+            return
+        self.f = h5py.File(self.partial, "w")
+        try:
             a = self.f.attrs
             a["krylon_format"] = FORMAT
             a["format_version"] = FORMAT_VERSION
@@ -143,21 +173,19 @@ class DatasetWriter:
             a["n_samples"] = self.n_samples
             a["n_written"] = 0
             a["complete"] = False
-            for key, value in (attrs or {}).items():
-                if key in a:
-                    raise ValueError(f"attribute {key!r} is part of the schema and cannot be set through attrs=")
-                a[key] = _attr_value(key, value)
-            for axis, values in (coords or {}).items():
-                arr = np.asarray(values)
-                if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.number):
-                    raise ValueError(f"coordinate {axis!r} must be a 1-D numeric array, got shape {arr.shape} {arr.dtype}")
+            for key, value in stored.items():
+                a[key] = value
+            if json_keys:
+                a["json_attrs"] = json.dumps(json_keys)
+            for axis, arr in axes.items():
                 self.f.create_dataset(f"coords/{axis}", data=arr)
             for name, (shape, dt) in self.fields.items():
-                if name == "coords":
-                    raise ValueError("'coords' is reserved for the coordinates group; name the field otherwise")
                 self.f.create_dataset(name, shape=(self.n_samples,) + shape, dtype=dt,
                                       chunks=(min(chunk, self.n_samples),) + shape)
             self.f.flush()
+        except BaseException:  # h5py refused something (a dtype, a name): no half-made .partial to trip a retry
+            self.discard()
+            raise
 
     def _check_resumable(self):
         a = self.f.attrs
@@ -179,6 +207,7 @@ class DatasetWriter:
                 problems.append(f"field {name!r} is {self.f[name].shape[1:]} {self.f[name].dtype}, expected {shape} {dt}")
         if problems:
             self.f.close()
+            self.f = None
             raise ValueError(f"cannot resume {self.partial}: " + "; ".join(problems) + ". Delete it or use the original settings.")
 
     @property
@@ -187,31 +216,15 @@ class DatasetWriter:
         return int(self.f.attrs["n_written"])
 
     def write(self, index: int, sample: Mapping[str, np.ndarray]) -> None:
-        """Write sample ``index`` (must be the next one, ``== n_written``)."""
-        if index != self.n_written:
-            raise ValueError(f"samples are written in order: expected index {self.n_written}, got {index}")
-        if index >= self.n_samples:
-            raise IndexError(f"the data set holds {self.n_samples} samples; index {index} is past the end")
-        missing = set(self.fields) - set(sample)
-        extra = set(sample) - set(self.fields)
-        if missing or extra:
-            raise KeyError(f"sample fields do not match the schema: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        for name, value in sample.items():
-            arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            shape = self.fields[name][0]
-            if arr.shape != shape:
-                raise ValueError(f"field {name!r}: sample of shape {arr.shape}, expected {shape}")
-            if not np.all(np.isfinite(arr)) and np.issubdtype(arr.dtype, np.inexact):
-                raise ValueError(f"field {name!r} of sample {index} contains NaN/Inf")
-            self.f[name][index] = arr
-        self.f.attrs["n_written"] = index + 1
-        self.f.flush()
+        """Write sample ``index`` (must be the next one, ``== n_written``): :meth:`write_many` with a block of one."""
+        index = validate.integer(index, "index", minimum=0)
+        self.write_many(index, {k: _as_array(v)[None] for k, v in sample.items()})
 
     def write_many(self, start: int, samples: Mapping[str, np.ndarray]) -> None:
         """Write a block of consecutive samples (first axis) starting at ``start``, in one HDF5 write per field.
 
-        The block is checked like :meth:`write` (order, fields, shapes, NaN/Inf) before anything is written, and
-        ``n_written`` moves once, after the whole block is on disk.
+        The block is checked (order, fields, shapes, NaN/Inf) before anything is written, and ``n_written`` moves
+        once, after the whole block is on disk.
         """
         if start != self.n_written:
             raise ValueError(f"samples are written in order: expected index {self.n_written}, got {start}")
@@ -219,7 +232,7 @@ class DatasetWriter:
         extra = set(samples) - set(self.fields)
         if missing or extra:
             raise KeyError(f"sample fields do not match the schema: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in samples.items()}
+        arrays = {k: _as_array(v) for k, v in samples.items()}
         counts = {k: (a.shape[0] if a.ndim else None) for k, a in arrays.items()}
         if len(set(counts.values())) != 1 or None in counts.values():
             raise ValueError(f"all fields of a block need the same number of samples (first axis), got {counts}")
@@ -230,14 +243,21 @@ class DatasetWriter:
             shape = self.fields[name][0]
             if arr.shape[1:] != shape:
                 raise ValueError(f"field {name!r}: samples of shape {arr.shape[1:]}, expected {shape}")
-            if np.issubdtype(arr.dtype, np.inexact):
-                bad = ~np.isfinite(arr.reshape(n, -1)).all(axis=1)
-                if bad.any():
-                    raise ValueError(f"field {name!r} of sample {start + int(np.argmax(bad))} contains NaN/Inf")
+            if arr.dtype.kind in "fc":
+                native = arr.astype(arr.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
+                for i in range(n):  # per sample, so the message names the bad one
+                    validate.finite(torch.from_numpy(np.ascontiguousarray(native[i])), f"field {name!r} of sample {start + i}")
         for name, arr in arrays.items():
             self.f[name][start:start + n] = arr
         self.f.attrs["n_written"] = start + n
         self.f.flush()
+
+    def discard(self) -> None:
+        """Close the file and delete the ``.partial`` (a write that cannot succeed: nothing worth resuming)."""
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        self.partial.unlink(missing_ok=True)
 
     def close(self) -> bool:
         """Close the file; rename it into place when complete.  Returns True when complete."""
@@ -262,8 +282,13 @@ class DatasetWriter:
 
 
 def write_dataset(path, fields: Mapping[str, np.ndarray], *, generator: str = "user", parameters: Mapping | None = None,
-                  seed: int | None = None, attrs: Mapping | None = None, coords: Mapping | None = None) -> Path:
+                  seed: int | None = None, attrs: Mapping | None = None, coords: Mapping | None = None,
+                  overwrite: bool = False) -> Path:
     """Write whole arrays (first axis = samples) as a finished data set, atomically.
+
+    Everything is written at once, so a ``.partial`` left by an interrupted earlier call is stale and replaced.
+    An existing ``path`` is a ``FileExistsError`` unless ``overwrite=True``; then it is replaced only once the new
+    file is complete.
 
     Examples
     --------
@@ -272,31 +297,66 @@ def write_dataset(path, fields: Mapping[str, np.ndarray], *, generator: str = "u
     >>> len(open_dataset(p))
     5
     """
-    arrays = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)) for k, v in fields.items()}
+    overwrite = validate.boolean(overwrite, "overwrite")
+    arrays = {k: _as_array(v) for k, v in fields.items()}
+    if not arrays or any(a.ndim == 0 for a in arrays.values()):
+        raise ValueError("write_dataset needs at least one field, each an array with a leading sample axis")
     ns = {a.shape[0] for a in arrays.values()}
     if len(ns) != 1:
         raise ValueError(f"every field needs the same number of samples (first axis), got {sorted(ns)}")
     n = ns.pop()
     path = Path(path)
-    if path.exists():
-        path.unlink()
-    with DatasetWriter(path, n, {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}, generator=generator,
-                       parameters=parameters, seed=seed, attrs=attrs, coords=coords) as w:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    path.with_name(path.name + ".partial").unlink(missing_ok=True)
+    w = DatasetWriter(path, n, {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}, generator=generator,
+                      parameters=parameters, seed=seed, attrs=attrs, coords=coords, overwrite=overwrite)
+    try:
         w.write_many(0, arrays)
+    except BaseException:
+        w.discard()
+        raise
+    w.close()
     return path
+
+
+def _as_array(value) -> np.ndarray:
+    """A numpy view of a tensor (moved to the CPU) or array-like."""
+    return value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+
+
+def _is_json_attr(value) -> bool:
+    """Whether :func:`_attr_value` stores ``value`` as JSON (dicts and lists that are not all numbers)."""
+    return isinstance(value, (dict, list, tuple)) and not (
+        value and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
 
 
 def _attr_value(key: str, value):
     """An HDF5-storable form of a user attribute (JSON for dicts and string lists), or ``TypeError`` naming it."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
-    if isinstance(value, (dict, list, tuple)) and not (value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                                     for v in value)):
+    if _is_json_attr(value):
         return json.dumps(value, sort_keys=True, default=str)
     arr = np.asarray(value)
     if arr.dtype.kind not in "biufU" or arr.ndim > 1:
         raise TypeError(f"attribute {key!r} must be a number, a string, a 1-D numeric array or JSON-able, got {value!r}")
     return value if arr.dtype.kind == "U" else arr
+
+
+def _decoded(attrs: dict) -> dict:
+    """File attributes with ``parameters`` and those listed in ``json_attrs`` decoded from JSON (in place)."""
+    names = attrs.get("json_attrs")
+    try:
+        names = json.loads(names) if isinstance(names, str) else []
+    except ValueError:
+        names = []
+    for key in ["parameters", *names]:
+        if isinstance(attrs.get(key), str):
+            try:
+                attrs[key] = json.loads(attrs[key])
+            except ValueError:
+                pass
+    return attrs
 
 
 def _plain(value):
@@ -309,13 +369,21 @@ def _plain(value):
 
 
 def read_attrs(path) -> dict:
-    """The provenance attributes of a krylon data set (parameters decoded from JSON)."""
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
-        out = {k: _plain(v) for k, v in f.attrs.items()}
-    if isinstance(out.get("parameters"), str):
-        out["parameters"] = json.loads(out["parameters"])
-    return out
+    """The provenance attributes of a krylon data set (``parameters`` and the ``json_attrs`` decoded from JSON)."""
+    with open_h5(path) as f:
+        return _decoded({k: _plain(v) for k, v in f.attrs.items()})
+
+
+def file_kind(path) -> str | None:
+    """What a file that is not HDF5 may be, from its first bytes: ``"torch"`` (``torch.save``'s zip container),
+    ``"matlab-v5"`` (a MATLAB v5 ``.mat``, which HDF5 cannot read), else ``None``."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head.startswith(b"PK\x03\x04"):
+        return "torch"
+    if head.startswith(b"MATLAB 5.0"):
+        return "matlab-v5"
+    return None
 
 
 def open_h5(path):
@@ -333,11 +401,10 @@ def open_h5(path):
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        with open(path, "rb") as fh:
-            head = fh.read(128)
-        if head.startswith(b"PK\x03\x04"):  # torch.save's zip container
+        kind = file_kind(path)
+        if kind == "torch":
             hint = "; it is a torch file: convert it with `krylon convert` (krylon.datasets.convert)"
-        elif head.startswith(b"MATLAB 5.0"):
+        elif kind == "matlab-v5":
             hint = "; it is a MATLAB v5 .mat file, not v7.3 (HDF5): convert it with `krylon convert`"
         else:
             hint = " (truncated or corrupt?)"
@@ -418,11 +485,10 @@ class LazyH5Dataset(torch.utils.data.Dataset):
 
     def _tensor(self, arr, key: str, source: str, index: int) -> torch.Tensor:
         arr = np.asarray(arr)
-        if self.check_finite and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            src = "" if source == key else f" (from {source!r})"
-            raise ValueError(f"{self.path}: key {key!r}{src} of sample {index} contains {bad} NaN/Inf value(s)")
         t = torch.from_numpy(np.ascontiguousarray(arr))
+        if self.check_finite and arr.dtype.kind in "fc":
+            src = "" if source == key else f" (from {source!r})"
+            validate.finite(t, f"{self.path}: key {key!r}{src} of sample {index}")
         return t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
 
     def __getitem__(self, index):
@@ -473,7 +539,7 @@ class H5Dataset(LazyH5Dataset):
     """Lazy, index-able view of a krylon HDF5 data set (layout ``"krylon"``; a ``torch.utils.data.Dataset``).
 
     ``ds[i]`` returns a dict of torch tensors for the selected ``keys`` (default: every field), as stored;
-    ``ds.attrs`` holds the file attributes (``parameters`` decoded from JSON) and ``ds.coords`` the ``/coords``
+    ``ds.attrs`` holds the file attributes (``parameters`` and the ``json_attrs`` decoded from JSON) and ``ds.coords`` the ``/coords``
     group (or, without one, a 1-D ``times`` attribute as ``"t"``).
     """
 
@@ -500,11 +566,7 @@ class H5Dataset(LazyH5Dataset):
             raise KeyError(f"{self.path} has no field(s) {missing}; available: {available}")
         self.n = n_written
         self.shapes = {k: shapes[k][1:] for k in self.keys}
-        if isinstance(attrs.get("parameters"), str):
-            try:
-                attrs["parameters"] = json.loads(attrs["parameters"])
-            except ValueError:
-                pass
+        _decoded(attrs)
         times = attrs.get("times")
         if "t" not in coords and isinstance(times, np.ndarray) and times.ndim == 1:
             coords["t"] = times

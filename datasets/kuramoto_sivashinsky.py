@@ -115,3 +115,45 @@ def generate(path, *, n_samples: int = 10, n_times: int = 2, interval: float = 5
         if bar is not None:
             bar.close()
     return str(path)
+
+
+def discover_case(model, truth=None, *, windows: torch.Tensor | None = None, n_samples: int = 10, noise: float = 0.0,
+                  members: int = 2048, interval: float = 5e-3, regression: str = "rvm", threshold: float | None = None,
+                  seed: int = 0, window_options: dict | None = None, medida_options: dict | None = None):
+    """One Kuramoto–Sivashinsky MEDIDA case end to end: truth windows (or given ones), observations, discovery.
+
+    Parameters
+    ----------
+    model, truth : KuramotoSivashinsky
+        The imperfect model and the truth (default: the classical equation on the model's grid).
+    windows : tensor (n_samples, n_times, n), optional
+        Truth snapshots ``interval`` apart to reuse (several cases share one truth run); simulated otherwise,
+        with 2 snapshots per sample noise-free and 3 with noise (the EnKF needs one to start its ensemble).
+    noise : float
+        Observation noise as a fraction of the truth's std (0.01 = 1%); > 0 assimilates with the EnKF.
+    window_options, medida_options : dict
+        Passed to :func:`observation_windows` and :class:`krylon.solvers.MEDIDA`.
+
+    Returns
+    -------
+    (DiscoveredModelError, windows)
+    """
+    from ..solvers.libraries import PolynomialDerivativeLibrary
+    from ..solvers.medida import MEDIDA, observe
+
+    truth = truth if truth is not None else KuramotoSivashinsky((1, 1, 1), length=model.length, n=model.n)
+    if (truth.n, truth.length) != (model.n, model.length):
+        raise ValueError(f"truth (n={truth.n}, L={truth.length}) and model (n={model.n}, L={model.length}) grids differ")
+    needed = 3 if noise else 2
+    if windows is None:
+        windows = observation_windows(truth, n_samples, n_times=needed, interval=interval, **(window_options or {}))
+    if windows.dim() != 3 or windows.shape[-1] != model.n:
+        raise ValueError(f"windows must have shape (n_samples, n_times, {model.n}), got {tuple(windows.shape)}")
+    if windows.shape[1] < needed:
+        raise ValueError(f"{'noisy' if noise else 'noise-free'} discovery needs {needed} snapshots per window, got {windows.shape[1]}")
+    used = windows[:, -needed:]
+    obs = observe(used, interval, noise=noise, seed=seed)
+    library = PolynomialDerivativeLibrary(model.length, n=model.n)
+    medida = MEDIDA(model, library, regression=regression, threshold=threshold, members=members, seed=seed,
+                    **(medida_options or {}))
+    return medida.discover(obs, truth=truth.terms), windows

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..kernels import validate
+from ..kernels import backend, validate
 from .hdf5 import DatasetWriter
 from .random_fields import gaussian_random_field
 
@@ -225,7 +225,8 @@ def random_phantom(size, family: str = "ellipses", *, complex: bool = False, gen
         ``pi/2`` plus a linear ramp).
     generator : torch.Generator, optional
         The only source of randomness (global state is untouched when given).
-    dtype : default float64 (complex128 for complex phantoms).
+    dtype : default float64 (complex128 for complex phantoms).  A complex phantom needs a complex dtype (a real one
+        would drop its phase: ``TypeError``).
 
     Examples
     --------
@@ -236,6 +237,7 @@ def random_phantom(size, family: str = "ellipses", *, complex: bool = False, gen
     shape = _shape(size)
     family = validate.choice(family, "family", FAMILIES)
     complex = validate.boolean(complex, "complex")
+    dtype = _phantom_dtype(dtype, complex)
     s = validate.integer(supersample, "supersample", minimum=1)
     g = generator
     X, Y = _grid(shape, s)
@@ -247,9 +249,20 @@ def random_phantom(size, family: str = "ellipses", *, complex: bool = False, gen
         Xp, Yp = _grid(shape, 1)
         phase = _u(g, 0.1, 0.5) * math.pi * _unit_field(shape, g, alpha=4.0, tau=3.0) \
             + _u(g, -1, 1) * Xp + _u(g, -1, 1) * Yp + _u(g, -math.pi, math.pi)
-        img = torch.polar(img, phase)
-        return img.to(dtype or torch.complex128)
-    return img.to(dtype or torch.float64)
+        return torch.polar(img, phase).to(dtype)
+    return img.to(dtype)
+
+
+def _phantom_dtype(dtype, complex: bool) -> torch.dtype:
+    """The dtype of a phantom: the default for its kind, or ``dtype`` checked to hold it."""
+    if dtype is None:
+        return torch.complex128 if complex else torch.float64
+    dtype = backend._parse_dtype(dtype)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        raise TypeError(f"dtype must be a floating or complex dtype, got {dtype}")
+    if complex and not dtype.is_complex:
+        raise TypeError(f"complex=True phantoms need a complex dtype, got {dtype} (it would drop the phase)")
+    return dtype
 
 
 def phantom_generator(seed: int, index: int) -> torch.Generator:
@@ -275,11 +288,12 @@ def random_phantoms(n: int, size, *, seed: int = 0, start: int = 0, complex: boo
     n = validate.integer(n, "n", minimum=0)
     start = validate.integer(start, "start", minimum=0)
     families = _families(families)
+    dtype = _phantom_dtype(dtype, validate.boolean(complex, "complex"))
     out = [random_phantom(size, families[i % len(families)], complex=complex, generator=phantom_generator(seed, i), dtype=dtype)
            for i in range(start, start + n)]
     if not out:
         H, W = _shape(size)
-        return torch.zeros((0, H, W), dtype=dtype or (torch.complex128 if complex else torch.float64))
+        return torch.zeros((0, H, W), dtype=dtype)
     return torch.stack(out)
 
 

@@ -77,8 +77,10 @@ def _is_matlab(f) -> bool:
 
 
 def _seed_groups(f, data_key: str = "data") -> list[str]:
+    """The top-level groups holding a data set ``data_key``, sorted: PDEBench's per-seed samples (other groups,
+    such as metadata, are not samples)."""
     h5py = _h5py()
-    return sorted(k for k in f.keys() if isinstance(f[k], h5py.Group) and data_key in f[k])
+    return sorted(k for k in f.keys() if isinstance(f[k], h5py.Group) and isinstance(f[k].get(data_key), h5py.Dataset))
 
 
 def detect_layout(path) -> str:
@@ -101,9 +103,10 @@ def detect_layout(path) -> str:
                          "Name the layout with layout=... (and misnamed keys with x_key=/y_key=) if it is one of them")
 
 
-def _split(n_steps: int, input_steps, output_steps, where: str) -> tuple[int, int]:
-    """Validated (input_steps, output_steps) for a trajectory of ``n_steps`` snapshots."""
-    input_steps = validate.integer(input_steps, "input_steps")
+def _split(n_steps: int, input_steps, output_steps, where: str, *, min_input: int = 1) -> tuple[int, int]:
+    """Validated (input_steps, output_steps) for a trajectory of ``n_steps`` snapshots (``min_input=0`` with
+    ``input_steps=0``: the target alone, for a steady input paired with a trajectory)."""
+    input_steps = validate.integer(input_steps, "input_steps", minimum=min_input)
     if output_steps is None:
         output_steps = n_steps - input_steps
         if output_steps < 1:
@@ -204,15 +207,25 @@ class FNOMatDataset(_Foreign):
         Whether ``y_key`` holds a trajectory (a leading h5py time axis); default: yes when ``t`` matches that axis
         or ``u`` has one axis more than ``a``.
     input_steps, output_steps : int
-        The time split (default 10 -> the rest).
+        The time split (default 10 -> the rest).  ``input_steps`` splits a trajectory and is refused with
+        ``x_key``, where ``x`` is a steady field.
+
+    Notes
+    -----
+    A file written samples-first from Python (not by MATLAB) is recognised only when ``t`` or the input's shape
+    disagrees with the reversed order; one whose sample count equals its time steps (``N == T``), with neither
+    to tell, reads as MATLAB's order and gives wrong samples: write such files with MATLAB's axis order.
     """
 
     layout = "fno-mat"
 
     def __init__(self, path, keys: Iterable[str] | None = None, *, x_key: str | None = None, y_key: str | None = None,
-                 t_key: str = "t", trajectory: bool | None = None, input_steps: int = 10, output_steps: int | None = None,
-                 dtype=None, check_finite: bool = True):
+                 t_key: str = "t", trajectory: bool | None = None, input_steps: int | None = None,
+                 output_steps: int | None = None, dtype=None, check_finite: bool = True):
         self._init_foreign(path, keys, dtype=dtype, check_finite=check_finite)
+        if input_steps is not None and x_key is not None:
+            raise ValueError(f"input_steps={input_steps!r} splits a trajectory in time, but x_key={x_key!r} makes the "
+                             "input a steady field: drop input_steps (output_steps picks the target's steps)")
         with open_h5(self.path) as f:
             ds = _datasets(f)
             ds.pop("#refs#", None)
@@ -256,9 +269,7 @@ class FNOMatDataset(_Foreign):
                                      "wrong axis order?)")
                 if x_given:
                     self._mode = "pair-trajectory"
-                    n_out = T if output_steps is None else validate.integer(output_steps, "output_steps")
-                    if n_out > T:
-                        raise ValueError(f"{where}: output_steps={n_out} exceeds the {T} stored time steps")
+                    _, n_out = _split(T, 0, output_steps, where, min_input=0)
                     self._t = (0, n_out)
                     shapes = {"x": (1, *space), "y": (1, *space, n_out)}
                     sources = {"x": x_key, "y": f"{y_key}[0:{n_out}]"}
@@ -266,7 +277,7 @@ class FNOMatDataset(_Foreign):
                     used = n_out
                 else:
                     self._mode = "split"
-                    n_in, n_out = _split(T, input_steps, output_steps, where)
+                    n_in, n_out = _split(T, 10 if input_steps is None else input_steps, output_steps, where)
                     self._t = (n_in, n_out)
                     shapes = {"x": (1, *space, n_in), "y": (1, *space, n_out)}
                     sources = {"x": f"{y_key}[0:{n_in}]", "y": f"{y_key}[{n_in}:{n_in + n_out}]"}
@@ -413,7 +424,8 @@ class PDEBenchDarcyDataset(_Foreign):
 class PDEBenchSeedsDataset(_Foreign):
     """PDEBench per-seed groups: ``'0000'/data`` (T, X[, Y[, Z]], V) and ``'0000'/grid/x``, ``grid/t``, ...
 
-    Sample ``i`` is the ``i``-th group in sorted order; its ``V`` variables become channels, time goes last and is
+    Sample ``i`` is the ``i``-th group holding ``y_key`` in sorted order (other groups, e.g. metadata, are not
+    samples); its ``V`` variables become channels, time goes last and is
     split with ``input_steps``/``output_steps``.  ``y_key`` names the data set inside each group if not ``data``.
     """
 
@@ -422,15 +434,11 @@ class PDEBenchSeedsDataset(_Foreign):
     def __init__(self, path, keys: Iterable[str] | None = None, *, y_key: str = "data", input_steps: int = 10,
                  output_steps: int | None = None, dtype=None, check_finite: bool = True):
         self._init_foreign(path, keys, dtype=dtype, check_finite=check_finite)
-        h5py = _h5py()
         with open_h5(self.path) as f:
-            groups = sorted(k for k in f.keys() if isinstance(f[k], h5py.Group))
+            groups = _seed_groups(f, y_key)  # the layout's detection rule: groups without y_key are not samples
             if not groups:
-                raise ValueError(f"{self.path} has no per-seed groups; it holds {_describe(f)}")
-            for g in groups:
-                if y_key not in f[g] or not isinstance(f[g][y_key], h5py.Dataset):
-                    raise KeyError(f"{self.path}: group {g!r} has no data set {y_key!r}; it has {sorted(f[g].keys())}: "
-                                   "name it with y_key=")
+                raise KeyError(f"{self.path} has no per-seed group with a data set {y_key!r} (name it with y_key=); "
+                               f"it holds {_describe(f)}")
             first = f[groups[0]][y_key].shape
             if len(first) < 3:
                 raise ValueError(f"{self.path}: '{groups[0]}/{y_key}' is {first}; a per-seed trajectory is (T, *space, V)")

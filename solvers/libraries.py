@@ -5,7 +5,8 @@ A library is anything with ``names`` (a tuple of term names that read as equatio
 :class:`krylon.solvers.MEDIDA` regresses the model error on these columns; the term names are the keys of the
 discovered coefficients and of a model's own coefficients, so a discovered correction adds to a model by name.
 :class:`Library` is the small base class; :class:`PolynomialDerivativeLibrary` is the Kuramoto–Sivashinsky
-library ``u^p d^d u / dx^d`` (the two-layer QG library joins it here).
+library ``u^p d^d u / dx^d``; :class:`QuasiGeostrophicLibrary` the two-layer QG library (Laplacians, gradients,
+streamfunctions, the jet and the Jacobians of both layers, each in either layer's PV equation).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import torch
 
 from ..kernels import validate
 from ..operators.pde.kuramoto_sivashinsky import evaluate_term, term_name
+from ..operators.pde.quasi_geostrophic import QuasiGeostrophic, library_names
 
-__all__ = ["Library", "PolynomialDerivativeLibrary"]
+__all__ = ["Library", "PolynomialDerivativeLibrary", "QuasiGeostrophicLibrary"]
 
 
 class Library:
@@ -113,7 +115,7 @@ class PolynomialDerivativeLibrary(Library):
         if self.max_order == 0 or self.resolution_tol <= 0:
             return
         k = torch.arange(n // 2 + 1, dtype=states.dtype, device=states.device)
-        power = torch.fft.rfft(states).abs().square().sum(dim=tuple(range(states.dim() - 1))) * k ** (2 * self.max_order)
+        power = torch.fft.rfft(states).abs().square().reshape(-1, n // 2 + 1).sum(0) * k ** (2 * self.max_order)
         tail = float(power[k > n / 3].sum() / power.sum().clamp_min(torch.finfo(states.dtype).tiny))
         if tail > self.resolution_tol:
             warnings.warn(f"the grid does not resolve '{term_name(0, self.max_order)}' of these states: {tail:.1%} of its energy "
@@ -126,3 +128,38 @@ class PolynomialDerivativeLibrary(Library):
         if missing:
             raise ValueError(f"terms {missing} are not in the library {self.names}")
         return tuple(self.names.index(nm) for nm in names)
+
+
+class QuasiGeostrophicLibrary(Library):
+    r"""The two-layer QG library: 11 terms, each placed in the ``q_1`` or the ``q_2`` equation (22 columns).
+
+    Terms (:data:`krylon.operators.pde.quasi_geostrophic.LIBRARY_TERMS`): ``lap(psi_i)``, ``psi_i``, ``psi_R``,
+    ``dx(psi_i)``, ``dy(psi_i)``, ``J(psi_i,q_i)``; column ``"q2:lap(psi_2)"`` is ``lap(psi_2)`` in the ``q_2``
+    equation.  All are computed spectrally on the model's (dealiased) grid.
+
+    Parameters
+    ----------
+    model : QuasiGeostrophic
+        Supplies the grid, the jet ``psi_R`` and the PV inversion.
+    space : ``"psi"`` or ``"q"``
+        ``"psi"`` (default): the columns mapped through the PV inversion, matching a model error of
+        streamfunction states (what :class:`krylon.solvers.MEDIDA` forms from ``psi`` observations); ``"q"``:
+        as PV tendencies.
+
+    Examples
+    --------
+    >>> from krylon.operators.pde import QuasiGeostrophic
+    >>> lib = QuasiGeostrophicLibrary(QuasiGeostrophic(shape=(16, 16)))
+    >>> len(lib), lib.names[2]
+    (22, 'q1:psi_1')
+    """
+
+    def __init__(self, model: QuasiGeostrophic, *, space: str = "psi"):
+        if not isinstance(model, QuasiGeostrophic):
+            raise TypeError(f"model must be a QuasiGeostrophic, got {type(model).__name__}")
+        self.model = model
+        self.space = validate.choice(space, "space", ("psi", "q"))
+        self.names = library_names()
+
+    def evaluate(self, states: torch.Tensor) -> torch.Tensor:
+        return self.model.library(states, space=self.space)

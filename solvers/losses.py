@@ -12,7 +12,8 @@ that holds its options (:class:`LpLoss`, :class:`H1Loss`, :class:`SobolevLoss`).
 Conventions
 -----------
 * ``relative=True`` (the default when a target is given) divides each sample's error norm by the norm of its
-  target; ``target=None`` measures ``pred`` itself (an absolute norm, e.g. of a PDE residual).
+  target (a sample whose target is zero gives ``inf`` or ``nan``); ``target=None`` measures ``pred`` itself
+  (an absolute norm, e.g. of a PDE residual).
 * ``reduction``: ``"mean"`` (default) or ``"sum"`` over the batch, or ``"none"`` for one value per sample.
 * ``time_axis``: the Bochner norm :math:`\|u\|_{L^2(0, T; X)} = (\Delta t \sum_j \|u(t_j)\|_X^2)^{1/2}`,
   ``Delta t = time_length / n_t`` (``time_length = 1`` by default, so the time quadrature is a mean over

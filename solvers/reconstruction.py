@@ -2,7 +2,7 @@
 
 ``zero_filled``  ``A^H y`` (for MRI: the inverse FFT of zero-filled k-space, coil-combined with the maps)
 ``cg_sense``     Tikhonov-damped least squares ``(A^H A + lam L I) x = A^H y`` by krylon's CG (CG-SENSE for MRI;
-                 the same solve serves CT)
+                 the same solve serves CT); ``return_result=True`` gives CG's :class:`SolveResult` (convergence)
 ``fbp``          filtered back-projection (:meth:`krylon.operators.Radon.fbp`)
 ``tv_reconstruction``  ``min 1/2 ||A x - y||^2 + lam L TV(x)`` (isotropic TV) by ADMM with warm-started CG
                  inner solves
@@ -64,7 +64,7 @@ def normal_norm(A: LinearOperator, *, iters: int = 30, seed: int = 0) -> float:
 
 
 def cg_sense(A: LinearOperator, y: torch.Tensor, *, lam: float = 1e-2, maxiter: int = 30, rtol: float = 1e-6,
-             x0: torch.Tensor | None = None, L: float | None = None) -> torch.Tensor:
+             x0: torch.Tensor | None = None, L: float | None = None, return_result: bool = False):
     """Tikhonov-damped least squares by CG on ``(A^H A + lam L I) x = A^H y`` (CG-SENSE for multi-coil MRI).
 
     Parameters
@@ -75,6 +75,14 @@ def cg_sense(A: LinearOperator, y: torch.Tensor, *, lam: float = 1e-2, maxiter: 
     maxiter, rtol : CG's iteration cap and relative tolerance.
     x0 : optional start (default 0).
     L : the scale ``||A^H A||`` if already known (default: :func:`normal_norm`).
+    return_result : bool
+        Return CG's :class:`~krylon.solvers.result.SolveResult` (``.x``, ``.converged`` per system, ``.iterations``,
+        ``.info``) instead of the image alone: with ``lam = 0`` stopping at ``maxiter`` is the regulariser, with
+        ``lam > 0`` a solve that did not converge is worth knowing.
+
+    Returns
+    -------
+    tensor of shape (*batch, H, W), or SolveResult with ``return_result=True``
 
     Examples
     --------
@@ -84,22 +92,28 @@ def cg_sense(A: LinearOperator, y: torch.Tensor, *, lam: float = 1e-2, maxiter: 
     >>> x = torch.randn(16, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
     >>> cg_sense(A, A.matvec(x), lam=1e-2).shape
     torch.Size([16, 16])
+    >>> res = cg_sense(A, A.matvec(x), lam=1e-2, return_result=True)
+    >>> bool(res.converged.all()), res.x.shape
+    (True, torch.Size([16, 16]))
     """
     _check(A, y)
+    return_result = validate.boolean(return_result, "return_result")
     lam = validate.real_number(lam, "lam", minimum=0.0)
     L = normal_norm(A) if L is None else validate.real_number(L, "L", minimum=0.0)
     N = A.adjoint() @ A
     if lam > 0:
         N = N + (lam * L) * IdentityOperator(A.shape_in)
-    return CG(rtol=rtol, maxiter=maxiter).solve(N, A.rmatvec(y), x0=x0).x
+    res = CG(rtol=rtol, maxiter=maxiter).solve(N, A.rmatvec(y), x0=x0)
+    return res if return_result else res.x
 
 
-def fbp(R: Radon, sinogram: torch.Tensor, *, filter: str = "ramp") -> torch.Tensor:
-    """Filtered back-projection of a parallel-beam sinogram (:meth:`krylon.operators.Radon.fbp`)."""
+def fbp(R: Radon, sinogram: torch.Tensor, *, filter: str = "ramp", arc: float | None = None) -> torch.Tensor:
+    """Filtered back-projection of a parallel-beam sinogram (:meth:`krylon.operators.Radon.fbp`; ``arc`` for a
+    limited-angle scan)."""
     if not isinstance(R, Radon):
         raise TypeError(f"fbp needs a krylon Radon operator, got {type(R).__name__}")
     _check(R, sinogram)
-    return R.fbp(sinogram, filter=filter)
+    return R.fbp(sinogram, filter=filter, arc=arc)
 
 
 def _shrink(z: torch.Tensor, t: float) -> torch.Tensor:

@@ -103,8 +103,9 @@ def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1
         Target.
     threshold : float
         Prune a term when the precision of its standardised coefficient reaches this (default ``1e2``, the
-        MEDIDA papers': with unit-RMS columns a term whose contribution is far below ~0.1 of ``y``'s units is
-        dropped).
+        MEDIDA papers').  Columns and target are scaled to unit root-mean-square, so the threshold is
+        relative: a term whose contribution is well below ~10% of the target's RMS is dropped, whatever the
+        units (without scaling ``y`` a KS model error of ``0.1 u_xxx`` would be pruned for being small).
     max_iter : int
     tol : float
         Stop when the standardised coefficients change by less than ``tol`` (sum of absolute changes).
@@ -122,7 +123,7 @@ def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1
     :math:`\gamma_i = 1 - \alpha_i \Sigma_{ii}`, :math:`\alpha_i \leftarrow \gamma_i / m_i^2`,
     :math:`\beta \leftarrow (n - \sum\gamma) / \lVert y - X m\rVert^2` (MacKay's fixed point; no hyperpriors).
     ``sklearn.linear_model.ARDRegression(fit_intercept=False, threshold_lambda=threshold)`` on the same
-    standardised columns runs the same iteration (with tiny Gamma hyperpriors).
+    standardised columns and target runs the same iteration (with tiny Gamma hyperpriors).
 
     Examples
     --------
@@ -141,6 +142,12 @@ def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1
     n, m = theta.shape
     scale = check_columns(theta, names)
     X = theta / scale
+    yscale = float(y.square().mean().sqrt())
+    if yscale == 0:  # no model error at all: nothing to discover
+        zeros = torch.zeros(m, dtype=torch.float64, device=X.device)
+        return SparseFit(coef=zeros, std=zeros.clone(), active=zeros.bool(), noise_std=0.0, iterations=0, converged=True,
+                         precisions=torch.full_like(zeros, math.inf))
+    y = y / yscale
     XtX, Xty = X.T @ X, X.T @ y
     tiny = torch.finfo(torch.float64).tiny
     alpha = torch.ones(m, dtype=torch.float64, device=X.device)
@@ -180,7 +187,8 @@ def rvm(theta, y, *, threshold: float = 1e2, max_iter: int = 300, tol: float = 1
         coef[keep] = mu
         std[keep] = torch.diagonal(Sigma).clamp_min(0).sqrt()
     precisions = torch.where(keep, alpha, torch.full_like(alpha, math.inf))
-    return SparseFit(coef=coef / scale, std=std / scale, active=keep, noise_std=float(beta) ** -0.5 if beta > 0 else math.inf,
+    return SparseFit(coef=coef * yscale / scale, std=std * yscale / scale, active=keep,
+                     noise_std=yscale * float(beta) ** -0.5 if beta > 0 else math.inf,
                      iterations=it, converged=converged, precisions=precisions)
 
 

@@ -7,6 +7,8 @@ import torch
 
 from krylon.solvers.assimilation import EnKF
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def _linear_gaussian(n=5, p=3, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -79,7 +79,7 @@ def test_convert_errors(tmp_path):
     with pytest.raises(ValueError, match="wrong axis order"):
         convert(tmp_path / "grid.pt", tmp_path / "g.h5")
     torch.save({"x": torch.zeros(4, 8), "y": torch.full((4, 8), float("nan"))}, tmp_path / "nan.pt")
-    with pytest.raises(ValueError, match="'y' of sample 0 contains NaN"):
+    with pytest.raises(ValueError, match=r"cannot convert .*nan\.pt: field 'y' of sample 0 contains 8 non-finite"):
         convert(tmp_path / "nan.pt", tmp_path / "n.h5")
     (tmp_path / "trunc.pt").write_bytes((tmp_path / "grid.pt").read_bytes()[:300])
     with pytest.raises(ValueError, match="trunc.pt is not a readable"):
@@ -145,3 +145,72 @@ def test_convert_matlab_v5_files(tmp_path):
     np.testing.assert_array_equal(ds[1]["y"].numpy(), traj[1, ..., 4:][None])
     np.testing.assert_array_equal(ds.coords["t"], np.arange(1.0, 14.0))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["darcy.h5", "darcy.mat", "ns.h5", "ns.mat"]  # no temporaries
+
+
+# ----------------------------------------------------------------------------- review fixes (regressions)
+def test_converted_cfd_file_keeps_list_attributes_and_drops_the_readers_sources(tmp_path):
+    rng = np.random.default_rng(4)
+    src = tmp_path / "cfd.hdf5"
+    with h5py.File(src, "w") as f:
+        for v in ("density", "Vx"):
+            f[v] = rng.random((3, 6, 5))
+    ds = open_dataset(convert(src, tmp_path / "cfd.h5", input_steps=2))
+    assert ds.attrs["channels"] == ["density", "Vx"]  # a list again, not its JSON text
+    assert "sources" not in ds.attrs  # described the source file's data sets, not this file's
+    assert read_attrs(ds.path)["channels"] == ["density", "Vx"]
+
+
+def _dies_on_second_block(monkeypatch):
+    from krylon.datasets import hdf5
+
+    write_many, calls = hdf5.DatasetWriter.write_many, []
+
+    def flaky(self, start, samples):
+        calls.append(start)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        write_many(self, start, samples)
+
+    monkeypatch.setattr(hdf5.DatasetWriter, "write_many", flaky)
+    return lambda: monkeypatch.setattr(hdf5.DatasetWriter, "write_many", write_many)
+
+
+def test_overwrite_ignores_a_stale_partial_and_replaces_only_when_done(tmp_path, monkeypatch):
+    x = torch.rand(150, 4)
+    torch.save({"x": x, "y": 2 * x}, tmp_path / "s.pt")
+    dst = tmp_path / "s.h5"
+    convert(tmp_path / "s.pt", dst)
+    restore = _dies_on_second_block(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):  # an overwrite with other options, interrupted: leaves a .partial
+        convert(tmp_path / "s.pt", dst, overwrite=True, dtype="float64")
+    restore()
+    assert (tmp_path / "s.h5.partial").exists()
+    np.testing.assert_array_equal(open_dataset(dst)[:]["y"].numpy()[:, 0], 2 * x.numpy())  # the old file is intact
+    convert(tmp_path / "s.pt", dst, overwrite=True)  # other options than the partial's: starts afresh
+    ds = open_dataset(dst)
+    assert ds[0]["y"].dtype == torch.float32 and ds.attrs["parameters"]["dtype"] is None
+    np.testing.assert_array_equal(ds[:]["y"].numpy()[:, 0], 2 * x.numpy())
+    assert not (tmp_path / "s.h5.partial").exists()
+
+
+def test_failed_overwrite_keeps_the_old_file_and_names_the_source(tmp_path):
+    good = {"x": torch.rand(5, 8), "y": torch.rand(5, 8)}
+    torch.save(good, tmp_path / "d.pt")
+    dst = convert(tmp_path / "d.pt", tmp_path / "d.h5")
+    y = good["y"].clone()
+    y[3, 2] = float("nan")
+    torch.save({"x": good["x"], "y": y}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"cannot convert .*bad\.pt: field 'y' of sample 3 contains 1 non-finite"):
+        convert(tmp_path / "bad.pt", dst, overwrite=True)
+    np.testing.assert_array_equal(open_dataset(dst)[:]["y"].numpy()[:, 0], good["y"].numpy())
+    assert not (tmp_path / "d.h5.partial").exists()  # a NaN would stop any resume at the same sample
+    with pytest.raises(ValueError, match=r"bad\.pt"):
+        convert(tmp_path / "bad.pt", tmp_path / "new.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pt", "d.h5", "d.pt"]
+
+
+def test_conversion_module_is_importable_beside_the_function():
+    from krylon.datasets import conversion
+    from krylon.datasets import convert as fn
+
+    assert conversion.convert is fn and callable(fn)

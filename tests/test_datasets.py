@@ -1,5 +1,6 @@
 """HDF5 data sets: schema, atomic and resumable writes, lazy reads, clear errors; obstacle geometry."""
 
+import json
 import pickle
 
 import h5py
@@ -123,3 +124,73 @@ def test_fill_enclosed_closes_sealed_pockets():
     m[3:6, 3:6] = False  # a fluid pocket sealed by a ring
     out = fill_enclosed(m)
     assert out[4, 4] and out[3:6, 3:6].all() and not out[0].any()
+
+
+# ----------------------------------------------------------------------------- review fixes (regressions)
+@pytest.mark.parametrize("bad", [dict(attrs={"f": object()}), dict(coords={"x": np.zeros((2, 2))}),
+                                 dict(fields={"coords": ((4,), "float32")}), dict(attrs={"n_written": 3})])
+def test_refused_writer_setup_leaves_no_partial_and_a_retry_works(tmp_path, bad):
+    path = tmp_path / "d.h5"
+    kwargs = {"fields": {"u": ((4,), "float32")}, "generator": "g", **bad}
+    with pytest.raises((TypeError, ValueError)):
+        DatasetWriter(path, 2, **kwargs)
+    assert not (tmp_path / "d.h5.partial").exists()
+    with DatasetWriter(path, 2, {"u": ((4,), "float32")}, generator="g") as w:  # the corrected call
+        w.write_many(0, {"u": np.ones((2, 4), np.float32)})
+    assert len(open_dataset(path)) == 2
+
+
+def test_writer_setup_failing_inside_h5py_deletes_the_partial(tmp_path):
+    with pytest.raises(Exception):  # h5py cannot store an object dtype
+        DatasetWriter(tmp_path / "o.h5", 2, {"u": ((4,), object)}, generator="g")
+    assert not (tmp_path / "o.h5.partial").exists()
+
+
+def test_writer_n_samples_and_index_must_be_integers(tmp_path):
+    with pytest.raises(TypeError, match="n_samples"):
+        DatasetWriter(tmp_path / "b.h5", True, FIELDS, generator="g")
+    with pytest.raises(TypeError, match="n_samples"):
+        DatasetWriter(tmp_path / "b.h5", 2.0, FIELDS, generator="g")
+    assert not (tmp_path / "b.h5.partial").exists()
+    w = DatasetWriter(tmp_path / "c.h5", 1, FIELDS, generator="g")
+    with pytest.raises(TypeError, match="index"):
+        w.write(False, _sample(0))
+    w.write(0, _sample(0))
+    with pytest.raises(IndexError, match="past the end"):
+        w.write(1, _sample(1))
+    assert w.close()
+
+
+def test_write_dataset_replaces_a_stale_partial_and_refuses_to_clobber(tmp_path):
+    path = tmp_path / "w.h5"
+    w = DatasetWriter(path, 3, {"a": ((2,), "float64")}, generator="user")  # an earlier attempt, interrupted
+    w.write(0, {"a": np.full(2, 7.0)})
+    w.close()
+    assert (tmp_path / "w.h5.partial").exists()
+    a = np.arange(6.0).reshape(3, 2)
+    write_dataset(path, {"a": a})
+    np.testing.assert_array_equal(open_dataset(path)[:]["a"].numpy(), a)
+    assert not (tmp_path / "w.h5.partial").exists()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        write_dataset(path, {"a": 2 * a})
+    np.testing.assert_array_equal(open_dataset(path)[:]["a"].numpy(), a)  # untouched
+    bad = 2 * a
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="sample 1"):
+        write_dataset(path, {"a": bad}, overwrite=True)
+    np.testing.assert_array_equal(open_dataset(path)[:]["a"].numpy(), a)  # a failed overwrite keeps the old file
+    assert not (tmp_path / "w.h5.partial").exists()
+    write_dataset(path, {"a": 2 * a}, overwrite=True)
+    np.testing.assert_array_equal(open_dataset(path)[:]["a"].numpy(), 2 * a)
+
+
+def test_json_attributes_come_back_decoded(tmp_path):
+    attrs = {"channels": ["density", "Vx"], "meta": {"k": [1, 2], "s": "x"}, "lengths": [1.0, 2.0], "name": "n",
+             "empty": []}
+    p = write_dataset(tmp_path / "j.h5", {"a": np.zeros((2, 3))}, attrs=attrs)
+    for got in (open_dataset(p).attrs, read_attrs(p)):
+        assert got["channels"] == ["density", "Vx"] and got["meta"] == {"k": [1, 2], "s": "x"}
+        assert got["empty"] == [] and got["name"] == "n"
+        np.testing.assert_array_equal(got["lengths"], [1.0, 2.0])  # numeric lists stay arrays
+    with h5py.File(p, "r") as f:  # on disk: JSON strings, listed
+        assert isinstance(f.attrs["channels"], str) and sorted(json.loads(f.attrs["json_attrs"])) == ["channels", "empty", "meta"]

@@ -1,5 +1,11 @@
 """The ``ns2d`` and ``darcy`` data-set generators: content against independent references, resume, batch size, CLI."""
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
 import h5py
 import numpy as np
 import pytest
@@ -40,7 +46,8 @@ def test_ns2d_layout_attributes_and_downsampling(tmp_path):
                                   **{**TINY_NS, "warmup": 0.0})
     data, attrs = read(path)
     assert data["x"].shape == (3, 1, 8, 8, 2) and data["y"].shape == (3, 1, 8, 8, 3)
-    assert attrs["viscosity"] == 1e-3 and attrs["dt"] == 0.05 and attrs["resolution"] == 8
+    assert attrs["viscosity"] == 1e-3 and attrs["dt"] == 0.05 and attrs["resolution"] == 8 and attrs["interval"] == 0.05
+    assert (attrs["t_in"], attrs["t_out"], attrs["sim_resolution"]) == (2, 3, 16)
     np.testing.assert_allclose(attrs["times"], [0.0, 0.05, 0.1, 0.15, 0.2], atol=1e-12)
     np.testing.assert_array_equal(attrs["lengths"], [1.0, 1.0])
     # with no warm-up the first input snapshot is the initial field, coarsened by Fourier truncation (numpy)
@@ -92,6 +99,37 @@ def test_ns2d_resume_after_interruption_is_identical(tmp_path, monkeypatch):
             navier_stokes.generate(tmp_path / "other.h5", 3, **TINY_NS)
     with pytest.raises(ValueError, match="parameters differ"):
         navier_stokes.generate(tmp_path / "other.h5", 3, **{**TINY_NS, "t_out": 4})
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch: a few seconds
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_ns2d_resume_after_kill_9(tmp_path):
+    # a process killed outright (no cleanup, no close) right after flushing sample 2 of 4: the rerun continues
+    full = navier_stokes.generate(tmp_path / "full.h5", 4, batch_size=3, **TINY_NS)
+    part = tmp_path / "part.h5"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from krylon.datasets import navier_stokes
+        from krylon.datasets.hdf5 import DatasetWriter
+        original = DatasetWriter.write
+        def write(self, i, sample):
+            original(self, i, sample)
+            if i == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        DatasetWriter.write = write
+        navier_stokes.generate({str(part)!r}, 4, batch_size=3, **{TINY_NS!r})
+    """)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert not part.exists()
+    with h5py.File(str(part) + ".partial", "r") as f:
+        assert int(f.attrs["n_written"]) == 3
+    navier_stokes.generate(part, 4, batch_size=3, **TINY_NS)
+    a, _ = read(full)
+    b, _ = read(part)
+    for k in ("x", "y"):
+        np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_ns2d_bad_options(tmp_path):
@@ -160,6 +198,14 @@ def test_darcy_resume_and_batch_independence(tmp_path, monkeypatch):
     np.testing.assert_allclose(one["y"], full["y"], rtol=1e-6)
 
 
+def test_darcy_solve_is_preconditioned():
+    # the fast-Poisson preconditioner keeps CG's iterations bounded by the 4x contrast, not the grid
+    for s in (17, 65):
+        u, res = darcy.solve_darcy(darcy.permeability(0, range(2), s), rtol=1e-10)
+        assert res.all_converged and int(res.iterations.max()) < 40, (s, res.iterations)
+    assert u.shape == (2, 65, 65)
+
+
 def test_darcy_bad_input():
     with pytest.raises(ValueError, match="positive"):
         darcy.solve_darcy(-torch.ones(5, 5, dtype=torch.float64))
@@ -186,3 +232,31 @@ def test_cli_generate(tmp_path, capsys):
     assert "default: 64 with --size quick, 256 with --size paper" in " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
         main(["generate"])
+
+
+# ------------------------------------------------------------------ GPU and docstring examples
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_generation_matches_cpu(tmp_path):
+    cpu, _ = read(navier_stokes.generate(tmp_path / "c.h5", 2, store_dtype="float64", device="cpu", **TINY_NS))
+    gpu, _ = read(navier_stokes.generate(tmp_path / "g.h5", 2, store_dtype="float64", device="cuda", **TINY_NS))
+    np.testing.assert_allclose(gpu["y"], cpu["y"], rtol=1e-10, atol=1e-12)
+    dc, _ = read(darcy.generate(tmp_path / "dc.h5", 2, resolution=17, store_dtype="float64", device="cpu"))
+    dg, _ = read(darcy.generate(tmp_path / "dg.h5", 2, resolution=17, store_dtype="float64", device="cuda"))
+    np.testing.assert_array_equal(dg["x"], dc["x"])
+    np.testing.assert_allclose(dg["y"], dc["y"], rtol=1e-8, atol=1e-12)
+    ns = NavierStokes2D()
+    w = navier_stokes.initial_vorticity(0, range(2), 32)
+    r_cpu = ns.crank_nicolson_residual(w, 1.01 * w, 0.1)
+    r_gpu = ns.crank_nicolson_residual(w.cuda(), 1.01 * w.cuda(), 0.1)
+    np.testing.assert_allclose(r_gpu.cpu().numpy(), r_cpu.numpy(), atol=1e-12)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from krylon.operators.pde import navier_stokes as ns_module
+
+    for mod in (ns_module, navier_stokes):
+        result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, mod.__name__

@@ -1,6 +1,7 @@
 """MRI and Radon operators against independent references: numpy FFTs, skimage's radon/iradon, dot tests."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -22,6 +23,45 @@ def crandn(*shape, seed=0, dtype=torch.complex128):
 
 
 # ------------------------------------------------------------------------------------------- masks, coils
+def test_mask_and_coil_map_bad_input():
+    with pytest.raises(ValueError, match=r"2-D: shape must be \(H, W\)"):
+        mri_mask((4, 4, 4))
+    with pytest.raises(ValueError, match=r"2-D: shape must be \(H, W\)"):
+        coil_maps((4, 4, 4))
+    with pytest.raises(TypeError, match="complex"):
+        coil_maps((4, 4), dtype="float32")
+    torch.testing.assert_close(coil_maps((6, 4), 3, dtype="complex128"), coil_maps((6, 4), 3, dtype=torch.complex128))
+
+
+def _reference_mri(mask, maps, x):
+    """``M F (S x)`` with numpy's FFT and explicit centring shifts."""
+    xs = x.numpy() if maps is None else x.numpy()[..., None, :, :] * maps.numpy()
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(xs, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    return torch.from_numpy(k * mask.numpy())
+
+
+@pytest.mark.parametrize("coils", [None, 3])
+def test_mri_follows_its_buffers_after_load_and_in_place_edits(coils):
+    m1, m2 = mri_mask((16, 16), seed=1).double(), mri_mask((16, 16), seed=2).double()
+    S1 = None if coils is None else coil_maps((16, 16), coils, dtype=torch.complex128)
+    S2 = None if coils is None else torch.flip(S1, (0,))
+    A1, A2 = MRI(m1, S1), MRI(m2, S2)
+    x = crandn(2, 16, 16)
+    A2.matvec(x)  # applied once before the load: nothing derived from the old buffers may survive it
+    A2.load_state_dict(A1.state_dict())
+    torch.testing.assert_close(A2.matvec(x), _reference_mri(m1, S1, x), rtol=1e-12, atol=1e-12)
+    y = crandn(2, *A2.shape_out, seed=1)
+    torch.testing.assert_close(A2.rmatvec(y), A1.rmatvec(y), rtol=1e-12, atol=1e-12)
+    A2.mask.zero_()
+    assert float(A2.matvec(x).abs().max()) == 0 and float(A2.rmatvec(y).abs().max()) == 0
+    A2.mask.copy_(m2)
+    if coils is not None:
+        A2._maps.mul_(2)  # in place on the stored maps
+        torch.testing.assert_close(A2.matvec(x), _reference_mri(m2, 2 * S1, x), rtol=1e-12, atol=1e-12)
+    A2.to(torch.float32)  # the real-stored mask and maps: complex64 working precision
+    ref = _reference_mri(m2, None if coils is None else 2 * S1, x).to(torch.complex64)
+    torch.testing.assert_close(A2.matvec(x.to(torch.complex64)), ref, rtol=1e-5, atol=1e-5)
+
 @pytest.mark.parametrize("kind", ["uniform1d", "gaussian1d", "gaussian2d", "equispaced"])
 @pytest.mark.parametrize("R", [4, 8])
 def test_mask_acceleration_and_centre(kind, R):
@@ -153,6 +193,13 @@ def test_mri_to_device_and_precision():
     assert A.dtype == torch.complex128 and A.coil_maps.dtype == torch.complex128
     np.testing.assert_allclose((A.coil_maps.abs() ** 2).sum(0).numpy(), 1.0, rtol=1e-6)
     assert A.matvec(crandn(8, 8)).dtype == torch.complex128
+    with warnings.catch_warnings():  # torch's note that complex modules are new
+        warnings.simplefilter("ignore", UserWarning)
+        B = MRI(mri_mask((8, 8), seed=0), coil_maps((8, 8), 2)).to(torch.complex128)  # a complex dtype names the precision
+    assert B.dtype == torch.complex128 and not B.mask.is_complex()
+    torch.testing.assert_close(B.matvec(crandn(8, 8)), A.matvec(crandn(8, 8)))
+    C = MRI(mri_mask((8, 8), seed=0).bool(), coil_maps((8, 8), 2))  # a boolean mask is taken as 0/1
+    torch.testing.assert_close(C.matvec(crandn(8, 8).to(torch.complex64)), A.to(torch.float32).matvec(crandn(8, 8).to(torch.complex64)))
 
 
 @pytest.mark.parametrize("make, err, match", [
@@ -293,7 +340,95 @@ def test_angle_weights():
     R = Radon((8, 8), angles=torch.linspace(0, math.pi, 11)[:-1])
     torch.testing.assert_close(R.angle_weights(), torch.full((10,), math.pi / 10, dtype=torch.float64))
     L = Radon((8, 8), angles=torch.linspace(0, 2 * math.pi / 3, 21)[:-1])
-    torch.testing.assert_close(L.angle_weights(), torch.full((20,), 2 * math.pi / 60, dtype=torch.float64))
+    torch.testing.assert_close(L.angle_weights(arc=2 * math.pi / 3), torch.full((20,), 2 * math.pi / 60, dtype=torch.float64))
+    # the arc may wrap through pi: views over [5 pi / 6, 3 pi / 2)
+    W = Radon((8, 8), angles=5 * math.pi / 6 + torch.arange(20, dtype=torch.float64) * (2 * math.pi / 3) / 20)
+    torch.testing.assert_close(W.angle_weights(arc=2 * math.pi / 3), torch.full((20,), 2 * math.pi / 60, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n", [360, 361, 64])
+def test_angle_weights_full_circle(n):
+    """A [0, 2 pi) scan: views a and a + pi coincide modulo pi and share one direction's weight."""
+    R = Radon((8, 8), angles=torch.arange(n, dtype=torch.float64) * 2 * math.pi / n)
+    torch.testing.assert_close(R.angle_weights(), torch.full((n,), math.pi / n, dtype=torch.float64))
+
+
+def _half_gap_weights(angles):
+    """Reference weights by brute force: each view's direction (mod pi) gets half the circular distances to the
+    nearest other directions on either side, shared equally by the views along it."""
+    d = np.mod(np.asarray(angles, dtype=float), np.pi)
+    w = np.empty(d.size)
+    for i, a in enumerate(d):
+        delta = np.mod(d - a, np.pi)
+        delta = np.where(np.pi - delta < 1e-9, 0.0, delta)  # a view just below pi is the direction 0
+        same = delta < 1e-9
+        ahead, behind = delta[~same].min(), (np.pi - delta[~same]).min()
+        w[i] = 0.5 * (ahead + behind) / same.sum()
+    return w
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_angle_weights_random_sparse_views(seed):
+    rng = np.random.default_rng(seed)
+    ang = rng.random(8) * 2 * np.pi
+    ang = np.concatenate([ang, [ang[0], (ang[1] + np.pi) % (2 * np.pi)]])  # repeated directions, one of them a half-turn apart
+    w = Radon((8, 8), angles=ang).angle_weights().numpy()
+    np.testing.assert_allclose(w, _half_gap_weights(ang), rtol=1e-12, atol=1e-12)
+    assert abs(w.sum() - np.pi) < 1e-12 and w.min() > 0  # no random gap mistaken for a missing wedge
+
+
+def test_angle_weights_limited_angle_checks():
+    R = Radon((8, 8), angles=torch.linspace(0, math.pi / 2, 10))
+    assert abs(float(R.angle_weights(arc=math.pi / 2 + math.pi / 18).sum()) - (math.pi / 2 + math.pi / 18)) < 1e-12
+    with pytest.raises(ValueError, match="span"):
+        R.angle_weights(arc=math.pi / 4)
+    with pytest.raises(ValueError, match="arc"):
+        R.angle_weights(arc=4.0)
+    with pytest.raises(ValueError, match="arc"):
+        R.fbp(torch.zeros(R.shape_out), arc=0.0)
+
+
+@pytest.mark.parametrize("n", [120, 45])
+def test_fbp_full_circle_matches_iradon(shepp64, n):
+    ang = np.arange(n) * 2 * np.pi / n
+    R = Radon((64, 64), angles=ang, dtype=torch.float64)
+    s = R.matvec(torch.from_numpy(shepp64))
+    rec = R.fbp(s).numpy()
+    ref = skimage_transform.iradon(s.numpy().T, theta=np.degrees(ang), circle=False, filter_name="ramp", output_size=64)
+    err = lambda a: np.linalg.norm(a - shepp64) / np.linalg.norm(shepp64)  # noqa: E731
+    assert err(rec) < 1.05 * err(ref) and err(rec) < 0.3
+    assert abs((rec * ref).sum() / (ref * ref).sum() - 1) < 0.02  # same scale
+
+
+@pytest.mark.parametrize("n, seed", [(8, 0), (16, 1), (30, 2)])
+def test_fbp_random_sparse_views_vs_iradon(shepp64, n, seed):
+    """Irregular views: half-gap weights keep the image's mean (they sum to pi) and do at least about as well as
+    iradon's equal weights."""
+    ang = np.sort(np.random.default_rng(seed).random(n)) * np.pi
+    R = Radon((64, 64), angles=ang, dtype=torch.float64)
+    s = R.matvec(torch.from_numpy(shepp64))
+    rec = R.fbp(s).numpy()
+    ref = skimage_transform.iradon(s.numpy().T, theta=np.degrees(ang), circle=False, filter_name="ramp", output_size=64)
+    err = lambda a: np.linalg.norm(a - shepp64) / np.linalg.norm(shepp64)  # noqa: E731
+    assert abs(rec.mean() / shepp64.mean() - 1) < 0.06
+    assert err(rec) < 1.1 * err(ref)
+
+
+def test_fbp_limited_angle_with_arc(shepp64):
+    ang = np.arange(60) * (2 * np.pi / 3) / 60
+    R = Radon((64, 64), angles=ang, dtype=torch.float64)
+    s = R.matvec(torch.from_numpy(shepp64))
+    err = lambda a: np.linalg.norm(a - shepp64) / np.linalg.norm(shepp64)  # noqa: E731
+    ref = skimage_transform.iradon(s.numpy().T, theta=np.degrees(ang), circle=False, filter_name="ramp", output_size=64)
+    rec = R.fbp(s, arc=2 * np.pi / 3).numpy()
+    assert err(rec) < 1.1 * err(ref)
+    assert err(R.fbp(s).numpy()) > err(rec)  # without arc= the end views fill the wedge
+
+
+def test_radon_refuses_degrees():
+    with pytest.raises(ValueError, match="radians.*deg2rad"):
+        Radon((8, 8), angles=np.arange(0, 180, 1.0))
+    Radon((8, 8), angles=[-2 * math.pi, 2 * math.pi])  # the limits themselves are radians
 
 
 def test_radon_bad_input():
@@ -321,16 +456,33 @@ def test_add_noise_seeded_and_scaled():
     n1 = add_noise(y, 0.1, generator=gen(7)) - y
     n2 = add_noise(y, 0.1, generator=gen(7)) - y
     torch.testing.assert_close(n1, n2)
-    assert abs(float((n1.abs() ** 2).mean().sqrt()) - 0.2) < 0.01
-    assert abs(float(n1.real.std()) - 0.2 / math.sqrt(2)) < 0.01  # complex noise: half the power in each part
+    assert bool((n1[:, 1::2] == 0).all())  # unmeasured entries stay zero
+    assert abs(float((n1[:, ::2].abs() ** 2).mean().sqrt()) - 0.2) < 0.01
+    assert abs(float(n1[:, ::2].real.std()) - 0.2 / math.sqrt(2)) < 0.01  # complex noise: half the power in each part
     na = add_noise(y, 0.1, relative=False, generator=gen(7)) - y
-    assert abs(float((na.abs() ** 2).mean().sqrt()) - 0.1) < 0.005
+    assert abs(float((na[:, ::2].abs() ** 2).mean().sqrt()) - 0.1) < 0.005
+    nall = add_noise(y, 0.1, relative=False, generator=gen(7), support="all") - y
+    assert abs(float((nall.abs() ** 2).mean().sqrt()) - 0.1) < 0.005
     # per item: the second item is 10x larger, so is its noise
     z = torch.ones(2, 2000, dtype=torch.float64)
     z[1] *= 10
     nz = add_noise(z, 0.05, ndim=1, generator=gen(1)) - z
     assert 8 < float(nz[1].std() / nz[0].std()) < 12
     assert torch.equal(add_noise(z, 0.0), z)
+
+
+def test_add_noise_keeps_unsampled_k_space_zero():
+    A = MRI(mri_mask((32, 32), acceleration=4, seed=0), coil_maps((32, 32), 4))
+    y = A.matvec(crandn(2, 32, 32, dtype=torch.complex64))
+    noisy = add_noise(y, 0.05, ndim=3, generator=gen(0))
+    unsampled = ~A.mask.bool()
+    assert bool((noisy[..., unsampled] == 0).all())  # y stays in the range of the mask
+    n = noisy - y
+    rms = (y.abs() ** 2).sum((-3, -2, -1)) / (y != 0).sum((-3, -2, -1))
+    got = (n.abs() ** 2).sum((-3, -2, -1)) / (y != 0).sum((-3, -2, -1))
+    torch.testing.assert_close(got.sqrt() / rms.sqrt(), torch.full((2,), 0.05), rtol=0.05, atol=0)
+    explicit = add_noise(y, 0.05, ndim=3, generator=gen(0), support=A.mask.bool())  # the mask broadcasts
+    torch.testing.assert_close(explicit, noisy)
 
 
 def test_add_noise_bad_input():
@@ -340,6 +492,12 @@ def test_add_noise_bad_input():
         add_noise(torch.ones(3, dtype=torch.int64), 0.1)
     with pytest.raises(ValueError, match="ndim"):
         add_noise(torch.ones(3), 0.1, ndim=2)
+    with pytest.raises(ValueError, match="support"):
+        add_noise(torch.ones(3), 0.1, support="everywhere")
+    with pytest.raises(TypeError, match="support"):
+        add_noise(torch.ones(3), 0.1, support=torch.ones(3))
+    with pytest.raises(ValueError, match="broadcast"):
+        add_noise(torch.ones(3), 0.1, support=torch.ones(2, dtype=torch.bool))
 
 
 def test_docstring_examples_run():

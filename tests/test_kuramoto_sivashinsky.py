@@ -9,6 +9,8 @@ from krylon.operators.pde import KuramotoSivashinsky
 from krylon.operators.pde.kuramoto_sivashinsky import initial_condition, parse_term, term_name
 from krylon.solvers.medida import one_step, simulate
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 
 def test_term_names_round_trip():
     names = {term_name(p, d) for p in range(5) for d in range(5) if p or d}

@@ -137,6 +137,18 @@ def test_crank_nicolson_residual_is_second_order_on_a_simulated_pair():
     assert float(ns.crank_nicolson_residual(traj[..., 0], bumped, dt).norm()) > 100 * norms[1]
 
 
+def test_trajectory_residual_is_the_pairwise_residual():
+    ns = NavierStokes2D(viscosity=1e-2)
+    traj = simulate(ns, developed(16, batch=2), 0.3, 0.1, snapshots=[0.0, 0.1, 0.2, 0.3])
+    r = ns.trajectory_residual(traj, 0.1)
+    assert r.shape == (2, 16, 16, 3)
+    for k in range(3):
+        np.testing.assert_allclose(r[..., k].numpy(), ns.crank_nicolson_residual(traj[..., k], traj[..., k + 1], 0.1).numpy(),
+                                   atol=1e-12)
+    with pytest.raises(ValueError, match="at least 2 snapshots"):
+        ns.trajectory_residual(traj[..., :1], 0.1)
+
+
 def test_crank_nicolson_residual_by_hand():
     # with a single Laplacian eigenfunction advection vanishes: R = (b - a)/dt - nu lam (a + b)/2 - f, by numpy
     nu, dt = 1e-2, 0.1
@@ -221,3 +233,15 @@ def test_bad_input_is_refused():
         ns.crank_nicolson_residual(w, torch.zeros(2, 32, 32, dtype=torch.float64), 0.1)
     with pytest.raises(FloatingPointError, match="finite"):  # a blow-up is reported, not returned
         simulate(NavierStokes2D(viscosity=1e-6), 1e3 * developed(16, batch=1), 5.0, 0.5)
+
+
+def test_default_forcing_follows_the_box():
+    # on a (1, 2) box the documented forcing is 0.1 (sin + cos) of 2 pi (x + y / 2): periodic on that box
+    from krylon.operators.pde import NavierStokes2D
+
+    model = NavierStokes2D(lengths=(1.0, 2.0))
+    f = model.forcing_field((16, 32)).numpy()
+    x = np.arange(16)[:, None] / 16
+    y = np.arange(32)[None, :] * 2.0 / 32
+    phase = 2 * np.pi * (x + y / 2.0)
+    np.testing.assert_allclose(f, 0.1 * (np.sin(phase) + np.cos(phase)), atol=1e-14)

@@ -139,7 +139,8 @@ def test_sfno_widen_last_layer_keeps_output_and_trains_new_modes(tmp_path):
     model = small_sfno().double()
     x = torch.randn(2, 1, 16, 16, 6, dtype=torch.float64)
     before = model(x).detach()
-    params = model.widen_last_layer((8, 8, 4))  # the full grid of 16 x 16 x 6
+    assert model.full_modes((16, 16, 12)) == (8, 8, 4)
+    params = model.widen_last_layer(model.full_modes((16, 16)))  # the full grid of 16 x 16 x 6
     assert model.last_spectral_layer() is model.out and model.out.modes == (8, 8, 4)
     assert [p is q for p, q in zip(params, model.out.parameters())] == [True]
     torch.testing.assert_close(model(x), before, atol=1e-12, rtol=0)
@@ -215,7 +216,8 @@ def test_fno_widen_last_layer_keeps_output(tmp_path):
     model = FNO((6, 4), hidden_channels=8, n_layers=2)
     x = torch.randn(2, 1, 16, 12)
     before = model(x).detach()
-    params = model.widen_last_layer((16, 12))  # the full grid
+    assert model.full_modes((16, 12)) == (16, 12)
+    params = model.widen_last_layer(model.full_modes((16, 12)))  # the full grid
     assert model.config["last_n_modes"] == [16, 12]
     conv = model.last_spectral_layer()
     assert conv.weight.shape == (8, 8, 16, 7)
@@ -253,6 +255,28 @@ def test_fno_checkpoint_round_trip_and_other_model_refused(tmp_path, fno_model):
     with pytest.raises(ValueError, match="holds a dcdm.DCDMNet checkpoint, not a SFNO"):
         SFNO.load(tmp_path / "dcdm.pt")
     assert isinstance(FNO.load(path), FNO) and not FNO.load(path).training
+
+
+def test_fno_to_float64_keeps_the_complex_spectral_weights():
+    model = FNO((6, 6), hidden_channels=4, n_layers=1)
+    w = model.last_spectral_layer().weight.tensor.detach().clone()
+    x = torch.randn(2, 1, 12, 12)
+    y = model(x).detach()
+    model.to(torch.float64)
+    w64 = model.last_spectral_layer().weight.tensor
+    assert w64.dtype == torch.complex128 and torch.equal(w64.detach().to(torch.complex64), w)
+    torch.testing.assert_close(model(x.double()).float(), y, atol=1e-5, rtol=1e-5)
+    model.float()
+    assert model.last_spectral_layer().weight.tensor.dtype == torch.complex64
+
+
+def test_fno_passes_neuraloperator_options_through_its_config(tmp_path):
+    model = FNO((6, 6), in_channels=2, out_channels=3, hidden_channels=4, n_layers=1, positional_embedding=None,
+                domain_padding=(0.25, 0.25), lifting_channel_ratio=1)
+    assert model.config["domain_padding"] == [0.25, 0.25] and model.net.positional_embedding is None
+    x = torch.randn(2, 2, 12, 12)
+    model.save(tmp_path / "f.pt")
+    torch.testing.assert_close(FNO.load(tmp_path / "f.pt")(x), model(x))
 
 
 @pytest.mark.parametrize("call,err,match", [

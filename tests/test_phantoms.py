@@ -81,6 +81,9 @@ def test_random_phantoms_reproducible_and_independent_of_batching():
     pytest.param(lambda: random_phantoms(2, 16, families=()), ValueError, id="no-families"),
     pytest.param(lambda: shepp_logan(32, supersample=0), ValueError, id="supersample"),
     pytest.param(lambda: random_phantoms(-1, 16), ValueError, id="n"),
+    pytest.param(lambda: random_phantom(16, complex=True, dtype=torch.float32), TypeError, id="complex-real-dtype"),
+    pytest.param(lambda: random_phantoms(0, 16, complex=True, dtype=torch.float64), TypeError, id="complex-real-dtype-n0"),
+    pytest.param(lambda: random_phantom(16, dtype=torch.int64), TypeError, id="int-dtype"),
 ])
 def test_bad_input(call, err):
     with pytest.raises(err):

@@ -109,6 +109,17 @@ def test_library_terms_match_analytic_fields():
     torch.testing.assert_close(back, cols - bt, atol=1e-11, rtol=0)
 
 
+def test_lowpass_keeps_long_waves_only():
+    m = QuasiGeostrophic(**SMALL)
+    y, x = _grid(m)
+    k_long, k_short = 2 * math.pi / 20, 2 * math.pi * 3 / 20  # 0.31 and 0.94
+    f = torch.stack((torch.sin(k_long * x) + torch.cos(k_short * y), torch.cos(k_short * x + k_long * y)))
+    out = m.lowpass(f[None], 0.6)[0]
+    torch.testing.assert_close(out, torch.stack((torch.sin(k_long * x), torch.zeros_like(x))), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        m.lowpass(torch.zeros(4, 4), 0.6)
+
+
 def test_model_terms_reproduce_the_right_hand_side():
     """With sponge and hyperviscosity off, the tendency is exactly model.terms . library (in PV space)."""
     m = QuasiGeostrophic(**SMALL, sponge=0.0, nu=0.0, jacobian=0.7, tau_f=0.2, tau_d=0.05, tau_r=0.03)
@@ -218,3 +229,101 @@ def test_bad_state_and_case():
         QuasiGeostrophic.case("nope")
     with pytest.raises(ValueError, match="dt"):
         m.forecast(torch.zeros(2, 16, 16), 0.0)
+
+
+# ----------------------------------------------------------------------------- discovery, data sets, command line
+TINY = dict(shape=(32, 16), nu=5e-3)
+
+
+@pytest.fixture(scope="module")
+def tiny_windows():
+    from krylon.bench.medida_qg import truth_windows
+
+    # 40 time units: eddies have grown, so psi_1 - psi_2 - psi_R is no longer ~0 (near the radiative equilibrium
+    # the relaxation's three columns are nearly collinear)
+    return truth_windows(**TINY, spinup=40.0, samples=2, members=2, spacing=2.0)[1]
+
+
+@pytest.mark.parametrize("case", ["tau_d", "tau_f", "jacobian", "beta"])
+def test_full_observations_recover_the_changed_parameter(case, tiny_windows):
+    from krylon.bench.medida_qg import discover_qg
+
+    found = discover_qg(case, tiny_windows, **TINY)
+    assert not found.spurious and not found.missed, (found.spurious, found.missed)
+    assert max(found.errors.values()) < 0.05, found.errors
+    truth, model = QuasiGeostrophic.case(case, **TINY)
+    for name, value in found.corrected.items():  # the corrected model is the truth again
+        assert abs(value - truth.terms.get(name, 0.0)) < 0.05 * max(abs(truth.terms.get(name, 0.0)), 0.01), name
+
+
+def test_generate_writes_and_resumes(tmp_path, monkeypatch):
+    from krylon.datasets import open_dataset
+    from krylon.datasets import quasi_geostrophic as qgdata
+    from krylon.datasets.hdf5 import DatasetWriter
+
+    kw = dict(n_samples=3, members=1, spinup=1.0, spacing=0.5, settings={"shape": (16, 16), "nu": 5e-3})
+    full = qgdata.observation_windows(QuasiGeostrophic(**kw["settings"]), 3, spinup=1.0, spacing=0.5)
+    path = tmp_path / "qg.h5"
+    write = DatasetWriter.write
+    calls = []
+
+    def failing(self, i, sample):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a run stopped after two samples
+        calls.append(i)
+        write(self, i, sample)
+
+    monkeypatch.setattr(DatasetWriter, "write", failing)
+    with pytest.raises(KeyboardInterrupt):
+        qgdata.generate(path, **kw)
+    monkeypatch.setattr(DatasetWriter, "write", write)
+    assert not path.exists() and path.with_name("qg.h5.partial").exists()
+    qgdata.generate(path, **kw)
+    ds = open_dataset(path)
+    got = torch.stack([torch.as_tensor(ds[i]["psi"]) for i in range(len(ds))])
+    assert got.shape == (3, 2, 2, 16, 16)
+    torch.testing.assert_close(got, full)  # deterministic: the resumed file is the uninterrupted run
+    with pytest.raises(FileExistsError):
+        qgdata.generate(path, **kw)
+
+
+def test_cli_generate_and_discover(tmp_path, capsys):
+    import json
+
+    from krylon.cli import main
+
+    assert main(["discover", "qg", "--case", "nope"]) == 2
+    assert "unknown QG case" in capsys.readouterr().err
+    data, out = tmp_path / "qg.h5", tmp_path / "found.json"
+    assert main(["generate", "qg", "--grid", "32", "16", "--nu", "5e-3", "--samples", "2", "--members", "2",
+                 "--spinup", "40", "--spacing", "2", "--out", str(data), "--no-progress"]) == 0
+    assert main(["discover", "qg", "--case", "tau_f", "--data", str(data), "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["discovered"]) == {"q2:lap(psi_2)"} and record["spurious"] == []
+    assert abs(record["discovered"]["q2:lap(psi_2)"]["coefficient"] - 0.3) < 0.015
+    assert abs(record["corrected"]["q2:lap(psi_2)"] + 0.07) < 0.015
+
+
+def test_bench_summary_compares_fills_against_cubic():
+    from krylon.bench.medida_qg import SIZES, run_qg, summary_qg
+
+    rows = [{"case": "tau_d", "observations": label, "worst error %": err, "spurious": sp, "missed": "-"}
+            for label, err, sp in (("full", 0.2, "-"), ("25% cubic", 40.0, "-"), ("25% spectral", 9.0, "-"),
+                                   ("25% rff", 3.0, "q1:psi_1"))]
+    (row,) = summary_qg({"rows": rows})
+    # rff found a spurious term, so the spectral fill is krylon's best; cubic is the peer
+    assert (row["krylon"], row["krylon_value"], row["peer"], row["peer_value"]) == ("spectral", 9.0, "cubic", 40.0)
+    assert row["ratio"] == pytest.approx(40.0 / 9.0)
+    assert set(SIZES) == {"quick", "default", "paper"}
+    with pytest.raises(ValueError, match="size"):
+        run_qg("huge")
+
+
+def test_lowpass_regression_keeps_the_coefficients(tiny_windows):
+    """The same filter on the model error and on every column (rows of whole fields) keeps c in y = Theta c."""
+    from krylon.bench.medida_qg import discover_qg
+
+    for cut in (None, 0.8):
+        found = discover_qg("tau_f", tiny_windows, **TINY, lowpass=cut)
+        assert found.info["lowpass"] == cut
+        assert list(found.coefficients) == ["q2:lap(psi_2)"] and found.errors["q2:lap(psi_2)"] < 0.05, found.errors

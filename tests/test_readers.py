@@ -1,6 +1,5 @@
 """open_dataset on every layout: small files written here with h5py, samples checked against the numpy source."""
 
-import json
 import pickle
 
 import h5py
@@ -194,6 +193,35 @@ def test_pdebench_seeds_groups(tmp_path):
         open_dataset(p)
 
 
+def test_pdebench_seeds_with_a_metadata_group(tmp_path):
+    data = RNG.random((2, 12, 4, 1))  # per seed (T, X, V)
+    p = tmp_path / "seeds.h5"
+    with h5py.File(p, "w") as f:
+        for s in range(2):
+            f.create_group(f"{s:04d}")["data"] = data[s]
+        f.create_group("meta")["info"] = np.arange(3)  # not a seed: no 'data'
+        f.create_group("aaa/data/inner")  # 'data' a group, not a data set
+    assert detect_layout(p) == "pdebench-seeds"
+    ds = open_dataset(p)
+    assert len(ds) == 2 and ds.attrs["groups"] == ["0000", "0001"]
+    np.testing.assert_array_equal(ds[1]["y"].numpy(), np.moveaxis(data[1], (0, 2), (2, 0))[..., 10:])
+    with pytest.raises(KeyError, match=r"no per-seed group with a data set 'u'.*y_key"):
+        open_dataset(p, layout="pdebench-seeds", y_key="u")
+
+
+def test_fno_mat_refuses_input_steps_with_x_key(tmp_path):
+    u, a = RNG.random((3, 4, 4, 12)), RNG.random((3, 4, 4))
+    p = _mat(tmp_path / "ns.mat", {"u": u, "a": a, "t": np.arange(12.0)[None]})
+    with pytest.raises(ValueError, match=r"input_steps=4 splits a trajectory.*x_key='a'"):
+        open_dataset(p, x_key="a", input_steps=4)
+    ds = open_dataset(p, x_key="a", output_steps=5)
+    np.testing.assert_array_equal(ds[2]["y"].numpy(), u[2][None, ..., :5])
+    with pytest.raises(ValueError, match=r"cannot give input_steps=0 \+ output_steps=13"):
+        open_dataset(p, x_key="a", output_steps=13)
+    with pytest.raises(TypeError, match="output_steps"):
+        open_dataset(p, x_key="a", output_steps=2.5)
+
+
 # ----------------------------------------------------------------------------- krylon files
 def test_krylon_files_pass_fields_coords_and_attrs_through(tmp_path):
     x, y = RNG.random((3, 1, 8, 8, 10)).astype(np.float32), RNG.random((3, 1, 8, 8, 40)).astype(np.float32)
@@ -217,7 +245,7 @@ def test_nan_sample_names_file_key_and_index(tmp_path):
     p = _pdebench(tmp_path / "nan.hdf5", tensor)
     ds = open_dataset(p)
     ds[1]
-    with pytest.raises(ValueError, match=r"nan\.hdf5: key 'y' \(from 'tensor'\) of sample 2 contains 1 NaN/Inf"):
+    with pytest.raises(ValueError, match=r"nan\.hdf5: key 'y' \(from 'tensor'\) of sample 2 contains 1 non-finite value"):
         ds[2]
     assert torch.isnan(open_dataset(p, check_finite=False)[2]["y"]).any()
     # krylon files too (a file some other program wrote)
@@ -290,7 +318,7 @@ def test_batched_reads_match_single_reads_and_name_the_bad_sample(tmp_path):
         assert [float(g["b"][0, 0]) for g in got] == [b[i, 0, 0] for i in idx]
     np.testing.assert_array_equal(ds[3:9]["b"].numpy(), b[3:9])
     assert ds[5:5]["b"].shape == (0, 3, 2)
-    with pytest.raises(ValueError, match=r"key 'b' of sample 33 contains 1 NaN/Inf"):
+    with pytest.raises(ValueError, match=r"key 'b' of sample 33 contains 1 non-finite value"):
         ds.__getitems__([40 - 1, 33, 1])
     with pytest.raises(IndexError):
         ds.__getitems__([1, 40])
@@ -312,8 +340,8 @@ def test_docstring_examples_run():
     import doctest
     import importlib
 
-    for name in ("hdf5", "readers", "convert"):
-        module = importlib.import_module(f"krylon.datasets.{name}")  # krylon.datasets.convert is also a function
+    for name in ("hdf5", "readers", "conversion"):
+        module = importlib.import_module(f"krylon.datasets.{name}")
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
@@ -331,7 +359,7 @@ def test_writer_attrs_coords_and_blocks_are_checked(tmp_path):
     w = DatasetWriter(tmp_path / "e.h5", 3, f32, generator="g", attrs={"meta": {"k": [1, 2]}, "names": ["a", "b"]})
     block = np.ones((2, 2), np.float32)
     block[1, 0] = np.nan
-    with pytest.raises(ValueError, match="'x' of sample 1 contains NaN"):
+    with pytest.raises(ValueError, match="'x' of sample 1 contains 1 non-finite"):
         w.write_many(0, {"x": block})
     with pytest.raises(IndexError, match="runs past the end"):
         w.write_many(0, {"x": np.ones((4, 2), np.float32)})
@@ -339,4 +367,4 @@ def test_writer_attrs_coords_and_blocks_are_checked(tmp_path):
     w.write_many(0, {"x": np.ones((3, 2), np.float32)})
     assert w.close()
     attrs = open_dataset(tmp_path / "e.h5").attrs
-    assert json.loads(attrs["meta"]) == {"k": [1, 2]} and json.loads(attrs["names"]) == ["a", "b"]
+    assert attrs["meta"] == {"k": [1, 2]} and attrs["names"] == ["a", "b"]  # decoded again (json_attrs)

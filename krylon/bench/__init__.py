@@ -20,6 +20,7 @@ SUITES = {  # name -> module of this package; one line per family
     "dcdm": ".dcdm",  # learned conjugate directions vs CG, IC0-, DST-, pyamg-PCG on unseen obstacle scenes
     "fno": ".fno",  # neural operators: krylon's training vs neuraloperator's Trainer (Darcy); SFNO + Spectral-Refiner (NS)
     "dds": ".dds",  # DDS with the shipped diffusion prior vs DPS, CG-SENSE/FBP, TV on MRI and CT (64x64)
+    "medida": ".medida",  # model-error discovery, KS paper cases: krylon MEDIDA (RVM) vs pysindy PDE-FIND on the same data
 }
 
 

@@ -3,13 +3,13 @@
 Two cases:
 
 1. **Darcy 16x16** (neuraloperator's own small data set, read from ``shared/data/neuralop/``): the same FNO
-   (n_modes (16, 16) in neuraloperator 2.0's convention, hidden 32, ~341k parameters, the same initial weights)
+   (n_modes (16, 16) in neuraloperator 2.0's convention, hidden 32, 4 layers, the same initial weights)
    trained by :class:`krylon.solvers.OperatorLearner` and by ``neuralop.Trainer`` with an equal budget -- the same
    epochs, batch size, optimiser (AdamW), cosine schedule and relative-L2 loss -- in the same run.  Reported:
    test relative L2 at 16 and zero-shot at 32 (both measured with one function on both models), training
-   samples per second, and the peak memory of each training stage (CUDA: allocator peak; CPU: resident-set
-   high-water mark above the stage's start, sampled).  neuraloperator steps its scheduler per epoch, krylon
-   per batch (the same cosine curve, finer steps).
+   samples per second, and the peak memory of each training stage (CUDA: allocator peak; CPU: each stage runs
+   in a forked child from the same warm parent, and its peak is the child's resident-set growth, sampled).
+   neuraloperator steps its scheduler per epoch, krylon per batch (the same cosine curve, finer steps).
 2. **Navier--Stokes** nu = 1e-3, 10 -> 40 steps (generated with ``krylon generate ns2d``): an SFNO trained with
    relative L2, then refined (Spectral-Refiner, physics residual): relative L2 before and after, seconds per
    stage.  Skipped with a note when the generator or the SFNO is not installed.
@@ -54,50 +54,60 @@ def find_data_dir(data_dir=None) -> Path | None:
     return None
 
 
-class _PeakMemory:
-    """Peak memory of a stage: CUDA allocator peak, or sampled resident-set size above the stage's start (CPU)."""
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    def __init__(self, device):
-        self.device = str(device)
-        self.peak = 0
 
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _stage(fn, device) -> dict:
+    """Run one training stage and add its ``peak_mib``.
 
-    def __enter__(self):
-        import torch
+    On a CPU the stage runs in a forked child, so both trainers start from the same process state (the second
+    does not inherit the first's warm allocator) and the peak is the child's resident-set growth, sampled every
+    10 ms; on CUDA it runs in-process and the peak is the allocator's (CUDA does not survive a fork).
+    """
+    import torch
 
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = fn()
+        out["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        return out
+    import multiprocessing
+    import traceback
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.SimpleQueue()
+
+    def child():
         gc.collect()
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        self.base = self._rss()
-        self._stop = threading.Event()
+        base, peak = _rss(), [0]
+        stop = threading.Event()
 
         def sample():
-            while not self._stop.wait(0.01):
-                self.peak = max(self.peak, self._rss() - self.base)
+            while not stop.wait(0.01):
+                peak[0] = max(peak[0], _rss() - base)
 
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            out = fn()
+            stop.set()
+            thread.join()
+            out["peak_mib"] = max(peak[0], _rss() - base) / 2 ** 20
+            queue.put(("ok", out))
+        except BaseException:  # the parent re-raises it with the child's traceback
+            queue.put(("error", traceback.format_exc()))
 
-    def __exit__(self, *exc):
-        import torch
-
-        if self.device.startswith("cuda"):
-            self.peak = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, self._rss() - self.base)
-        return False
-
-    @property
-    def mib(self) -> float:
-        return self.peak / 2 ** 20
+    proc = ctx.Process(target=child)
+    proc.start()
+    status, out = queue.get()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark stage failed in its child process:\n{out}")
+    return out
 
 
 class _Pairs:
@@ -164,69 +174,69 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
 
     train = _Pairs(data_dir / "darcy_train_16.pt", cfg["n_train"])
     tests = {16: _Pairs(data_dir / "darcy_test_16.pt"), 32: _Pairs(data_dir / "darcy_test_32.pt")}
-    rows = []
-    _warm_up(device, train)
+    _warm_up(device, train)  # in the parent: both stages (children on a CPU) start warm
 
-    # krylon
     model, peer = _fno(seed)
     model, peer = model.to(device), peer.to(device)
     n_params = sum(p.numel() for p in model.parameters())
-    learner = OperatorLearner(model, loss="l2")
-    with _PeakMemory(device) as mem:
+
+    def krylon_stage():
+        learner = OperatorLearner(model, loss="l2")
         hist = learner.fit(train, None, out_dir=out / "fno-darcy-krylon", progress=False, log=lambda s: None,
                            plot=False, epochs=cfg["epochs"], batch_size=cfg["batch"], lr=DARCY["lr"],
                            weight_decay=DARCY["weight_decay"], optimizer="adamw", schedule="cosine", val_fraction=0.0,
                            seed=seed, max_grad_norm=None)
-    seconds = sum(hist["seconds"])
-    model.eval()
-    rows.append({"case": "darcy16", "trainer": "krylon OperatorLearner (krylon FNO)", "parameters": n_params,
-                 "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": sum(hist["samples"]) / seconds,
-                 "peak_mib": mem.mib, "l2_16": _errors(learner.operator, tests[16], device),
-                 "l2_32": _errors(learner.operator, tests[32], device)})
+        seconds = sum(hist["seconds"])
+        model.eval()
+        return {"case": "darcy16", "trainer": "krylon OperatorLearner (krylon FNO)", "parameters": n_params,
+                "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": sum(hist["samples"]) / seconds,
+                "l2_16": _errors(learner.operator, tests[16], device), "l2_32": _errors(learner.operator, tests[32], device)}
 
-    # neuraloperator's Trainer: the same model and initial weights, its own data processor (output normalised)
-    from neuralop import LpLoss, Trainer
-    from neuralop.data.transforms.data_processors import DefaultDataProcessor
-    from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
+    # neuraloperator's Trainer: the same network and initial weights, its own data processor (output normalised)
+    def peer_stage():
+        from neuralop import LpLoss, Trainer
+        from neuralop.data.transforms.data_processors import DefaultDataProcessor
+        from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
 
-    y_norm = UnitGaussianNormalizer(dim=[0, 2, 3])
-    y_norm.fit(train.y)
-    processor = DefaultDataProcessor(in_normalizer=None, out_normalizer=y_norm).to(device)
-    loader = DataLoader(train, batch_size=cfg["batch"], shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
-    opt = torch.optim.AdamW(peer.parameters(), lr=DARCY["lr"], weight_decay=DARCY["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
-    trainer = Trainer(model=peer, n_epochs=cfg["epochs"], device=str(device), data_processor=processor,
-                      eval_interval=10 ** 9, verbose=False)
-    epoch_seconds = []
-    one_epoch = trainer.train_one_epoch
+        y_norm = UnitGaussianNormalizer(dim=[0, 2, 3])
+        y_norm.fit(train.y)
+        processor = DefaultDataProcessor(in_normalizer=None, out_normalizer=y_norm).to(device)
+        loader = DataLoader(train, batch_size=cfg["batch"], shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
+        opt = torch.optim.AdamW(peer.parameters(), lr=DARCY["lr"], weight_decay=DARCY["weight_decay"])
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
+        trainer = Trainer(model=peer, n_epochs=cfg["epochs"], device=str(device), data_processor=processor,
+                          eval_interval=10 ** 9, verbose=False)
+        epoch_seconds = []
+        one_epoch = trainer.train_one_epoch
 
-    def timed(*a, **kw):
-        sync(device)
-        t0 = time.perf_counter()
-        r = one_epoch(*a, **kw)
-        sync(device)
-        epoch_seconds.append(time.perf_counter() - t0)
-        return r
+        def timed(*a, **kw):
+            sync(device)
+            t0 = time.perf_counter()
+            r = one_epoch(*a, **kw)
+            sync(device)
+            epoch_seconds.append(time.perf_counter() - t0)
+            return r
 
-    trainer.train_one_epoch = timed
-    loss = LpLoss(d=2, p=2)
-    with _PeakMemory(device) as mem, warnings.catch_warnings():
-        # its Trainer passes every batch key to the model and the loss, which warn about the ones they ignore
-        warnings.filterwarnings("ignore", message=".*received unexpected keyword arguments")
-        trainer.train(train_loader=loader, test_loaders={}, optimizer=opt, scheduler=sched, training_loss=loss,
-                      eval_losses={"l2": loss}, save_dir=str(out / "fno-darcy-neuralop"))
-    peer.eval()
-    processor.eval()
+        trainer.train_one_epoch = timed
+        loss = LpLoss(d=2, p=2)
+        with warnings.catch_warnings():
+            # its Trainer passes every batch key to the model and the loss, which warn about the ones they ignore
+            warnings.filterwarnings("ignore", message=".*received unexpected keyword arguments")
+            trainer.train(train_loader=loader, test_loaders={}, optimizer=opt, scheduler=sched, training_loss=loss,
+                          eval_losses={"l2": loss}, save_dir=str(out / "fno-darcy-neuralop"))
+        peer.eval()
+        processor.eval()
 
-    def peer_predict(x):
-        out_, _ = processor.postprocess(peer(x), {"x": x, "y": x})
-        return out_
+        def peer_predict(x):
+            out_, _ = processor.postprocess(peer(x), {"x": x, "y": x})
+            return out_
 
-    seconds = sum(epoch_seconds)
-    rows.append({"case": "darcy16", "trainer": "neuralop Trainer (neuralop FNO)", "parameters": n_params,
-                 "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": len(train) * cfg["epochs"] / seconds,
-                 "peak_mib": mem.mib, "l2_16": _errors(peer_predict, tests[16], device),
-                 "l2_32": _errors(peer_predict, tests[32], device)})
+        seconds = sum(epoch_seconds)
+        return {"case": "darcy16", "trainer": "neuralop Trainer (neuralop FNO)", "parameters": n_params,
+                "epochs": cfg["epochs"], "train_s": seconds, "samples_per_s": len(train) * cfg["epochs"] / seconds,
+                "l2_16": _errors(peer_predict, tests[16], device), "l2_32": _errors(peer_predict, tests[32], device)}
+
+    rows = [_stage(krylon_stage, device), _stage(peer_stage, device)]
     for r in rows:
         r["zero_shot_ratio"] = r["l2_32"] / r["l2_16"]
     return rows

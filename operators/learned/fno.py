@@ -17,7 +17,9 @@ Spectral-Refiner hook: :meth:`FNO.last_spectral_layer` is the last Fourier layer
 the old weights copied onto the matching (centred) modes and zeros elsewhere, so the output is unchanged.
 Its modes are recorded as ``last_n_modes`` in :attr:`FNO.config`.
 
-neuraloperator keeps its spectral weights as complex parameters (``DistributedDataParallel`` needs
+``model.to(torch.float64)`` keeps the spectral weights complex (complex128; torch alone would drop their imaginary
+parts); neuraloperator's layer still accumulates its spectrum in complex64, so a float64 FNO is float64 outside
+its spectral products only.  neuraloperator keeps its spectral weights as complex parameters (``DistributedDataParallel`` needs
 ``torch.view_as_real`` hooks or a recent torch for them); krylon's own :class:`~.sfno.SFNO` stores real ones.
 """
 
@@ -99,8 +101,7 @@ class FNO(nn.Module):
         n_layers = validate.integer(n_layers, "n_layers")
         for key, value in kw.items():  # the config must survive json (checkpoints hold no pickled objects)
             try:
-                if json.loads(json.dumps(value)) != value:
-                    raise TypeError
+                kw[key] = json.loads(json.dumps(value))  # tuples become lists, as a reloaded config has them
             except (TypeError, ValueError):
                 raise TypeError(f"FNO keyword argument {key}={value!r} is not JSON-able (a checkpoint could not "
                                 "rebuild it); pass numbers, strings, lists or dicts") from None
@@ -153,6 +154,19 @@ class FNO(nn.Module):
         self.check_input(x)
         return self.net(x)
 
+    def _apply(self, fn, recurse=True):
+        # Module.to(torch.float64) casts complex parameters to float64, discarding their imaginary parts (torch
+        # only warns): cast neuraloperator's complex spectral weights through their real view instead, so
+        # .to(dtype)/.double()/.float() keep them complex (complex128/complex64)
+        def keep_complex(t):
+            if t.is_complex():
+                r = fn(torch.view_as_real(t))
+                if isinstance(r, torch.Tensor) and r.is_floating_point() and r.dim() == t.dim() + 1:
+                    return torch.view_as_complex(r.contiguous())
+            return fn(t)
+
+        return super()._apply(keep_complex, recurse)
+
     # neuraloperator's BaseModel.state_dict adds a "_metadata" entry (its constructor arguments, functions
     # included) that torch.load(weights_only=True) refuses; krylon's config replaces it, so it is dropped
     def state_dict(self, *args, **kwargs):
@@ -194,6 +208,14 @@ class FNO(nn.Module):
             if old.bias is not None:
                 new.bias.copy_(old.bias)
         return new
+
+    def full_modes(self, grid) -> tuple[int, ...]:
+        """The ``n_modes`` that keep every mode of a grid ``grid`` (its space axes; extra trailing entries are
+        ignored): the grid itself, in neuraloperator's convention."""
+        grid = validate.shape(grid, "grid")
+        if len(grid) < self.n_dim:
+            raise ValueError(f"grid must have at least {self.n_dim} entries, got {grid}")
+        return tuple(grid[: self.n_dim])
 
     def widen_last_layer(self, n_modes) -> list[nn.Parameter]:
         """Re-create the last spectral layer keeping ``n_modes`` (neuraloperator's convention), old weights copied in.

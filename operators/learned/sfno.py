@@ -13,7 +13,8 @@ It maps ``in_steps`` snapshots of a field on a periodic 2-D grid to ``out_steps`
 3. a pointwise two-layer projection to ``out_channels``, then the **output spectral layer**: a
    ``SpectralConv`` over ``(x, y, t)`` whose inverse FFT is taken at ``out_steps`` points in time -- the
    prediction is resampled in time spectrally, so ``model(x, out_steps=80)`` samples the same trajectory twice as
-   finely as ``out_steps=40``;
+   finely as ``out_steps=40``.  (As in the paper's code, the FFTs treat the time window as periodic: the output
+   steps are ``out_steps`` equispaced samples of one period of a trigonometric polynomial in time);
 4. when ``in_channels == out_channels``, the last input snapshot is added to every output step (the network
    predicts the change from it).
 
@@ -178,6 +179,14 @@ class SFNO(nn.Module):
     def last_spectral_layer(self) -> SpectralConv:
         """The output spectral layer (the one Spectral-Refiner fine-tunes)."""
         return self.out
+
+    def full_modes(self, grid) -> tuple[int, int, int]:
+        """The modes of the output layer that cover every mode of a space grid ``grid`` (``(X, Y)``; a trailing
+        time length is ignored): ``(X // 2, Y // 2, in_steps // 2 + 1)``, the widest :meth:`widen_last_layer` takes."""
+        grid = validate.shape(grid, "grid")
+        if len(grid) not in (2, 3):
+            raise ValueError(f"grid must be (X, Y) or (X, Y, T), got {grid}")
+        return grid[0] // 2, grid[1] // 2, self.config["in_steps"] // 2 + 1
 
     def widen_last_layer(self, modes) -> list[nn.Parameter]:
         """Re-create the output spectral layer with ``modes`` (each >= its current modes), old weights copied in.

@@ -13,6 +13,7 @@ the equation and forcing of the FNO and Spectral-Refiner data sets (``0.1 (sin 2
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -101,7 +102,7 @@ class NavierStokes2D:
             if forcing != "kolmogorov-diagonal":
                 raise ValueError(f"forcing must be 'kolmogorov-diagonal', a callable, a tensor or None, got {forcing!r}")
             self.forcing_name = forcing
-            forcing = kolmogorov_diagonal_forcing
+            forcing = functools.partial(kolmogorov_diagonal_forcing, lengths=self.lengths)  # periodic on this box
         elif forcing is None:
             self.forcing_name = "none"
         elif callable(forcing):
@@ -252,10 +253,31 @@ class NavierStokes2D:
         if not dt > 0:
             raise ValueError(f"dt must be positive, got {dt!r}")
         shape = self._check_grid(w_now.shape[-2:])
-        a_hat, b_hat = torch.fft.rfft2(w_now), torch.fft.rfft2(w_next)
-        lin = self.linear(shape, w_now.dtype, w_now.device)
-        rhs = lin * (a_hat + b_hat) / 2 - (self.advection(a_hat) + self.advection(b_hat)) / 2
-        f_hat = self._tables(shape, w_now.dtype, w_now.device)[5]
-        if f_hat is not None:
-            rhs = rhs + f_hat
+        rhs = (self._tendency(torch.fft.rfft2(w_now)) + self._tendency(torch.fft.rfft2(w_next))) / 2
         return (w_next - w_now) / dt - torch.fft.irfft2(rhs, s=shape)
+
+    def trajectory_residual(self, w: torch.Tensor, dt: float) -> torch.Tensor:
+        """:meth:`crank_nicolson_residual` of every consecutive pair of a trajectory ``(*batch, X, Y, T)``.
+
+        Snapshots ``dt`` apart with time on the last axis (the data sets' layout); returns
+        ``(*batch, X, Y, T - 1)``.  Each snapshot's tendency is computed once (half the FFTs of calling
+        :meth:`crank_nicolson_residual` pair by pair).
+        """
+        if not isinstance(w, torch.Tensor) or w.is_complex() or not w.is_floating_point() or w.dim() < 3:
+            raise TypeError(f"w must be a real floating tensor (*batch, X, Y, T), got "
+                            f"{getattr(w, 'dtype', type(w).__name__)} {tuple(getattr(w, 'shape', ()))}")
+        if w.shape[-1] < 2:
+            raise ValueError(f"a trajectory needs at least 2 snapshots on its last axis, got shape {tuple(w.shape)}")
+        dt = validate.real_number(dt, "dt")
+        if not dt > 0:
+            raise ValueError(f"dt must be positive, got {dt!r}")
+        wt = w.movedim(-1, -3)  # (*batch, T, X, Y)
+        shape = self._check_grid(wt.shape[-2:])
+        g = self._tendency(torch.fft.rfft2(wt))
+        r = (wt[..., 1:, :, :] - wt[..., :-1, :, :]) / dt - torch.fft.irfft2((g[..., 1:, :, :] + g[..., :-1, :, :]) / 2, s=shape)
+        return r.movedim(-3, -1)
+
+    def _tendency(self, w_hat: torch.Tensor) -> torch.Tensor:
+        """The full right-hand side ``L w + N(w)`` in rfft2 layout."""
+        shape = self._grid_of(w_hat)
+        return self.linear(shape, w_hat.real.dtype, w_hat.device) * w_hat + self.nonlinear(w_hat)

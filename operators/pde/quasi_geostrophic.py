@@ -36,8 +36,6 @@ Model errors are changed parameters or removed terms: :data:`CASES` names the pa
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 
 from ...kernels import backend, validate
@@ -321,6 +319,18 @@ class QuasiGeostrophic:
             p = p * self._c(weight, v_hat)
         return p.sum((-2, -1)) / (ny * nx) ** 2
 
+    def lowpass(self, fields: torch.Tensor, cutoff: float) -> torch.Tensor:
+        """Fields ``(*batch, n_y, n_x)`` keeping only the modes of wavenumber ``|K| <= cutoff`` (sharp spectral cut).
+
+        MEDIDA from sparse sensors regresses on the large scales only, where the interpolation is accurate: the
+        same linear filter on the model error and on every library column leaves the coefficients unchanged.
+        """
+        cutoff = validate.real_number(cutoff, "cutoff", minimum=0.0)
+        if tuple(fields.shape[-2:]) != self.shape:
+            raise ValueError(f"fields must have the grid {self.shape} in their last axes, got {tuple(fields.shape)}")
+        keep = self._c(self.k2, fields) <= cutoff**2
+        return self.irfft(self.rfft(fields) * keep)
+
     # ----------------------------------------------------------------------------- the library's terms
     def library(self, psi: torch.Tensor, *, space: str = "psi") -> torch.Tensor:
         """The QG library's columns at grid states ``psi``: shape ``(*batch, 2, n_y, n_x, 22)``.
@@ -344,11 +354,3 @@ class QuasiGeostrophic:
             cols = self.psi_from_q(cols * self.mask)
         return self.irfft(cols).movedim(-4, -1)                        # (*batch, 2, ny, nx, 22)
 
-
-def settings_from(mapping: Mapping | None) -> dict:
-    """A model's constructor settings from a JSON mapping (lists back to tuples)."""
-    out = dict(mapping or {})
-    for key in ("shape", "lengths"):
-        if key in out:
-            out[key] = tuple(out[key])
-    return out

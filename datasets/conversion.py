@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .hdf5 import DatasetWriter, _attr_value
+from ..kernels import validate
+from .hdf5 import SCHEMA_ATTRS, DatasetWriter, _attr_value, file_kind
 from .readers import LAYOUTS, open_dataset
 
 __all__ = ["convert", "PT_LAYOUT", "sha256"]
@@ -30,8 +31,7 @@ __all__ = ["convert", "PT_LAYOUT", "sha256"]
 PT_LAYOUT = "neuralop-pt"
 _BLOCK = 64  # samples per HDF5 write
 # attributes of a source that describe the source file itself, not its samples: not copied
-_SCHEMA = {"krylon_format", "format_version", "generator", "parameters", "seed", "krylon_version", "n_samples",
-           "n_written", "complete", "source", "source_sha256", "source_layout", "layout"}
+_SCHEMA = set(SCHEMA_ATTRS) | {"source", "source_sha256", "source_layout", "layout", "sources"}
 
 
 def sha256(path) -> str:
@@ -41,13 +41,6 @@ def sha256(path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _is_torch_file(path: Path) -> bool:
-    if path.suffix in (".pt", ".pth"):
-        return True
-    with open(path, "rb") as fh:
-        return fh.read(4) == b"PK\x03\x04"  # torch.save's zip container (HDF5 starts with \x89HDF)
 
 
 def _load_pt(path: Path, x_key: str, y_key: str) -> tuple[dict, dict]:
@@ -87,9 +80,10 @@ def _load_pt(path: Path, x_key: str, y_key: str) -> tuple[dict, dict]:
             v = v.detach().cpu().numpy()
             v = v.item() if v.size == 1 else v
         try:
-            attrs[k] = _attr_value(k, v)
+            _attr_value(k, v)  # only checked: the writer stores it (and records JSON ones)
         except TypeError:
-            pass  # per-sample or structured extras are not part of the sample convention
+            continue  # per-sample or structured extras are not part of the sample convention
+        attrs[k] = v
     return fields, attrs
 
 
@@ -107,7 +101,8 @@ def convert(src, dst, *, layout: str = "auto", dtype: str | None = None, overwri
     dtype : str, optional
         Store floating fields in this numpy dtype (``"float32"``); default as read (booleans become float32).
     overwrite : bool
-        Replace an existing ``dst``; otherwise an existing file is a ``FileExistsError``.
+        Replace an existing ``dst`` (only once the new file is complete: a failed conversion keeps the old one) and
+        start afresh instead of resuming a ``dst.partial``; otherwise an existing file is a ``FileExistsError``.
     **options
         ``x_key``/``y_key`` for ``.pt`` files; the reader's options otherwise (``input_steps``, ...).
 
@@ -132,28 +127,25 @@ def convert(src, dst, *, layout: str = "auto", dtype: str | None = None, overwri
         dtype = np.dtype(dtype)
         if dtype.kind != "f":
             raise ValueError(f"dtype must be a floating dtype such as 'float32', got {dtype}")
-    if dst.exists():
-        if not overwrite:
-            raise FileExistsError(f"{dst} already exists; pass overwrite=True (--force) to replace it")
-        dst.unlink()
+    overwrite = validate.boolean(overwrite, "overwrite")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--force) to replace it")
+    if overwrite:  # a fresh conversion: whatever an earlier attempt left is not resumed
+        dst.with_name(dst.name + ".partial").unlink(missing_ok=True)
+    kind = file_kind(src)
     if layout == "auto":
-        layout = PT_LAYOUT if _is_torch_file(src) else "auto"
+        layout = PT_LAYOUT if src.suffix in (".pt", ".pth") or kind == "torch" else "auto"
     digest = sha256(src)
-    if layout in ("auto", "fno-mat") and _is_matlab_v5(src):
+    if layout in ("auto", "fno-mat") and kind == "matlab-v5":
         # FNO's older files (Darcy, Burgers) are MATLAB v5, which HDF5 cannot read: rewrite them the way
         # MATLAB's v7.3 would store them and read that with the one .mat reader
         tmp = dst.with_name(dst.name + ".v73.tmp")
         try:
             _matlab_v5_as_v73(src, tmp)
-            return _convert(tmp, dst, "fno-mat", dtype, options, src.name, digest)
+            return _convert(tmp, dst, "fno-mat", dtype, options, src, digest, overwrite)
         finally:
             tmp.unlink(missing_ok=True)
-    return _convert(src, dst, layout, dtype, options, src.name, digest)
-
-
-def _is_matlab_v5(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(10) == b"MATLAB 5.0"
+    return _convert(src, dst, layout, dtype, options, src, digest, overwrite)
 
 
 def _matlab_v5_as_v73(src: Path, out: Path) -> None:
@@ -173,8 +165,9 @@ def _matlab_v5_as_v73(src: Path, out: Path) -> None:
             f[k].attrs["MATLAB_class"] = np.bytes_("double")
 
 
-def _convert(src: Path, dst: Path, layout: str, dtype, options: dict, name: str, digest: str) -> Path:
-    """Write ``src`` (read with ``layout``) to ``dst``; ``name``/``digest`` identify the original source."""
+def _convert(src: Path, dst: Path, layout: str, dtype, options: dict, origin: Path, digest: str, overwrite: bool) -> Path:
+    """Write ``src`` (read with ``layout``) to ``dst``; ``origin``/``digest`` identify the original source."""
+    name = origin.name
     coords, extra = {}, {}
     if layout == PT_LAYOUT:
         unknown = sorted(set(options) - {"x_key", "y_key"})
@@ -199,9 +192,10 @@ def _convert(src: Path, dst: Path, layout: str, dtype, options: dict, name: str,
         for k, v in ds.attrs.items():
             if k not in _SCHEMA:
                 try:
-                    extra[k] = _attr_value(k, v)
+                    _attr_value(k, v)  # only checked: the writer stores it (and records JSON ones)
                 except TypeError:
-                    pass
+                    continue
+                extra[k] = v
 
         def blocks(start):
             for i in range(start, n, _BLOCK):
@@ -212,8 +206,14 @@ def _convert(src: Path, dst: Path, layout: str, dtype, options: dict, name: str,
     parameters = {"source": name, "source_sha256": digest, "layout": layout, "options": options,
                   "dtype": None if dtype is None else dtype.name}
     attrs = dict(extra, source=name, source_sha256=digest, source_layout=layout)
-    with DatasetWriter(dst, n, shapes, generator="krylon.datasets.convert", parameters=parameters,
-                       attrs=attrs, coords=coords) as w:
+    w = DatasetWriter(dst, n, shapes, generator="krylon.datasets.convert", parameters=parameters,
+                      attrs=attrs, coords=coords, overwrite=overwrite)
+    try:
         for start, block in blocks(w.n_written):
             w.write_many(start, {k: a.astype(shapes[k][1], copy=False) for k, a in block.items()})
+    except ValueError as exc:  # bad data (NaN/Inf, unreadable): a retry fails the same way, so keep no .partial
+        w.discard()
+        raise ValueError(f"cannot convert {origin}: {exc}") from exc
+    finally:
+        w.close()  # complete: into place; interrupted: the .partial stays, to resume
     return dst
