@@ -210,7 +210,7 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     # EMA arithmetic against a hand recurrence
     lin = torch.nn.Linear(1, 1, bias=False)
     e = EMA(lin, 0.5)
-    shadow = float(lin.weight)
+    shadow = float(lin.weight.detach())
     for k, w in enumerate([1.0, 2.0, 3.0]):
         with torch.no_grad():
             lin.weight.fill_(w)
