@@ -115,7 +115,7 @@ class PolynomialDerivativeLibrary(Library):
         if self.max_order == 0 or self.resolution_tol <= 0:
             return
         k = torch.arange(n // 2 + 1, dtype=states.dtype, device=states.device)
-        power = torch.fft.rfft(states).abs().square().sum(dim=tuple(range(states.dim() - 1))) * k ** (2 * self.max_order)
+        power = torch.fft.rfft(states).abs().square().reshape(-1, n // 2 + 1).sum(0) * k ** (2 * self.max_order)
         tail = float(power[k > n / 3].sum() / power.sum().clamp_min(torch.finfo(states.dtype).tiny))
         if tail > self.resolution_tol:
             warnings.warn(f"the grid does not resolve '{term_name(0, self.max_order)}' of these states: {tail:.1%} of its energy "

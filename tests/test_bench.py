@@ -154,16 +154,23 @@ def test_krylon_bench_without_a_suite_runs_all_and_writes_the_summary(tmp_path, 
     monkeypatch.setitem(load("medida").SIZES, "quick", {"n": 64, "length": 22.0, "samples": 2, "spacing": 1.0, "spinup": 20.0,
                                                         "transit_dt": 1e-2, "noisy": [], "plot_time": 1.0})
     monkeypatch.setattr(load("medida"), "CASES", load("medida").CASES[:2])
+    monkeypatch.setitem(load("dds").SIZES, "quick", {"images": 0, "tasks": ("ct-8views",), "dds_nfe": (2,),
+                                                     "dps_nfe": 2, "dps_tasks": ("ct-8views",)})
+    from krylon.bench import medida_qg  # the QG cases run inside the medida suite
+
+    monkeypatch.setitem(medida_qg.SIZES, "quick", {"shape": (32, 16), "nu": 5e-3, "spinup": 10.0, "samples": 1, "members": 2,
+                                                   "spacing": 1.0, "cases": ["tau_f"], "interp": ["cubic"], "rff": {}})
     assert cli.main(["bench", "--repeats", "1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "== summary: krylov, dcdm, fno, medida at --size quick" in out
+    assert "== summary: krylov, dcdm, fno, dds, medida at --size quick" in out
     data = json.loads((tmp_path / "summary.json").read_text())
     assert set(data["suites"]) == set(SUITES) and all(s["status"] == "ok" for s in data["suites"].values())
     assert data["command"].startswith("krylon bench all --size quick") and data["machine"]["torch_threads"] == 1
     # the fno suite compares only when neuraloperator's Darcy files are found (shared/data/neuralop)
-    assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm", "medida"} | ({"fno"} if load("fno").find_data_dir() else set())
+    assert {r["family"] for r in data["rows"]} == {"krylov", "dcdm", "medida", "dds"} | ({"fno"} if load("fno").find_data_dir() else set())
     assert (tmp_path / "summary.png").stat().st_size > 1000
     assert (tmp_path / "krylov.json").exists() and (tmp_path / "dcdm.json").exists()
+    assert any(r["problem"].startswith("QG tau_f") for r in data["rows"]) and (tmp_path / "medida_qg.json").exists()
 
 
 def test_only_a_missing_optional_package_counts_as_skipped():

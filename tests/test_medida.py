@@ -221,3 +221,35 @@ def test_bench_suite_tiny(tmp_path, monkeypatch):
     assert (tmp_path / "medida.json").exists() and (tmp_path / "medida_ks.png").exists()
     rows = suite.summary(result)
     assert rows[0]["krylon_value"] == 3 and rows[0]["family"] == "medida"
+
+
+@pytest.mark.parametrize("module", ["krylon.solvers.medida", "krylon.solvers.sparse_regression", "krylon.solvers.assimilation",
+                                    "krylon.solvers.libraries", "krylon.operators.pde.kuramoto_sivashinsky"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_resolution_check_is_quiet_on_a_resolved_single_state():
+    import warnings
+
+    x = torch.arange(N, dtype=torch.float64) * L / N
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PolynomialDerivativeLibrary(L)(torch.sin(2 * math.pi * x / L))  # one unbatched, resolved state
+
+
+def test_cli_generate_ks_then_discover_from_the_file(tmp_path, capsys):
+    from krylon.cli import main
+
+    data = tmp_path / "ks.h5"
+    grid = ["--n", str(N), "--length", str(L), "--samples", "3", "--spinup", "40", "--spacing", "2"]
+    assert main(["generate", "ks", "--out", str(data), "--no-progress", *grid]) == 0 and data.exists()
+    out = tmp_path / "found.json"
+    assert main(["discover", "ks", "--model", "1", "1", "0.5", "--data", str(data), "--json", str(out), *grid]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["discovered"]) == {"u_xxxx"} and record["discovered"]["u_xxxx"]["coefficient"] == pytest.approx(-0.5, rel=0.01)
+    assert "discovery)" in capsys.readouterr().out

@@ -1,4 +1,6 @@
-"""``krylon bench medida``: MEDIDA's Kuramoto–Sivashinsky cases, krylon's RVM against pysindy on the same data.
+"""``krylon bench medida``: MEDIDA's Kuramoto–Sivashinsky cases, krylon's RVM against pysindy on the same data,
+then the two-layer QG cases (:mod:`krylon.bench.medida_qg`: full observations and 25% sensors filled by cubic,
+spectral and RFF-MLP interpolation).
 
 One truth run (L = 100, N = 1024, ETDRK4; observation windows 5e-3 apart, ``spacing`` time units apart) serves
 every case.  For each imperfect model of the paper (missing, halved, doubled and mixed coefficients; extra
@@ -40,14 +42,16 @@ SIZES = {
     # `noisy_samples` windows `noisy_spacing` apart (10 windows are too few at 1% noise: the regression keeps
     # spurious terms), with `members` ensemble members
     "quick": {"n": 1024, "samples": 10, "spacing": 10.0, "spinup": 100.0, "transit_dt": 1e-2,
-              "noisy": ["halved u_xx"], "noise": 0.01, "members": 1024, "noisy_samples": 60, "noisy_spacing": 2.0},
+              "noisy": ["halved u_xx"], "noise": 0.01, "members": 1024, "noisy_samples": 60, "noisy_spacing": 2.0,
+              "qg": "quick"},
     "default": {"n": 1024, "samples": 10, "spacing": 10.0, "spinup": 100.0, "transit_dt": 1e-2,
                 "noisy": ["halved u_xx", "missing u_xx", "missing u_xxxx"], "noise": 0.01, "members": 2048,
-                "noisy_samples": 60, "noisy_spacing": 2.0},
+                "noisy_samples": 60, "noisy_spacing": 2.0, "qg": "default"},
     "paper": {"n": 1024, "samples": 10, "spacing": 10.0, "spinup": 100.0, "transit_dt": None,
               "noisy": ["halved u_xx", "missing u_xx", "missing u_xxxx"], "noise": 0.01, "members": 10240,
-              "noisy_samples": 60, "noisy_spacing": 2.0},
+              "noisy_samples": 60, "noisy_spacing": 2.0, "qg": "paper"},
 }
+# "qg": the size of the two-layer quasi-geostrophic cases (krylon.bench.medida_qg) run after the KS ones (None: none)
 
 _PS_NAME = re.compile(r"^(?:x0(?:\^(\d))?)?(?:x0_(1+))?$")
 
@@ -191,6 +195,13 @@ def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-ou
                                       cfg.get("plot_time", 40.0)))
         except ImportError:
             pass
+    # ---- QG cases (issue #12, the 2024 paper): krylon.bench.medida_qg, its own table and medida_qg.json
+    from .medida_qg import run_qg
+
+    qg_size = cfg.get("qg", size)  # SIZES[size]["qg"]: the QG suite's size (None: no QG cases)
+    if qg_size:
+        result["qg"] = run_qg(qg_size, device=device, out=out)
+    # ---- end QG cases
     write_json(out / "medida.json", result)
     return result
 
@@ -286,4 +297,8 @@ def summary(result: dict) -> list[dict]:
         if k["spurious"] or k["missed"]:
             row["status"] = f"{len(k['spurious'])} spurious, {len(k['missed'])} missed term(s)"
         rows.append(row)
+    if "qg" in result:  # the QG cases: krylon's RFF/spectral fill of 25% sensors against cubic interpolation
+        from .medida_qg import summary_qg
+
+        rows += summary_qg(result["qg"])
     return rows
