@@ -178,7 +178,8 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
                 p, s = psnr(rec, x), ssim(rec, x)
                 nfe = int(method.split("-")[1]) if method.startswith(("DDS", "DPS")) else None
                 result["rows"].append({"task": task, "noise": NOISE if noisy else 0.0, "method": method, "nfe": nfe,
-                                       "psnr_unseen": float(p[:-1].mean()), "ssim_unseen": float(s[:-1].mean()),
+                                       "psnr_unseen": float(p[:-1].mean()) if len(p) > 1 else None,
+                                       "ssim_unseen": float(s[:-1].mean()) if len(p) > 1 else None,
                                        "psnr_in_family": float(p[-1]), "ssim_in_family": float(s[-1]),
                                        "psnr": float(p.mean()), "ssim": float(s.mean()), "seconds_per_image": sec,
                                        "psnr_per_image": [round(float(v), 3) for v in p], "note": note})
