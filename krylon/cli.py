@@ -869,7 +869,8 @@ def _dds_parsers(sub, tsub) -> None:
         q.add_argument("--image", required=True, help="a .png, .npy (2-D array) or krylon .h5 file (first image)")
         q.add_argument("--out", required=True, help="PNG to write (truth, baseline, DDS, error)")
         q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
-        q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS")
+        q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS "
+                       "(MRI: on the sampled k-space; CT: on every sinogram bin)")
         q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default by modality)")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
