@@ -18,7 +18,8 @@ Seeding and batches
 -------------------
 The sampler's noise comes from one CPU generator per image, seeded from ``seed`` (or drawn from the caller's
 ``generator``, CPU or CUDA) and the image's position in the batch, so an image's reconstruction does not depend
-on the other images it is batched with (up to floating-point rounding of batched kernels).
+on the other images it is batched with, nor on the batch size (up to floating-point rounding of batched
+kernels); image ``i`` alone reproduces only at position ``i`` (another position draws another stream).
 
 Low NFE
 -------
@@ -311,6 +312,7 @@ class _Sampler:
                 raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         else:
             generator = torch.Generator().manual_seed(validate.integer(seed, "seed", minimum=0))
+        # drawn on the generator's own device: a CUDA generator works as well as a CPU one
         seeds = torch.randint(0, 2 ** 62, (b,), generator=generator, device=generator.device).tolist()
         return [torch.Generator().manual_seed(int(v)) for v in seeds]
 

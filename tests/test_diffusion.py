@@ -197,6 +197,13 @@ def test_all_zero_measurements_are_refused_unless_scaled():
     assert DDS(net).solve(A, y, nfe=2, scale=1.0).x.shape == (2, 8, 8)
 
 
+def test_a_generator_of_the_wrong_type_is_a_clear_error():
+    net = tiny_net()
+    A = CallableOperator(lambda x: x, (8, 8), adjoint=lambda y: y)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        DDS(net).solve(A, torch.rand(8, 8), nfe=2, generator=3)
+
+
 def test_complex_x_init_with_a_real_prior_is_taken_by_magnitude():
     net = tiny_net()
     A = CallableOperator(lambda x: x.to(torch.complex64) * keep, (8, 8), adjoint=lambda y: y * keep,
