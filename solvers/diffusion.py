@@ -19,7 +19,7 @@ Seeding and batches
 The sampler's noise comes from one CPU generator per image, seeded from ``seed`` (or drawn from the caller's
 ``generator``, CPU or CUDA) and the image's position in the batch, so an image's reconstruction does not depend
 on the other images it is batched with, nor on the batch size (up to floating-point rounding of batched
-kernels); image ``i`` alone reproduces only at position ``i`` (another position draws another stream).
+kernels); the same image at another position draws another stream.
 
 Low NFE
 -------
