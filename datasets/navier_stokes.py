@@ -3,7 +3,8 @@
 :func:`simulate` steps a :class:`~krylon.operators.pde.NavierStokes2D` with the integrators of
 :mod:`krylon.solvers.timestepping` (it lives here, above both layers: an operator may not import a solver).
 :func:`generate` writes the Spectral-Refiner / FNO recipe: Gaussian-random-field initial vorticity
-(alpha 2.5, tau 7, FNO's amplitude ``sqrt(2) tau^1.5``: :func:`initial_amplitude`), simulated on a fine grid with CNAB2 (Crank–Nicolson viscosity, Adams–Bashforth advection,
+(alpha 2.5, tau 7, FNO's amplitude ``sqrt(2) tau^1.5``: :func:`initial_amplitude`), simulated on a fine grid
+with CNAB2 (Crank–Nicolson viscosity, Adams–Bashforth advection,
 2/3 dealiasing), a warm-up, then ``t_in + t_out`` snapshots ``interval`` apart, stored coarse as
 ``x`` (1, X, Y, t_in) and ``y`` (1, X, Y, t_out), time last.  Coarsening is *spectral* (Fourier truncation:
 the L2 projection on the coarse grid's modes), not strided subsampling.
