@@ -56,10 +56,3 @@ def test_a_refined_sfno_runs_on_a_coarser_grid_and_after_reloading(tmp_path):
     with pytest.raises(ValueError, match="at least 6 points"):
         model(torch.randn(1, 1, 4, 8, 6, dtype=torch.float64))  # the hidden layers' 3 modes need 6 points
 
-
-@pytest.mark.parametrize("bad", [0.0, -1.0])
-def test_trajectory_loss_modules_refuse_a_non_positive_time_length_at_construction(bad):
-    from krylon.solvers.losses import LpLoss
-
-    with pytest.raises(ValueError, match="time_length must be positive"):
-        LpLoss(time_axis=-1, time_length=bad)
