@@ -25,7 +25,7 @@ from krylon.datasets.navier_stokes import generate
 from krylon.datasets.presets import NS2D
 from krylon.operators.learned import SFNO
 from krylon.solvers import OperatorLearner
-from krylon.solvers.operator_learning import navier_stokes_residual
+from krylon.solvers.operator_learning import NavierStokesResidual
 
 
 def make_data(out: Path, n_train: int, n_test: int, resolution: int):
@@ -52,8 +52,7 @@ def main(out="runs/ns-example", n_train=24, n_test=4, resolution=32, epochs=10, 
     before = learner.evaluate(test)
 
     # the equations of the data: viscosity from the file, one implicit step per stored snapshot interval
-    attrs = read_attrs(train_path)
-    residual = navier_stokes_residual(attrs["viscosity"], attrs["times"][1] - attrs["times"][0])
+    residual = NavierStokesResidual.from_attrs(read_attrs(train_path), str(train_path))
     learner.refine(train, mode="physics", residual=residual, steps=refine_steps, lr=1e-3)
     after = learner.evaluate(test)
     learner.save(out / "sfno-refined.pt")

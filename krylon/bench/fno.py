@@ -272,9 +272,9 @@ def _ns(cfg: dict, device, out: Path, seed: int = 0) -> tuple[list[dict], str | 
     t0 = time.perf_counter()
     paths = _ns_data(cfg, out, seed, device)
     t_data = time.perf_counter() - t0
-    from ..cli import _ns_residual
-    from ..datasets import open_dataset
+    from ..datasets import open_dataset, read_attrs
     from ..solvers import OperatorLearner
+    from ..solvers.operator_learning import NavierStokesResidual
 
     train, test = open_dataset(paths["train"]), open_dataset(paths["test"])
     torch.manual_seed(seed)
@@ -283,7 +283,8 @@ def _ns(cfg: dict, device, out: Path, seed: int = 0) -> tuple[list[dict], str | 
     hist = learner.fit(train, None, out_dir=out / "sfno-ns", progress=False, log=lambda s: None, plot=False,
                        epochs=cfg["epochs"], batch_size=cfg["batch"], lr=1e-2, val_fraction=0.0, seed=seed)
     before = learner.evaluate(test)
-    res = learner.refine(train, mode="physics", residual=_ns_residual(paths["train"]), steps=cfg["refine_steps"],
+    residual = NavierStokesResidual.from_attrs(read_attrs(paths["train"]), str(paths["train"]))
+    res = learner.refine(train, mode="physics", residual=residual, steps=cfg["refine_steps"],
                          lr=1e-3, batch_size=cfg["batch"])
     after = learner.evaluate(test)
     return [{"case": f"ns2d {cfg['resolution']}^2 nu=1e-3 10->40", "train_trajectories": len(train),
