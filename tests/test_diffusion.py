@@ -216,7 +216,7 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     # EMA arithmetic against a hand recurrence
     lin = torch.nn.Linear(1, 1, bias=False)
     e = EMA(lin, 0.5)
-    shadow = float(lin.weight)
+    shadow = float(lin.weight.detach())
     for k, w in enumerate([1.0, 2.0, 3.0]):
         with torch.no_grad():
             lin.weight.fill_(w)
@@ -335,3 +335,20 @@ def test_docstring_examples_run():
     for mod in (diffusion, unet):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, mod.__name__
+
+
+@pytest.mark.parametrize("name", ["mri_reconstruction", "sparse_view_ct"])
+def test_examples_run_and_dds_beats_the_direct_baseline(name, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from krylon.solvers.metrics import psnr
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, recs = mod.main(nfe=10, out=str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").stat().st_size > 0
+    direct = float(psnr(recs["zero-filled" if "mri" in name else "FBP"], x))
+    assert float(psnr(recs["DDS (10 NFE)"], x)) > direct + 1.0
