@@ -845,10 +845,13 @@ def _dds_parsers(sub, tsub) -> None:
     tf.add_argument("--data", required=True, help="krylon HDF5 data set of (N, H, W) images (square H = W)")
     tf.add_argument("--key", default=None, help="field holding the images (default: 'image', or the only field)")
     tf.add_argument("--complex", action="store_true", help="complex images as two channels (default: real)")
-    tf.add_argument("--channels", type=int, default=16, help="U-Net channels at full resolution (default 16)")
-    tf.add_argument("--mults", type=int, nargs="+", default=[1, 2, 4, 4], help="channel multiplier per level")
+    tf.add_argument("--channels", type=int, default=16, help="U-Net channels at full resolution (default 16, as "
+                    "the shipped prior)")
+    tf.add_argument("--mults", type=int, nargs="+", default=[1, 2, 2, 4],
+                    help="channel multiplier per level (default 1 2 2 4, as the shipped prior)")
     tf.add_argument("--no-attention", dest="attention", action="store_false")
-    tf.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (default 0.999)")
+    tf.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995, "
+                    "as the shipped prior)")
     tf.add_argument("--epochs", type=int, default=10)
     tf.add_argument("--batch", type=int, default=16)
     tf.add_argument("--lr", type=float, default=1e-3)
@@ -865,9 +868,11 @@ def _dds_parsers(sub, tsub) -> None:
         q.add_argument("--image", required=True, help="a .png, .npy (2-D array) or krylon .h5 file (first image)")
         q.add_argument("--out", required=True, help="PNG to write (truth, baseline, DDS, error)")
         q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
-        q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS")
+        q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS "
+                       "(MRI: on the sampled k-space; CT: on every sinogram bin)")
         q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default by modality)")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
+        q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
         q.add_argument("--threads", type=int, default=None)
         if name == "mri":
@@ -990,14 +995,17 @@ def _reconstruct(args) -> int:
         y = A.matvec(x)
         what = f"CT {args.views} views over {args.arc:g} degrees"
     if args.noise:
-        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1))
+        # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
+        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1),
+                      support="all" if args.modality == "ct" else None)
     from .bench.dds import DDS_GAMMA
 
     gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
     dds = DDS(dds.model, gamma=gamma)
-    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2)) if args.modality == "mri" else \
+    real = not dds.model.complex_images  # the baseline gets DDS's constraint: real images for a real prior
+    base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
-    res = dds.solve(A, y, nfe=args.nfe, seed=args.seed, progress=True)
+    res = dds.solve(A, y, nfe=args.nfe, seed=args.sampler_seed, progress=True)
     rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
     print(f"{what}, noise {args.noise:g}, {n}x{n}:")
     for name, r in rows:

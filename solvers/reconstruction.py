@@ -7,6 +7,13 @@
 ``tv_reconstruction``  ``min 1/2 ||A x - y||^2 + lam L TV(x)`` (isotropic TV) by ADMM with warm-started CG
                  inner solves
 
+Real images
+-----------
+``real=True`` (every function) solves over real images only: the normal operator ``Re(A^H A)`` and right-hand side
+``Re(A^H y)``, the exact least-squares problem restricted to real ``x`` (what DDS does with a real, magnitude
+prior).  Use it whenever the images are known to be real, so a classical baseline gets the same constraint as the
+prior; for CT (a real operator) it changes nothing.
+
 Regularisation weights are relative: ``L`` is the largest eigenvalue of ``A^H A`` (:func:`normal_norm`, by
 power iteration), so one ``lam`` means the same for an orthonormal MRI operator (``L = 1``) and a Radon
 transform (``L`` in the hundreds).  Every function takes batched measurements and returns images
@@ -33,10 +40,37 @@ def _check(A, y):
     validate.finite(y, "y")
 
 
-def zero_filled(A: LinearOperator, y: torch.Tensor) -> torch.Tensor:
-    """``A^H y``: the zero-filled reconstruction of MRI data (a plain back-projection for CT)."""
+class _Normal(LinearOperator):
+    """``c I + gamma A^H A`` on the domain of ``A``; over real images (``Re`` of the result) with ``real=True``.
+
+    Hermitian positive semi-definite (definite when ``c > 0``): the operator of CG-SENSE, TV's ``x`` step and
+    DDS's data-consistency CG.
+    """
+
+    def __init__(self, A: LinearOperator, gamma: float, c: float, real: bool):
+        tags = ("symmetric", "positive_definite" if c > 0 else "positive_semidefinite")
+        super().__init__(A.shape_in, dtype=None, tags=tags)
+        self.A, self.gamma, self.c, self.real = A, gamma, c, real
+
+    def _matvec(self, x):
+        y = self.A.rmatvec(self.A.matvec(x))
+        if self.real:
+            y = y.real
+        y = self.gamma * y
+        return y + self.c * x if self.c else y
+
+
+def _back(A: LinearOperator, y: torch.Tensor, real: bool) -> torch.Tensor:
+    """``A^H y``, or its real part over real images."""
+    b = A.rmatvec(y)
+    return b.real if real and b.is_complex() else b
+
+
+def zero_filled(A: LinearOperator, y: torch.Tensor, *, real: bool = False) -> torch.Tensor:
+    """``A^H y``: the zero-filled reconstruction of MRI data (a plain back-projection for CT); ``real=True``: its
+    real part (the images are known to be real)."""
     _check(A, y)
-    return A.rmatvec(y)
+    return _back(A, y, validate.boolean(real, "real"))
 
 
 def normal_norm(A: LinearOperator, *, iters: int = 30, seed: int = 0) -> float:
@@ -64,7 +98,8 @@ def normal_norm(A: LinearOperator, *, iters: int = 30, seed: int = 0) -> float:
 
 
 def cg_sense(A: LinearOperator, y: torch.Tensor, *, lam: float = 1e-2, maxiter: int = 30, rtol: float = 1e-6,
-             x0: torch.Tensor | None = None, L: float | None = None, return_result: bool = False):
+             x0: torch.Tensor | None = None, L: float | None = None, real: bool = False,
+             return_result: bool = False):
     """Tikhonov-damped least squares by CG on ``(A^H A + lam L I) x = A^H y`` (CG-SENSE for multi-coil MRI).
 
     Parameters
@@ -75,6 +110,8 @@ def cg_sense(A: LinearOperator, y: torch.Tensor, *, lam: float = 1e-2, maxiter: 
     maxiter, rtol : CG's iteration cap and relative tolerance.
     x0 : optional start (default 0).
     L : the scale ``||A^H A||`` if already known (default: :func:`normal_norm`).
+    real : bool
+        Solve over real images: ``(Re(A^H A) + lam L I) x = Re(A^H y)`` (see the module notes).
     return_result : bool
         Return CG's :class:`~krylon.solvers.result.SolveResult` (``.x``, ``.converged`` per system, ``.iterations``,
         ``.info``) instead of the image alone: with ``lam = 0`` stopping at ``maxiter`` is the regulariser, with
@@ -99,11 +136,16 @@ def cg_sense(A: LinearOperator, y: torch.Tensor, *, lam: float = 1e-2, maxiter: 
     _check(A, y)
     return_result = validate.boolean(return_result, "return_result")
     lam = validate.real_number(lam, "lam", minimum=0.0)
+    real = validate.boolean(real, "real")
     L = normal_norm(A) if L is None else validate.real_number(L, "L", minimum=0.0)
-    N = A.adjoint() @ A
-    if lam > 0:
-        N = N + (lam * L) * IdentityOperator(A.shape_in)
-    res = CG(rtol=rtol, maxiter=maxiter).solve(N, A.rmatvec(y), x0=x0)
+    if real:
+        N = _Normal(A, 1.0, lam * L, True)
+        x0 = x0.real if x0 is not None and x0.is_complex() else x0
+    else:
+        N = A.adjoint() @ A
+        if lam > 0:
+            N = N + (lam * L) * IdentityOperator(A.shape_in)
+    res = CG(rtol=rtol, maxiter=maxiter).solve(N, _back(A, y, real), x0=x0)
     return res if return_result else res.x
 
 
@@ -123,7 +165,8 @@ def _shrink(z: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def tv_reconstruction(A: LinearOperator, y: torch.Tensor, *, lam: float = 3e-3, iters: int = 100, cg_iters: int = 5,
-                      rho: float | None = None, x0: torch.Tensor | None = None, L: float | None = None) -> torch.Tensor:
+                      rho: float | None = None, x0: torch.Tensor | None = None, L: float | None = None,
+                      real: bool = False) -> torch.Tensor:
     """Isotropic-TV regularised least squares ``min 1/2 ||A x - y||^2 + lam L sum |D x|`` by ADMM.
 
     ADMM on ``z = D x`` (forward differences, :class:`krylon.operators.imaging.ImageGradient`): the ``x`` step
@@ -137,6 +180,8 @@ def tv_reconstruction(A: LinearOperator, y: torch.Tensor, *, lam: float = 3e-3, 
     iters : ADMM iterations.
     rho : penalty relative to ``L`` (default ``max(10 lam, 0.05)``).
     x0 : start (default: ``cg_sense`` with the same ``lam``, 20 iterations).
+    real : bool
+        Over real images: ``Re(A^H A)`` and ``Re(A^H y)`` in the ``x`` step (see the module notes).
 
     Examples
     --------
@@ -152,14 +197,17 @@ def tv_reconstruction(A: LinearOperator, y: torch.Tensor, *, lam: float = 3e-3, 
     lam = validate.real_number(lam, "lam", minimum=0.0)
     iters = validate.integer(iters, "iters", minimum=1)
     cg_iters = validate.integer(cg_iters, "cg_iters", minimum=1)
+    real = validate.boolean(real, "real")
     L = normal_norm(A) if L is None else validate.real_number(L, "L", minimum=0.0)
     rho = (max(10 * lam, 0.05) if rho is None else validate.real_number(rho, "rho", minimum=0.0)) * L
     if rho <= 0:
         raise ValueError("rho must be positive (and ||A^H A|| non-zero)")
     D = ImageGradient(A.shape_in)
-    K = A.adjoint() @ A + rho * (D.adjoint() @ D)
-    b0 = A.rmatvec(y)
-    x = cg_sense(A, y, lam=lam, maxiter=20, L=L) if x0 is None else x0
+    K = (_Normal(A, 1.0, 0.0, True) if real else A.adjoint() @ A) + rho * (D.adjoint() @ D)
+    b0 = _back(A, y, real)
+    x = cg_sense(A, y, lam=lam, maxiter=20, L=L, real=real) if x0 is None else x0
+    if real and x.is_complex():
+        x = x.real
     z = D.matvec(x)
     u = torch.zeros_like(z)
     cg = CG(rtol=0.0, atol=0.0, maxiter=cg_iters)

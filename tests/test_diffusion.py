@@ -154,7 +154,7 @@ def test_dps_gaussian_prior_mean_near_posterior_mean():
 
 
 # ----------------------------------------------------------------------------- determinism, batching
-def test_sampler_determinism_and_batch_independence():
+def test_sampler_determinism():
     net = tiny_net()
     keep = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5
     A = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep)
@@ -167,6 +167,100 @@ def test_sampler_determinism_and_batch_independence():
         assert a.nfe == 6 and a.x.shape == (3, 8, 8) and a.seconds > 0
     t = DDS(net).solve(A, y, nfe=4, seed=0, trajectory=True)
     assert t.trajectory.shape == (4, 3, 8, 8) and torch.equal(t.trajectory[-1], t.x)
+
+
+def test_sampler_batch_independence():
+    """An image's reconstruction depends on the seed and its position, not on its batch-mates or the batch size
+    (one noise generator per image); identical measurements in one batch still get different noise."""
+    net = tiny_net()
+    keep = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5
+    A = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep)
+    y = A @ (0.1 + torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(1)))
+    other = A @ (0.1 + torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(9)))
+    for sampler in (DDS(net, gamma=None), DPS(net)):
+        full = sampler.solve(A, y[:3], nfe=5, seed=3).x
+        alone = sampler.solve(A, y[:1], nfe=5, seed=3).x
+        mates = sampler.solve(A, torch.cat([y[:2], other]), nfe=5, seed=3).x
+        assert_close(alone[0], full[0], rtol=1e-5, atol=1e-5)
+        assert_close(mates[:2], full[:2], rtol=1e-5, atol=1e-5)
+        twins = sampler.solve(A, y[:1].expand(2, 8, 8), nfe=5, seed=3).x
+        assert not torch.allclose(twins[0], twins[1], atol=1e-3)
+
+
+def test_all_zero_measurements_are_refused_unless_scaled():
+    net = tiny_net()
+    A = CallableOperator(lambda x: x, (8, 8), adjoint=lambda y: y)
+    y = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(0))
+    y[1] = 0
+    with pytest.raises(ValueError, match=r"all zero for image\(s\) \[1\]"):
+        DDS(net).solve(A, y, nfe=2)
+    assert DDS(net).solve(A, y, nfe=2, scale=1.0).x.shape == (2, 8, 8)
+
+
+def test_a_generator_of_the_wrong_type_is_a_clear_error():
+    net = tiny_net()
+    A = CallableOperator(lambda x: x, (8, 8), adjoint=lambda y: y)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        DDS(net).solve(A, torch.rand(8, 8), nfe=2, generator=3)
+
+
+def test_complex_x_init_with_a_real_prior_is_taken_by_magnitude():
+    net = tiny_net()
+    A = CallableOperator(lambda x: x.to(torch.complex64) * keep, (8, 8), adjoint=lambda y: y * keep,
+                         dtype=torch.complex64)
+    keep = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5
+    x = 0.2 + torch.rand(8, 8, generator=torch.Generator().manual_seed(1))
+    phase = torch.exp(1j * torch.rand(8, 8, generator=torch.Generator().manual_seed(2)) * 3)
+    y = A @ x
+    ref = DDS(net).solve(A, y, nfe=3, seed=0, x_init=x).x
+    got = DDS(net).solve(A, y, nfe=3, seed=0, x_init=x * phase).x
+    assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_defaults_are_the_shipped_configuration():
+    import inspect
+
+    from krylon.cli import _parser
+    from krylon.solvers.diffusion import train_prior
+
+    shipped = registry.record("diffusion", "phantom64")["config"]
+    assert ScoreUNet().config == {**shipped, "image_size": 64, "complex_images": False}
+    sig = inspect.signature(train_prior).parameters
+    assert sig["channels"].default == shipped["channels"] and list(sig["mults"].default) == shipped["mults"]
+    args = _parser().parse_args(["train", "diffusion", "--data", "d.h5"])
+    assert args.channels == shipped["channels"] and args.mults == shipped["mults"] and args.ema == 0.995
+
+
+@pytest.mark.gpu
+def test_training_loss_and_samplers_on_cuda():
+    """diffusion_loss draws t on the images' device: alpha_bar is indexed there (CUDA training crashed)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    net = tiny_net().cuda()
+    sched = VPSchedule()
+    t = torch.tensor([0, 500, 999], device="cuda")
+    a = sched.ab(t, torch.zeros(3, 1, 8, 8, device="cuda"))
+    assert a.device.type == "cuda"
+    np.testing.assert_allclose(a.flatten().cpu().numpy(), np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[[0, 500, 999]],
+                               rtol=1e-6)
+    loss = diffusion_loss(net, {"image": torch.rand(4, 8, 8, device="cuda")}, sched)
+    loss.backward()
+    assert torch.isfinite(loss)
+    A = CallableOperator(lambda x: x, (8, 8), adjoint=lambda y: y)
+    y = torch.rand(2, 8, 8, device="cuda")
+    g = torch.Generator(device="cuda")
+    r1 = DDS(net).solve(A, y, nfe=3, generator=g.manual_seed(0)).x
+    r2 = DDS(net).solve(A, y, nfe=3, generator=g.manual_seed(0)).x
+    assert r1.device.type == "cuda" and torch.equal(r1, r2)
+
+
+def test_schedule_ab_values_and_final_step():
+    sched = VPSchedule()
+    ref = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    a = sched.ab(torch.tensor([0, 999, -1]), torch.zeros(3, 2, 2, dtype=torch.float64))
+    assert a.shape == (3, 1, 1)
+    np.testing.assert_allclose(a.flatten().numpy(), [ref[0], ref[999], 1.0], rtol=1e-12)
+    assert float(sched.ab(-1, torch.zeros(2))) == 1.0
 
 
 # ----------------------------------------------------------------------------- U-Net
@@ -315,15 +409,101 @@ def test_cli_reconstruct_and_train_diffusion(tmp_path, capsys):
     assert dds.image_size == 8 and (tmp_path / "run" / "training.json").exists()
 
 
+def test_cli_reconstruct_sampler_seed_ct_noise_and_real_baseline(tmp_path, capsys, monkeypatch):
+    """--seed seeds the simulation, --sampler-seed the sampler; CT noise lands on every sinogram bin; the MRI
+    baseline solves over real images like the (real) prior."""
+    from krylon import cli
+    from krylon.operators import imaging
+    from krylon.solvers import reconstruction
+
+    n = DDS.pretrained().image_size
+    img = np.zeros((n, n))
+    img[16:48, 20:44] = 1.0
+    np.save(tmp_path / "img.npy", img)
+    calls = []
+    orig_noise, orig_cg = imaging.add_noise, reconstruction.cg_sense
+    monkeypatch.setattr(imaging, "add_noise", lambda *a, **k: calls.append(("noise", k)) or orig_noise(*a, **k))
+    monkeypatch.setattr(reconstruction, "cg_sense", lambda *a, **k: calls.append(("cg", k)) or orig_cg(*a, **k))
+    assert cli.main(["reconstruct", "ct", "--image", str(tmp_path / "img.npy"), "--nfe", "2", "--views", "8",
+                     "--noise", "0.03", "--out", str(tmp_path / "c.png")]) == 0
+    assert calls[0][0] == "noise" and calls[0][1]["support"] == "all"
+
+    def lines(sampler_seed):
+        capsys.readouterr()
+        assert cli.main(["reconstruct", "mri", "--image", str(tmp_path / "img.npy"), "--nfe", "2", "--seed", "0",
+                         "--sampler-seed", str(sampler_seed), "--out", str(tmp_path / "m.png")]) == 0
+        out = capsys.readouterr().out
+        return [ln for ln in out.splitlines() if "CG-SENSE" in ln], [ln for ln in out.splitlines() if "DDS 2 NFE" in ln]
+
+    base0, dds0 = lines(0)
+    base1, dds1 = lines(1)
+    assert base0 == base1 and dds0 != dds1
+    assert calls[-1][0] == "cg" and calls[-1][1]["real"] is True
+
+
+def test_examples_use_the_fixes(tmp_path):
+    """sparse_view_ct noises every sinogram bin; mri_reconstruction's baselines are real like the prior."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name):
+        path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    ct = load("sparse_view_ct")
+    seen = []
+    orig = ct.add_noise
+    ct.add_noise = lambda *a, **k: seen.append(k) or orig(*a, **k)
+    ct.main(views=8, nfe=2, noise=0.03, out=None)
+    assert seen and seen[0]["support"] == "all"
+    _, recs = load("mri_reconstruction").main(nfe=2, out=None)
+    assert not recs["zero-filled"].is_complex() and not recs["CG-SENSE"].is_complex()
+
+
 def test_bench_summary_rows():
+    """Unseen phantoms and the in-family Shepp-Logan are compared separately."""
     from krylon.bench import dds as bench
 
-    rows = [{"task": "ct-30views", "noise": 0.0, "method": m, "nfe": nfe, "psnr": p, "seconds_per_image": s}
-            for m, nfe, p, s in [("FBP", None, 30.0, 0.01), ("TV", None, 31.0, 0.5), ("DDS-20", 20, 33.0, 1.0),
-                                 ("DDS-50", 50, 34.0, 2.0), ("DPS-500", 500, 28.0, 40.0)]]
+    rows = [{"task": "ct-30views", "noise": 0.0, "method": m, "nfe": nfe, "psnr_unseen": p, "psnr_in_family": q,
+             "seconds_per_image": s}
+            for m, nfe, p, q, s in [("FBP", None, 30.0, 29.0, 0.01), ("TV", None, 31.0, 36.0, 0.5),
+                                    ("DDS-20", 20, 33.0, 35.0, 1.0), ("DDS-50", 50, 34.0, 35.5, 2.0),
+                                    ("DPS-500", 500, 28.0, 30.0, 40.0)]]
     out = bench.summary({"rows": rows})
-    assert out[0]["krylon"] == "DDS-50" and out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 34 / 31) < 1e-12
-    assert out[1]["metric"].startswith("s/image") and abs(out[1]["ratio"] - 20.0) < 1e-12
+    assert out[0]["metric"] == "PSNR dB unseen" and out[0]["krylon"] == "DDS-50" and out[0]["peer"] == "TV"
+    assert abs(out[0]["ratio"] - 34 / 31) < 1e-12
+    assert out[1]["metric"] == "PSNR dB in-family" and abs(out[1]["ratio"] - 35.5 / 36) < 1e-12
+    assert out[2]["metric"].startswith("s/image") and abs(out[2]["ratio"] - 20.0) < 1e-12
+
+
+def test_bench_labels_shepp_logan_in_family_and_noises_every_ct_bin():
+    from krylon.bench import dds as bench
+
+    x, names, _ = bench._images(1, torch.float32)
+    assert names[-1] == "shepp-logan (in-family)" and names[0] == "phantom0"
+    R = bench._operator("ct-8views", "cpu")
+    clean = R.matvec(x)
+    zero = clean == 0
+    assert zero.any()  # rays that miss the object
+    noisy = bench._noisy("ct-8views", clean)
+    assert bool((noisy[zero] != 0).all())
+    A = bench._operator("mri-x4-uniform1d", "cpu")
+    k = A.matvec(x.to(torch.complex64))
+    assert bool((bench._noisy("mri-x4-uniform1d", k)[k == 0] == 0).all())  # unsampled k-space stays empty
+
+
+def test_bench_baselines_get_the_real_constraint():
+    from krylon.bench import dds as bench
+    from krylon.solvers.reconstruction import normal_norm
+
+    x, _, _ = bench._images(1, torch.float32)
+    A = bench._operator("mri-x8-gaussian2d", "cpu")
+    y = A.matvec(x.to(torch.complex64))
+    recs = bench._classical("mri-x8-gaussian2d", A, y, x, normal_norm(A), True)
+    assert all(not r[0].is_complex() for r in recs.values())
 
 
 def test_docstring_examples_run():

@@ -92,6 +92,9 @@ class _Attention(nn.Module):
 class ScoreUNet(nn.Module):
     """Noise-prediction U-Net ``eps(x_t, t)`` for real (1 channel) or complex (2 channels) images.
 
+    The defaults are the configuration of krylon's shipped prior (``DDS.pretrained()``, ``phantom64``), which
+    ``train_prior`` and ``krylon train diffusion`` use too.
+
     Parameters
     ----------
     image_size : int
@@ -117,8 +120,8 @@ class ScoreUNet(nn.Module):
     torch.Size([2, 1, 16, 16])
     """
 
-    def __init__(self, image_size: int = 64, complex_images: bool = False, channels: int = 32,
-                 mults=(1, 2, 2, 2), blocks: int = 1, attention: bool = True, groups: int = 8):
+    def __init__(self, image_size: int = 64, complex_images: bool = False, channels: int = 16,
+                 mults=(1, 2, 2, 4), blocks: int = 1, attention: bool = True, groups: int = 8):
         super().__init__()
         mults = [int(m) for m in mults]
         if not mults or min(mults) < 1 or channels < 1 or blocks < 1 or groups < 1:
