@@ -11,8 +11,9 @@
    Crank-Nicolson step between consecutive predicted snapshots -- with no extra data.
 4. Truth / prediction / error of the last predicted snapshot go to a PNG.
 
-The defaults take one to two minutes on one CPU core (45 s on a shared AMD EPYC core, 2026-12-02) and reach a
-test error of about 0.09; ``krylon bench fno`` runs the same at larger sizes.
+The defaults take one to two minutes on one CPU core (67 s on a shared AMD EPYC core, 2026-12-02) and reach a
+test error of about 0.15 (the data have FNO's initial-vorticity amplitude; with half its variance, before the
+review of issue #10, 0.09); ``krylon bench fno`` runs the same at larger sizes.
 """
 
 import argparse

@@ -5,7 +5,6 @@ normalisation statistics and compare physical fields in their loss."""
 import json
 
 import pytest
-import torch
 
 from krylon.bench import fno
 
@@ -19,7 +18,6 @@ def test_a_resumed_training_run_is_an_error_in_the_bench():
         fno._no_resume("resuming fno from out/checkpoint.pt after epoch 2")
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(DATA is None, reason="needs neuraloperator's Darcy files (shared/data/neuralop)")
 def test_darcy_rerun_in_the_same_folder_trains_afresh_with_its_own_schedule(tmp_path):
     pytest.importorskip("neuralop")
