@@ -1,4 +1,8 @@
-"""2-D Darcy flow data sets (the FNO recipe): ``-div(a grad u) = 1`` on the unit square, ``u = 0`` on its boundary.
+"""2-D Darcy flow data sets: ``-div(a grad u) = 1`` on the unit square, ``u = 0`` on its boundary.
+
+The FNO data sets' problem (the same equation, coefficient law and grid layout), not their MATLAB
+finite-difference solver: here the faces get harmonic means of ``a`` and the boundary nodes' ``a`` plays no part
+(see below), so a solution differs from theirs for the same ``a`` by a discretisation error.
 
 The permeability is piecewise constant, ``a = 12`` where a Gaussian random field (covariance
 ``(-Laplace + 9)^(-2)``: alpha 2, tau 3) is ``>= 0`` and ``3`` elsewhere.  The field is drawn periodic on the

@@ -1,8 +1,8 @@
 """Gaussian random fields on periodic grids: random initial states and coefficients for the generators.
 
 A field with covariance ``sigma^2 (-Laplace + tau^2)^(-alpha)`` on the torus of side lengths ``lengths``
-(the FNO data sets' initial vorticity uses alpha 2.5, tau 7 on the unit torus; Darcy's permeability
-thresholds alpha 2, tau 3).  Samples are white noise filtered in Fourier space, so they are real and
+(the FNO data sets' initial vorticity uses alpha 2.5, tau 7 on the unit torus, with twice the default amplitude's
+variance; Darcy's permeability thresholds alpha 2, tau 3).  Samples are white noise filtered in Fourier space, so they are real and
 exactly periodic at every resolution, and one sample at two resolutions shares its low modes only
 through the filter (draws are per grid, not nested).
 """
@@ -32,7 +32,11 @@ def gaussian_random_field(shape: Sequence[int], *, alpha: float = 2.5, tau: floa
         Smoothness (alpha > d/2 gives continuous fields) and inverse length scale.
     sigma : float, optional
         Amplitude; default ``tau^(alpha - d/2)``, which makes the field's variance of order one whatever tau
-        is (the FNO data sets' convention).
+        is.  The covariance is exactly ``sigma^2 (-Laplace + tau^2)^(-alpha)`` (pointwise variance
+        ``sigma^2 sum_k lambda_k`` over the grid's modes).  FNO's ``GaussianRF`` with the same exponent has twice
+        this covariance (it keeps the real part of complex iid coefficients and multiplies by ``sqrt(2)``): pass
+        ``sigma = sqrt(2) tau^(alpha - d/2)`` for its fields, as
+        :func:`krylon.datasets.navier_stokes.initial_vorticity` does.
     lengths : float or sequence of float
         Side lengths of the periodic box (default the unit torus).
     mean_zero : bool

@@ -11,8 +11,9 @@
    Crank-Nicolson step between consecutive predicted snapshots -- with no extra data.
 4. Truth / prediction / error of the last predicted snapshot go to a PNG.
 
-The defaults take one to two minutes on one CPU core (45 s on a shared AMD EPYC core, 2026-12-02) and reach a
-test error of about 0.09; ``krylon bench fno`` runs the same at larger sizes.
+The defaults take one to two minutes on one CPU core (67 s on a shared AMD EPYC core, 2026-12-02) and reach a
+test error of about 0.15 (the data have FNO's initial-vorticity amplitude; with half its variance, before the
+review of issue #10, 0.09); ``krylon bench fno`` runs the same at larger sizes.
 """
 
 import argparse
@@ -25,7 +26,7 @@ from krylon.datasets.navier_stokes import generate
 from krylon.datasets.presets import NS2D
 from krylon.operators.learned import SFNO
 from krylon.solvers import OperatorLearner
-from krylon.solvers.operator_learning import navier_stokes_residual
+from krylon.solvers.operator_learning import NavierStokesResidual
 
 
 def make_data(out: Path, n_train: int, n_test: int, resolution: int):
@@ -52,8 +53,7 @@ def main(out="runs/ns-example", n_train=24, n_test=4, resolution=32, epochs=10, 
     before = learner.evaluate(test)
 
     # the equations of the data: viscosity from the file, one implicit step per stored snapshot interval
-    attrs = read_attrs(train_path)
-    residual = navier_stokes_residual(attrs["viscosity"], attrs["times"][1] - attrs["times"][0])
+    residual = NavierStokesResidual.from_attrs(read_attrs(train_path), str(train_path))
     learner.refine(train, mode="physics", residual=residual, steps=refine_steps, lr=1e-3)
     after = learner.evaluate(test)
     learner.save(out / "sfno-refined.pt")

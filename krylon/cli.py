@@ -545,10 +545,15 @@ def _operator_parsers(sub, tsub) -> None:
         t.add_argument("--out", default=f"runs/{kind}", help="folder for checkpoints, loss curves and model.pt")
         if kind == "fno":
             t.add_argument("--modes", type=int, nargs="+", default=[16, 16],
-                           help="kept Fourier modes per axis, neuraloperator 2.0's convention (16 = the paper's 8)")
+                           help="kept Fourier modes per axis in neuraloperator 2.0's convention: the COUNT of "
+                                "frequencies, 16 keeps -8..7 (the FNO paper's 'modes 8'; krylon train sfno counts "
+                                "the other way)")
             t.add_argument("--hidden", type=int, default=32, help="hidden channels")
         else:
-            t.add_argument("--modes", type=int, nargs=3, default=[12, 12, 5], help="modes in x, y, t")
+            t.add_argument("--modes", type=int, nargs=3, default=[12, 12, 5],
+                           help="modes in x, y, t in the FNO / Spectral-Refiner papers' convention: 12 keeps the "
+                                "frequencies -12..11 in space (24 per axis: neuraloperator's --modes 24), 5 keeps rfft "
+                                "modes 0..4 in time")
             t.add_argument("--width", type=int, default=20)
         t.add_argument("--layers", type=int, default=4)
         t.add_argument("--loss", default="l2", choices=("l2", "h1"), help="relative L2 or spectral H1 error")
@@ -574,6 +579,9 @@ def _operator_parsers(sub, tsub) -> None:
                         "(viscosity and time step from the file's attributes); data: the misfit to the targets")
     r.add_argument("--steps", type=int, default=50)
     r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--grid", type=int, nargs=2, default=None, metavar=("X", "Y"),
+                   help="physics mode: evaluate the residual on this finer grid (the prediction spectrally "
+                        "interpolated; the paper uses 256 256 for 64^2 data); default the data grid")
     r.add_argument("--s", type=float, default=-1.0, help="Sobolev index of the loss norm (default -1)")
     r.add_argument("--alpha", type=float, default=10 ** -1.5, help="offset of the Sobolev weight (alpha + |k|^2)^s")
     r.add_argument("--batch", type=int, default=4)
@@ -656,20 +664,6 @@ def _train_operator(args) -> int:
     return 0
 
 
-def _ns_residual(path):
-    """The residual of one implicit Crank-Nicolson step between the stored snapshots of ns2d data at ``path``."""
-    from .datasets import read_attrs
-    from .solvers.operator_learning import navier_stokes_residual
-
-    attrs = read_attrs(path)
-    times = attrs.get("times")
-    if "viscosity" not in attrs or times is None or len(times) < 2:
-        raise ValueError(f"{path} does not say its viscosity and snapshot times (attributes of krylon generate ns2d "
-                         "data); --mode physics needs the equations of the data: use --mode data otherwise")
-    return navier_stokes_residual(float(attrs["viscosity"]), float(times[1] - times[0]),
-                                  lengths=tuple(float(v) for v in attrs.get("lengths", (1.0, 1.0))))
-
-
 def _refine(args) -> int:
     import json
     from pathlib import Path
@@ -684,11 +678,16 @@ def _refine(args) -> int:
     data = _open_pairs(args.data)
     if args.samples is not None:
         data = torch.utils.data.Subset(data, range(min(args.samples, len(data))))
-    residual = _ns_residual(args.data) if args.mode == "physics" else None
+    residual = None
+    if args.mode == "physics":  # the equations of the data, from its attributes
+        from .datasets import read_attrs
+        from .solvers.operator_learning import NavierStokesResidual
+
+        residual = NavierStokesResidual.from_attrs(read_attrs(args.data), str(args.data))
     tests = {p: _open_pairs(p) for p in args.test}
     before = {p: learner.evaluate(ds) for p, ds in tests.items()}
     res = learner.refine(data, mode=args.mode, residual=residual, s=args.s, alpha=args.alpha, steps=args.steps,
-                         lr=args.lr, batch_size=args.batch, progress=True)
+                         lr=args.lr, batch_size=args.batch, grid=args.grid, progress=True)
     after = {p: learner.evaluate(ds) for p, ds in tests.items()}
     for p in tests:
         print(f"{p}: rel. L2 {before[p]['l2']:.4e} -> {after[p]['l2']:.4e} ({before[p]['l2'] / after[p]['l2']:.2f}x lower)")

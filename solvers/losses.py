@@ -54,6 +54,14 @@ _TIME_REDUCTIONS = ("l2", "none")
 
 
 # =============================================================================== shared checks and reductions
+def _time_length(value) -> float:
+    """The duration of a trajectory: a positive finite number (0 would divide the time quadrature by zero)."""
+    value = validate.real_number(value, "time_length")
+    if not value > 0:
+        raise ValueError(f"time_length must be positive, got {value}")
+    return value
+
+
 def _prepare(pred, target, time_axis, lengths, time_length, reduction, time_reduction, relative):
     """Check the inputs; return ``(diff, target, dims)`` with time moved to dimension 2 and ``dims`` the space dims.
 
@@ -83,9 +91,7 @@ def _prepare(pred, target, time_axis, lengths, time_length, reduction, time_redu
         target = None if target is None else target.movedim(ax, 2)
     d = pred.dim() - lead
     lengths = (1.0,) * d if lengths is None else validate.per_axis(lengths, d, "lengths")
-    time_length = validate.real_number(time_length, "time_length")
-    if not time_length > 0:
-        raise ValueError(f"time_length must be positive, got {time_length}")
+    _time_length(time_length)
     if pred.is_complex() or (target is not None and target.is_complex()):
         raise TypeError(f"the losses take real fields, got dtype {pred.dtype if pred.is_complex() else target.dtype}")
     if pred.dtype in (torch.float16, torch.bfloat16):
@@ -265,7 +271,7 @@ class _Loss(nn.Module):
             validate.boolean(options["relative"], "relative")
         if options["time_axis"] is not None:
             validate.integer(options["time_axis"], "time_axis", minimum=None)
-        validate.real_number(options["time_length"], "time_length", minimum=0.0)
+        _time_length(options["time_length"])
         validate.boolean(options["squared"], "squared")
         lengths = options["lengths"]
         if lengths is not None:

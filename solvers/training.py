@@ -25,7 +25,7 @@ import torch
 from ..kernels import validate
 from ..operators.learned.registry import atomic_save, read_torch_file
 
-__all__ = ["TrainConfig", "TrainHook", "EMA", "train", "load_checkpoint", "plot_losses", "autocast"]
+__all__ = ["TrainConfig", "TrainHook", "EMA", "train", "train_val_split", "load_checkpoint", "plot_losses", "autocast"]
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -205,6 +205,69 @@ def _scheduler(opt, config: TrainConfig, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
 
 
+def train_val_split(dataset, val_fraction: float, seed: int):
+    """The seeded split :func:`train` makes when no validation set is given: ``(train_subset, val_subset or None)``.
+
+    ``round(val_fraction * len(dataset))`` samples of a ``torch.randperm`` drawn from ``seed`` are held out.  Code
+    that fits something on the training part before training (normalisers) calls this too, so it never sees a
+    validation sample.
+    """
+    from torch.utils.data import Subset
+
+    n = len(dataset)
+    if n < 2:
+        raise ValueError(f"the data set has {n} samples; need at least 2")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    n_val = int(round(val_fraction * n)) if val_fraction > 0 else 0
+    return Subset(dataset, perm[n_val:]), (Subset(dataset, perm[:n_val]) if n_val else None)
+
+
+def _run_shape(config: TrainConfig, n_train: int, total_steps: int) -> dict:
+    """What a checkpoint must share with the run that resumes it: the schedule's length depends on all of it."""
+    return {"schedule": config.schedule, "epochs": config.epochs, "batch_size": config.batch_size,
+            "n_train": n_train, "total_steps": total_steps}
+
+
+def _check_resumable(ckpt: dict, ckpt_path, run: dict, n_hooks: int) -> None:
+    """Refuse to resume a checkpoint whose schedule length, batch size or hooks differ from this run's.
+
+    A resumed scheduler keeps its own length (cosine ``T_max``, one-cycle ``total_steps``): with other epochs or
+    batch size the learning rate would follow the old run's curve (a cosine run's extra epochs climb back to the
+    maximum), and a hook without its state would restart silently.
+    """
+    saved = ckpt.get("run")
+    if saved is None:  # checkpoints before the run shape was stored: the scheduler's own length is all there is
+        sched = ckpt["scheduler"]
+        old = sched.get("total_steps", sched.get("T_max"))
+        saved = {"total_steps": old} if old is not None else {}
+    diff = {k: (saved[k], run[k]) for k in saved if k in run and saved[k] != run[k]}
+    if diff:
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        raise ValueError(f"{ckpt_path} was written by a run with other settings ({what}); the learning-rate schedule "
+                         f"would not be this run's: rerun with the checkpoint's settings or use another output folder")
+    n_saved = len(ckpt.get("hooks", []))
+    if n_saved != n_hooks:
+        raise ValueError(f"{ckpt_path} holds the state of {n_saved} hook(s) but this run has {n_hooks}: pass the "
+                         "same hooks or use another output folder")
+
+
+def _rng_state() -> dict:
+    """CPU and (when present) every CUDA generator: CUDA code draws from the device's own generator."""
+    state = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _set_rng_state(ckpt: dict) -> None:
+    torch.set_rng_state(ckpt["rng"])
+    cuda = ckpt.get("cuda_rng")
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(cuda)[:torch.cuda.device_count()])
+
+
 def _to(batch: Mapping, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -245,7 +308,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         The history: ``train`` and ``val`` losses per epoch, ``val_<metric>`` per epoch, ``seconds`` per epoch
         (training only) and ``samples`` (training samples per epoch).
     """
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,12 +317,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     hooks = list(hooks)
     n = len(dataset)
     if val is None:
-        if n < 2:
-            raise ValueError(f"the data set has {n} samples; need at least 2")
-        g = torch.Generator().manual_seed(config.seed)
-        perm = torch.randperm(n, generator=g).tolist()
-        n_val = int(round(config.val_fraction * n)) if config.val_fraction > 0 else 0
-        train_set, val_set = Subset(dataset, perm[n_val:]), (Subset(dataset, perm[:n_val]) if n_val else None)
+        train_set, val_set = train_val_split(dataset, config.val_fraction, config.seed)
     else:
         if n < 1 or len(val) < 1:
             raise ValueError(f"empty data set: {n} training and {len(val)} validation samples")
@@ -270,6 +328,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     sched = _scheduler(opt, config, total_steps)
+    run = _run_shape(config, n_train, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
     history: dict = {"train": [], "val": [], **{f"val_{k}": [] for k in metrics}, "seconds": [], "samples": []}
     start_epoch = 0
@@ -281,19 +340,16 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
             model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
             raise ValueError(f"{ckpt_path} does not match this model's configuration: {exc}") from exc
+        _check_resumable(ckpt, ckpt_path, run, len(hooks))
         opt.load_state_dict(ckpt["optimizer"])
-        saved = ckpt["scheduler"]
-        if config.schedule == "onecycle" and saved.get("total_steps") != total_steps:
-            raise ValueError(f"{ckpt_path} was written by a one-cycle run of {saved.get('total_steps')} steps; this "
-                             f"run has {total_steps} (epochs or batch size changed): use another output folder")
-        sched.load_state_dict(saved)
+        sched.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt:
             scaler.load_state_dict(ckpt["scaler"])
         for hook, state in zip(hooks, ckpt.get("hooks", [])):
             hook.load_state_dict(state)
         history.update(json.loads(ckpt["history"]))
         start_epoch = int(ckpt["epoch"])
-        torch.set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt)
         log(f"resuming {name} from {ckpt_path} after epoch {start_epoch}")
     loader_gen = torch.Generator().manual_seed(config.seed + 1)
     step = start_epoch * steps_per_epoch
@@ -347,7 +403,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
             hook.on_epoch_end(model, epoch + 1, history)
         ckpt = {"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
-                "epoch": epoch + 1, "history": json.dumps(history), "rng": torch.get_rng_state(),
+                "epoch": epoch + 1, "history": json.dumps(history), **_rng_state(), "run": run,
                 "config": json.dumps(getattr(model, "config", {}))}
         atomic_save(ckpt, ckpt_path)
         (out / "history.json").write_text(json.dumps(history, indent=1))

@@ -185,10 +185,13 @@ def test_tiny_training_reduces_loss_and_helps_the_iteration(tmp_path):
     hist = train(net, dcdm_loss, ds, tmp_path / "run", TrainConfig(epochs=3, batch_size=8, lr=3e-3), progress=False,
                  log=lambda s: None, name="t")
     assert hist["train"][-1] < hist["train"][0]
-    # resume: a second call with more epochs continues from the checkpoint
-    hist2 = train(net, dcdm_loss, ds, tmp_path / "run", TrainConfig(epochs=4, batch_size=8, lr=3e-3), progress=False,
+    # resume: a second call continues from the checkpoint (finished: the same history); other epochs are refused
+    hist2 = train(net, dcdm_loss, ds, tmp_path / "run", TrainConfig(epochs=3, batch_size=8, lr=3e-3), progress=False,
                   log=lambda s: None, name="t")
-    assert len(hist2["train"]) == 4 and hist2["train"][:3] == hist["train"]
+    assert hist2["train"] == hist["train"]
+    with pytest.raises(ValueError, match="epochs 3 -> 4"):
+        train(net, dcdm_loss, ds, tmp_path / "run", TrainConfig(epochs=4, batch_size=8, lr=3e-3), progress=False,
+              log=lambda s: None, name="t")
     assert (tmp_path / "run" / "losses.png").exists()
 
 

@@ -14,7 +14,7 @@ from krylon.operators import CallableOperator
 from krylon.operators.learned import registry
 from krylon.operators.learned.unet import ScoreUNet
 from krylon.solvers.diffusion import DDS, DPS, VPSchedule, diffusion_loss
-from krylon.solvers.training import EMA, TrainConfig, train
+from krylon.solvers.training import EMA, TrainConfig, TrainHook, train
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -289,17 +289,23 @@ def test_ema_hook_in_training_loop_and_resume(tmp_path):
     data = [{"image": torch.rand(8, 8, generator=torch.Generator().manual_seed(i))} for i in range(8)]
     sched = VPSchedule()
     ema = EMA(net, 0.9)
-    cfg = TrainConfig(epochs=1, batch_size=4, seed=0, val_fraction=0.0)
-    train(net, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, cfg, progress=False, log=lambda s: None,
-          hooks=[ema], plot=False)
-    assert ema.updates == 2
+    cfg = TrainConfig(epochs=2, batch_size=4, seed=0, val_fraction=0.0)
+
+    class Stop(TrainHook):  # Ctrl-C in the first step of epoch 2: the checkpoint of epoch 1 stays
+        def on_step(self, model, optimizer, step):
+            if step == 3:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(net, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, cfg, progress=False, log=lambda s: None,
+              hooks=[ema, Stop()], plot=False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ckpt["hooks"][0]["updates"] == 2
-    # resume with more epochs: the EMA continues from its checkpointed state
+    # resume: the EMA continues from its checkpointed state
     net2, ema2 = tiny_net(), None
     ema2 = EMA(net2, 0.9)
-    train(net2, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, TrainConfig(epochs=2, batch_size=4, seed=0,
-          val_fraction=0.0), progress=False, log=lambda s: None, hooks=[ema2], plot=False)
+    train(net2, lambda m, b: diffusion_loss(m, b, sched), data, tmp_path, cfg, progress=False, log=lambda s: None,
+          hooks=[ema2, TrainHook()], plot=False)
     assert ema2.updates == 4
     # EMA arithmetic against a hand recurrence
     lin = torch.nn.Linear(1, 1, bias=False)

@@ -256,3 +256,11 @@ def test_docstring_examples():
 
     result = doctest.testmod(losses, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_trajectory_loss_modules_refuse_a_non_positive_time_length_at_construction(bad):
+    from krylon.solvers.losses import LpLoss
+
+    with pytest.raises(ValueError, match="time_length must be positive"):
+        LpLoss(time_axis=-1, time_length=bad)

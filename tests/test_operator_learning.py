@@ -205,7 +205,7 @@ def test_onecycle_resume_with_other_epochs_is_refused(tmp_path):
     kw = dict(batch_size=4, schedule="onecycle", val_fraction=0.0)
     quiet = dict(progress=False, log=lambda s: None, plot=False)
     training.train(model, _loss, ds, tmp_path, training.TrainConfig(epochs=1, **kw), **quiet)
-    with pytest.raises(ValueError, match="one-cycle run of 2 steps"):
+    with pytest.raises(ValueError, match="total_steps 2 -> 4"):
         training.train(model, _loss, ds, tmp_path, training.TrainConfig(epochs=2, **kw), **quiet)
 
 

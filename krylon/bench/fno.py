@@ -5,7 +5,12 @@ Two cases:
 1. **Darcy 16x16** (neuraloperator's own small data set, read from ``shared/data/neuralop/``): the same FNO
    (n_modes (16, 16) in neuraloperator 2.0's convention, hidden 32, 4 layers, the same initial weights)
    trained by :class:`krylon.solvers.OperatorLearner` and by ``neuralop.Trainer`` with an equal budget -- the same
-   epochs, batch size, optimiser (AdamW), cosine schedule and relative-L2 loss -- in the same run.  Reported:
+   epochs, batch size, optimiser (AdamW), cosine schedule, the same normalisation (x and y by the same per-channel
+   statistics, krylon's ``ChannelNormalizer`` fitted on the training set, given to the peer's
+   ``DefaultDataProcessor``) and the same loss, the relative L2 error in physical units (the peer's
+   ``LpLoss`` of its decoded output and target: its processor hands the loss the normalised target) -- in the
+   same run.  (neuraloperator's ``LpLoss`` sums over the batch where krylon averages: with AdamW and no
+   gradient clipping the steps are the same.)  Reported:
    test relative L2 at 16 and zero-shot at 32 (both measured with one function on both models), training
    samples per second, and the peak memory of each training stage (CUDA: allocator peak; CPU: each stage runs
    in a forked child from the same warm parent, and its peak is the child's resident-set growth, sampled).
@@ -110,6 +115,22 @@ def _stage(fn, device) -> dict:
     return out
 
 
+def _fresh(folder: Path) -> Path:
+    """``folder`` emptied: each stage trains from scratch (a checkpoint left by an earlier run would be resumed and
+    its timings reported next to the peer's fresh ones)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _no_resume(message: str) -> None:
+    """The training log of a benchmark stage: a resumed run is an error (its times would be another run's)."""
+    if message.startswith("resuming"):
+        raise RuntimeError(f"the benchmark resumed a training run ({message}); its timings would not be this run's")
+
+
 class _Pairs:
     """A torch Dataset of ``{"x": (1, n, n), "y": (1, n, n)}`` from neuraloperator's ``.pt`` dicts."""
 
@@ -182,7 +203,7 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
 
     def krylon_stage():
         learner = OperatorLearner(model, loss="l2")
-        hist = learner.fit(train, None, out_dir=out / "fno-darcy-krylon", progress=False, log=lambda s: None,
+        hist = learner.fit(train, None, out_dir=_fresh(out / "fno-darcy-krylon"), progress=False, log=_no_resume,
                            plot=False, epochs=cfg["epochs"], batch_size=cfg["batch"], lr=DARCY["lr"],
                            weight_decay=DARCY["weight_decay"], optimizer="adamw", schedule="cosine", val_fraction=0.0,
                            seed=seed, max_grad_norm=None)
@@ -198,9 +219,16 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
         from neuralop.data.transforms.data_processors import DefaultDataProcessor
         from neuralop.data.transforms.normalizers import UnitGaussianNormalizer
 
-        y_norm = UnitGaussianNormalizer(dim=[0, 2, 3])
-        y_norm.fit(train.y)
-        processor = DefaultDataProcessor(in_normalizer=None, out_normalizer=y_norm).to(device)
+        from ..operators.learned.normalizer import ChannelNormalizer
+
+        def same_stats(key):  # krylon's statistics of x or y in neuraloperator's normaliser
+            fitted = ChannelNormalizer(1).fit(train, key=key)
+            shape = (1, -1, 1, 1)
+            return UnitGaussianNormalizer(mean=fitted.mean.float().view(shape), std=fitted.std.float().view(shape),
+                                          eps=0.0, dim=[0, 2, 3])
+
+        x_norm, y_norm = same_stats("x"), same_stats("y")
+        processor = DefaultDataProcessor(in_normalizer=x_norm, out_normalizer=y_norm).to(device)
         loader = DataLoader(train, batch_size=cfg["batch"], shuffle=True, generator=torch.Generator().manual_seed(seed + 1))
         opt = torch.optim.AdamW(peer.parameters(), lr=DARCY["lr"], weight_decay=DARCY["weight_decay"])
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg["epochs"])
@@ -218,17 +246,21 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
             return r
 
         trainer.train_one_epoch = timed
-        loss = LpLoss(d=2, p=2)
+        lp = LpLoss(d=2, p=2)
+
+        def loss(out_, y, **_):  # the processor gives the normalised target in training: compare physical fields
+            return lp(y_norm.inverse_transform(out_), y_norm.inverse_transform(y))
+
         with warnings.catch_warnings():
             # its Trainer passes every batch key to the model and the loss, which warn about the ones they ignore
             warnings.filterwarnings("ignore", message=".*received unexpected keyword arguments")
             trainer.train(train_loader=loader, test_loaders={}, optimizer=opt, scheduler=sched, training_loss=loss,
-                          eval_losses={"l2": loss}, save_dir=str(out / "fno-darcy-neuralop"))
+                          eval_losses={"l2": lp}, save_dir=str(_fresh(out / "fno-darcy-neuralop")))
         peer.eval()
         processor.eval()
 
         def peer_predict(x):
-            out_, _ = processor.postprocess(peer(x), {"x": x, "y": x})
+            out_, _ = processor.postprocess(peer(x_norm.transform(x)), {"x": x, "y": x})
             return out_
 
         seconds = sum(epoch_seconds)
@@ -244,7 +276,8 @@ def _darcy(cfg: dict, data_dir: Path, device, out: Path, seed: int = 0) -> list[
 
 def _ns_data(cfg: dict, out: Path, seed: int, device):
     """Generate (or reuse) the NS train/test files with ``krylon generate ns2d``'s library function."""
-    from ..datasets.navier_stokes import generate
+    from ..datasets import read_attrs
+    from ..datasets.navier_stokes import generate, initial_amplitude
     from ..datasets.presets import NS2D
 
     preset = dict(NS2D[cfg.get("preset", "quick")])
@@ -252,6 +285,8 @@ def _ns_data(cfg: dict, out: Path, seed: int, device):
     paths = {}
     for split, n, s in (("train", cfg["n_train"], seed), ("test", cfg["n_test"], seed + 10_000)):
         path = out / f"ns2d-{cfg['resolution']}-{split}-{n}-seed{s}.h5"
+        if path.exists() and read_attrs(path).get("parameters", {}).get("sigma") != initial_amplitude():
+            path.unlink()  # written with another initial-vorticity amplitude (before FNO's): not this recipe's data
         if not path.exists():
             generate(path, n, viscosity=1e-3, t_in=10, t_out=40, seed=s, device=device, **preset)
         paths[split] = path
@@ -272,18 +307,19 @@ def _ns(cfg: dict, device, out: Path, seed: int = 0) -> tuple[list[dict], str | 
     t0 = time.perf_counter()
     paths = _ns_data(cfg, out, seed, device)
     t_data = time.perf_counter() - t0
-    from ..cli import _ns_residual
-    from ..datasets import open_dataset
+    from ..datasets import open_dataset, read_attrs
     from ..solvers import OperatorLearner
+    from ..solvers.operator_learning import NavierStokesResidual
 
     train, test = open_dataset(paths["train"]), open_dataset(paths["test"])
     torch.manual_seed(seed)
     model = SFNO(modes=(12, 12, 5), width=20, n_layers=4, in_steps=10, out_steps=40).to(device)
     learner = OperatorLearner(model, loss="l2", time_axis=-1)
-    hist = learner.fit(train, None, out_dir=out / "sfno-ns", progress=False, log=lambda s: None, plot=False,
+    hist = learner.fit(train, None, out_dir=_fresh(out / "sfno-ns"), progress=False, log=_no_resume, plot=False,
                        epochs=cfg["epochs"], batch_size=cfg["batch"], lr=1e-2, val_fraction=0.0, seed=seed)
     before = learner.evaluate(test)
-    res = learner.refine(train, mode="physics", residual=_ns_residual(paths["train"]), steps=cfg["refine_steps"],
+    residual = NavierStokesResidual.from_attrs(read_attrs(paths["train"]), str(paths["train"]))
+    res = learner.refine(train, mode="physics", residual=residual, steps=cfg["refine_steps"],
                          lr=1e-3, batch_size=cfg["batch"])
     after = learner.evaluate(test)
     return [{"case": f"ns2d {cfg['resolution']}^2 nu=1e-3 10->40", "train_trajectories": len(train),

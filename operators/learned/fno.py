@@ -147,8 +147,11 @@ class FNO(nn.Module):
         need = [max(a, b) for a, b in zip(cfg["n_modes"], cfg["last_n_modes"])]
         for a, (n, m) in enumerate(zip(x.shape[2:], need)):
             if n < m:
+                widened = cfg["last_n_modes"] != cfg["n_modes"]
+                why = (f" (its last spectral layer was widened to {tuple(cfg['last_n_modes'])} modes by a refinement: "
+                       "a refined FNO runs only on grids at least that fine)") if widened else ""
                 raise ValueError(f"the input has {n} points on space axis {a} but the FNO keeps {m} modes there: it "
-                                 f"needs a grid of at least {tuple(need)} points, got {tuple(x.shape[2:])}")
+                                 f"needs a grid of at least {tuple(need)} points, got {tuple(x.shape[2:])}{why}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
@@ -222,7 +225,9 @@ class FNO(nn.Module):
 
         Each entry must be at least the current one; the full grid of an ``n_1 x ... x n_d`` problem is
         ``n_modes=(n_1, ..., n_d)``.  New modes start at zero, so the output is unchanged right after; returns the
-        new layer's parameters.  :attr:`config` records the modes as ``last_n_modes``.
+        new layer's parameters.  :attr:`config` records the modes as ``last_n_modes``.  Unlike krylon's SFNO
+        (whose widened layer uses what a coarser grid resolves), the widened FNO then refuses grids coarser than
+        ``n_modes``: neuraloperator's layer does not truncate its weights.
         """
         n_modes = _modes(n_modes, "n_modes", self.n_dim)
         current = tuple(self.config["last_n_modes"])

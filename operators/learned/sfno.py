@@ -126,7 +126,9 @@ class SFNO(nn.Module):
                                   if mlp_channels else nn.Identity()) for _ in range(n_layers))
         self.pointwise = nn.ModuleList(_Pointwise(width, width) for _ in range(n_layers))
         self.project = nn.Sequential(_Pointwise(width, projection), nn.GELU(), _Pointwise(projection, out_channels))
-        self.out = SpectralConv(out_channels, out_channels, last_modes)
+        # a widened output layer still runs on grids that hold only the hidden layers' modes (it uses what they resolve)
+        self.out = SpectralConv(out_channels, out_channels, last_modes,
+                                min_modes=tuple(min(a, b) for a, b in zip(modes, last_modes)))
 
     @classmethod
     def from_config(cls, config: dict) -> SFNO:

@@ -5,6 +5,10 @@ matrices (one ``C_in x C_out`` matrix per kept mode) and drops the rest.  The la
 :func:`torch.fft.rfftn` axis; the output may have a different number of points along it (``out_last=``), which
 resamples that axis spectrally (SFNO's output in time).
 
+A layer widened by :meth:`SpectralConv.widened` (Spectral-Refiner) keeps the modes of the layer it came from as
+``min_modes``: on a grid coarser than its new modes it uses the modes that grid resolves (never fewer than
+``min_modes``), so a model refined at 64^2 still runs at 32^2.
+
 Mode convention (the FNO paper's, and Spectral-Refiner's ``modes=(12, 12, 5)``): ``modes[a]`` for every axis
 but the last keeps the frequencies ``0 .. m-1`` and ``-m .. -1`` (``2 m`` in all, so a grid needs at least
 ``2 m`` points); for the last axis it keeps ``0 .. m-1`` of the rfft half spectrum (needs ``n // 2 + 1 >= m``).
@@ -36,6 +40,34 @@ def _pad_between(t: torch.Tensor, dim: int, m: int, n: int) -> torch.Tensor:
     return torch.cat([t.narrow(dim, 0, m), t.new_zeros(shape), t.narrow(dim, m, t.shape[dim] - m)], dim=dim)
 
 
+def _hermitian(c: torch.Tensor, dims) -> torch.Tensor:
+    """The part of a spectrum ``c`` over full-FFT axes ``dims`` that is the spectrum of a real field:
+    ``(c[k] + conj(c[-k])) / 2`` -- what an inverse real FFT keeps of its zero and Nyquist bins."""
+    flipped = c.conj()
+    for d in dims:
+        flipped = torch.roll(torch.flip(flipped, [d]), 1, d)
+    return 0.5 * (c + flipped)
+
+
+def _resample_half_spectrum(yh: torch.Tensor, n: int, n_out: int, dims) -> torch.Tensor:
+    """The rfft half spectrum (last axis) of the length-``n`` signal ``yh`` describes, for ``n_out`` samples.
+
+    ``dims``: the full-FFT axes before the last.  The signal is the trigonometric polynomial that interpolates the
+    ``n`` samples ``irfftn(yh)``: an even ``n``'s Nyquist bin enters that inverse once, as its real-field part, so
+    in a longer spectrum (where the bin counts twice) it is halved to that part; at an even ``n_out`` the output's
+    Nyquist bin is counted once while the polynomial's ``+-n_out/2`` terms coincide on the coarser samples, so it
+    is doubled (as ``scipy.signal.resample`` does).  Bins beyond ``n_out // 2`` are dropped, missing ones are zero.
+    """
+    r = n_out // 2 + 1
+    k = yh.shape[-1]
+    if n % 2 == 0 and k > n // 2:  # the input's Nyquist bin is present (k == n // 2 + 1)
+        yh = torch.cat([yh[..., : n // 2], 0.5 * _hermitian(yh[..., n // 2:], dims)], dim=-1)
+    yh = yh[..., :r] if r <= k else _pad_between(yh, yh.dim() - 1, k, r)
+    if n_out % 2 == 0 and r <= k:  # the output's Nyquist bin holds a kept frequency
+        yh = torch.cat([yh[..., : r - 1], 2 * _hermitian(yh[..., r - 1:], dims)], dim=-1)
+    return yh
+
+
 class SpectralConv(nn.Module):
     """Fourier layer ``x -> irfftn(W(k) rfftn(x)(k))`` over the kept modes of the trailing ``len(modes)`` axes.
 
@@ -55,25 +87,34 @@ class SpectralConv(nn.Module):
     torch.Size([5, 2, 16, 12, 40])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, modes):
+    def __init__(self, in_channels: int, out_channels: int, modes, min_modes=None):
         super().__init__()
         self.in_channels = validate.integer(in_channels, "in_channels")
         self.out_channels = validate.integer(out_channels, "out_channels")
         self.modes = validate.shape(modes, "modes")
+        self.min_modes = self.modes if min_modes is None else validate.shape(min_modes, "min_modes")
+        if len(self.min_modes) != len(self.modes) or any(a > b for a, b in zip(self.min_modes, self.modes)):
+            raise ValueError(f"min_modes must be one entry per axis, each <= modes {self.modes}, got {self.min_modes}")
         kept = tuple(2 * m for m in self.modes[:-1]) + (self.modes[-1],)
         scale = 1.0 / (self.in_channels * self.out_channels)  # the FNO paper's initialisation
         self.weight = nn.Parameter(scale * torch.rand(self.in_channels, self.out_channels, *kept, 2))
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, modes={self.modes}"
+        low = "" if self.min_modes == self.modes else f", min_modes={self.min_modes}"
+        return f"{self.in_channels}, {self.out_channels}, modes={self.modes}{low}"
+
+    def grid_modes(self, grid) -> tuple[int, ...]:
+        """The modes used on a grid ``grid``: ``modes``, cut to what the grid resolves (never below ``min_modes``)."""
+        return tuple(min(m, n // 2) for m, n in zip(self.modes[:-1], grid[:-1])) + (min(self.modes[-1],
+                                                                                     grid[-1] // 2 + 1),)
 
     def check_grid(self, grid, what: str = "input") -> None:
-        """``ValueError`` unless a grid of shape ``grid`` holds the kept modes."""
-        for a, (n, m) in enumerate(zip(grid[:-1], self.modes[:-1])):
+        """``ValueError`` unless a grid of shape ``grid`` holds the modes the layer needs (``min_modes``)."""
+        for a, (n, m) in enumerate(zip(grid[:-1], self.min_modes[:-1])):
             if n < 2 * m:
                 raise ValueError(f"the {what} has {n} points on grid axis {a} but the layer keeps {m} modes there "
                                  f"(frequencies -{m}..{m - 1}): it needs at least {2 * m} points")
-        n, m = grid[-1], self.modes[-1]
+        n, m = grid[-1], self.min_modes[-1]
         if n // 2 + 1 < m:
             raise ValueError(f"the {what} has {n} points on the last grid axis but the layer keeps {m} modes there "
                              f"(rfft frequencies 0..{m - 1}): it needs at least {2 * (m - 1)} points")
@@ -90,19 +131,20 @@ class SpectralConv(nn.Module):
             if x.dtype not in (torch.float32, torch.float64):
                 x = x.float()
             xh = torch.fft.rfftn(x, dim=dims, norm="forward")
-            for a, m in enumerate(self.modes[:-1]):  # gather the +-m blocks (slices: cheap, with a cheap backward)
-                xh = torch.cat([xh.narrow(2 + a, 0, m), xh.narrow(2 + a, grid[a] - m, m)], dim=2 + a)
-            xh = xh[..., : self.modes[-1]]
+            modes = self.grid_modes(grid)  # a widened layer on a coarser grid: the modes that grid resolves
             w = torch.view_as_complex(self.weight.to(x.dtype))
-            yh = torch.einsum("bi...,io...->bo...", xh, w)
-            # back onto the full spectral grid: zeros between the +-m blocks; the last axis padded or cut
-            r = n_last // 2 + 1
-            if r <= yh.shape[-1]:
-                yh = yh[..., :r]
-            else:
-                yh = _pad_between(yh, yh.dim() - 1, yh.shape[-1], r)
-            for a, m in enumerate(self.modes[:-1]):
+            for a, (m, full) in enumerate(zip(modes[:-1], self.modes[:-1])):  # the +-m blocks (slices: cheap)
+                xh = torch.cat([xh.narrow(2 + a, 0, m), xh.narrow(2 + a, grid[a] - m, m)], dim=2 + a)
+                if m < full:
+                    w = torch.cat([w.narrow(2 + a, 0, m), w.narrow(2 + a, 2 * full - m, m)], dim=2 + a)
+            xh = xh[..., : modes[-1]]
+            yh = torch.einsum("bi...,io...->bo...", xh, w[..., : modes[-1]])
+            for a, m in enumerate(modes[:-1]):  # back onto the full spectral grid: zeros between the +-m blocks
                 yh = _pad_between(yh, 2 + a, m, grid[a])
+            if n_last != grid[-1]:  # resampled along the last axis
+                yh = _resample_half_spectrum(yh, grid[-1], n_last, dims[:-1])
+            else:
+                yh = _pad_between(yh, yh.dim() - 1, yh.shape[-1], n_last // 2 + 1)
             return torch.fft.irfftn(yh, s=(*grid[:-1], n_last), dim=dims, norm="forward")
 
     @torch.no_grad()
@@ -117,7 +159,8 @@ class SpectralConv(nn.Module):
             raise ValueError(f"modes must have {len(self.modes)} entries (one per grid axis), got {modes}")
         if any(new < old for new, old in zip(modes, self.modes)):
             raise ValueError(f"widening cannot drop modes: the layer keeps {self.modes}, asked for {modes}")
-        new = SpectralConv(self.in_channels, self.out_channels, modes).to(self.weight.device, self.weight.dtype)
+        new = SpectralConv(self.in_channels, self.out_channels, modes, min_modes=self.min_modes)
+        new = new.to(self.weight.device, self.weight.dtype)
         w = self.weight.detach()
         for a, (m, big) in enumerate(zip(self.modes[:-1], modes[:-1])):
             w = _pad_between(w, 2 + a, m, 2 * big)  # the old +-m blocks sit at both ends of the new 2*big axis
