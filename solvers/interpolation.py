@@ -105,9 +105,11 @@ def _spectral(targets: torch.Tensor, m2: torch.Tensor, cutoff, ridge: float) -> 
     f1, f2 = torch.meshgrid(m1, m2_, indexing="ij")
     keep = (f2 > 0) | (f1 >= 0)  # half plane: one of each conjugate pair
     freqs = torch.stack((f1[keep], f2[keep]), dim=-1)  # (modes, 2)
+    has_sine = ~(freqs == 0).all(1)  # every mode but (0, 0), wherever it sits in the list
+
     def basis(x):
         z = 2 * math.pi * x @ freqs.T
-        return torch.cat((torch.cos(z), torch.sin(z[:, 1:])), dim=1)  # mode (0, 0) first: no sine for it
+        return torch.cat((torch.cos(z), torch.sin(z[:, has_sine])), dim=1)
     coords = _unit_coords(shape)
     a = basis(coords[m2])
     if a.shape[1] >= a.shape[0]:
