@@ -23,8 +23,6 @@ from .hdf5 import DatasetWriter
 
 __all__ = ["observation_windows", "generate"]
 
-_steps = whole_steps  # the QG generator's import until it steps with timestepping.simulate
-
 
 def _advance(model, u, t: float, coarse: float, fine: float):
     """``t`` time units: whole steps of ``coarse``, the remainder in steps of ``fine``."""

@@ -4,8 +4,8 @@
 from the radiative equilibrium plus small eddies (:meth:`QuasiGeostrophic.initial_state`), spin up for
 ``spinup`` time units, and then give ``n_samples`` windows each, ``spacing`` time units apart, of ``n_times``
 streamfunction snapshots one step ``dt`` apart.  The whole run is one leapfrog integration with the paper's
-Robert--Asselin filter (:class:`krylon.solvers.timestepping.Leapfrog`), never restarted, so consecutive
-snapshots are the truth's own steps.  :func:`generate` writes such windows to a krylon HDF5 data set, resumably.
+Robert--Asselin filter (:func:`krylon.solvers.timestepping.simulate`, ``method="leapfrog"``), never restarted, so
+consecutive snapshots are the truth's own steps.  :func:`generate` writes such windows to a krylon HDF5 data set, resumably.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import torch
 
 from ..kernels import validate
 from ..operators.pde.quasi_geostrophic import PAPER, QuasiGeostrophic
-from ..solvers.timestepping import Leapfrog, integrate
+from ..solvers.timestepping import simulate, whole_steps
 from .hdf5 import DatasetWriter
-from .kuramoto_sivashinsky import _steps  # the one whole-number-of-steps check of the generators
 
-__all__ = ["observation_windows", "generate"]
+__all__ = ["observation_windows", "generate", "truth_windows"]
 
 
 def observation_windows(model: QuasiGeostrophic, n_samples: int = 10, *, members: int = 1, n_times: int = 2,
@@ -37,25 +36,28 @@ def observation_windows(model: QuasiGeostrophic, n_samples: int = 10, *, members
     dt = validate.real_number(dt, "dt", minimum=0.0)
     if not dt > 0:
         raise ValueError(f"dt must be positive, got {dt}")
-    gap = _steps(validate.real_number(spacing, "spacing", minimum=0.0), dt, "spacing") - (n_times - 1)
+    gap = whole_steps(spacing, dt, "spacing") - (n_times - 1)
     if gap < 0:
         raise ValueError(f"spacing = {spacing} is shorter than a window of {n_times} snapshots {dt} apart")
-    first = _steps(validate.real_number(spinup, "spinup", minimum=0.0), dt, "spinup")
-    stepper = Leapfrog(model.linear, model.nonlinear, dt, filter=filter)
+    first = whole_steps(spinup, dt, "spinup")
+    stride = gap + n_times - 1
+    marks = [first + i * stride + j for i in range(n_samples) for j in range(n_times)]
     psi0 = model.initial_state(batch=members, generator=torch.Generator().manual_seed(validate.integer(seed, "seed", minimum=0)))
-    v, memory = integrate(stepper, model.spectral(psi0), first)
-    out = []
-    for i in range(n_samples):
-        if i and gap:
-            v, memory = integrate(stepper, v, gap, memory=memory)
-        snaps = [model.physical(v)]
-        for _ in range(n_times - 1):
-            v, memory = integrate(stepper, v, 1, memory=memory)
-            snaps.append(model.physical(v))
-        w = torch.stack(snaps, dim=1)                                  # (members, n_times, 2, ny, nx)
-        out.append(w)
-        if callback is not None:
-            callback(i, w)
+    out, window = [], []
+
+    def take(snap):  # every snapshot as it is taken; a finished window goes to the callback (streaming to disk)
+        window.append(snap)
+        if len(window) == n_times:
+            w = torch.stack(window, dim=1)                             # (members, n_times, 2, ny, nx)
+            window.clear()
+            out.append(w)
+            if callback is not None:
+                callback(len(out) - 1, w)
+        return snap[:0]  # kept here, not stacked a second time by the driver
+
+    # one leapfrog run, never restarted: consecutive snapshots are the truth's own steps
+    simulate(model, psi0, marks[-1] * dt, dt, method="leapfrog", options={"filter": filter}, times=[m * dt for m in marks],
+             transform=take)
     return torch.cat(out)
 
 
@@ -97,3 +99,10 @@ def generate(path, *, n_samples: int = 10, members: int = 1, n_times: int = 2, s
         if bar is not None:
             bar.close()
     return str(path)
+
+
+def truth_windows(*, shape, nu, spinup, samples, members, spacing, seed: int = 0, device: str = "cpu") -> tuple:
+    """``(truth model, windows (samples * members, 2, 2, n_y, n_x))`` of the paper's truth at this size."""
+    truth = QuasiGeostrophic(shape=shape, nu=nu, device=device)
+    return truth, observation_windows(truth, samples, members=members, n_times=2, spacing=spacing, spinup=spinup,
+                                      seed=seed)

@@ -504,9 +504,10 @@ def _discover_qg(args) -> int:
 
     import torch
 
-    from .bench.medida_qg import discover_qg, truth_windows
     from .datasets import open_dataset
+    from .datasets.quasi_geostrophic import truth_windows
     from .operators.pde.quasi_geostrophic import CASES, PAPER
+    from .solvers.medida_qg import discover_qg
 
     if args.case not in CASES:  # before the truth run, not after it
         raise ValueError(f"unknown QG case {args.case!r}; the cases are {', '.join(CASES)}")

@@ -237,7 +237,7 @@ TINY = dict(shape=(32, 16), nu=5e-3)
 
 @pytest.fixture(scope="module")
 def tiny_windows():
-    from krylon.bench.medida_qg import truth_windows
+    from krylon.datasets.quasi_geostrophic import truth_windows
 
     # 40 time units: eddies have grown, so psi_1 - psi_2 - psi_R is no longer ~0 (near the radiative equilibrium
     # the relaxation's three columns are nearly collinear)
@@ -246,7 +246,7 @@ def tiny_windows():
 
 @pytest.mark.parametrize("case", ["tau_d", "tau_f", "jacobian", "beta"])
 def test_full_observations_recover_the_changed_parameter(case, tiny_windows):
-    from krylon.bench.medida_qg import discover_qg
+    from krylon.solvers.medida_qg import discover_qg
 
     found = discover_qg(case, tiny_windows, **TINY)
     assert not found.spurious and not found.missed, (found.spurious, found.missed)
@@ -321,7 +321,7 @@ def test_bench_summary_compares_fills_against_cubic():
 
 def test_lowpass_regression_keeps_the_coefficients(tiny_windows):
     """The same filter on the model error and on every column (rows of whole fields) keeps c in y = Theta c."""
-    from krylon.bench.medida_qg import discover_qg
+    from krylon.solvers.medida_qg import discover_qg
 
     for cut in (None, 0.8):
         found = discover_qg("tau_f", tiny_windows, **TINY, lowpass=cut)

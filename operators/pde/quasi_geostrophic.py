@@ -230,6 +230,13 @@ class QuasiGeostrophic:
         bc = -(q1 - q2) / (2 * (k2 + 2))
         return torch.stack((bt + bc, bt - bc), dim=-3)
 
+    def linear_symbol(self, shape=None, dtype=torch.float64, device=None) -> torch.Tensor:
+        """The stiff linear symbol (:attr:`linear`, the hyperviscosity of both layers), the stepping interface every
+        model shares (:func:`krylon.solvers.timestepping.simulate`); ``shape`` must be ``(2, n_y, n_x)`` when given."""
+        if shape is not None and tuple(shape) != (2, *self.shape):
+            raise ValueError(f"this model's states are (2, {self.shape[0]}, {self.shape[1]}), got {tuple(shape)}")
+        return self.linear.to(device=device, dtype=dtype)
+
     def spectral(self, psi: torch.Tensor) -> torch.Tensor:
         """The model's spectral state (PV anomaly, dealiased) from grid streamfunctions ``(*batch, 2, n_y, n_x)``."""
         psi = self._check_state(psi, "psi")
