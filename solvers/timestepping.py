@@ -251,7 +251,7 @@ def whole_steps(t, dt: float, name: str = "t_end") -> int:
     t = validate.real_number(t, name, minimum=0.0)
     n = round(t / dt)
     if abs(n * dt - t) > 1e-9 * max(1.0, abs(t)):
-        raise ValueError(f"{name} = {t!r} is not a multiple of the time step dt = {dt!r}")
+        raise ValueError(f"{name} = {t!r} is not a multiple of the time step dt = {dt!r} (not a whole number of steps)")
     return int(n)
 
 
