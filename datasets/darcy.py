@@ -97,8 +97,7 @@ def generate(path, n: int, *, resolution: int = 64, batch_size: int = 32, seed: 
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, initial=w.n_written, desc=f"darcy {s}^2", unit="sample")
-        for start in range((w.n_written // batch_size) * batch_size, n if w.n_written < n else 0, batch_size):
-            indices = range(start, min(start + batch_size, n))
+        for indices in w.pending_batches(batch_size):
             a = permeability(seed, indices, s).to(dev)
             u, res = solve_darcy(a, rtol=rtol)
             if not res.all_converged:

@@ -210,6 +210,17 @@ class DatasetWriter:
             self.f = None
             raise ValueError(f"cannot resume {self.partial}: " + "; ".join(problems) + ". Delete it or use the original settings.")
 
+    def pending_batches(self, batch_size: int):
+        """Index ranges still to compute, in batches starting at multiples of ``batch_size`` whatever the resume point.
+
+        A resumed run computes exactly the batches an uninterrupted one does (the same tensors, the same rounding);
+        the caller writes the samples of a batch from :attr:`n_written` on.
+        """
+        batch_size = validate.integer(batch_size, "batch_size", minimum=1)
+        n, done = self.n_samples, self.n_written
+        for start in range((done // batch_size) * batch_size, n if done < n else 0, batch_size):
+            yield range(start, min(start + batch_size, n))
+
     @property
     def n_written(self) -> int:
         """Samples already on disk: start (or resume) the generation loop here."""

@@ -203,9 +203,7 @@ def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim
             from tqdm.auto import tqdm
 
             bar = tqdm(total=n, initial=w.n_written, desc=f"ns2d {sim_resolution}^2 -> {resolution}^2", unit="traj")
-        # batches start at multiples of batch_size whatever the resume point: the same tensors, the same rounding
-        for start in range((w.n_written // batch_size) * batch_size, n if w.n_written < n else 0, batch_size):
-            indices = range(start, min(start + batch_size, n))
+        for indices in w.pending_batches(batch_size):
             w0 = initial_vorticity(seed, indices, sim_resolution).to(dev)
             hook = None
             if bar is not None:  # a batch can take long (hours at the paper's scale on a CPU): show its time
