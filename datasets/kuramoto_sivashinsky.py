@@ -113,7 +113,8 @@ def generate(path, *, n_samples: int = 10, n_times: int = 2, interval: float = 5
 
 def discover_case(model, truth=None, *, windows: torch.Tensor | None = None, n_samples: int = 10, noise: float = 0.0,
                   members: int = 2048, interval: float = 5e-3, regression: str = "rvm", threshold: float | None = None,
-                  seed: int = 0, window_options: dict | None = None, medida_options: dict | None = None):
+                  seed: int = 0, sensors: float | None = None, interp: str = "spectral", window_options: dict | None = None,
+                  medida_options: dict | None = None):
     """One Kuramoto–Sivashinsky MEDIDA case end to end: truth windows (simulated here unless given), then
     :func:`krylon.solvers.medida.discover_ks` on them (observation, assimilation, regression).
 
@@ -137,5 +138,5 @@ def discover_case(model, truth=None, *, windows: torch.Tensor | None = None, n_s
     if windows is None:
         windows = observation_windows(truth, n_samples, n_times=3 if noise else 2, interval=interval, **(window_options or {}))
     found = discover_ks(model, windows, interval, truth=truth, noise=noise, members=members, regression=regression,
-                        threshold=threshold, seed=seed, medida_options=medida_options)
+                        threshold=threshold, seed=seed, sensors=sensors, interp=interp, medida_options=medida_options)
     return found, windows

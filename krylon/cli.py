@@ -413,6 +413,9 @@ def _add_discover_ks(dsub) -> None:
     q.add_argument("--noise", type=float, default=0.0, help="observation noise, fraction of the truth's std (default 0); "
                    "with noise use many windows (e.g. --samples 60 --spacing 2): with 10 the regression keeps spurious terms")
     q.add_argument("--members", type=int, default=2048, help="EnKF members when --noise > 0 (default 2048)")
+    q.add_argument("--sensors", type=float, default=None, help="observed fraction of the grid, random points (default: all)")
+    q.add_argument("--interp", default="spectral", choices=("spectral", "cubic", "rff"),
+                   help="fill of sparse sensors (default spectral: a least-squares Fourier fit)")
     q.add_argument("--regression", default="rvm", choices=("rvm", "stlsq"))
     q.add_argument("--threshold", type=float, default=None, help="RVM pruning precision (1e2) or STLSQ threshold (0.1)")
     q.add_argument("--data", default=None, help="truth windows from `krylon generate ks` instead of simulating")
@@ -468,7 +471,7 @@ def _discover_ks(args) -> int:
     t0 = time.perf_counter()
     found, _ = discover_case(model, truth, windows=windows, n_samples=args.samples, noise=args.noise, members=args.members,
                              interval=args.interval, regression=args.regression, threshold=args.threshold, seed=args.seed,
-                             window_options=_ks_window_options(args))
+                             sensors=args.sensors, interp=args.interp, window_options=_ks_window_options(args))
     return _report_discovery(args, found, time.perf_counter() - t0)
 # ---- end krylon discover ks
 # ---- krylon discover qg

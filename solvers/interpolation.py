@@ -1,13 +1,15 @@
 r"""Fill a grid from sparse sensors: cubic, spectral least-squares or random-Fourier-feature MLP, selectable.
 
 MEDIDA with sparse observations needs the whole state at every observation time.  :func:`interpolate` takes
-fields ``(*batch, *channels, n_1, n_2)`` with the sensor values in place (anything elsewhere, NaN by convention)
-and a sensor ``mask`` of shape ``(*channels, n_1, n_2)`` (True where observed), and returns the filled fields.
-Grids are periodic boxes (the PDE models'); every method respects that.
+fields ``(*batch, *channels, *grid)`` with the sensor values in place (anything elsewhere, NaN by convention)
+and a sensor ``mask`` of shape ``(*channels, *grid)`` (True where observed), and returns the filled fields.
+Grids are periodic boxes (the PDE models') of one axis (Kuramoto–Sivashinsky) or two (QG layers); every method
+respects the periodicity.
 
-* ``"cubic"`` -- piecewise-cubic (Clough--Tocher) interpolation on the Delaunay triangulation of the sensors
-  (:func:`scipy.interpolate.griddata`), the sensors repeated periodically around the box so every grid point is
-  inside the triangulation.  What the 2024 paper compares against.
+* ``"cubic"`` -- on a 2-D grid piecewise-cubic (Clough--Tocher) interpolation on the Delaunay triangulation of
+  the sensors (:func:`scipy.interpolate.griddata`), the sensors repeated periodically around the box so every
+  grid point is inside the triangulation (what the 2024 paper compares against); on a 1-D grid a periodic cubic
+  spline through the sensors (:class:`scipy.interpolate.CubicSpline`).
 * ``"spectral"`` -- a least-squares fit of the Fourier modes ``|m_a| <= cutoff_a`` to the sensor values (fewer
   modes than sensors); ``cutoff`` defaults to ``0.9 sqrt(p) n_a / 2`` for an observed fraction ``p``.
 * ``"rff"`` -- an MLP with a random-Fourier-feature input layer
@@ -36,28 +38,33 @@ __all__ = ["METHODS", "interpolate", "SensorInterpolator"]
 METHODS = ("cubic", "spectral", "rff")
 
 
-def _inputs(values, mask):
+def _inputs(values, mask, d: int | None):
     values = backend.as_tensor(values, name="values")
     if not values.is_floating_point():
         raise TypeError(f"values must be a real floating-point tensor, got {values.dtype}")
     mask = torch.as_tensor(mask, device=values.device)
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be boolean (True where a sensor is), got {mask.dtype}")
-    if mask.dim() < 2 or mask.dim() > values.dim() or tuple(values.shape[values.dim() - mask.dim():]) != tuple(mask.shape):
-        raise ValueError(f"the mask's shape {tuple(mask.shape)} must be the trailing (at least 2-D grid) shape of "
+    if d is None:  # a 1-D mask is a 1-D grid; otherwise the last two axes are the grid (QG: (layers, ny, nx))
+        d = min(mask.dim(), 2)
+    d = validate.integer(d, "grid_dims")
+    if d not in (1, 2):
+        raise ValueError(f"grid_dims must be 1 or 2, got {d}")
+    if mask.dim() < d or mask.dim() > values.dim() or tuple(values.shape[values.dim() - mask.dim():]) != tuple(mask.shape):
+        raise ValueError(f"the mask's shape {tuple(mask.shape)} must be the trailing (at least {d}-D grid) shape of "
                          f"values {tuple(values.shape)}")
-    flat = mask.reshape(-1, *mask.shape[-2:])
-    counts = flat.sum((-2, -1))
+    flat = mask.reshape(-1, *mask.shape[mask.dim() - d:])
+    counts = flat.reshape(flat.shape[0], -1).sum(-1)
     if bool((counts < 4).any()):
         raise ValueError(f"every grid needs at least 4 sensors, got {counts.tolist()}")
     observed = values[..., mask]
     validate.finite(observed, "the sensor values")
-    return values, mask
+    return values, mask, d
 
 
-def _groups(mask: torch.Tensor):
-    """Channels of the mask that share one sensor layout: ``[(channel indices, 2-D mask)]``."""
-    flat = mask.reshape(-1, *mask.shape[-2:])
+def _groups(mask: torch.Tensor, d: int):
+    """Channels of the mask that share one sensor layout: ``[(channel indices, d-D mask)]``."""
+    flat = mask.reshape(-1, *mask.shape[mask.dim() - d:])
     groups: list[tuple[list[int], torch.Tensor]] = []
     for c in range(flat.shape[0]):
         for members, m in groups:
@@ -70,7 +77,7 @@ def _groups(mask: torch.Tensor):
 
 
 def _unit_coords(shape) -> torch.Tensor:
-    """Grid points of the unit box ``[0, 1)^2``, shape ``(n_1, n_2, 2)``."""
+    """Grid points of the unit box ``[0, 1)^d``, shape ``(*shape, d)``."""
     axes = [torch.arange(n, dtype=torch.float64) / n for n in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
 
@@ -79,6 +86,12 @@ def _cubic(targets: np.ndarray, m2: np.ndarray, margin: float) -> np.ndarray:
     from scipy.interpolate import griddata  # noqa: PLC0415  (scipy is a dependency; keep import krylon light)
 
     shape = m2.shape
+    if len(shape) == 1:  # a periodic cubic spline: the first sensor repeated one period on closes the curve
+        from scipy.interpolate import CubicSpline  # noqa: PLC0415
+
+        x = np.flatnonzero(m2) / shape[0]
+        spline = CubicSpline(np.append(x, x[0] + 1.0), np.concatenate((targets, targets[:1])), bc_type="periodic")
+        return spline(np.arange(shape[0]) / shape[0])
     grid = _unit_coords(shape).numpy()
     pts, vals = grid[m2], targets  # (s, 2), (s, f)
     tiles_p, tiles_v = [], []
@@ -94,17 +107,21 @@ def _cubic(targets: np.ndarray, m2: np.ndarray, margin: float) -> np.ndarray:
 
 def _spectral(targets: torch.Tensor, m2: torch.Tensor, cutoff, ridge: float) -> torch.Tensor:
     shape = tuple(m2.shape)
+    d = len(shape)
     frac = float(m2.double().mean())
-    if cutoff is None:
-        cutoff = tuple(max(1, int(0.9 * math.sqrt(frac) * n / 2)) for n in shape)
+    if cutoff is None:  # about 0.9 of the modes the sensors' density resolves per axis
+        cutoff = tuple(max(1, int(0.9 * frac ** (1 / d) * n / 2)) for n in shape)
     else:
-        cutoff = validate.per_axis(cutoff, 2, "cutoff")
+        cutoff = validate.per_axis(cutoff, d, "cutoff")
         cutoff = tuple(int(c) for c in cutoff)
-    m1 = torch.arange(-cutoff[0], cutoff[0] + 1, dtype=torch.float64)
-    m2_ = torch.arange(0, cutoff[1] + 1, dtype=torch.float64)
-    f1, f2 = torch.meshgrid(m1, m2_, indexing="ij")
-    keep = (f2 > 0) | (f1 >= 0)  # half plane: one of each conjugate pair
-    freqs = torch.stack((f1[keep], f2[keep]), dim=-1)  # (modes, 2)
+    if d == 1:
+        freqs = torch.arange(0, cutoff[0] + 1, dtype=torch.float64)[:, None]  # (modes, 1)
+    else:
+        m1 = torch.arange(-cutoff[0], cutoff[0] + 1, dtype=torch.float64)
+        m2_ = torch.arange(0, cutoff[1] + 1, dtype=torch.float64)
+        f1, f2 = torch.meshgrid(m1, m2_, indexing="ij")
+        keep = (f2 > 0) | (f1 >= 0)  # half plane: one of each conjugate pair
+        freqs = torch.stack((f1[keep], f2[keep]), dim=-1)  # (modes, 2)
     has_sine = ~(freqs == 0).all(1)  # every mode but (0, 0), wherever it sits in the list
 
     def basis(x):
@@ -119,7 +136,7 @@ def _spectral(targets: torch.Tensor, m2: torch.Tensor, cutoff, ridge: float) -> 
         a = torch.cat((a, math.sqrt(ridge * a.shape[0]) * torch.eye(a.shape[1], dtype=a.dtype)))
         rhs = torch.cat((rhs, rhs.new_zeros(a.shape[1], rhs.shape[1])))
     coef = torch.linalg.lstsq(a, rhs, driver="gelsd").solution
-    return (basis(coords.reshape(-1, 2)) @ coef).reshape(*shape, -1)
+    return (basis(coords.reshape(-1, d)) @ coef).reshape(*shape, -1)
 
 
 def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict, device) -> torch.Tensor:
@@ -128,7 +145,8 @@ def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict, device) -> torch.T
     coords = _unit_coords(shape).to(device=device, dtype=torch.float32)
     mean, std = targets.mean(0), targets.std(0).clamp_min(1e-12)
     t = ((targets - mean) / std).to(device=device, dtype=torch.float32)
-    net = RFFMLP(2, t.shape[1], sigma=opts["sigma"], features=opts["features"], width=opts["width"],
+    d = len(shape)
+    net = RFFMLP(d, t.shape[1], sigma=opts["sigma"], features=opts["features"], width=opts["width"],
                  depth=opts["depth"], periodic=True, seed=opts["seed"]).to(device)
     x = coords[m2.to(device)]
     optim = torch.optim.Adam(net.parameters(), lr=opts["lr"])
@@ -140,7 +158,7 @@ def _rff(targets: torch.Tensor, m2: torch.Tensor, opts: dict, device) -> torch.T
         optim.step()
         sched.step()
     with torch.no_grad():
-        out = net(coords.reshape(-1, 2)).double().cpu()
+        out = net(coords.reshape(-1, d)).double().cpu()
     return (out * std + mean).reshape(*shape, -1)
 
 
@@ -148,15 +166,17 @@ _RFF_DEFAULTS = {"sigma": 5.0, "features": 256, "width": 256, "depth": 4, "epoch
 
 
 def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_observed: bool = False, cutoff=None,
-                ridge: float = 0.0, margin: float = 0.15, **rff) -> torch.Tensor:
-    """Fill the unobserved points of periodic 2-D fields from their sensors.
+                ridge: float = 0.0, margin: float = 0.15, grid_dims: int | None = None, **rff) -> torch.Tensor:
+    """Fill the unobserved points of periodic 1-D or 2-D fields from their sensors.
 
     Parameters
     ----------
-    values : tensor ``(*batch, *channels, n_1, n_2)``
+    values : tensor ``(*batch, *channels, *grid)``
         Sensor values where ``mask`` is True (other entries are ignored; NaN is fine).
-    mask : bool tensor ``(*channels, n_1, n_2)``
+    mask : bool tensor ``(*channels, *grid)``
         The sensors; channels (e.g. the two layers of a QG state) may have different layouts.
+    grid_dims : int, optional
+        Axes of the grid, 1 or 2 (default: 1 for a 1-D mask, else 2: the mask's last two axes).
     method : ``"cubic"``, ``"spectral"`` or ``"rff"``
     window : int
         The batch comes in consecutive groups of ``window`` snapshots of one time window (MEDIDA flattens
@@ -167,7 +187,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     keep_observed : bool
         Put the sensor values back at the sensors (default False: the fitted field everywhere, so the result
         is one smooth field; cubic interpolation passes through the sensors anyway).
-    cutoff : int or (int, int), optional
+    cutoff : int or sequence of int, optional
         Spectral method: highest mode index kept per axis.
     ridge : float
         Spectral method: Tikhonov weight (relative, per sensor; default 0, plain least squares).
@@ -207,21 +227,21 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
     opts["seed"] = validate.integer(opts["seed"], "seed", minimum=0)
     for key in ("sigma", "lr"):
         opts[key] = validate.real_number(opts[key], key, minimum=0.0)
-    values, mask = _inputs(values, mask)
+    values, mask, d = _inputs(values, mask, grid_dims)
     window = validate.integer(window, "window")
     nb = values.dim() - mask.dim()
     batch = values.shape[:nb]
-    chan = mask.shape[:-2]
-    grid = tuple(mask.shape[-2:])
-    fields = values.reshape(math.prod(batch), -1, *grid).detach().cpu().to(torch.float64)  # (B, C, n1, n2)
+    chan = mask.shape[:mask.dim() - d]
+    grid = tuple(mask.shape[mask.dim() - d:])
+    fields = values.reshape(math.prod(batch), -1, *grid).detach().cpu().to(torch.float64)  # (B, C, *grid)
     if fields.shape[0] % window:
         raise ValueError(f"window = {window} does not divide the {fields.shape[0]} fields of the batch {tuple(batch)}")
     if window > 1:  # later snapshots as differences from the window's first (undone below)
         w = fields.reshape(-1, window, *fields.shape[1:])
         fields = torch.cat((w[:, :1], w[:, 1:] - w[:, :1]), dim=1).reshape(fields.shape)
     out = torch.empty_like(fields)
-    for members, m2 in _groups(mask.cpu()):
-        sel = fields[:, members]                                       # (B, c, n1, n2)
+    for members, m2 in _groups(mask.cpu(), d):
+        sel = fields[:, members]                                       # (B, c, *grid)
         targets = sel[..., m2].reshape(-1, int(m2.sum())).T            # (sensors, B * c)
         if method == "cubic":
             filled = torch.from_numpy(_cubic(targets.numpy(), m2.numpy(), margin))
@@ -229,7 +249,7 @@ def interpolate(values, mask, *, method: str = "cubic", window: int = 1, keep_ob
             filled = _spectral(targets, m2, cutoff, ridge)
         else:
             filled = _rff(targets, m2, opts, values.device)
-        filled = filled.permute(2, 0, 1).reshape(sel.shape)
+        filled = filled.movedim(-1, 0).reshape(sel.shape)
         if keep_observed:
             filled[..., m2] = sel[..., m2]
         out[:, members] = filled

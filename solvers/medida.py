@@ -575,15 +575,17 @@ class MEDIDA:
 
 # =============================================================================== one Kuramoto–Sivashinsky case
 def discover_ks(model, windows: torch.Tensor, interval: float, *, truth=None, noise: float = 0.0, members: int = 2048,
-                regression: str = "rvm", threshold: float | None = None, seed: int = 0,
-                medida_options: dict | None = None) -> DiscoveredModelError:
+                regression: str = "rvm", threshold: float | None = None, seed: int = 0, sensors: float | None = None,
+                interp: str = "spectral", medida_options: dict | None = None) -> DiscoveredModelError:
     """MEDIDA on Kuramoto–Sivashinsky truth ``windows`` ``(n_samples, n_times, n)`` taken ``interval`` apart:
     observations (with ``noise``, a fraction of the truth's std; > 0 assimilates with an EnKF of ``members``),
     the 24-term :class:`~krylon.solvers.libraries.PolynomialDerivativeLibrary` on the model's domain, the
     regression.  Noise-free discovery uses the last 2 snapshots of every window, noisy discovery the last 3.
 
-    ``truth`` (a model with ``terms``, optional) fills the errors and the spurious/missed terms of the result;
-    ``medida_options`` go to :class:`MEDIDA`.
+    ``sensors`` (a fraction of the grid, optional) observes a random subset of the points, the same in every
+    snapshot, filled back to the grid by ``interp`` (``"spectral"``, ``"cubic"`` or ``"rff"``, see
+    :mod:`krylon.solvers.interpolation`).  ``truth`` (a model with ``terms``, optional) fills the errors and the
+    spurious/missed terms of the result; ``medida_options`` go to :class:`MEDIDA`.
     """
     from .libraries import PolynomialDerivativeLibrary
 
@@ -595,8 +597,12 @@ def discover_ks(model, windows: torch.Tensor, interval: float, *, truth=None, no
     needed = 3 if noise else 2
     if windows.shape[1] < needed:
         raise ValueError(f"{'noisy' if noise else 'noise-free'} discovery needs {needed} snapshots per window, got {windows.shape[1]}")
-    obs = observe(windows[:, -needed:], interval, noise=noise, seed=seed)
+    obs = observe(windows[:, -needed:], interval, noise=noise, sensors=sensors, seed=seed)
+    options = dict(medida_options or {})
+    if sensors is not None and "interpolate" not in options:
+        from .interpolation import SensorInterpolator
+
+        options["interpolate"] = SensorInterpolator(interp)
     library = PolynomialDerivativeLibrary(model.length, n=model.n)
-    medida = MEDIDA(model, library, regression=regression, threshold=threshold, members=members, seed=seed,
-                    **(medida_options or {}))
+    medida = MEDIDA(model, library, regression=regression, threshold=threshold, members=members, seed=seed, **options)
     return medida.discover(obs, truth=truth.terms if truth is not None else None)

@@ -400,3 +400,19 @@ def test_qg_noisy_sparse_observations_with_a_window_interpolator():
     medida = MEDIDA(model, QuasiGeostrophicLibrary(model), members=8, interpolate=SensorInterpolator("cubic", window=3))
     states, first = medida.analysis_states(obs)
     assert first == 1 and states.shape == (2, 2, 2, 16, 16) and torch.isfinite(states).all()
+
+
+def test_sparse_sensors_on_the_ks_grid_filled_spectrally(windows):
+    # three quarters of the points observed (the same in every snapshot), filled by a least-squares Fourier fit: the
+    # KS state is smooth, so the fill is near exact and the halved u_xx comes back (at half the points of this
+    # 64-point grid the fit aliases modes 15-24 and the 4th derivative / dt amplifies them: spurious terms)
+    from krylon.solvers.medida import discover_ks
+
+    truth, w = windows
+    model = KuramotoSivashinsky((1, 0.5, 1), length=L, n=N)
+    found = discover_ks(model, w[:, :2], 5e-3, truth=truth, sensors=0.75, interp="spectral")
+    assert found.info["sensors"] == 0.75
+    assert set(found.terms) == {"u_xx"} and not found.spurious
+    assert abs(found.coefficients["u_xx"] + 0.5) < 0.01
+    with pytest.raises(ValueError, match="interpolate"):  # sparse observations without a fill are refused
+        MEDIDA(model, PolynomialDerivativeLibrary(L)).discover(observe(w[:, :2], 5e-3, sensors=0.5), truth=truth.terms)
