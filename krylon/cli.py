@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("solve", help="solve a model problem and print iterations, time and residual")
     ssub = s.add_subparsers(dest="problem")
     pp = ssub.add_parser("poisson", help="-Laplace u = f on a 2-D/3-D grid (5/7-point stencil)")
+    pp.set_defaults(run=_solve_poisson)
     pp.add_argument("--grid", type=int, nargs="+", default=[256, 256], metavar="N", help="grid size per axis (2 or 3 numbers)")
     pp.add_argument("--bc", default="dirichlet", choices=("dirichlet", "neumann", "periodic"))
     pp.add_argument("--obstacles", type=int, default=0, metavar="N", help="number of random solid obstacles")
@@ -76,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="run every family's quick benchmark suite and print one summary table "
                        "(or one suite): tables, JSON and PNGs under --out")
+    b.set_defaults(run=_bench)
     b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"),
                    help="one suite, or all of them (the default) followed by the summary table")
     b.add_argument("--size", default=None, choices=("quick", "default", "paper"),
@@ -94,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="generate training data (resumable) and train a learned solver (resumable)")
     tsub = t.add_subparsers(dest="model")
     td = tsub.add_parser("dcdm", help="the DCDM direction network on random obstacle scenes")
+    td.set_defaults(run=_train_dcdm)
     td.add_argument("--dim", type=int, default=2, choices=(2, 3))
     td.add_argument("--grid", type=int, default=None, help="training grid size per axis (default 64 in 2-D, 24 in 3-D)")
     td.add_argument("--geometries", type=int, default=64, help="random scenes")
@@ -133,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- krylon convert (begin)
 def _convert_parser(sub) -> None:
     c = sub.add_parser("convert", help="convert neuraloperator .pt, FNO .mat (v7.3 or v5) or PDEBench files into krylon HDF5")
+    c.set_defaults(run=_convert)
     c.add_argument("source", help="the file to convert")
     c.add_argument("dest", help="the krylon HDF5 file to write (atomically; an interrupted run resumes)")
     c.add_argument("--layout", default="auto", help="auto (default), neuralop-pt, krylon, fno-mat, pdebench, "
@@ -541,6 +545,7 @@ def _operator_parsers(sub, tsub) -> None:
     for kind, help_ in (("fno", "a Fourier neural operator (neuraloperator's FNO) on an HDF5 data set of x -> y"),
                         ("sfno", "a space-time SFNO (x: (C, X, Y, T_in) -> y: (C, X, Y, T_out)) on an HDF5 data set")):
         t = tsub.add_parser(kind, help=help_)
+        t.set_defaults(run=_train_operator)
         t.add_argument("--data", required=True, help="training data (krylon HDF5, FNO .mat or PDEBench file)")
         t.add_argument("--val", default=None, help="validation data (default: --val-fraction of --data)")
         t.add_argument("--val-fraction", type=float, default=0.1)
@@ -576,6 +581,7 @@ def _operator_parsers(sub, tsub) -> None:
 
     r = sub.add_parser("refine", help="Spectral-Refiner: fine-tune the widened last spectral layer of a trained "
                        "operator in a negative Sobolev norm (physics residual or data misfit)")
+    r.set_defaults(run=_refine)
     r.add_argument("--model", required=True, help="model.pt written by krylon train fno|sfno")
     r.add_argument("--data", required=True, help="data whose inputs (and, in data mode, targets) drive the refinement")
     r.add_argument("--mode", default="physics", choices=("physics", "data"),
@@ -596,6 +602,7 @@ def _operator_parsers(sub, tsub) -> None:
     r.add_argument("--device", default="cpu")
 
     e = sub.add_parser("evaluate", help="relative L2 / H1 errors of a trained operator on data sets (any resolution)")
+    e.set_defaults(run=_evaluate)
     e.add_argument("--model", required=True)
     e.add_argument("--data", required=True, action="append", help="data to evaluate (repeatable)")
     e.add_argument("--plot", default=None, help="PNG of truth / prediction / error of the first sample of the first data")
@@ -884,6 +891,7 @@ def _bench(args) -> int:
 def _dds_parsers(sub, tsub) -> None:
     """``krylon train diffusion`` and ``krylon reconstruct mri|ct``."""
     tf = tsub.add_parser("diffusion", help="the score U-Net of the DDS/DPS diffusion prior, on images in an HDF5 file")
+    tf.set_defaults(run=_train_diffusion)
     tf.add_argument("--data", required=True, help="krylon HDF5 data set of (N, H, W) images (square H = W)")
     tf.add_argument("--key", default=None, help="field holding the images (default: 'image', or the only field)")
     tf.add_argument("--complex", action="store_true", help="complex images as two channels (default: real)")
@@ -907,6 +915,7 @@ def _dds_parsers(sub, tsub) -> None:
     rsub = r.add_subparsers(dest="modality")
     for name, what in (("mri", "4-coil Cartesian MRI (CG-SENSE baseline)"), ("ct", "parallel-beam CT (FBP baseline)")):
         q = rsub.add_parser(name, help=what)
+        q.set_defaults(run=_reconstruct)
         q.add_argument("--image", required=True, help="a .png, .npy (2-D array) or krylon .h5 file (first image)")
         q.add_argument("--out", required=True, help="PNG to write (truth, baseline, DDS, error)")
         q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
@@ -924,16 +933,6 @@ def _dds_parsers(sub, tsub) -> None:
         else:
             q.add_argument("--views", type=int, default=30, help="projection angles")
             q.add_argument("--arc", type=float, default=180.0, help="angular range in degrees (120: limited angle)")
-
-
-def _is_dds(args) -> bool:
-    return (args.command == "train" and args.model == "diffusion") or args.command == "reconstruct"
-
-
-def _run_dds(args) -> int:
-    if args.command == "train":
-        return _train_diffusion(args)
-    return _reconstruct(args)
 
 
 def _train_diffusion(args) -> int:
@@ -1086,39 +1085,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     _set_threads(getattr(args, "threads", None))
+    run = getattr(args, "run", None)
+    if run is None:  # a command group without its sub-command (krylon train, krylon generate, ...): its help
+        parser.parse_args([args.command, "--help"])
     try:
-        if args.command == "solve":
-            if args.problem != "poisson":
-                parser.parse_args(["solve", "--help"])
-            return _solve_poisson(args)
-        if args.command == "bench":
-            return _bench(args)
-        if _is_dds(args):
-            return _run_dds(args)
-        if args.command == "train":
-            if args.model in ("fno", "sfno"):
-                return _train_operator(args)
-            if args.model != "dcdm":
-                parser.parse_args(["train", "--help"])
-            return _train_dcdm(args)
-        if args.command == "refine":
-            return _refine(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "convert":
-            return _convert(args)
-        if args.command == "discover":
-            if getattr(args, "run", None) is None:
-                parser.parse_args(["discover", "--help"])
-            return args.run(args)
-        if args.command == "generate":
-            if getattr(args, "run", None) is None:
-                parser.parse_args(["generate", "--help"])
-            return args.run(args)
+        return run(args)
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, FloatingPointError) as exc:
         print(f"krylon: error: {exc}", file=sys.stderr)
         return 2
-    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
