@@ -62,7 +62,7 @@ def _centred_copy(old: torch.Tensor, new: torch.Tensor, n_centred: int) -> None:
 
 
 @register_model
-class FNO(nn.Module):
+class FNO(registry.Checkpointed, nn.Module):
     """Fourier neural operator ``(B, C_in, *space) -> (B, C_out, *space)`` (neuraloperator's, any resolution).
 
     Parameters
@@ -118,20 +118,6 @@ class FNO(nn.Module):
             if any(b < a for a, b in zip(n_modes, last_n_modes)):
                 raise ValueError(f"last_n_modes {last_n_modes} must not be below n_modes {n_modes}")
             self.net.fno_blocks.convs[-1] = self._widened_conv(last_n_modes)
-
-    @classmethod
-    def from_config(cls, config: dict) -> FNO:
-        """A new (untrained) FNO from a :attr:`config` dict."""
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Write the checkpoint (state dict + config, atomically) that :meth:`load` reads."""
-        registry.save_checkpoint(self, path)
-
-    @classmethod
-    def load(cls, path, *, map_location="cpu") -> FNO:
-        """The FNO saved at ``path`` (``weights_only=True``), in eval mode; ``ValueError`` for another model's file."""
-        return registry.load_checkpoint(path, map_location=map_location, expect=cls)
 
     @property
     def n_dim(self) -> int:

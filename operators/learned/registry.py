@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["register_model", "model_class", "available", "record", "load_pretrained", "load_checkpoint",
+__all__ = ["Checkpointed", "register_model", "model_class", "available", "record", "load_pretrained", "load_checkpoint",
            "save_checkpoint", "checkpoint", "atomic_save", "read_torch_file"]
 
 _MODELS: dict[str, type] = {}
@@ -154,6 +154,24 @@ def checkpoint(model: torch.nn.Module) -> dict:
 def save_checkpoint(model: torch.nn.Module, path) -> None:
     """Write ``model``'s checkpoint to ``path`` (loadable with ``weights_only=True``), atomically."""
     atomic_save(checkpoint(model), Path(path))
+
+
+class Checkpointed:
+    """``from_config`` / ``save`` / ``load`` for a registered network whose constructor takes its own ``config``."""
+
+    @classmethod
+    def from_config(cls, config: dict):
+        """A new (untrained) network from a ``config`` dict."""
+        return cls(**config)
+
+    def save(self, path) -> None:
+        """Write the checkpoint (state dict + config, atomically) that :meth:`load` reads."""
+        save_checkpoint(self, path)
+
+    @classmethod
+    def load(cls, path, *, map_location="cpu"):
+        """The network saved at ``path`` (``weights_only=True``), in eval mode; ``ValueError`` for another model's file."""
+        return load_checkpoint(path, map_location=map_location, expect=cls)
 
 
 def atomic_save(obj, path: Path) -> None:

@@ -68,7 +68,7 @@ def _modes3(value, name):
 
 
 @register_model
-class SFNO(nn.Module):
+class SFNO(registry.Checkpointed, nn.Module):
     """Spatiotemporal FNO: ``(B, C_in, X, Y, in_steps) -> (B, C_out, X, Y, out_steps)``.
 
     Parameters
@@ -129,20 +129,6 @@ class SFNO(nn.Module):
         # a widened output layer still runs on grids that hold only the hidden layers' modes (it uses what they resolve)
         self.out = SpectralConv(out_channels, out_channels, last_modes,
                                 min_modes=tuple(min(a, b) for a, b in zip(modes, last_modes)))
-
-    @classmethod
-    def from_config(cls, config: dict) -> SFNO:
-        """A new (untrained) SFNO from a :attr:`config` dict."""
-        return cls(**config)
-
-    def save(self, path) -> None:
-        """Write the checkpoint (state dict + config, atomically) that :meth:`load` reads."""
-        registry.save_checkpoint(self, path)
-
-    @classmethod
-    def load(cls, path, *, map_location="cpu") -> SFNO:
-        """The SFNO saved at ``path`` (``weights_only=True``), in eval mode; ``ValueError`` for another model's file."""
-        return registry.load_checkpoint(path, map_location=map_location, expect=cls)
 
     @property
     def residual(self) -> bool:
