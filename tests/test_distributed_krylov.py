@@ -1,0 +1,228 @@
+"""Domain-decomposed Krylov solves on 2 gloo CPU processes against single-process solves and scipy.
+
+The worker processes are this file run as a script (``python test_distributed_krylov.py CASE OUT``) with
+torchrun's environment variables set by hand (RANK, WORLD_SIZE, MASTER_ADDR, a free MASTER_PORT): one launch
+computes everything the comparisons need (``main``), two more check that a rank that raises or stalls makes
+the other fail with a clear error instead of hanging.  Every launch has a wall-clock limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from krylon.kernels import distributed as dd
+from krylon.operators import DistributedLaplacian, Laplacian
+
+WORLD = 2
+LIMIT = 120  # seconds for one launch (start-up is ~3 s per process on an idle machine; this one is shared)
+
+#: (name, global shape, bc, counts): halo exchange vs the global stencil
+HALO_CASES = [
+    ("2d-even", (8, 6), "dirichlet", None),
+    ("2d-uneven", (7, 6), "dirichlet", (4, 3)),
+    ("2d-single-plane", (7, 6), "dirichlet", (1, 6)),
+    ("2d-mixed", (7, 6), [("neumann", "dirichlet"), "periodic"], (6, 1)),
+    ("3d-periodic-cut", (5, 4, 3), "periodic", (2, 3)),
+    ("2d-periodic-both-neighbours-one-rank", (2, 5), "periodic", (1, 1)),
+    ("3d-neumann", (6, 5, 4), ("neumann", "dirichlet", "neumann"), None),
+    ("3d-fused", (24, 18, 16), "dirichlet", (13, 11)),  # >= 4096 values per slab: the fused CPU kernels
+]
+
+#: (name, global shape, bc, counts, batch): solves compared with the single-process ones
+SOLVE_CASES = [
+    ("3d-fused", (34, 16, 16), "dirichlet", (18, 16), ()),  # >= 4096 values per slab: the fused CPU kernels
+    ("3d-single-plane", (9, 10, 8), [("dirichlet", "neumann"), "neumann", "dirichlet"], (1, 8), ()),
+    ("2d-batch", (7, 9), "dirichlet", None, (2,)),
+]
+SOLVERS = ("cg", "pcg-jacobi", "minres")
+RTOL = 1e-10
+
+
+def _solver(name):
+    from krylon.solvers import CG, MINRES
+    from krylon.solvers.preconditioners import Jacobi
+
+    return {"cg": lambda: CG(rtol=RTOL), "pcg-jacobi": lambda: CG(rtol=RTOL, M=Jacobi()),
+            "minres": lambda: MINRES(rtol=RTOL)}[name]()
+
+
+def _field(shape, batch=(), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(batch) + tuple(shape), dtype=torch.float64, generator=g)
+
+
+# ----------------------------------------------------------------------------- the worker processes
+def _worker(case: str, out: Path) -> None:
+    torch.set_num_threads(1)
+    dd.init_from_env(timeout=float(os.environ.get("TEST_PG_TIMEOUT", "60")))
+    me = dd.rank()
+    if case == "main":
+        res = {"halo": {}, "solve": {}}
+        for name, shape, bc, counts in HALO_CASES:
+            A = DistributedLaplacian(shape, bc=bc, counts=counts)
+            x = _field(shape, (2,), seed=1)
+            xl = A.slabs.local(x)
+            y = A.matvec(xl)
+            y2, part = A.matvec_dot(xl, out=torch.empty_like(xl))
+            res["halo"][name] = {"y": A.slabs.gather(y), "y2": A.slabs.gather(y2), "dot": A.reduce(part),
+                                 "diag": A.slabs.gather(A.diagonal()), "planes": list(A.slabs.planes()),
+                                 "scattered": A.slabs.scatter(x if me == 0 else None, batch=(2,)).equal(xl)}
+        for name, shape, bc, counts, batch in SOLVE_CASES:
+            A = DistributedLaplacian(shape, bc=bc, counts=counts)
+            b = A.slabs.local(_field(shape, batch, seed=2))
+            for s in SOLVERS:
+                r = _solver(s).solve(A, b)
+                res["solve"][f"{name}/{s}"] = {"x": A.slabs.gather(r.x), "iterations": r.iterations,
+                                               "history": r.residual_norms, "converged": r.converged}
+        torch.save(res, out / f"rank{me}.pt")
+    elif case in ("raise", "stall"):
+        A = DistributedLaplacian((64, 64))
+        b = A.slabs.local(_field((64, 64)))
+        if me == 1:
+            if case == "stall":  # alive but never takes part again: the other rank must time out
+                time.sleep(LIMIT)
+
+            def boom(state):
+                if state.iteration == 3:
+                    raise RuntimeError("rank 1 fails on purpose")
+            _solver("cg").solve(A, b, callback=boom)
+            return
+        t0 = time.perf_counter()
+        try:
+            _solver("cg").solve(A, b)
+        except dd.RankFailure as exc:
+            (out / "rank0.json").write_text(json.dumps({"error": str(exc), "seconds": time.perf_counter() - t0}))
+            raise
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(case: str, out: Path, *, pg_timeout: float = 60, wait_for=None):
+    """Start WORLD workers as torchrun would; return their (returncode, stderr) once ``wait_for`` ranks exit."""
+    env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "OMP_NUM_THREADS": "1", "TEST_PG_TIMEOUT": str(pg_timeout)}
+    procs = []
+    for r in range(WORLD):
+        env_r = {**env, "RANK": str(r), "LOCAL_RANK": str(r)}
+        procs.append(subprocess.Popen([sys.executable, __file__, case, str(out)], env=env_r,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = {}
+    t0 = time.monotonic()
+    try:
+        for r in (wait_for if wait_for is not None else range(WORLD)):
+            _, err = procs[r].communicate(timeout=max(LIMIT - (time.monotonic() - t0), 1))
+            results[r] = (procs[r].returncode, err)
+    finally:
+        for p in procs:  # never leave a worker behind (a stalled rank, or a failed test)
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return results
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist")
+    results = _launch("main", out)
+    for r, (code, err) in results.items():
+        assert code == 0, f"rank {r} failed:\n{err[-4000:]}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+# ----------------------------------------------------------------------------- the comparisons
+@pytest.mark.parametrize("name,shape,bc,counts", [pytest.param(*c, id=c[0]) for c in HALO_CASES])
+def test_halo_exchange_matches_the_assembled_global_stencil(main_run, name, shape, bc, counts):
+    got = main_run[0]["halo"][name]
+    L = Laplacian(shape, bc=bc)
+    x = _field(shape, (2,), seed=1)
+    # the independent reference: scipy's product with the matrix assembled from the global stencil
+    S = L.to_scipy()
+    want = torch.from_numpy(S @ x.reshape(2, -1).numpy().T).T.reshape(x.shape)
+    assert torch.allclose(got["y"], want, rtol=1e-13, atol=1e-12)
+    assert torch.allclose(got["y2"], want, rtol=1e-13, atol=1e-12)
+    quad = (x * want).sum(dim=tuple(range(1, x.dim())))
+    for rank_result in main_run:  # every rank holds the same reduced quadratic form
+        assert torch.allclose(rank_result["halo"][name]["dot"], quad, rtol=1e-12)
+    assert torch.equal(got["diag"], torch.from_numpy(S.diagonal()).reshape(shape))
+    planes = main_run[0]["halo"][name]["planes"] + main_run[1]["halo"][name]["planes"]
+    assert planes == list(range(shape[0]))  # the slabs cover the first axis once, in order
+    assert all(rr["halo"][name]["scattered"] for rr in main_run)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("name,shape,bc,counts,batch", [pytest.param(*c, id=c[0]) for c in SOLVE_CASES])
+def test_distributed_solve_matches_the_single_process_solve(main_run, name, shape, bc, counts, batch, solver):
+    got = main_run[0]["solve"][f"{name}/{solver}"]
+    b = _field(shape, batch, seed=2)
+    ref = _solver(solver).solve(Laplacian(shape, bc=bc), b)
+    assert bool(got["converged"].all()) and bool(ref.converged.all())
+    assert torch.equal(got["iterations"], ref.iterations)
+    assert torch.equal(main_run[1]["solve"][f"{name}/{solver}"]["iterations"], ref.iterations)
+    assert got["history"].shape == ref.residual_norms.shape
+    # equal to rounding: the histories differ by rounding of the summation order (amplified by the recurrences),
+    # far below the tolerance the solve was asked for
+    assert float(((got["history"] - ref.residual_norms).abs() / ref.residual_norms[0]).max()) <= 1e-14
+    scale = ref.x.abs().max()
+    assert float((got["x"] - ref.x).abs().max()) <= 1e-8 * float(scale)
+    # and the solution solves the global system (scipy's assembled matrix as the judge)
+    S = Laplacian(shape, bc=bc).to_scipy()
+    xs = got["x"].reshape(-1, S.shape[0]).numpy()
+    bs = b.reshape(-1, S.shape[0]).numpy()
+    rel = ((S @ xs.T).T - bs)
+    assert float((rel ** 2).sum() ** 0.5) <= 2e-10 * float((bs ** 2).sum() ** 0.5) * max(1, len(xs))
+
+
+@pytest.mark.parametrize("case", ["raise", "stall"])
+def test_a_failing_rank_makes_the_other_exit_with_a_clear_error(tmp_path, case):
+    pg_timeout = 4.0
+    results = _launch(case, tmp_path, pg_timeout=pg_timeout, wait_for=[0])  # rank 0 must not wait for rank 1
+    code, err = results[0]
+    assert code != 0
+    assert "RankFailure" in err and "rank 0 of 2" in err
+    record = json.loads((tmp_path / "rank0.json").read_text())
+    assert "another rank died" in record["error"]
+    # a dead peer fails the pending operation at once; a silent one after the process-group timeout
+    assert record["seconds"] <= (10.0 if case == "raise" else pg_timeout + 20.0)
+
+
+# ----------------------------------------------------------------------------- in one process
+def test_one_process_is_the_global_laplacian_and_the_helpers_default_to_rank_0_of_1():
+    assert not dd.is_distributed() and dd.rank() == 0 and dd.world_size() == 1
+    A = DistributedLaplacian((6, 5), bc="neumann")
+    assert A.reduce is None and A.shape_in == (6, 5)
+    x = _field((6, 5), (3,))
+    assert torch.equal(A @ x, Laplacian((6, 5), bc="neumann") @ x)
+    v = A.project_range(x)
+    assert torch.allclose(v.sum(dim=(-2, -1)), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_slab_decomposition_and_its_bad_input():
+    s = dd.Slabs((10, 4), parts=3)
+    assert s.counts == (4, 3, 3) and [list(s.planes(r)) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert dd.split_planes(7, 2) == (4, 3)
+    with pytest.raises(ValueError, match="at least one plane"):
+        dd.Slabs((2, 4), parts=3)
+    with pytest.raises(ValueError, match="sum to the 7 planes"):
+        dd.Slabs((7, 4), counts=(3, 3), parts=2)
+    with pytest.raises(ValueError, match="name 3 slabs"):
+        dd.Slabs((7, 4), counts=(3, 3, 1), parts=2)
+    with pytest.raises(ValueError, match="timeout"):
+        dd.init_from_env(timeout=0)
+    assert dd.init_from_env() is False or dd.is_distributed()  # no torchrun environment: a single process
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], Path(sys.argv[2]))
