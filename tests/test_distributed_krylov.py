@@ -8,6 +8,7 @@ the other fail with a clear error instead of hanging.  Every launch has a wall-c
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from krylon.kernels import distributed as dd
 from krylon.operators import DistributedLaplacian, Laplacian
 
 WORLD = 2
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_poisson.py"
 LIMIT = 120  # seconds for one launch (start-up is ~3 s per process on an idle machine; this one is shared)
 
 #: (name, global shape, bc, counts): halo exchange vs the global stencil
@@ -84,6 +86,12 @@ def _worker(case: str, out: Path) -> None:
                 res["solve"][f"{name}/{s}"] = {"x": A.slabs.gather(r.x), "iterations": r.iterations,
                                                "history": r.residual_norms, "converged": r.converged}
         torch.save(res, out / f"rank{me}.pt")
+        # the example, on the same two ranks (it ends the process group, so it comes last)
+        spec = importlib.util.spec_from_file_location("distributed_poisson", EXAMPLE)
+        example = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(example)
+        summary = example.main(["--grid", "12"])
+        (out / f"example{me}.json").write_text(json.dumps(summary))
     elif case in ("raise", "stall"):
         A = DistributedLaplacian((64, 64))
         b = A.slabs.local(_field((64, 64)))
@@ -110,19 +118,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(case: str, out: Path, *, pg_timeout: float = 60, wait_for=None):
-    """Start WORLD workers as torchrun would; return their (returncode, stderr) once ``wait_for`` ranks exit."""
+def _start(case: str, out: Path, *, pg_timeout: float = 60):
+    """Start WORLD workers with the environment torchrun would give them."""
     env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "OMP_NUM_THREADS": "1", "TEST_PG_TIMEOUT": str(pg_timeout)}
-    procs = []
-    for r in range(WORLD):
-        env_r = {**env, "RANK": str(r), "LOCAL_RANK": str(r)}
-        procs.append(subprocess.Popen([sys.executable, __file__, case, str(out)], env=env_r,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return [subprocess.Popen([sys.executable, __file__, case, str(out)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(WORLD)]
+
+
+def _collect(procs, ranks=None, t0=None):
+    """``{rank: (returncode, stderr)}`` once ``ranks`` (default all) exit; every worker is gone afterwards."""
+    t0 = time.monotonic() if t0 is None else t0
     results = {}
-    t0 = time.monotonic()
     try:
-        for r in (wait_for if wait_for is not None else range(WORLD)):
+        for r in (ranks if ranks is not None else range(WORLD)):
             _, err = procs[r].communicate(timeout=max(LIMIT - (time.monotonic() - t0), 1))
             results[r] = (procs[r].returncode, err)
     finally:
@@ -136,10 +145,13 @@ def _launch(case: str, out: Path, *, pg_timeout: float = 60, wait_for=None):
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    results = _launch("main", out)
+    results = _collect(_start("main", out))
     for r, (code, err) in results.items():
         assert code == 0, f"rank {r} failed:\n{err[-4000:]}"
-    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    runs = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for r in range(WORLD):
+        runs[r]["example"] = json.loads((out / f"example{r}.json").read_text())
+    return runs
 
 
 # ----------------------------------------------------------------------------- the comparisons
@@ -185,17 +197,32 @@ def test_distributed_solve_matches_the_single_process_solve(main_run, name, shap
     assert float((rel ** 2).sum() ** 0.5) <= 2e-10 * float((bs ** 2).sum() ** 0.5) * max(1, len(xs))
 
 
-@pytest.mark.parametrize("case", ["raise", "stall"])
-def test_a_failing_rank_makes_the_other_exit_with_a_clear_error(tmp_path, case):
+def test_a_rank_that_raises_or_stalls_makes_the_other_exit_with_a_clear_error(tmp_path):
     pg_timeout = 4.0
-    results = _launch(case, tmp_path, pg_timeout=pg_timeout, wait_for=[0])  # rank 0 must not wait for rank 1
-    code, err = results[0]
-    assert code != 0
-    assert "RankFailure" in err and "rank 0 of 2" in err
-    record = json.loads((tmp_path / "rank0.json").read_text())
-    assert "another rank died" in record["error"]
-    # a dead peer fails the pending operation at once; a silent one after the process-group timeout
-    assert record["seconds"] <= (10.0 if case == "raise" else pg_timeout + 20.0)
+    t0 = time.monotonic()
+    launches = {case: _start(case, tmp_path / case, pg_timeout=pg_timeout) for case in ("raise", "stall")
+                if not (tmp_path / case).mkdir()}  # both at once: each waits mostly on start-up or the timeout
+    for case, procs in launches.items():
+        code, err = _collect(procs, ranks=[0], t0=t0)[0]  # rank 0 must not wait for rank 1
+        assert code != 0
+        assert "RankFailure" in err and "rank 0 of 2" in err, err[-3000:]
+        record = json.loads((tmp_path / case / "rank0.json").read_text())
+        assert "another rank died" in record["error"]
+        # a dead peer fails the pending operation at once; a silent one after the process-group timeout
+        assert record["seconds"] <= (10.0 if case == "raise" else pg_timeout + 20.0)
+
+
+def test_the_example_solves_the_poisson_problem_on_two_ranks_and_on_one(main_run, capsys):
+    for r in range(WORLD):  # the discrete solution is the exact one (quadratic profiles): the error is the solve's
+        ex = main_run[r]["example"]
+        assert ex["converged"] and ex["rms_error"] < 1e-9
+    spec = importlib.util.spec_from_file_location("distributed_poisson", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    one = example.main(["--grid", "12"])
+    assert one["converged"] and one["rms_error"] < 1e-9
+    assert one["iterations"] == main_run[0]["example"]["iterations"]
+    assert "global grid 12^3" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- in one process
