@@ -251,5 +251,26 @@ def test_slab_decomposition_and_its_bad_input():
     assert dd.init_from_env() is False or dd.is_distributed()  # no torchrun environment: a single process
 
 
+def test_docstring_examples_run():
+    import doctest
+
+    from krylon.operators import distributed as op_module
+
+    for module in (dd, op_module):
+        result = doctest.testmod(module)
+        assert result.attempted >= 1 and result.failed == 0
+
+
+def test_the_bench_suite_is_registered_by_name_and_summarises_its_rows():
+    from krylon.bench import EXTRA_SUITES, SUITES, load
+
+    assert "distributed" in EXTRA_SUITES and "distributed" not in SUITES  # not part of `krylon bench all`
+    suite = load("distributed")
+    assert {"quick", "default", "paper"} <= set(suite.SIZES)
+    rows = suite.summary({"rows": [{"ranks": 2, "grid": "32x8x8", "ms_per_iter": 2.0, "single_ms_per_iter": 3.0,
+                                    "oversubscribed": False}]})
+    assert rows[0]["ratio"] == 1.5 and rows[0]["family"] == "distributed"
+
+
 if __name__ == "__main__":
     _worker(sys.argv[1], Path(sys.argv[2]))
