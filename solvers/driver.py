@@ -13,7 +13,11 @@ convergence is verified, its true residual.  :class:`Driver` owns everything the
 * the host-sync cadence: masks live on the device and the host looks at them every ``sync_every``
   iterations only (default 1 on the CPU, 10 on CUDA);
 * a fast path for methods that have one (CG on the CPU): while every system runs and nothing unusual
-  happens, the per-iteration bookkeeping is one comparison with the tolerance.
+  happens, the per-iteration bookkeeping is one comparison with the tolerance;
+* the one reduction hook: every inner product and norm a step computes goes through :meth:`Driver.dot`,
+  :meth:`Driver.norm` or :meth:`Driver.total`, which sum partial sums over processes when the operator's
+  ``reduce`` says its fields are split across them (:class:`~krylon.operators.DistributedLaplacian`), so the
+  methods run unchanged on distributed fields.
 """
 
 from __future__ import annotations
