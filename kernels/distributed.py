@@ -149,11 +149,15 @@ def collective_errors(what: str):
     """Re-raise a failed collective as a ``RuntimeError`` that names this rank and the likely cause.
 
     A collective fails when a peer process died (its connection closes) or did not arrive within the group's
-    timeout; torch's own message (kept as the cause) names sockets and stores, not the dead rank.
+    timeout; torch's own message (kept, and chained as the cause) names sockets and stores, not the dead rank.
+    Gloo reports a closed connection as a plain ``RuntimeError``, so every ``RuntimeError`` inside the block is
+    taken for a failed collective: wrap collectives only.
     """
     try:
         yield
-    except _dist().DistError as exc:
+    except RuntimeError as exc:
+        if not is_distributed():
+            raise
         raise RuntimeError(f"rank {rank()} of {world_size()}: {what} failed -- another rank probably exited with "
                            f"an error or did not arrive within the timeout (see its log): {exc}") from exc
 

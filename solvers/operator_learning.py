@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels import validate
+from ..kernels import distributed, validate
 from ..operators.learned import registry
 from . import training
 
@@ -325,8 +325,9 @@ class OperatorLearner:
                                       config, val=val, metrics=metrics, hooks=hooks, progress=progress, log=log,
                                       name=run, plot=plot)
         self.model.eval()
-        if getattr(self.model, "config", None) is not None:
-            self.save(Path(out_dir) / "model.pt")
+        if getattr(self.model, "config", None) is not None and distributed.rank() == 0:
+            self.save(Path(out_dir) / "model.pt")  # one writer under torchrun: every rank holds the same weights
+        distributed.barrier()
         return self.history
 
     # ------------------------------------------------------------------ Spectral-Refiner
