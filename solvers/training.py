@@ -386,7 +386,10 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     n_train = len(train_set)
     device = next(model.parameters()).device
     # what the loss runs: DDP all-reduces the gradients (its construction broadcasts rank 0's weights)
-    net = _DDP(model, device_ids=[device.index] if device.index is not None else None) if ddp else model
+    net = model
+    if ddp:
+        with distributed.collective_errors("setting up DistributedDataParallel"):
+            net = _DDP(model, device_ids=[device.index] if device.index is not None else None)
     opt = _optimizer(model, config)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
