@@ -240,6 +240,43 @@ def test_a_rank_that_raises_stops_the_others_with_a_clear_error(tmp_path):
     assert time.monotonic() - t0 < 50
 
 
+def _one_rank_hangs(rank, tmp):
+    if rank == 1:
+        time.sleep(4)  # alive but absent: longer than the group's timeout
+    t0 = time.monotonic()
+    try:
+        training.train(torch.nn.Linear(4, 1), lambda m, b: m(b["x"]).pow(2).mean(),
+                       [{"x": torch.ones(4)}] * 4, f"{tmp}/r{rank}", training.TrainConfig(epochs=1, batch_size=2),
+                       progress=False, plot=False, log=lambda m: None)
+    finally:
+        if rank == 0:
+            assert time.monotonic() - t0 < 3.5, "rank 0 waited past the timeout"
+
+
+def test_a_rank_that_does_not_arrive_times_out(tmp_path):
+    results = launch(_one_rank_hangs, str(tmp_path), deadline=40.0, timeout=1.5)
+    status, message = results[0]
+    assert status == "error" and "another rank" in message and "within the timeout" in message, message
+
+
+@pytest.mark.slow
+def test_torchrun_generate_command_equals_one_process(tmp_path):
+    """The real command line: ``torchrun --nproc-per-node 2 -m krylon -- generate phantoms``."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(WORLD), "--master-port",
+           str(_free_port()), "-m", "krylon", "--", "generate", "phantoms", "--n", "5", "--size", "12", "--seed", "2",
+           "--out", str(tmp_path / "p.h5"), "--no-progress"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("wrote") == 1  # rank 0 speaks for the run
+    generate_phantoms(tmp_path / "one.h5", 5, 12, seed=2)
+    one, two = open_dataset(tmp_path / "one.h5"), open_dataset(tmp_path / "p.h5")
+    assert torch.equal(one[0:5]["x"], two[0:5]["x"]) and len(two.attrs["parts"]) == WORLD
+
+
 # ----------------------------------------------------------------------------- pieces, in one process
 def test_global_batches_split_the_single_process_batches():
     from torch.utils.data import DataLoader
