@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # one thread per rank: the ranks are the parallelism
     dd.init_from_env(timeout=args.timeout)
-    me, size, dev = dd.rank(), dd.world_size(), dd.local_device()
+    me, size, dev = dd.rank(), dd.world_size(), dd.device()
 
     n = args.grid
     h = 1.0 / (n + 1)  # Dirichlet nodes sit one spacing beyond the first and last grid points
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     res = CG(rtol=args.rtol, M=Jacobi()).solve(A, f)
     elapsed = time.perf_counter() - t0
-    err = dd.all_reduce_sum(((res.x - exact) ** 2).sum())  # the global sum of squares
+    err = dd.all_reduce_sum([((res.x - exact) ** 2).sum()])[0]  # the global sum of squares
     rms = math.sqrt(float(err) / n ** 3)
 
     field_mib = exact.numel() * exact.element_size() / 2 ** 20
@@ -65,8 +65,7 @@ def main(argv=None) -> dict:
     for r in range(size):  # print in rank order
         if r == me:
             print(line, flush=True)
-        if size > 1:
-            torch.distributed.barrier()
+        dd.barrier()
     global_mib = n ** 3 * 8 / 2 ** 20
     if me == 0:
         print(f"global grid {n}^3 = {n ** 3:,} unknowns ({global_mib:.1f} MiB per field), {size} rank(s), "
@@ -74,8 +73,7 @@ def main(argv=None) -> dict:
         print(f"CG + Jacobi: {res.reason}; {int(res.iterations)} iterations in {elapsed:.2f} s "
               f"({1e3 * elapsed / max(int(res.iterations), 1):.2f} ms/iteration)")
         print(f"RMS error against the exact solution: {rms:.3e} (max |u| = 1/64)")
-    if size > 1:
-        torch.distributed.destroy_process_group()
+    dd.shutdown()
     return {"iterations": int(res.iterations), "converged": bool(res.converged), "rms_error": rms, "h": h}
 
 

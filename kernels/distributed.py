@@ -1,46 +1,47 @@
-"""Communication kernels on ``torch.distributed``: process-group setup, slab decomposition, halo exchange, sums.
+"""Process-group helpers over ``torch.distributed``: the one place krylon starts, queries and synchronises ranks.
 
-krylon never carries its own transport: everything here is a thin layer over ``torch.distributed`` (gloo on
-CPUs, NCCL on GPUs), started by ``torchrun``, which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-``MASTER_ADDR`` and ``MASTER_PORT`` for every process.
+krylon runs on torch's own engine -- gloo on CPUs, NCCL on GPUs, processes started by ``torchrun`` -- and these
+helpers are all it adds: :func:`init_from_env` joins the group torchrun describes in the environment (``RANK``,
+``WORLD_SIZE``, ``MASTER_ADDR``, ...), with a timeout so that a rank whose peer died raises instead of
+waiting forever; :func:`rank`, :func:`world_size`, :func:`is_distributed` answer for a plain single process too
+(rank 0 of 1), so library code calls them unconditionally; :func:`split` is the balanced contiguous split of
+``n`` items (samples, grid planes) over ranks; :func:`all_reduce_sum` reduces a few Python numbers (metrics);
+:func:`collective_errors` turns a failed collective into an error that says what probably happened.
 
-* :func:`init_from_env` joins the process group those variables describe (a no-op without them), with a
-  timeout; :func:`rank`, :func:`world_size`, :func:`is_distributed` say where this process stands and work
-  unchanged in a plain single process (rank 0 of 1).
-* :class:`Slabs` splits the first grid axis into contiguous slabs, one per rank (uneven counts allowed), says
-  which global planes a rank owns, and scatters/gathers a global field.
-* :func:`start_halo_exchange` sends a slab's first and last planes to its neighbours (point-to-point, one plane
-  each way) and returns a handle whose ``wait()`` gives the neighbours' planes, so the caller can compute
-  meanwhile.
-* :func:`all_reduce_sum` sums per-system partial inner products over the ranks.
+For fields split across ranks (domain decomposition): :class:`Slabs` cuts a grid's first axis into contiguous
+slabs, one per rank (uneven counts allowed), says which global planes a rank owns and scatters/gathers a global
+field; :func:`start_halo_exchange` sends a slab's first and last planes to its neighbours (point-to-point, one
+plane each way) and returns a handle whose ``wait()`` gives theirs, so the caller computes meanwhile;
+:func:`sum_over_ranks` sums per-system partial inner products (a tensor) over the ranks.
 
-A failed collective (a peer rank died, or stopped taking part for longer than the timeout) raises
-:class:`RankFailure` naming this rank and the operation, never hangs: a dead peer's closed connection fails
-the pending operation at once, a silent one after the process group's timeout.
+Examples
+--------
+>>> from krylon.kernels import distributed
+>>> distributed.rank(), distributed.world_size(), distributed.is_distributed()  # a plain process
+(0, 1, False)
+>>> [list(distributed.split(5, 2, r)) for r in range(2)]
+[[0, 1, 2], [3, 4]]
 """
 
 from __future__ import annotations
 
-import datetime
-import math
+import contextlib
 import os
+from datetime import timedelta
 from typing import Sequence
 
 import torch
 
-__all__ = ["init_from_env", "rank", "world_size", "is_distributed", "local_device", "RankFailure", "Slabs",
-           "split_planes", "start_halo_exchange", "HaloExchange", "all_reduce_sum", "DEFAULT_TIMEOUT"]
+from . import validate
 
-#: seconds a collective waits for the other ranks before it fails (torch's own default is 30 min for gloo)
-DEFAULT_TIMEOUT = 120.0
+__all__ = ["init_from_env", "is_distributed", "rank", "world_size", "local_rank", "device", "barrier", "split",
+           "all_reduce_sum", "collective_errors", "shutdown", "DEFAULT_TIMEOUT", "TIMEOUT_ENV",
+           "Slabs", "HaloExchange", "start_halo_exchange", "sum_over_ranks"]
 
-#: tags of the two halo messages (gloo matches them; NCCL matches sends and receives by order, which
-#: :func:`start_halo_exchange` keeps the same on both sides)
-_UP, _DOWN = 1, 2
-
-
-class RankFailure(RuntimeError):
-    """A collective failed: another rank died, raised, or did not take part within the timeout."""
+DEFAULT_TIMEOUT = 300.0
+"""Seconds a collective waits for its peers before raising (torch's own default is 30 minutes)."""
+TIMEOUT_ENV = "KRYLON_DIST_TIMEOUT"
+"""Environment variable that overrides :data:`DEFAULT_TIMEOUT` (seconds) when ``timeout`` is not given."""
 
 
 def _dist():
@@ -50,100 +51,146 @@ def _dist():
 
 
 def is_distributed() -> bool:
-    """True when this process belongs to an initialised ``torch.distributed`` process group."""
+    """Whether this process belongs to an initialised process group."""
     dist = _dist()
     return dist.is_available() and dist.is_initialized()
 
 
 def rank() -> int:
-    """This process's rank in the default process group (0 without one)."""
+    """This process's rank in the group (0 without one)."""
     return _dist().get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
-    """The number of processes in the default process group (1 without one)."""
+    """Processes in the group (1 without one)."""
     return _dist().get_world_size() if is_distributed() else 1
 
 
-def init_from_env(timeout: float = DEFAULT_TIMEOUT, backend: str | None = None) -> bool:
-    """Join the process group that ``torchrun``'s environment variables describe.
+def local_rank() -> int:
+    """The rank on this node (torchrun's ``LOCAL_RANK``; 0 without it): the GPU a process uses."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_from_env(timeout: float | None = None, backend: str | None = None) -> bool:
+    """Join the process group torchrun describes in the environment; ``False`` (nothing done) outside torchrun.
 
     Parameters
     ----------
-    timeout : float
-        Seconds any collective waits for the other ranks before raising (the process-group timeout).  With
-        NCCL it is enforced by torch's asynchronous error handling (on by default in torch >= 2.2).
-    backend : str, optional
-        ``"nccl"`` or ``"gloo"``; default NCCL when CUDA is available (each process then takes GPU
-        ``LOCAL_RANK``), else gloo.
+    timeout : float, optional
+        Seconds any collective waits for the other ranks before raising (default: ``$KRYLON_DIST_TIMEOUT`` or
+        :data:`DEFAULT_TIMEOUT`).  A rank that died makes its peers fail within this time, never hang.
+    backend : {"gloo", "nccl"}, optional
+        Default NCCL when CUDA is available, else gloo.  With NCCL each process takes GPU ``LOCAL_RANK``.
 
     Returns
     -------
     bool
-        True when this process is now (or already was) part of a process group; False when the environment
-        names none (no ``WORLD_SIZE``): a plain single process, which everything here treats as rank 0 of 1.
+        Whether the process is now part of a group (already initialised counts).
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if backend is not None and backend not in ("nccl", "gloo"):
-        raise ValueError(f"backend must be 'nccl', 'gloo' or None, got {backend!r}")
     if is_distributed():
         return True
-    if "WORLD_SIZE" not in os.environ:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
-    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-    if missing:
-        raise ValueError(f"WORLD_SIZE is set but {', '.join(missing)} is not: launch with torchrun, or set all of "
-                         "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT")
-    dist = _dist()
+    if timeout is None:
+        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+    timeout = validate.real_number(timeout, "timeout")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if torch.cuda.is_available() and _dist().is_nccl_available() else "gloo"
+    backend = validate.choice(backend, "backend", ("gloo", "nccl"))
+    kwargs = {}
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=float(timeout)))
+        torch.cuda.set_device(local_rank())
+        kwargs["device_id"] = torch.device("cuda", local_rank())
+    _dist().init_process_group(backend, timeout=timedelta(seconds=timeout), **kwargs)
     return True
 
 
-def local_device() -> torch.device:
-    """The device this rank computes on: its GPU ``LOCAL_RANK`` under NCCL, else the CPU."""
+def device() -> torch.device:
+    """The device this rank computes on: GPU ``LOCAL_RANK`` under NCCL, else the CPU."""
     if is_distributed() and _dist().get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cuda", local_rank())
     return torch.device("cpu")
 
 
-def _failed(what: str, exc: Exception) -> RankFailure:
-    return RankFailure(f"krylon.distributed: rank {rank()} of {world_size()}: {what} failed -- another rank died, "
-                       f"raised, or did not take part within the process-group timeout ({type(exc).__name__}: {exc})")
+def barrier() -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if not is_distributed():
+        return
+    with collective_errors("barrier"):
+        if _dist().get_backend() == "nccl":
+            _dist().barrier(device_ids=[local_rank()])
+        else:
+            _dist().barrier()
 
 
-def all_reduce_sum(partial: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
+    """Sums over ranks of a few numbers (float64), in one collective; the values themselves in a single process."""
+    values = [float(v) for v in values]
+    if not is_distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device())
+    with collective_errors("all-reduce"):
+        _dist().all_reduce(t)
+    return t.tolist()
+
+
+def split(n: int, parts: int, index: int) -> range:
+    """Part ``index`` of ``range(n)`` cut into ``parts`` contiguous pieces whose sizes differ by at most one.
+
+    The first ``n % parts`` pieces hold one more item; a piece is empty when ``parts > n``.
+    """
+    n = validate.integer(n, "n", minimum=0)
+    parts = validate.integer(parts, "parts", minimum=1)
+    index = validate.integer(index, "index", minimum=0)
+    if index >= parts:
+        raise ValueError(f"index must be < parts ({parts}), got {index}")
+    q, r = divmod(n, parts)
+    start = index * q + min(index, r)
+    return range(start, start + q + (index < r))
+
+
+@contextlib.contextmanager
+def collective_errors(what: str):
+    """Re-raise a failed collective as a ``RuntimeError`` that names this rank and the likely cause.
+
+    A collective fails when a peer process died (its connection closes) or did not arrive within the group's
+    timeout; torch's own message (kept, and chained as the cause) names sockets and stores, not the dead rank.
+    Gloo reports a closed connection as a plain ``RuntimeError``, so every ``RuntimeError`` inside the block is
+    taken for a failed collective: wrap collectives only.
+    """
+    try:
+        yield
+    except RuntimeError as exc:
+        if not is_distributed():
+            raise
+        raise RuntimeError(f"rank {rank()} of {world_size()}: {what} failed -- another rank probably exited with "
+                           f"an error or did not arrive within the timeout (see its log): {exc}") from exc
+
+
+def shutdown() -> None:
+    """Leave the process group (a no-op without one)."""
+    if is_distributed():
+        _dist().destroy_process_group()
+
+
+#: tags of the two halo messages (gloo matches them; NCCL matches sends and receives by order, which
+#: :func:`start_halo_exchange` keeps the same on both sides)
+_UP, _DOWN = 1, 2
+
+
+def sum_over_ranks(partial: torch.Tensor) -> torch.Tensor:
     """Sum ``partial`` (e.g. one partial inner product per system) over every rank; returns a new tensor.
 
     Every rank receives bitwise the same sum, so decisions taken on it (convergence, breakdown) agree.
-    The identity (a copy) without a process group.
+    A copy of ``partial`` without a process group.
     """
     out = partial.detach().clone(memory_format=torch.contiguous_format)
-    if not is_distributed():
-        return out
-    try:
-        _dist().all_reduce(out)
-    except RuntimeError as exc:
-        raise _failed("all-reduce of an inner product", exc) from exc
+    if is_distributed():
+        with collective_errors("all-reduce of an inner product"):
+            _dist().all_reduce(out)
     return out
-
-
-def split_planes(n: int, parts: int) -> tuple[int, ...]:
-    """``n`` planes over ``parts`` ranks as evenly as possible, the first ranks taking one more.
-
-    Examples
-    --------
-    >>> split_planes(10, 3)
-    (4, 3, 3)
-    """
-    if parts < 1 or n < parts:
-        raise ValueError(f"cannot split {n} planes over {parts} ranks: every rank needs at least one plane")
-    q, r = divmod(n, parts)
-    return tuple(q + 1 if i < r else q for i in range(parts))
 
 
 class Slabs:
@@ -154,7 +201,7 @@ class Slabs:
     shape : tuple of int
         The global grid shape ``(n1, n2[, n3])``.
     counts : sequence of int, optional
-        Planes per rank (summing to ``n1``, each >= 1); default :func:`split_planes` over the world size.
+        Planes per rank (summing to ``n1``, each >= 1); default :func:`split` over the world size.
     parts : int, optional
         The number of ranks (default: the world size).
 
@@ -170,8 +217,10 @@ class Slabs:
         if len(shape) < 1 or any(n < 1 for n in shape):
             raise ValueError(f"grid shape must be non-empty with sizes >= 1, got {shape}")
         parts = world_size() if parts is None else int(parts)
+        if parts < 1 or shape[0] < parts:
+            raise ValueError(f"cannot split {shape[0]} planes over {parts} ranks: every rank needs at least one plane")
         if counts is None:
-            counts = split_planes(shape[0], parts)
+            counts = [len(split(shape[0], parts, r)) for r in range(parts)]
         counts = tuple(int(c) for c in counts)
         if len(counts) != parts:
             raise ValueError(f"counts {counts} name {len(counts)} slabs but there are {parts} ranks")
@@ -232,18 +281,14 @@ class Slabs:
 
     @staticmethod
     def _p2p(kind: str, t: torch.Tensor, peer: int):
-        try:
+        with collective_errors(f"{kind} with rank {peer}"):
             return getattr(_dist(), kind)(t, peer)
-        except RuntimeError as exc:
-            raise _failed(f"{kind} with rank {peer}", exc) from exc
 
     @staticmethod
     def _wait(reqs, what: str) -> None:
-        try:
+        with collective_errors(what):
             for q in reqs:
                 q.wait()
-        except RuntimeError as exc:
-            raise _failed(what, exc) from exc
 
     @staticmethod
     def _check(t, shape, what: str) -> None:
@@ -264,11 +309,9 @@ class HaloExchange:
         self._works, self.low, self.high = works, low, high
 
     def wait(self):
-        try:
+        with collective_errors("halo exchange"):
             for w in self._works:
                 w.wait()
-        except RuntimeError as exc:
-            raise _failed("halo exchange", exc) from exc
         self._works = ()
         return self.low, self.high
 
@@ -304,8 +347,6 @@ def start_halo_exchange(u: torch.Tensor, ndim: int, *, periodic: bool = False) -
         ops.append(dist.P2POp(dist.irecv, low, lo, tag=_UP))
     if hi is not None:
         ops.append(dist.P2POp(dist.irecv, high, hi, tag=_DOWN))
-    try:
+    with collective_errors("halo exchange"):
         works = dist.batch_isend_irecv(ops)
-    except RuntimeError as exc:
-        raise _failed("halo exchange", exc) from exc
     return HaloExchange(works, low, high)

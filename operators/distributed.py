@@ -35,8 +35,8 @@ class DistributedLaplacian(LinearOperator):
         The *global* grid shape ``(n1, n2[, n3])`` (1-D works too); ``n1`` planes are split over the ranks.
     spacing, bc : as for :class:`~krylon.operators.Laplacian` (no obstacles).
     counts : sequence of int, optional
-        Planes per rank (default: as even as possible, :func:`~krylon.kernels.distributed.split_planes`).
-    dtype, device : optional (device default: :func:`~krylon.kernels.distributed.local_device`).
+        Planes per rank (default: as even as possible, :func:`~krylon.kernels.distributed.split`).
+    dtype, device : optional (device default: :func:`~krylon.kernels.distributed.device`).
 
     Attributes
     ----------
@@ -81,7 +81,7 @@ class DistributedLaplacian(LinearOperator):
         if any("dirichlet" in pair for pair in self.bc):
             tags.append("positive_definite")
         super().__init__(self.slabs.local_shape(me), dtype=dtype, tags=tags)
-        self._device0 = backend.resolve_device(device) or _dd.local_device()
+        self._device0 = backend.resolve_device(device) or _dd.device()
         low, high = self.bc[0]
         self.periodic = low == "periodic" and parts > 1
         # a cut between slabs is a Dirichlet side locally (ghost 0); the halo plane then supplies the neighbour
@@ -105,7 +105,7 @@ class DistributedLaplacian(LinearOperator):
     @property
     def reduce(self):
         """Sum per-system partial inner products over the ranks (an all-reduce); None with one slab."""
-        return _dd.all_reduce_sum if self.slabs.parts > 1 else None
+        return _dd.sum_over_ranks if self.slabs.parts > 1 else None
 
     def stencil(self) -> _st.StencilWeights:
         """The local stencil: the global one with Dirichlet sides at the cuts between slabs."""

@@ -107,7 +107,7 @@ def _worker(case: str, out: Path) -> None:
         t0 = time.perf_counter()
         try:
             _solver("cg").solve(A, b)
-        except dd.RankFailure as exc:
+        except RuntimeError as exc:
             (out / "rank0.json").write_text(json.dumps({"error": str(exc), "seconds": time.perf_counter() - t0}))
             raise
 
@@ -205,9 +205,9 @@ def test_a_rank_that_raises_or_stalls_makes_the_other_exit_with_a_clear_error(tm
     for case, procs in launches.items():
         code, err = _collect(procs, ranks=[0], t0=t0)[0]  # rank 0 must not wait for rank 1
         assert code != 0
-        assert "RankFailure" in err and "rank 0 of 2" in err, err[-3000:]
+        assert "rank 0 of 2" in err and "failed -- another rank" in err, err[-3000:]
         record = json.loads((tmp_path / case / "rank0.json").read_text())
-        assert "another rank died" in record["error"]
+        assert "another rank probably exited" in record["error"]
         # a dead peer fails the pending operation at once; a silent one after the process-group timeout
         assert record["seconds"] <= (10.0 if case == "raise" else pg_timeout + 20.0)
 
@@ -239,15 +239,13 @@ def test_one_process_is_the_global_laplacian_and_the_helpers_default_to_rank_0_o
 def test_slab_decomposition_and_its_bad_input():
     s = dd.Slabs((10, 4), parts=3)
     assert s.counts == (4, 3, 3) and [list(s.planes(r)) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
-    assert dd.split_planes(7, 2) == (4, 3)
+    assert dd.Slabs((7, 3), parts=2).counts == (4, 3)
     with pytest.raises(ValueError, match="at least one plane"):
         dd.Slabs((2, 4), parts=3)
     with pytest.raises(ValueError, match="sum to the 7 planes"):
         dd.Slabs((7, 4), counts=(3, 3), parts=2)
     with pytest.raises(ValueError, match="name 3 slabs"):
         dd.Slabs((7, 4), counts=(3, 3, 1), parts=2)
-    with pytest.raises(ValueError, match="timeout"):
-        dd.init_from_env(timeout=0)
     assert dd.init_from_env() is False or dd.is_distributed()  # no torchrun environment: a single process
 
 

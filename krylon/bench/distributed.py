@@ -138,7 +138,7 @@ def _worker(argv=None) -> None:
     torch.set_num_threads(1)
     dd.init_from_env(backend="nccl" if args.device.startswith("cuda") else "gloo")
     me, world = dd.rank(), dd.world_size()
-    dev = dd.local_device() if args.device.startswith("cuda") else torch.device("cpu")
+    dev = dd.device() if args.device.startswith("cuda") else torch.device("cpu")
     if dev.type == "cpu":
         fused_cpu.warm()
     shape = (world * args.planes, args.width, args.width)
@@ -152,8 +152,8 @@ def _worker(argv=None) -> None:
     def timed(op, rhs, collective: bool) -> float:
         times = []
         for i in range(args.repeats + 1):  # the first solve warms up
-            if collective and world > 1:
-                torch.distributed.barrier()
+            if collective:
+                dd.barrier()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -170,20 +170,17 @@ def _worker(argv=None) -> None:
 
     ms = timed(A, b, True)
     single = None
-    if world > 1:
-        torch.distributed.barrier()
+    dd.barrier()
     if me == 0 and args.peer:
         L = Laplacian(shape, spacing=h, device=dev)
         single = timed(L, torch.rand(shape, generator=g, dtype=torch.float64).to(dev), False)
-    if world > 1:
-        torch.distributed.barrier()
+    dd.barrier()
     if me == 0:
         rec = {"ranks": world, "grid": "x".join(map(str, shape)), "slab": "x".join(map(str, A.shape_in)),
                "iterations": args.iterations, "ms_per_iter": ms, "single_ms_per_iter": single,
                "backend": torch.distributed.get_backend() if world > 1 else "none", "device": str(dev)}
         write_json(Path(args.json), rec)
-    if dd.is_distributed():
-        torch.distributed.destroy_process_group()
+    dd.shutdown()
 
 
 if __name__ == "__main__":
