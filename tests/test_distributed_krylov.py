@@ -1,31 +1,29 @@
 """Domain-decomposed Krylov solves on 2 gloo CPU processes against single-process solves and scipy.
 
-The worker processes are this file run as a script (``python test_distributed_krylov.py CASE OUT``) with
-torchrun's environment variables set by hand (RANK, WORLD_SIZE, MASTER_ADDR, a free MASTER_PORT): one launch
-computes everything the comparisons need (``main``), two more check that a rank that raises or stalls makes
-the other fail with a clear error instead of hanging.  Every launch has a wall-clock limit.
+The ranks come from the launcher of ``test_distributed_training`` (forked from the test process, joined through
+the environment torchrun sets, a deadline on every launch): one launch computes everything the comparisons
+need (:func:`_main_work` writes each rank's results to a file), two more check that a rank that raises or stalls
+makes the other fail with a clear error instead of hanging.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from test_distributed_training import _ok as ok
+from test_distributed_training import launch
 
 from krylon.kernels import distributed as dd
 from krylon.operators import DistributedLaplacian, Laplacian
 
 WORLD = 2
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_poisson.py"
-LIMIT = 120  # seconds for one launch (start-up is ~3 s per process on an idle machine; this one is shared)
+LIMIT = 120.0  # seconds for one launch (the machine is shared: generous)
 
 #: (name, global shape, bc, counts): halo exchange vs the global stencil
 HALO_CASES = [
@@ -62,92 +60,62 @@ def _field(shape, batch=(), seed=0):
     return torch.randn(tuple(batch) + tuple(shape), dtype=torch.float64, generator=g)
 
 
-# ----------------------------------------------------------------------------- the worker processes
-def _worker(case: str, out: Path) -> None:
-    torch.set_num_threads(1)
-    dd.init_from_env(timeout=float(os.environ.get("TEST_PG_TIMEOUT", "60")))
-    me = dd.rank()
-    if case == "main":
-        res = {"halo": {}, "solve": {}}
-        for name, shape, bc, counts in HALO_CASES:
-            A = DistributedLaplacian(shape, bc=bc, counts=counts)
-            x = _field(shape, (2,), seed=1)
-            xl = A.slabs.local(x)
-            y = A.matvec(xl)
-            y2, part = A.matvec_dot(xl, out=torch.empty_like(xl))
-            res["halo"][name] = {"y": A.slabs.gather(y), "y2": A.slabs.gather(y2), "dot": A.reduce(part),
-                                 "diag": A.slabs.gather(A.diagonal()), "planes": list(A.slabs.planes()),
-                                 "scattered": A.slabs.scatter(x if me == 0 else None, batch=(2,)).equal(xl)}
-        for name, shape, bc, counts, batch in SOLVE_CASES:
-            A = DistributedLaplacian(shape, bc=bc, counts=counts)
-            b = A.slabs.local(_field(shape, batch, seed=2))
-            for s in SOLVERS:
-                r = _solver(s).solve(A, b)
-                res["solve"][f"{name}/{s}"] = {"x": A.slabs.gather(r.x), "iterations": r.iterations,
-                                               "history": r.residual_norms, "converged": r.converged}
-        torch.save(res, out / f"rank{me}.pt")
-        # the example, on the same two ranks (it ends the process group, so it comes last)
-        spec = importlib.util.spec_from_file_location("distributed_poisson", EXAMPLE)
-        example = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(example)
-        summary = example.main(["--grid", "12"])
-        (out / f"example{me}.json").write_text(json.dumps(summary))
-    elif case in ("raise", "stall"):
-        A = DistributedLaplacian((64, 64))
-        b = A.slabs.local(_field((64, 64)))
-        if me == 1:
-            if case == "stall":  # alive but never takes part again: the other rank must time out
-                time.sleep(LIMIT)
-
-            def boom(state):
-                if state.iteration == 3:
-                    raise RuntimeError("rank 1 fails on purpose")
-            _solver("cg").solve(A, b, callback=boom)
-            return
-        t0 = time.perf_counter()
-        try:
-            _solver("cg").solve(A, b)
-        except RuntimeError as exc:
-            (out / "rank0.json").write_text(json.dumps({"error": str(exc), "seconds": time.perf_counter() - t0}))
-            raise
+# ----------------------------------------------------------------------------- the work of each rank
+def _main_work(me: int, out: str) -> None:
+    out = Path(out)
+    res = {"halo": {}, "solve": {}}
+    for name, shape, bc, counts in HALO_CASES:
+        A = DistributedLaplacian(shape, bc=bc, counts=counts)
+        x = _field(shape, (2,), seed=1)
+        xl = A.slabs.local(x)
+        y = A.matvec(xl)
+        y2, part = A.matvec_dot(xl, out=torch.empty_like(xl))
+        res["halo"][name] = {"y": A.slabs.gather(y), "y2": A.slabs.gather(y2), "dot": A.reduce(part),
+                             "diag": A.slabs.gather(A.diagonal()), "planes": list(A.slabs.planes()),
+                             "scattered": A.slabs.scatter(x if me == 0 else None, batch=(2,)).equal(xl)}
+    for name, shape, bc, counts, batch in SOLVE_CASES:
+        A = DistributedLaplacian(shape, bc=bc, counts=counts)
+        b = A.slabs.local(_field(shape, batch, seed=2))
+        for s in SOLVERS:
+            r = _solver(s).solve(A, b)
+            res["solve"][f"{name}/{s}"] = {"x": A.slabs.gather(r.x), "iterations": r.iterations,
+                                           "history": r.residual_norms, "converged": r.converged}
+    torch.save(res, out / f"rank{me}.pt")
+    # the example, on the same two ranks (it leaves the process group, so it comes last)
+    (out / f"example{me}.json").write_text(json.dumps(_example().main(["--grid", "12"])))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _example():
+    spec = importlib.util.spec_from_file_location("distributed_poisson", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
 
 
-def _start(case: str, out: Path, *, pg_timeout: float = 60):
-    """Start WORLD workers with the environment torchrun would give them."""
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "OMP_NUM_THREADS": "1", "TEST_PG_TIMEOUT": str(pg_timeout)}
-    return [subprocess.Popen([sys.executable, __file__, case, str(out)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(WORLD)]
+def _failing_work(me: int, case: str, stall: float):
+    A = DistributedLaplacian((64, 64))
+    b = A.slabs.local(_field((64, 64)))
+    if me == 1:
+        if case == "stall":  # alive but absent for longer than the group's timeout, then gone
+            time.sleep(stall)
+            return None
 
-
-def _collect(procs, ranks=None, t0=None):
-    """``{rank: (returncode, stderr)}`` once ``ranks`` (default all) exit; every worker is gone afterwards."""
-    t0 = time.monotonic() if t0 is None else t0
-    results = {}
+        def boom(state):
+            if state.iteration == 3:
+                raise ValueError("rank 1 fails on purpose")
+        _solver("cg").solve(A, b, callback=boom)
+    t0 = time.monotonic()
     try:
-        for r in (ranks if ranks is not None else range(WORLD)):
-            _, err = procs[r].communicate(timeout=max(LIMIT - (time.monotonic() - t0), 1))
-            results[r] = (procs[r].returncode, err)
-    finally:
-        for p in procs:  # never leave a worker behind (a stalled rank, or a failed test)
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    return results
+        _solver("cg").solve(A, b)
+    except RuntimeError as exc:
+        return {"error": str(exc), "seconds": time.monotonic() - t0}
+    return {"error": None}
 
 
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    results = _collect(_start("main", out))
-    for r, (code, err) in results.items():
-        assert code == 0, f"rank {r} failed:\n{err[-4000:]}"
+    ok(launch(_main_work, str(out), deadline=LIMIT, timeout=60.0))
     runs = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for r in range(WORLD):
         runs[r]["example"] = json.loads((out / f"example{r}.json").read_text())
@@ -197,29 +165,27 @@ def test_distributed_solve_matches_the_single_process_solve(main_run, name, shap
     assert float((rel ** 2).sum() ** 0.5) <= 2e-10 * float((bs ** 2).sum() ** 0.5) * max(1, len(xs))
 
 
-def test_a_rank_that_raises_or_stalls_makes_the_other_exit_with_a_clear_error(tmp_path):
-    pg_timeout = 4.0
-    t0 = time.monotonic()
-    launches = {case: _start(case, tmp_path / case, pg_timeout=pg_timeout) for case in ("raise", "stall")
-                if not (tmp_path / case).mkdir()}  # both at once: each waits mostly on start-up or the timeout
-    for case, procs in launches.items():
-        code, err = _collect(procs, ranks=[0], t0=t0)[0]  # rank 0 must not wait for rank 1
-        assert code != 0
-        assert "rank 0 of 2" in err and "failed -- another rank" in err, err[-3000:]
-        record = json.loads((tmp_path / case / "rank0.json").read_text())
-        assert "another rank probably exited" in record["error"]
-        # a dead peer fails the pending operation at once; a silent one after the process-group timeout
-        assert record["seconds"] <= (10.0 if case == "raise" else pg_timeout + 20.0)
+def test_a_rank_that_raises_makes_the_other_exit_with_a_clear_error():
+    results = launch(_failing_work, "raise", 0.0, deadline=LIMIT, timeout=30.0)
+    assert results[1][0] == "error" and "rank 1 fails on purpose" in results[1][1]
+    status, record = results[0]
+    assert status == "ok" and "rank 0 of 2" in record["error"] and "another rank" in record["error"]
+    assert record["seconds"] < 10.0  # the peer's closed connection fails the pending operation at once
+
+
+def test_a_rank_that_stalls_makes_the_other_fail_after_the_timeout():
+    pg_timeout, stall = 2.0, 8.0
+    results = launch(_failing_work, "stall", stall, deadline=LIMIT, timeout=pg_timeout)
+    status, record = results[0]
+    assert status == "ok" and "rank 0 of 2" in record["error"] and "within the timeout" in record["error"]
+    assert record["seconds"] < stall - 2.0  # failed by the timeout, not by the peer leaving
 
 
 def test_the_example_solves_the_poisson_problem_on_two_ranks_and_on_one(main_run, capsys):
     for r in range(WORLD):  # the discrete solution is the exact one (quadratic profiles): the error is the solve's
         ex = main_run[r]["example"]
         assert ex["converged"] and ex["rms_error"] < 1e-9
-    spec = importlib.util.spec_from_file_location("distributed_poisson", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    one = example.main(["--grid", "12"])
+    one = _example().main(["--grid", "12"])
     assert one["converged"] and one["rms_error"] < 1e-9
     assert one["iterations"] == main_run[0]["example"]["iterations"]
     assert "global grid 12^3" in capsys.readouterr().out
@@ -268,7 +234,3 @@ def test_the_bench_suite_is_registered_by_name_and_summarises_its_rows():
     rows = suite.summary({"rows": [{"ranks": 2, "grid": "32x8x8", "ms_per_iter": 2.0, "single_ms_per_iter": 3.0,
                                     "oversubscribed": False}]})
     assert rows[0]["ratio"] == 1.5 and rows[0]["family"] == "distributed"
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1], Path(sys.argv[2]))
