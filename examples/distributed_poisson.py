@@ -11,6 +11,11 @@ and the error measures the solve), by CG with a Jacobi preconditioner -- krylon'
 unchanged: the operator's halo exchange and all-reduce hook do the rest.  No rank ever allocates the
 global grid: the right-hand side is formed from this rank's planes, and the error against the exact
 solution is reduced across ranks.
+
+Memory: CG with Jacobi keeps about 7 to 9 field-sized tensors alive at its peak (x, r, p, A p, z, b, the
+diagonal, temporaries), so the "above start-up" figure per rank is that many times the slab's field size.  glibc may keep
+freed fields of under 32 MiB in the heap instead of returning them (its dynamic mmap threshold), which inflates
+RSS; ``MALLOC_MMAP_THRESHOLD_=1048576`` shows the true figure.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ def main(argv=None) -> dict:
     exact = a * b * c
     f = 2 * (b * c + a * c + a * b)
     fused_cpu.warm()  # load the fused CPU kernels now, not inside the timed solve
+    start_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch, numba, process group
 
     t0 = time.perf_counter()
     res = CG(rtol=args.rtol, M=Jacobi()).solve(A, f)
@@ -61,7 +67,7 @@ def main(argv=None) -> dict:
     field_mib = exact.numel() * exact.element_size() / 2 ** 20
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     line = (f"rank {me}/{size}: slab {tuple(A.shape_in)} = planes {planes.start}-{planes.stop - 1} of {n}, "
-            f"{field_mib:.1f} MiB per field (CG keeps ~6), peak RSS {rss_mib:.0f} MiB")
+            f"{field_mib:.1f} MiB per field, peak RSS {rss_mib:.0f} MiB ({rss_mib - start_mib:.0f} MiB above start-up)")
     for r in range(size):  # print in rank order
         if r == me:
             print(line, flush=True)

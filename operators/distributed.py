@@ -153,9 +153,14 @@ class DistributedLaplacian(LinearOperator):
         return y, self._halo_terms(x, y, pending, dot)
 
     def diagonal(self) -> torch.Tensor:
-        """This rank's slab of the global operator's diagonal."""
-        w = _st.stencil_weights(self.shape_in, self.spacing, self.local_bc, dtype=self.dtype, device=self.device)
-        return torch.broadcast_to(w.diag, self.shape_in).clone()
+        """This rank's slab of the global operator's diagonal (one field: no weight arrays are built)."""
+        w = self.stencil()
+        d = torch.full(self.shape_in, w.diag, dtype=self.dtype, device=self.device)
+        for a, (g_lo, g_hi) in enumerate(w.ghosts):  # a Neumann ghost is the cell itself: a self-term
+            for g, at in ((g_lo, 0), (g_hi, self.shape_in[a] - 1)):
+                if g:
+                    d.narrow(a, at, 1).sub_(g)
+        return d
 
     def project_range(self, v: torch.Tensor) -> torch.Tensor:
         """Remove the global mean of ``v`` when the operator is singular (no Dirichlet side); else ``v``."""
