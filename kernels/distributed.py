@@ -85,7 +85,10 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
     if timeout is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        except ValueError:
+            raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds, got {os.environ[TIMEOUT_ENV]!r}") from None
     timeout = validate.real_number(timeout, "timeout")
     if not timeout > 0:
         raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")

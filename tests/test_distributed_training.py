@@ -350,6 +350,9 @@ def test_single_process_helpers_and_bad_input(monkeypatch):
         distributed.init_from_env(timeout=0)
     with pytest.raises(ValueError, match="backend"):
         distributed.init_from_env(timeout=5, backend="mpi")
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, "ten")
+    with pytest.raises(ValueError, match="KRYLON_DIST_TIMEOUT"):
+        distributed.init_from_env()
 
 
 def test_part_writer_resumes_and_links(tmp_path):
