@@ -149,6 +149,11 @@ def _rank_work(rank, tmp):
     out["resumed_from_1"] = _fit(f"{tmp}/data.h5", f"{tmp}/killed-1")  # a 1-rank checkpoint, resumed on 2 ranks
     _fit(f"{tmp}/data.h5", f"{tmp}/killed-2", kill_after=1)  # resumed on 1 rank by the test
     distributed.barrier()
+    from krylon.operators.learned.normalizer import ChannelNormalizer
+
+    share = range(0, 20) if rank == 0 else range(20, N_SAMPLES)  # uneven shares, each read by its rank only
+    norm = ChannelNormalizer(1).fit(open_dataset(f"{tmp}/data.h5"), indices=share, key="y", across_ranks=True)
+    out["normalizer"] = (norm.mean.tolist(), norm.std.tolist(), float(norm.count))
     generate_sharded(f"{tmp}/darcy-2.h5", darcy.generate, 10, resolution=12, batch_size=4)
     generate_sharded(f"{tmp}/phantoms-2.h5", generate_phantoms, 5, 16, seed=3)
     return out
@@ -193,6 +198,18 @@ def test_complex_spectral_weights_train_under_ddp(runs):
     assert any(v.is_complex() for v in ref.values())
     for k in ref:
         torch.testing.assert_close(two[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+def test_normaliser_moments_merge_over_ranks(runs):
+    import h5py
+
+    with h5py.File(runs["tmp"] / "data.h5") as f:
+        y = f["y"][()].astype(np.float64)
+    for r in range(WORLD):
+        mean, std, count = runs["ranks"][r]["normalizer"]
+        np.testing.assert_allclose(mean, [y.mean()], rtol=1e-12)
+        np.testing.assert_allclose(std, [y.std()], rtol=1e-12)
+        assert count == y.size
 
 
 def test_checkpoint_of_one_rank_resumes_on_two(runs):
