@@ -97,6 +97,9 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
     backend = validate.choice(backend, "backend", ("gloo", "nccl"))
     kwargs = {}
     if backend == "nccl":
+        if local_rank() >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank()} has no GPU: this node has {torch.cuda.device_count()}; start one "
+                             "process per GPU (torchrun --nproc-per-node gpu) or use the CPU (gloo)")
         torch.cuda.set_device(local_rank())
         kwargs["device_id"] = torch.device("cuda", local_rank())
     _dist().init_process_group(backend, timeout=timedelta(seconds=timeout), **kwargs)

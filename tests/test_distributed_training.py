@@ -367,6 +367,9 @@ def test_single_process_helpers_and_bad_input(monkeypatch):
         distributed.init_from_env(timeout=0)
     with pytest.raises(ValueError, match="backend"):
         distributed.init_from_env(timeout=5, backend="mpi")
+    monkeypatch.setenv("LOCAL_RANK", "99")  # more processes on the node than GPUs
+    with pytest.raises(ValueError, match="no GPU"):
+        distributed.init_from_env(timeout=5, backend="nccl")
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "ten")
     with pytest.raises(ValueError, match="KRYLON_DIST_TIMEOUT"):
         distributed.init_from_env()
