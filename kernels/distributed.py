@@ -92,7 +92,10 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
     if timeout is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        except ValueError:
+            raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds, got {os.environ[TIMEOUT_ENV]!r}") from None
     timeout = validate.real_number(timeout, "timeout")
     if not timeout > 0:
         raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")
@@ -101,6 +104,9 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
     backend = validate.choice(backend, "backend", ("gloo", "nccl"))
     kwargs = {}
     if backend == "nccl":
+        if local_rank() >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank()} has no GPU: this node has {torch.cuda.device_count()}; start one "
+                             "process per GPU (torchrun --nproc-per-node gpu) or use the CPU (gloo)")
         torch.cuda.set_device(local_rank())
         kwargs["device_id"] = torch.device("cuda", local_rank())
     _dist().init_process_group(backend, timeout=timedelta(seconds=timeout), **kwargs)
