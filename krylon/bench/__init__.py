@@ -9,7 +9,7 @@ Each family registers one suite here: a module of this package with
   :func:`krylon.bench.summary.compare` (krylon against its best peer, ``ratio > 1`` = krylon better).
 
 ``krylon bench`` (or ``krylon bench all``) runs every suite of ``SUITES`` in this order and prints one table;
-``EXTRA_SUITES`` run only when named (``krylon bench distributed``).
+``EXTRA_SUITES`` run only when named (``krylon bench distributed``, ``krylon bench ddp``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SUITES = {  # name -> module of this package; one line per family
 
 EXTRA_SUITES = {  # run by name only, not by ``krylon bench all``: they launch several processes each
     "distributed": ".distributed",  # weak scaling of domain-decomposed CG on 1, 2, 4 torchrun ranks vs one process
+    "ddp": ".ddp",  # data-parallel training: krylon train fno per epoch on 1 process vs N torchrun ranks
 }
 
 

@@ -7,33 +7,27 @@ optimisation steps: the table gives the training seconds per epoch (rank 0's clo
 median over the epochs after the first), the speed-up, and the final training losses, which agree to rounding.
 Each CPU rank runs one intra-op thread (``--threads 1``), so N ranks use N cores.
 
-Not one of ``krylon bench all``'s suites (it starts several processes); run it as ``python -m krylon.bench.ddp
-[quick|default|paper] [cpu|cuda]``.  Sizes: ``quick`` 96 samples at 32^2, 2 ranks; ``default`` 256 at 64^2, 2 ranks; ``paper`` 1024 at 128^2, 4 ranks.
+Not one of ``krylon bench all``'s suites (it starts several processes); run it by name: ``krylon bench ddp
+--size quick|default|paper [--device cpu|cuda]``.
+Sizes: ``quick`` 96 samples at 32^2, 2 ranks; ``default`` 256 at 64^2, 2 ranks; ``paper`` 1024 at 128^2, 4 ranks.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
-from .common import machine_info, print_table, write_json
+from .common import machine_info, print_table, torchrun, write_json
 
 SIZES = {
     "quick": {"n": 96, "resolution": 32, "modes": 12, "hidden": 16, "layers": 4, "epochs": 4, "batch": 16, "ranks": 2},
     "default": {"n": 256, "resolution": 64, "modes": 16, "hidden": 32, "layers": 4, "epochs": 4, "batch": 32, "ranks": 2},
     "paper": {"n": 1024, "resolution": 128, "modes": 24, "hidden": 64, "layers": 4, "epochs": 3, "batch": 64, "ranks": 4},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(data: Path, out: Path, cfg: dict, ranks: int, device: str) -> dict:
@@ -44,13 +38,12 @@ def _train(data: Path, out: Path, cfg: dict, ranks: int, device: str) -> dict:
         args += ["--threads", "1"]
     if ranks == 1:
         cmd = [sys.executable, "-m", "krylon", *args]
+        run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        if run.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-port",
-               str(_free_port()), "-m", "krylon", "--", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if not device.startswith("cuda") else dict(os.environ)
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "-m", "krylon", "--", *args]
+        torchrun(ranks, "krylon", *args)
     history = json.loads((out / "history.json").read_text())
     per_epoch = history["seconds"][1:] or history["seconds"]
     return {"ranks": ranks, "seconds_per_epoch": statistics.median(per_epoch), "seconds": history["seconds"],

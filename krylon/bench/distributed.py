@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .common import machine_info, print_table, write_json
+from .common import machine_info, print_table, torchrun, write_json
 
 SIZES = {
     "quick": {"planes": 16, "n": 48, "iterations": 50, "ranks": (1, 2, 4)},
@@ -33,21 +30,10 @@ SIZES = {
 LAUNCH_TIMEOUT = 1800  # seconds for one torchrun launch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(world: int, spec: dict, device: str, repeats: int, peer: bool, path: Path) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world), "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "-m", "krylon.bench.distributed", "--worker",
-           "--planes", str(spec["planes"]), "--width", str(spec["n"]), "--iterations", str(spec["iterations"]),
-           "--repeats", str(repeats), "--device", device, "--json", str(path)] + (["--peer"] if peer else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"torchrun with {world} ranks failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    torchrun(world, "krylon.bench.distributed", "--worker", "--planes", str(spec["planes"]), "--width", str(spec["n"]),
+             "--iterations", str(spec["iterations"]), "--repeats", str(repeats), "--device", device, "--json", str(path),
+             *(["--peer"] if peer else []), timeout=LAUNCH_TIMEOUT)
     return json.loads(path.read_text())
 
 
