@@ -96,7 +96,7 @@ class Jacobi(Preconditioner):
 
     def setup(self, A):
         super().setup(A)
-        with distributed.raise_together("Jacobi's diagonal", A.reduce is not None):  # each rank checks its slab
+        with distributed.raise_together("Jacobi's diagonal", getattr(A, "reduce", None) is not None):  # each rank checks its slab
             return self._setup_diagonal(A.diagonal())
 
     def _setup_diagonal(self, d):
