@@ -11,13 +11,18 @@ Two cases:
    ``LpLoss`` of its decoded output and target: its processor hands the loss the normalised target) -- in the
    same run.  (neuraloperator's ``LpLoss`` sums over the batch where krylon averages: with AdamW and no
    gradient clipping the steps are the same.)  Reported:
-   test relative L2 at 16 and zero-shot at 32 (both measured with one function on both models), training
-   samples per second, and the peak memory of each training stage (CUDA: allocator peak; CPU: each stage runs
-   in a forked child from the same warm parent, and its peak is the child's resident-set growth, sampled).
+   test relative L2 at 16 and zero-shot at 32 (both measured with one function on both models) and, as the
+   reference for the zero-shot figure, at 32 with the model run on the input's points of the 16 grid and its
+   prediction interpolated spectrally; training samples per second of wall clock and per CPU second of the
+   stage's process (on a shared machine the second does not count other processes' turns); and the peak
+   memory of each training stage (CUDA: allocator peak; CPU: each stage runs in a forked child from the same
+   warm parent, and its peak is the child's resident-set growth, sampled).
    neuraloperator steps its scheduler per epoch, krylon per batch (the same cosine curve, finer steps).
 2. **Navier--Stokes** nu = 1e-3, 10 -> 40 steps (generated with ``krylon generate ns2d``): an SFNO trained with
    relative L2, then refined (Spectral-Refiner, physics residual): relative L2 before and after, seconds per
    stage.  Skipped with a note when the generator or the SFNO is not installed.
+
+``part="darcy"`` or ``"ns"`` (``krylon bench fno --part``) runs one of the two.
 """
 
 from __future__ import annotations
