@@ -362,9 +362,9 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     -------
     dict
         The history: ``train`` and ``val`` losses per epoch, ``val_<metric>`` per epoch, ``seconds`` per epoch
-        (training only, wall clock), ``cpu_seconds`` (the same span in CPU time of this process, all its threads:
-        on a shared machine it does not count the time other processes held the cores) and ``samples``
-        (training samples per epoch).
+        (training only, wall clock), ``cpu_seconds`` (the same span in CPU time of this process, all its threads;
+        rank 0's under ``torchrun``: on a shared machine it does not count the time other processes held the
+        cores) and ``samples`` (training samples per epoch).
     """
     from torch.utils.data import DataLoader
 
