@@ -683,8 +683,10 @@ class OperatorLearner:
             out["refine_loss"] = sum(v * n for v, n in refine_loss) / sum(n for _, n in refine_loss)
         return out
 
-    def plot(self, dataset, path, *, index: int = 0, step: int = -1, channel: int = 0, **kw) -> Path:
-        """PNG of truth / prediction / error for sample ``index`` (time step ``step`` of a trajectory)."""
+    def plot(self, dataset, path, *, index: int = 0, step: int = -1, channel: int = 0, refine: dict | None = None,
+             **kw) -> Path:
+        """PNG of truth / prediction / error for sample ``index`` (time step ``step`` of a trajectory);
+        ``refine``: of the prediction refined per sample (:meth:`refine` options, as for :meth:`evaluate`)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -694,7 +696,11 @@ class OperatorLearner:
             raise ValueError(f"index {index} out of range for a data set of {len(dataset)} samples")
         sample = dataset[index]
         y = torch.as_tensor(sample["y"])
-        pred = self.predict(torch.as_tensor(sample["x"]).to(next(self.model.parameters()).dtype), **kw).cpu()
+        x = torch.as_tensor(sample["x"]).to(next(self.model.parameters()).dtype)
+        if refine is None:
+            pred = self.predict(x, **kw).cpu()
+        else:
+            pred = self.refine(x, **{**refine, "mode": "physics", "per_sample": True})["predictions"].cpu()
         y, pred = y[channel], pred[channel]
         if self.time_axis == -1:
             y, pred = y[..., step], pred[..., step]

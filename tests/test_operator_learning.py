@@ -471,4 +471,5 @@ def test_example_navier_stokes_operator_runs_small(tmp_path, monkeypatch):
     res = mod.main(tmp_path, n_train=4, n_test=2, resolution=16, epochs=1, refine_steps=2, width=4, quiet=True)
     assert len(res["after"]["l2_per_step"]) == 40 and np.isfinite(res["after"]["l2"])
     assert Path(res["plot"]).stat().st_size > 1000
-    assert OperatorLearner.load(tmp_path / "sfno-refined.pt").model.config["last_modes"] == [8, 8, 6]
+    assert res["after"]["refine_seconds"] > 0  # each test prediction refined on its own; the model as trained
+    assert OperatorLearner.load(tmp_path / "sfno.pt").model.config["time_padding"] == 1.0

@@ -182,6 +182,27 @@ def test_refine_rejects_per_sample_data_mode_and_lbfgs_on_a_data_set(ns16):
         learner.evaluate(data, refine=True)
 
 
+def test_cli_refine_and_evaluate_refine_each_sample(ns16, tmp_path, capsys):
+    from krylon import cli
+
+    path, _ = ns16
+    model = small_sfno().float()
+    with torch.no_grad():
+        model.out.weight.zero_()
+    OperatorLearner(model, normalize=False, time_axis=-1).save(tmp_path / "m.pt")
+    assert cli.main(["refine", "--model", str(tmp_path / "m.pt"), "--data", str(path), "--steps", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "refined per sample" in out and "x lower" in out
+    record = json.loads((tmp_path / "m-refined.json").read_text())["sets"][str(path)]
+    assert record["after"]["l2"] < 0.5 * record["before"]["l2"]
+    assert cli.main(["evaluate", "--model", str(tmp_path / "m.pt"), "--data", str(path), "--refine", "--steps", "40",
+                     "--json", str(tmp_path / "e.json")]) == 0
+    assert "(refined)" in capsys.readouterr().out
+    refined = json.loads((tmp_path / "e.json").read_text())[str(path)]
+    np.testing.assert_allclose(refined["l2"], record["after"]["l2"], rtol=1e-6)
+    assert not (tmp_path / "m-refined.pt").exists()  # per sample: the model is not rewritten
+
+
 # ----------------------------------------------------------------------------- old checkpoints
 def test_a_checkpoint_written_before_time_padding_loads_periodic(tmp_path):
     old = small_sfno(time_padding=0.0).float()
