@@ -394,7 +394,7 @@ def test_refine_trains_only_the_widened_last_layer_and_lowers_the_error(tmp_path
     before = learner.evaluate(test)["l2"]
     frozen = {k: v.clone() for k, v in learner.model.state_dict().items() if not k.startswith("spec.1")}
     res = learner.refine(Pairs(x[:32], data.y[:32].numpy()), mode=mode, residual=_cn_residual(nu, dt), steps=60,
-                         lr=1e-2, batch_size=8)
+                         lr=1e-2, batch_size=8, per_sample=False)  # the model's widened layer, on a data set
     after = learner.evaluate(test)["l2"]
     assert learner.model.spec[1].n_modes == (16, 16) and res["modes"] == [16, 16]
     assert res["parameters"] == 2 * 4 * 4 * 16 * 16
