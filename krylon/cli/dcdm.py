@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import command_line
+from ._common import command_line, main_rank, ranks, torchrun_world
 
 
 def register(cmd) -> None:
@@ -39,6 +39,7 @@ def register(cmd) -> None:
     td.add_argument("--no-progress", action="store_true")
 
 
+@ranks
 def _train_dcdm(args) -> int:
     import json
     import time
@@ -47,6 +48,7 @@ def _train_dcdm(args) -> int:
 
     from ..datasets import dcdm as dcdm_data
     from ..datasets import open_dataset
+    from ..datasets.parts import generate_sharded
     from ..kernels import backend
     from ..operators.learned.dcdm import DCDMNet
     from ..solvers.dcdm import DCDM, dcdm_loss
@@ -62,7 +64,7 @@ def _train_dcdm(args) -> int:
     t0 = time.perf_counter()
     if not data.exists():
         print(f"generating {args.geometries} scenes x {args.rhs} right-hand sides on a {shape} grid -> {data}")
-        dcdm_data.generate(data, shape=shape, n_geometries=args.geometries, rhs_per_geometry=args.rhs,
+        generate_sharded(data, dcdm_data.generate, shape=shape, n_geometries=args.geometries, rhs_per_geometry=args.rhs,
                            lanczos=args.lanczos, seed=args.seed, white_fraction=args.white,
                            smooth_fraction=args.smooth,
                            progress=not args.no_progress)
@@ -82,6 +84,8 @@ def _train_dcdm(args) -> int:
     t1 = time.perf_counter()
     history = train(net, dcdm_loss, ds, out, cfg, progress=not args.no_progress, name=f"dcdm{args.dim}d")
     t_train = time.perf_counter() - t1
+    if not main_rank():  # under torchrun: rank 0 exports and writes the record
+        return 0
     net.eval()
     solver = DCDM(net.cpu())
     solver.save(out / "dcdm.pt")
@@ -90,7 +94,7 @@ def _train_dcdm(args) -> int:
               "smooth_fraction": args.smooth, "init": args.init, "network": net.config, "epochs": args.epochs, "batch": args.batch,
               "lr": args.lr, "seed": args.seed, "parameters": net.n_parameters, "final_train_loss": history["train"][-1],
               "final_val_loss": history["val"][-1] if history["val"] else None, "data_seconds": round(t_data, 1),
-              "train_seconds": round(t_train, 1), "device": str(device), "threads": torch.get_num_threads()}
+              "train_seconds": round(t_train, 1), "device": str(device), "ranks": torchrun_world(), "threads": torch.get_num_threads()}
     (out / "training.json").write_text(json.dumps(record, indent=1))
     print(f"exported {out / 'dcdm.pt'} ({net.n_parameters} parameters); record in {out / 'training.json'}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._common import command_line
+from ._common import command_line, main_rank, ranks, torchrun_world
 
 
 def register(cmd) -> None:
@@ -24,11 +24,13 @@ def _add_generate_phantoms(gsub) -> None:
     q.set_defaults(run=_generate_phantoms)
 
 
+@ranks
 def _generate_phantoms(args) -> int:
+    from ..datasets.parts import generate_sharded
     from ..datasets.phantoms import FAMILIES, generate_phantoms
 
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
-    path = generate_phantoms(args.out, args.n, size, seed=args.seed, complex=args.complex,
+    path = generate_sharded(args.out, generate_phantoms, args.n, size, seed=args.seed, complex=args.complex,
                              families=tuple(args.families or FAMILIES), progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
@@ -80,6 +82,7 @@ def _add_train_reconstruct(sub, tsub) -> None:
             q.add_argument("--arc", type=float, default=180.0, help="angular range in degrees (120: limited angle)")
 
 
+@ranks
 def _train_diffusion(args) -> int:
     import json
     import time
@@ -100,6 +103,8 @@ def _train_diffusion(args) -> int:
                       mults=args.mults, attention=args.attention, ema_decay=args.ema, device=device,
                       progress=not args.no_progress)
     seconds = time.perf_counter() - t0
+    if not main_rank():  # under torchrun: rank 0 writes the record
+        return 0
     out = Path(args.out)
     history = json.loads((out / "history.json").read_text())
     n_par = sum(p.numel() for p in net.parameters())
@@ -107,7 +112,7 @@ def _train_diffusion(args) -> int:
               "network": net.config, "parameters": n_par, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
               "ema": args.ema, "seed": args.seed, "final_train_loss": history["train"][-1],
               "final_val_loss": history["val"][-1] if history["val"] else None,
-              "train_seconds_this_run": round(seconds, 1), "device": str(device), "threads": torch.get_num_threads()}
+              "train_seconds_this_run": round(seconds, 1), "device": str(device), "ranks": torchrun_world(), "threads": torch.get_num_threads()}
     (out / "training.json").write_text(json.dumps(record, indent=1))
     print(f"exported {out / 'prior.pt'} ({n_par} parameters); record in {out / 'training.json'}")
     return 0

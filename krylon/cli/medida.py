@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ._common import command_line
+from ._common import command_line, sequential_only
 
 
 def register(cmd) -> None:
@@ -54,6 +54,7 @@ def _add_generate_ks(gsub) -> None:
 def _generate_ks(args) -> int:
     from ..datasets.kuramoto_sivashinsky import generate
 
+    sequential_only("krylon generate ks (windows of one long trajectory)")
     path = generate(args.out, n_samples=args.samples, n_times=args.times, interval=args.interval, spacing=args.spacing,
                     spinup=args.spinup, coefficients=tuple(args.truth), length=args.length, n=args.n, dt=args.dt,
                     transit_dt=args.transit_dt or None, progress=not args.no_progress)
@@ -94,6 +95,7 @@ def _add_generate_qg(gsub) -> None:
 def _generate_qg(args) -> int:
     from ..datasets.quasi_geostrophic import generate
 
+    sequential_only("krylon generate qg (windows of long forced runs)")
     path = generate(args.out, n_samples=args.samples, members=args.members, n_times=args.times, spacing=args.spacing,
                     spinup=args.spinup, seed=args.seed, settings=_qg_model_settings(args), progress=not args.no_progress)
     print(f"wrote {path}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import command_line
+from ._common import command_line, main_rank, ranks, torchrun_world
 
 
 def register(cmd) -> None:
@@ -62,22 +62,26 @@ def _add_generate_darcy(gsub) -> None:
     q.set_defaults(run=_generate_darcy)
 
 
+@ranks
 def _generate_ns2d(args) -> int:
     from ..datasets.navier_stokes import PRESETS, generate
+    from ..datasets.parts import generate_sharded
 
     preset = PRESETS[args.size]
     opts = {k: (getattr(args, k) if getattr(args, k) is not None else preset[k]) for k in preset}
-    path = generate(args.out, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
+    path = generate_sharded(args.out, generate, args.n, viscosity=args.viscosity, t_in=args.t_in, t_out=args.t_out,
                     batch_size=args.batch, seed=args.seed, device=args.device, store_dtype=args.store_dtype,
                     progress=not args.no_progress, **opts)
     print(f"wrote {path}")
     return 0
 
 
+@ranks
 def _generate_darcy(args) -> int:
     from ..datasets.darcy import generate
+    from ..datasets.parts import generate_sharded
 
-    path = generate(args.out, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
+    path = generate_sharded(args.out, generate, args.n, resolution=args.resolution, batch_size=args.batch, seed=args.seed,
                     device=args.device, rtol=args.rtol, store_dtype=args.store_dtype, progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
@@ -232,6 +236,7 @@ def _print_errors(name: str, res: dict) -> None:
           f"rel. L2 {res['l2']:.4e}  rel. H1 {res['h1']:.4e}")
 
 
+@ranks
 def _train_operator(args) -> int:
     import json
     import time
@@ -266,13 +271,15 @@ def _train_operator(args) -> int:
                           schedule=args.schedule, amp=args.amp, seed=args.seed,
                           val_fraction=0.0 if val is not None else args.val_fraction)
     seconds = time.perf_counter() - t0
+    if not main_rank():  # under torchrun: rank 0 evaluates and writes the record
+        return 0
     results = {path: learner.evaluate(_open_pairs(path)) for path in args.test}
     for path, res in results.items():
         _print_errors(path, res)
     record = {"command": command_line(), "model": args.model, "config": model.config,
               "parameters": learner.n_parameters, "epochs": args.epochs, "final_train_loss": history["train"][-1],
               "final_val": {k: v[-1] for k, v in history.items() if k.startswith("val") and v},
-              "train_seconds": round(seconds, 2), "device": str(device), "threads": torch.get_num_threads(),
+              "train_seconds": round(seconds, 2), "device": str(device), "ranks": torchrun_world(), "threads": torch.get_num_threads(),
               "test": {p: {k: r[k] for k in ("l2", "h1", "samples", "resolution")} for p, r in results.items()}}
     out = __import__("pathlib").Path(args.out)
     (out / "training.json").write_text(json.dumps(record, indent=1))
