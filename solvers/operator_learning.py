@@ -404,11 +404,14 @@ class OperatorLearner:
           followed by the predicted frames), where ``residual(w0, w1)`` is the residual of one implicit time step of
           the generator's equations (for ``krylon generate ns2d`` data: :class:`NavierStokesResidual`, whose
           ``trajectory`` method computes all steps at once and is used when present).  With ``drop_mean`` (default)
-          the space mean (the k = 0 mode) of the residual is left out: the vorticity mean is conserved, and at
-          negative ``s`` its weight :math:`\alpha^s` is so large that the mean drift of a prediction dominates the
-          loss and stalls the fit of everything else.  ``grid=(X, Y)`` evaluates the residual on that finer grid
-          (the trajectory spectrally interpolated: exact for the band-limited prediction); default ``None``, the
-          data grid -- the paper uses 256^2 for 64^2 data, 16x the cost.
+          the space mean (the k = 0 mode) of the residual is left out: at negative ``s`` its weight
+          :math:`\alpha^s` is so large that the mean drift of a prediction dominates the loss and stalls the fit
+          of everything else.  Per sample, the mean of each predicted snapshot (per channel) is then set to the
+          last input's -- what that mode of the residual is minimised by when the equations conserve the mean,
+          as the vorticity equation on the torus does (its mean is zero) -- instead of being left as predicted.
+          ``grid=(X, Y)`` evaluates the residual on that finer grid (the trajectory spectrally interpolated:
+          exact for the band-limited prediction); default ``None``, the data grid -- the paper uses 256^2 for
+          64^2 data, 16x the cost.
         * ``mode="data"``: :math:`\|p - y\|_{H^s}^2 / \|y\|_{H^s}^2` (the data misfit).
 
         The norm is :func:`krylon.solvers.losses.sobolev_loss`'s: :math:`\|u\|_{H^s}^2 = V \sum_k (\alpha +
@@ -499,6 +502,7 @@ class OperatorLearner:
 
     def _refine_samples(self, x, physics, bias_modes, time_padding, batch_size, dtype, progress, log,
                         opts) -> dict:
+        drop_mean = opts["drop_mean"]
         """Per-sample refinement (see :meth:`refine`): a zero-initialised spectral correction per sample."""
         from ..operators.learned.spectral import SpectralBias
 
@@ -518,6 +522,9 @@ class OperatorLearner:
             for i in range(0, len(x), batch_size):
                 xb = x[i:i + batch_size].to(self.device, dtype)
                 p0 = self.predict(xb, batch_size=batch_size).to(dtype)
+                if drop_mean and self.time_axis == -1:  # the mean the loss no longer sees: the last input's
+                    space = tuple(range(2, p0.dim() - 1))
+                    p0 = p0 - p0.mean(dim=space, keepdim=True) + xb[..., -1:].mean(dim=space, keepdim=True)
                 grid = tuple(p0.shape[2:])
                 window = grid[-1] + round(time_padding * grid[-1]) if self.time_axis == -1 else None
                 if bias_modes is None:
@@ -528,15 +535,21 @@ class OperatorLearner:
                 bias = SpectralBias(p0.shape[1], bias_modes, batch=(len(xb),)).to(self.device, dtype)
                 n_params = bias.coeffs[0].numel()
 
+                def corrected():
+                    b = bias(grid, window)
+                    if drop_mean and self.time_axis == -1:  # the mean stays the last input's
+                        b = b - b.mean(dim=tuple(range(2, b.dim() - 1)), keepdim=True)
+                    return p0 + b
+
                 def losses_now():
-                    return physics(xb, p0 + bias(grid, window))
+                    return physics(xb, corrected())
 
                 with torch.no_grad():  # each sample's loss is measured against its own starting value
                     scale = 1 / losses_now().clamp_min(torch.finfo(dtype).tiny)
                 curve = _minimise(lambda: (losses_now() * scale).sum() / len(xb), [bias.coeffs], opts, bar, log)
                 curves.append((curve, len(xb)))
                 with torch.no_grad():
-                    preds.append((p0 + bias(grid, window)).cpu())
+                    preds.append(corrected().cpu())
         finally:
             if bar is not None:
                 bar.close()

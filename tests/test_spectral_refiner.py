@@ -166,6 +166,10 @@ def test_per_sample_refinement_of_a_persistence_forecast_lowers_its_error(ns16):
     assert out["loss"][-1] < 0.2 * out["loss"][0]
     assert bool((after < 0.25 * before).all()), (before, after)  # 0.25, 0.31 -> 0.02, 0.03
     assert torch.equal(model.out.weight, torch.zeros_like(model.out.weight))  # the model is untouched
+    # the k = 0 mode left out of the loss: each snapshot's mean is the last input's, as the equations conserve it
+    torch.testing.assert_close(out["predictions"].mean(dim=(2, 3)),
+                               x[..., -1:].mean(dim=(2, 3)).expand(-1, -1, 12), atol=1e-12, rtol=0)
+    torch.testing.assert_close(y.mean(dim=(2, 3)), x[..., -1:].mean(dim=(2, 3)).expand(-1, -1, 12), atol=1e-8, rtol=0)
     ev = learner.evaluate(data, refine={"residual": residual, "steps": 60})
     np.testing.assert_allclose(ev["l2_per_sample"], after.numpy(), rtol=1e-6)
     assert ev["refine_seconds"] > 0
