@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from krylon.operators.learned import SFNO, SpectralConv, registry
-from krylon.operators.learned.spectral import SpectralBias
+from krylon.operators.learned import SFNO, SpectralBias, SpectralConv, registry
 from krylon.solvers import OperatorLearner
 from krylon.solvers.operator_learning import NavierStokesResidual, relative_errors
 
