@@ -51,7 +51,10 @@ from ..operators.learned.unet import ScoreUNet, from_channels, to_channels
 from .cg import CG
 from .reconstruction import _back, _Normal
 
-__all__ = ["VPSchedule", "diffusion_loss", "SampleResult", "DDS", "DPS"]
+__all__ = ["VPSchedule", "diffusion_loss", "SampleResult", "DDS", "DPS", "PRETRAINED"]
+
+# the shipped priors by kind (operators/learned/weights/diffusion_<name>.md records how each was trained)
+PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 
 
 class VPSchedule:
@@ -212,10 +215,24 @@ class _Sampler:
         """The resolution (``H = W``) the prior was trained at; the sampler takes images of that size."""
         return self.model.image_size
 
+    @property
+    def complex_images(self) -> bool:
+        """Whether the prior is over complex images (reconstructions are complex, no real constraint) or real ones."""
+        return self.model.complex_images
+
     @classmethod
-    def pretrained(cls, name: str = "phantom64", **options):
-        """The sampler with krylon's shipped prior ``name`` (:func:`available` lists them), loaded with
-        ``weights_only=True`` and checked against its sha256."""
+    def pretrained(cls, name: str | None = None, *, kind: str | None = None, **options):
+        """The sampler with one of krylon's shipped priors, loaded with ``weights_only=True`` and checked against
+        its sha256.
+
+        ``kind``: ``"magnitude"`` (default; real images, :data:`PRETRAINED` ``["magnitude"]``) or ``"complex"``
+        (complex images with a smooth phase, for MRI without the real constraint); or ``name``, a shipped
+        prior's name (``registry.available("diffusion")`` lists them).  Not both.
+        """
+        if name is not None and kind is not None:
+            raise ValueError(f"give a shipped prior's name or its kind, not both (got name={name!r}, kind={kind!r})")
+        if name is None:
+            name = PRETRAINED[validate.choice("magnitude" if kind is None else kind, "kind", tuple(PRETRAINED))]
         net = registry.load_pretrained("diffusion", name)
         if not isinstance(net, ScoreUNet):
             raise ValueError(f"the shipped diffusion model {name!r} is a {type(net).__name__}, not a ScoreUNet")
@@ -247,6 +264,12 @@ class _Sampler:
             raise ValueError("y contains NaN or inf")
         if y.is_complex() and A.dtype is not None and not A.dtype.is_complex:
             raise ValueError(f"y is complex ({y.dtype}) but the operator is real ({A.dtype})")
+        if not y.is_complex() and A.dtype is not None and A.dtype.is_complex:
+            raise ValueError(f"y is real ({y.dtype}) but the operator's measurements are complex ({A.dtype}): "
+                             "pass the complex data (k-space), not its magnitude")
+        if self.model.complex_images and A.dtype is not None and not A.dtype.is_complex:
+            raise ValueError(f"the prior is over complex images but the operator is real ({A.dtype}): use a "
+                             "magnitude prior (DDS.pretrained(kind='magnitude')) for real operators such as CT")
         batch = tuple(y.shape[: y.dim() - nd])
         real = not self.model.complex_images
         dtype = torch.promote_types(A.dtype or torch.float32, y.dtype)
