@@ -73,12 +73,13 @@ def solve_darcy(a: torch.Tensor, *, rtol: float = 1e-10, maxiter: int | None = N
 
 
 def generate(path, n: int, *, resolution: int = 64, batch_size: int = 32, seed: int = 0, device=None,
-             rtol: float = 1e-10, store_dtype: str = "float32", progress: bool = False) -> str:
+             rtol: float = 1e-10, store_dtype: str = "float32", progress: bool = False, part=None) -> str:
     """Generate (or resume) ``n`` Darcy samples at ``path``: fields ``x`` = a ``(1, s, s)``, ``y`` = u ``(1, s, s)``.
 
     Sample ``i``'s coefficient is a pure function of ``(seed, i)``; batches start at multiples of ``batch_size``
     (bit-identical resumes).  The solve runs in float64 on ``device`` (``"auto"``: CUDA when present) to ``rtol``;
-    a system that does not converge raises instead of writing a wrong sample.
+    a system that does not converge raises instead of writing a wrong sample.  ``part=(index, count)`` writes
+    only that part's whole batches to its part file (one rank of :func:`krylon.datasets.parts.generate_sharded`).
     """
     n = validate.integer(n, "n")
     s = validate.integer(resolution, "resolution", minimum=3)
@@ -89,14 +90,15 @@ def generate(path, n: int, *, resolution: int = 64, batch_size: int = 32, seed: 
     params = {"n": n, "resolution": s, "rtol": rtol, "alpha": 2.0, "tau": 3.0, "high": 12.0, "low": 3.0,
               "forcing": 1.0, "store_dtype": store_dtype, "grid": "nodes j/(s-1) incl. boundary"}
     fields = {"x": ((1, s, s), store_dtype), "y": ((1, s, s), store_dtype)}
-    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed) as w:
+    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed, part=part,
+                       granule=batch_size) as w:
         w.f.attrs["resolution"] = s
         w.f.attrs["lengths"] = np.array([1.0, 1.0])
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n, initial=w.n_written, desc=f"darcy {s}^2", unit="sample")
+            bar = tqdm(total=w.stop - w.start, initial=w.n_written - w.start, desc=f"darcy {s}^2", unit="sample")
         for indices in w.pending_batches(batch_size):
             a = permeability(seed, indices, s).to(dev)
             u, res = solve_darcy(a, rtol=rtol)

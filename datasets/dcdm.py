@@ -125,7 +125,7 @@ def scene(shape, seed: int, index: int, *, max_obstacles: int = 8, bc_choices=("
 
 def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: int = 16, lanczos: int = 200,
              seed: int = 0, max_obstacles: int = 8, white_fraction: float = 0.0, smooth_fraction: float = 0.0,
-             progress: bool = False):
+             progress: bool = False, part=None):
     """Generate (or resume) a DCDM training set at ``path``.
 
     ``white_fraction`` of each scene's right-hand sides are white noise on the fluid cells instead of Ritz
@@ -139,6 +139,8 @@ def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: 
 
     Fields: ``b`` (unit-norm right-hand sides), ``fluid`` (mask), ``dirichlet`` (marker of cells next to a
     Dirichlet face, a network input), ``bc_dirichlet`` (per side, low/high of each axis: Dirichlet or Neumann).
+    ``part=(index, count)`` writes only that part's whole geometries to its part file (one rank of
+    :func:`krylon.datasets.parts.generate_sharded`).
     """
     shape = tuple(int(n) for n in shape)
     n = n_geometries * rhs_per_geometry
@@ -154,14 +156,16 @@ def generate(path, *, shape=(64, 64), n_geometries: int = 64, rhs_per_geometry: 
             raise ValueError(f"{name} must be in [0, 1], got {v}")
     if white_fraction + smooth_fraction > 1.0 + 1e-12:
         raise ValueError(f"white_fraction + smooth_fraction must be <= 1, got {white_fraction} + {smooth_fraction}")
-    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed) as w:
-        start_geo = w.n_written // rhs_per_geometry
+    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed, part=part,
+                       granule=rhs_per_geometry) as w:
+        start_geo, stop_geo = w.n_written // rhs_per_geometry, w.stop // rhs_per_geometry
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n_geometries, initial=start_geo, desc="DCDM data (geometries)")
-        for gi in range(start_geo, n_geometries):
+            bar = tqdm(total=stop_geo - w.start // rhs_per_geometry, initial=start_geo - w.start // rhs_per_geometry,
+                       desc="DCDM data (geometries)")
+        for gi in range(start_geo, stop_geo):
             mask, bc = scene(shape, seed, gi, max_obstacles=max_obstacles)
             W = st.stencil_weights(shape, 1.0, bc, solid=mask)
             fluid = ~mask

@@ -24,6 +24,9 @@ Readers of other layouts (FNO ``.mat``, PDEBench) live in :mod:`.readers`; :func
 reader is a :class:`LazyH5Dataset`: lazily opened per process (picklable for DataLoader workers), ``ds[i]`` a dict
 of torch tensors, every floating sample checked for NaN/Inf on read.
 
+A data set written in parts by several processes (``part=`` of :class:`DatasetWriter`, ``torchrun krylon
+generate``) is one file of HDF5 virtual data sets linking the part files (see :mod:`.parts`); it reads as above.
+
 Writes are atomic: a :class:`DatasetWriter` fills ``<name>.partial`` and renames it
 to ``<name>`` only when every sample is written.  An interrupted run leaves the
 ``.partial`` file; opening a writer with the same path and the same generator
@@ -103,6 +106,16 @@ class DatasetWriter:
         Coordinates of the sample axes, stored as ``/coords/<axis>`` (readers expose them as ``ds.coords``).
     overwrite : bool
         Allow an existing finished ``path``: it is replaced (atomically) only when the new file is complete.
+    part : (index, count), optional
+        Write only part ``index`` of ``count`` (one rank of a distributed generation): the samples
+        :attr:`start` .. :attr:`stop` - 1 (:func:`~.parts.part_range`), into the file
+        :func:`~.parts.part_path` ``(path, index, count)``, a krylon data set of its own with attributes
+        ``part_index``, ``part_count``, ``part_start``, ``part_stop``, ``n_total``.  Indices stay global
+        (:attr:`n_written`, :meth:`write`, :meth:`pending_batches`).  A finished part file is reused (checked
+        against the parameters) and nothing is left to write; :func:`~.parts.link_parts` joins the parts.
+    granule : int
+        With ``part``: parts hold whole blocks of this many samples (the generator's batch, so that the parts
+        compute the batches a single process does).
 
     Every argument is checked before ``.partial`` is created, and a creation that fails half-way deletes it, so a
     corrected retry starts clean.
@@ -121,7 +134,10 @@ class DatasetWriter:
 
     def __init__(self, path, n_samples: int, fields: Mapping[str, tuple], *, generator: str,
                  parameters: Mapping | None = None, seed: int | None = None, chunk: int = 16,
-                 attrs: Mapping | None = None, coords: Mapping | None = None, overwrite: bool = False):
+                 attrs: Mapping | None = None, coords: Mapping | None = None, overwrite: bool = False,
+                 part: tuple[int, int] | None = None, granule: int = 1):
+        from .parts import PART_ATTRS, part_path, part_range
+
         self.f = None
         self.n_samples = validate.integer(n_samples, "n_samples")
         if not fields:
@@ -130,6 +146,20 @@ class DatasetWriter:
             raise ValueError("'coords' is reserved for the coordinates group; name the field otherwise")
         overwrite = validate.boolean(overwrite, "overwrite")
         self.path = Path(path)
+        self.start, self.stop = 0, self.n_samples
+        self.part = None
+        if part is not None:
+            if not (isinstance(part, (tuple, list)) and len(part) == 2):
+                raise TypeError(f"part must be a pair (index, count), got {part!r}")
+            index = validate.integer(part[0], "part index", minimum=0)
+            count = validate.integer(part[1], "part count", minimum=1)
+            rng = part_range(self.n_samples, index, count, granule)
+            self.start, self.stop = rng.start, rng.stop
+            self.part = {"part_index": index, "part_count": count, "part_start": self.start, "part_stop": self.stop,
+                         "n_total": self.n_samples}
+            if self.path.exists() and not overwrite:
+                raise FileExistsError(f"{self.path} already exists (a finished data set); delete it to regenerate")
+            self.path = part_path(self.path, index, count)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.fields = {k: (tuple(int(s) for s in shape), np.dtype(dt)) for k, (shape, dt) in fields.items()}
         self.generator = generator
@@ -139,7 +169,7 @@ class DatasetWriter:
         # everything checked before the .partial exists, so a refused call leaves nothing behind
         stored, json_keys = {}, []
         for key, value in (attrs or {}).items():
-            if key in SCHEMA_ATTRS:
+            if key in SCHEMA_ATTRS or key in PART_ATTRS:
                 raise ValueError(f"attribute {key!r} is part of the schema and cannot be set through attrs=")
             stored[key] = _attr_value(key, value)
             if _is_json_attr(value):
@@ -151,6 +181,10 @@ class DatasetWriter:
                 raise ValueError(f"coordinate {axis!r} must be a 1-D numeric array, got shape {arr.shape} {arr.dtype}")
             axes[axis] = arr
         h5py = _h5py()
+        if self.part is not None and self.path.exists():  # this part finished in an earlier run: reuse it
+            self.f = h5py.File(self.path, "r+")
+            self._check_resumable()
+            return
         if self.path.exists() and not overwrite:
             raise FileExistsError(f"{self.path} already exists (a finished data set); delete it to regenerate")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,8 +204,10 @@ class DatasetWriter:
             a["parameters"] = self.parameters
             a["seed"] = self.seed
             a["krylon_version"] = _version()
-            a["n_samples"] = self.n_samples
+            a["n_samples"] = self.stop - self.start
             a["n_written"] = 0
+            for key, value in (self.part or {}).items():
+                a[key] = value
             a["complete"] = False
             for key, value in stored.items():
                 a[key] = value
@@ -179,9 +215,10 @@ class DatasetWriter:
                 a["json_attrs"] = json.dumps(json_keys)
             for axis, arr in axes.items():
                 self.f.create_dataset(f"coords/{axis}", data=arr)
-            for name, (shape, dt) in self.fields.items():
-                self.f.create_dataset(name, shape=(self.n_samples,) + shape, dtype=dt,
-                                      chunks=(min(chunk, self.n_samples),) + shape)
+            m = self.stop - self.start
+            for name, (shape, dt) in self.fields.items():  # (an empty part: no chunks, HDF5 wants them >= 1)
+                self.f.create_dataset(name, shape=(m,) + shape, dtype=dt,
+                                      chunks=(min(chunk, m),) + shape if m else None)
             self.f.flush()
         except BaseException:  # h5py refused something (a dtype, a name): no half-made .partial to trip a retry
             self.discard()
@@ -198,17 +235,21 @@ class DatasetWriter:
             problems.append("generator parameters differ")
         if int(a.get("seed", -2)) != self.seed:
             problems.append(f"seed {a.get('seed')} != {self.seed}")
-        if int(a.get("n_samples", -1)) != self.n_samples:
-            problems.append(f"n_samples {a.get('n_samples')} != {self.n_samples}")
+        if int(a.get("n_samples", -1)) != self.stop - self.start:
+            problems.append(f"n_samples {a.get('n_samples')} != {self.stop - self.start}")
+        for key, value in (self.part or {}).items():
+            if int(a.get(key, -1)) != value:
+                problems.append(f"{key} {a.get(key)} != {value}")
         for name, (shape, dt) in self.fields.items():
             if name not in self.f:
                 problems.append(f"field {name!r} missing")
             elif self.f[name].shape[1:] != shape or self.f[name].dtype != dt:
                 problems.append(f"field {name!r} is {self.f[name].shape[1:]} {self.f[name].dtype}, expected {shape} {dt}")
         if problems:
+            where = self.f.filename
             self.f.close()
             self.f = None
-            raise ValueError(f"cannot resume {self.partial}: " + "; ".join(problems) + ". Delete it or use the original settings.")
+            raise ValueError(f"cannot resume {where}: " + "; ".join(problems) + ". Delete it or use the original settings.")
 
     def pending_batches(self, batch_size: int):
         """Index ranges still to compute, in batches starting at multiples of ``batch_size`` whatever the resume point.
@@ -217,14 +258,14 @@ class DatasetWriter:
         the caller writes the samples of a batch from :attr:`n_written` on.
         """
         batch_size = validate.integer(batch_size, "batch_size", minimum=1)
-        n, done = self.n_samples, self.n_written
+        n, done = self.stop, self.n_written
         for start in range((done // batch_size) * batch_size, n if done < n else 0, batch_size):
             yield range(start, min(start + batch_size, n))
 
     @property
     def n_written(self) -> int:
-        """Samples already on disk: start (or resume) the generation loop here."""
-        return int(self.f.attrs["n_written"])
+        """Samples already on disk: start (or resume) the generation loop here (a global index, also in a part)."""
+        return self.start + int(self.f.attrs["n_written"])
 
     def write(self, index: int, sample: Mapping[str, np.ndarray]) -> None:
         """Write sample ``index`` (must be the next one, ``== n_written``): :meth:`write_many` with a block of one."""
@@ -248,8 +289,9 @@ class DatasetWriter:
         if len(set(counts.values())) != 1 or None in counts.values():
             raise ValueError(f"all fields of a block need the same number of samples (first axis), got {counts}")
         n = next(iter(counts.values()))
-        if start + n > self.n_samples:
-            raise IndexError(f"the data set holds {self.n_samples} samples; a block of {n} at {start} runs past the end")
+        if start + n > self.stop:
+            raise IndexError(f"the data set (part) holds samples up to {self.stop}; a block of {n} at {start} runs past "
+                             "the end")
         for name, arr in arrays.items():
             shape = self.fields[name][0]
             if arr.shape[1:] != shape:
@@ -258,9 +300,10 @@ class DatasetWriter:
                 native = arr.astype(arr.dtype.newbyteorder("="), copy=False)  # torch takes native byte order only
                 for i in range(n):  # per sample, so the message names the bad one
                     validate.finite(torch.from_numpy(np.ascontiguousarray(native[i])), f"field {name!r} of sample {start + i}")
+        local = start - self.start
         for name, arr in arrays.items():
-            self.f[name][start:start + n] = arr
-        self.f.attrs["n_written"] = start + n
+            self.f[name][local:local + n] = arr
+        self.f.attrs["n_written"] = local + n
         self.f.flush()
 
     def discard(self) -> None:
@@ -274,13 +317,14 @@ class DatasetWriter:
         """Close the file; rename it into place when complete.  Returns True when complete."""
         if self.f is None:
             return self.path.exists()
-        done = self.n_written == self.n_samples
+        done = self.n_written == self.stop
+        finished = Path(self.f.filename) == self.path  # a finished part, reopened: nothing to move
         if done:
             self.f.attrs["complete"] = True
         self.f.flush()
         self.f.close()
         self.f = None
-        if done:
+        if done and not finished:
             os.replace(self.partial, self.path)
         return done
 
@@ -546,6 +590,22 @@ def read_coords(f, group: str = "coords") -> dict:
     return {k: np.asarray(v[()]).reshape(-1) for k, v in g.items() if isinstance(v, _h5py().Dataset)}
 
 
+def _check_sources(f, path: Path) -> None:
+    """``FileNotFoundError`` when a virtual data set of ``f`` links a file that is not there.
+
+    HDF5 reads the missing part of a virtual data set as its fill value (zeros): a moved or deleted part file
+    would silently turn into zero samples.  Relative source names resolve next to the linking file.
+    """
+    h5py = _h5py()
+    for key, obj in f.items():
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            for source in obj.virtual_sources():
+                name = Path(source.file_name)
+                if source.file_name != "." and not (name if name.is_absolute() else path.parent / name).exists():
+                    raise FileNotFoundError(f"{path}: field {key!r} links the part file {source.file_name!r}, which is "
+                                            f"missing (the parts must stay next to {path.name})")
+
+
 class H5Dataset(LazyH5Dataset):
     """Lazy, index-able view of a krylon HDF5 data set (layout ``"krylon"``; a ``torch.utils.data.Dataset``).
 
@@ -565,6 +625,7 @@ class H5Dataset(LazyH5Dataset):
             available = [k for k in f.keys() if isinstance(f[k], h5py.Dataset)]
             shapes = {k: f[k].shape for k in available}
             coords = read_coords(f)
+            _check_sources(f, self.path)
         if attrs.get("krylon_format") != FORMAT:
             raise ValueError(f"{self.path} is not a krylon data set (no krylon_format attribute); "
                              "use the matching reader for FNO .mat or PDEBench files")

@@ -123,7 +123,7 @@ def initial_vorticity(seed: int, indices: Sequence[int], resolution: int, *, alp
 def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim_resolution: int = 256,
              dt: float = 1e-3, warmup: float = 30.0, interval: float = 0.2, t_in: int = 10, t_out: int = 40,
              batch_size: int = 16, seed: int = 0, device=None, method: str = "cnab2", store_dtype: str = "float32",
-             progress: bool = False) -> str:
+             progress: bool = False, part=None) -> str:
     """Generate (or resume) a data set of ``n`` Navier–Stokes trajectories at ``path`` (krylon HDF5).
 
     Parameters
@@ -146,6 +146,9 @@ def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim
         ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present); default CPU.
     store_dtype : "float32" or "float64"
         Precision on disk (the simulation runs in float64).
+    part : (index, count), optional
+        Write only that part of the samples (whole batches) to its own part file: one rank of a distributed run
+        (:func:`krylon.datasets.parts.generate_sharded`).
 
     Returns
     -------
@@ -186,7 +189,8 @@ def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim
               "sigma": initial_amplitude(2.5, 7.0), "forcing": model.forcing_name,
               "dealias": model.dealias, "downsampling": "spectral"}
     fields = {"x": ((1, resolution, resolution, t_in), store_dtype), "y": ((1, resolution, resolution, t_out), store_dtype)}
-    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed) as w:
+    with DatasetWriter(path, n, fields, generator=GENERATOR, parameters=params, seed=seed, part=part,
+                       granule=batch_size) as w:
         attrs = w.f.attrs
         attrs["viscosity"] = float(viscosity)
         attrs["dt"] = dt
@@ -202,7 +206,8 @@ def generate(path, n: int, *, viscosity: float = 1e-3, resolution: int = 64, sim
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=n, initial=w.n_written, desc=f"ns2d {sim_resolution}^2 -> {resolution}^2", unit="traj")
+            bar = tqdm(total=w.stop - w.start, initial=w.n_written - w.start,
+                       desc=f"ns2d {sim_resolution}^2 -> {resolution}^2", unit="traj")
         for indices in w.pending_batches(batch_size):
             w0 = initial_vorticity(seed, indices, sim_resolution).to(dev)
             hook = None

@@ -309,11 +309,13 @@ def _families(families) -> tuple[str, ...]:
 
 
 def generate_phantoms(path, n: int, size=64, *, seed: int = 0, complex: bool = False, families: Sequence[str] = FAMILIES,
-                      progress: bool = False) -> Path:
+                      progress: bool = False, part=None) -> Path:
     """Write ``n`` random phantoms to a krylon HDF5 data set (atomic; an interrupted run resumes).
 
     Field ``"x"``: float32 of shape ``(1, H, W)`` (magnitude phantoms) or ``(2, H, W)`` (complex phantoms as
     real and imaginary channels).  Sample ``i`` is ``random_phantoms(1, size, seed=seed, start=i, ...)``.
+    ``part=(index, count)`` writes only that part of the samples to its part file (one rank of
+    :func:`krylon.datasets.parts.generate_sharded`).
 
     Examples
     --------
@@ -333,11 +335,11 @@ def generate_phantoms(path, n: int, size=64, *, seed: int = 0, complex: bool = F
               else "x: (1, H, W) magnitude"}
     bar = None
     with DatasetWriter(path, n, {"x": ((channels, H, W), "float32")}, generator="krylon.datasets.phantoms.generate_phantoms",
-                       parameters=params, seed=seed) as w:
+                       parameters=params, seed=seed, part=part) as w:
         if progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=n, initial=w.n_written, desc="phantoms")
-        for i in range(w.n_written, n):
+            bar = tqdm(total=w.stop - w.start, initial=w.n_written - w.start, desc="phantoms")
+        for i in range(w.n_written, w.stop):
             x = random_phantoms(1, (H, W), seed=seed, start=i, complex=complex, families=families)[0]
             arr = torch.stack([x.real, x.imag]) if complex else x[None]
             w.write(i, {"x": arr.to(torch.float32).numpy()})

@@ -4,10 +4,10 @@ import importlib
 
 from . import backend, linalg, stencil, validate
 
-__all__ = ["backend", "linalg", "stencil", "validate", "fft"]
+__all__ = ["backend", "linalg", "stencil", "validate", "fft", "distributed"]
 
 
-def __getattr__(name):  # fft is imported on first use to keep ``import krylon`` light
-    if name == "fft":
-        return importlib.import_module(".fft", __name__)
+def __getattr__(name):  # fft and distributed are imported on first use to keep ``import krylon`` light
+    if name in ("fft", "distributed"):
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'krylon.kernels' has no attribute {name!r}")

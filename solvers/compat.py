@@ -63,7 +63,7 @@ from ..operators import LinearOperator, aslinearoperator
 from .cg import CG
 from .gmres import GMRES
 from .minres import MINRES
-from .preconditioners import Preconditioner, _is_scipy, as_preconditioner
+from .preconditioners import Preconditioner, as_preconditioner, is_scipy_operand
 from .result import Status
 
 __all__ = ["cg", "gmres", "minres"]
@@ -229,7 +229,7 @@ class _System:
             return M.bind(self.op)
         if hasattr(M, "aspreconditioner") and callable(M.aspreconditioner):
             M = M.aspreconditioner()  # a pyamg MultilevelSolver
-        if not hasattr(M, "shape") or not (isinstance(M, (LinearOperator, torch.Tensor, np.ndarray)) or _is_scipy(M)
+        if not hasattr(M, "shape") or not (isinstance(M, (LinearOperator, torch.Tensor, np.ndarray)) or is_scipy_operand(M)
                                            or hasattr(M, "matvec")):
             raise TypeError(f"M must be a sparse matrix, an ndarray, a LinearOperator, a pyamg preconditioner or a "
                             f"krylon Preconditioner; got an object of type {type(M).__name__}")

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels import validate
+from ..kernels import distributed, validate
 from ..operators import LinearOperator
 from ..operators.learned import registry
 from ..operators.learned.unet import ScoreUNet, from_channels, to_channels
@@ -173,7 +173,9 @@ def train_prior(dataset, out_dir, config, *, key: str | None = None, complex_ima
     train(net, lambda m, b: diffusion_loss(m, b, schedule, key=key), dataset, out_dir, config, progress=progress,
           log=log, name="diffusion-prior", hooks=[ema])
     ema.copy_to(net)
-    registry.save_checkpoint(net.eval(), Path(out_dir) / "prior.pt")
+    if distributed.rank() == 0:  # one writer under torchrun: every rank holds the same weights
+        registry.save_checkpoint(net.eval(), Path(out_dir) / "prior.pt")
+    distributed.barrier()
     return net
 
 

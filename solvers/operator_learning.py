@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels import validate
+from ..kernels import distributed, validate
 from ..operators.learned import registry
 from . import training
 
@@ -243,9 +243,13 @@ class OperatorLearner:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _forward(self, x: torch.Tensor, **kw) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, net: torch.nn.Module | None = None, **kw) -> torch.Tensor:
+        # ``net``: the network the training loop hands the loss (a DDP wrapper under torchrun, whose forward
+        # arms the gradient all-reduce); by default the model itself
+        op = self.operator if net is None or net is self.model else NormalizedOperator(net, self.x_normalizer,
+                                                                                       self.y_normalizer)
         try:
-            return self.operator(x, **kw)
+            return op(x, **kw)
         except RuntimeError as exc:  # a shape the layers cannot take: name it, whatever the layer said
             raise ValueError(f"{type(self.model).__name__} failed on an input of shape {tuple(x.shape)} "
                              f"(channels or resolution the model cannot take?): {exc}") from exc
@@ -284,7 +288,7 @@ class OperatorLearner:
     def _batch_loss(self, fn):
         def loss(model, batch):  # data sets may store float64 or bool fields: the model's dtype decides
             dt = next(model.parameters()).dtype
-            return fn(self._forward(batch["x"].to(dt)), batch["y"].to(dt))
+            return fn(self._forward(batch["x"].to(dt), model), batch["y"].to(dt))
         return loss
 
     def fit(self, train, val=None, *, out_dir="runs/operator", progress: bool = True, log=print,
@@ -321,8 +325,9 @@ class OperatorLearner:
                                       config, val=val, metrics=metrics, hooks=hooks, progress=progress, log=log,
                                       name=run, plot=plot)
         self.model.eval()
-        if getattr(self.model, "config", None) is not None:
-            self.save(Path(out_dir) / "model.pt")
+        if getattr(self.model, "config", None) is not None and distributed.rank() == 0:
+            self.save(Path(out_dir) / "model.pt")  # one writer under torchrun: every rank holds the same weights
+        distributed.barrier()
         return self.history
 
     # ------------------------------------------------------------------ Spectral-Refiner

@@ -273,7 +273,7 @@ def as_preconditioner(M: Any, A: LinearOperator | None = None):
         return M.bind(A) if A is not None else M
     if hasattr(M, "aspreconditioner") and callable(M.aspreconditioner):
         M = M.aspreconditioner()  # pyamg MultilevelSolver
-    if isinstance(M, LinearOperator) or _is_scipy(M):
+    if isinstance(M, LinearOperator) or is_scipy_operand(M):
         op = M if isinstance(M, LinearOperator) else aslinearoperator(M)
     elif callable(M):
         return M if A is None else _FunctionOperator(M, A.shape_in)
@@ -296,7 +296,8 @@ def as_preconditioner(M: Any, A: LinearOperator | None = None):
                              adjoint=None if adjoint is None else converted(adjoint.matvec))
 
 
-def _is_scipy(M: Any) -> bool:
+def is_scipy_operand(M: Any) -> bool:
+    """A scipy sparse matrix, scipy ``LinearOperator`` or numpy array (the operands scipy's solvers take)."""
     try:
         import scipy.sparse as sp
         import scipy.sparse.linalg as spla
@@ -313,7 +314,7 @@ def check_preconditioner(M: Any, name: str = "M"):
     if isinstance(M, type):  # CG(M=Jacobi): a class is callable, and would fail at the first iteration
         raise TypeError(f"{name} must be a preconditioner object, got the class {M.__name__}; "
                         f"did you mean {name}={M.__name__}()?")
-    if M is None or isinstance(M, (Preconditioner, LinearOperator)) or callable(M) or _is_scipy(M) \
+    if M is None or isinstance(M, (Preconditioner, LinearOperator)) or callable(M) or is_scipy_operand(M) \
             or callable(getattr(M, "aspreconditioner", None)):
         return M
     raise TypeError(f"{name} must be a preconditioner (a Preconditioner, a LinearOperator, a scipy LinearOperator, "
@@ -328,7 +329,7 @@ def adjoint_preconditioner(M: Any):
     used as it is: any nonsingular right preconditioner still yields the exact adjoint solution, only the
     number of iterations depends on how well it approximates ``A^{-H}``.
     """
-    if _is_scipy(M):  # a scipy matrix or LinearOperator: as a krylon operator it knows its adjoint
+    if is_scipy_operand(M):  # a scipy matrix or LinearOperator: as a krylon operator it knows its adjoint
         M = aslinearoperator(M)
     adjoint = _known_adjoint(M) if isinstance(M, LinearOperator) else None
     return M if adjoint is None else adjoint

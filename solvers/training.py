@@ -8,6 +8,20 @@ Python data, so they load with ``torch.load(..., weights_only=True)``.
 
 What differs between learned parts is configuration (:class:`TrainConfig`: optimiser, schedule, mixed
 precision) or a :class:`TrainHook` (e.g. EMA weights), never a second loop.
+
+Data parallel
+-------------
+Run under ``torchrun`` (after :func:`krylon.kernels.distributed.init_from_env`) with more than one rank, the same
+loop trains a ``DistributedDataParallel`` copy of the model on every rank.  ``batch_size`` is the **global**
+batch: each epoch's permutation of the training set is the one a single process draws (seeded by the epoch), cut
+into the same global batches, and rank ``r`` takes the ``r``-th contiguous share of each.  Each rank's loss is
+weighted by its share, so DDP's gradient average is the gradient of the global batch mean: the loss curve is the
+single-process one to rounding, and a checkpoint (model, optimiser, schedule, epoch -- the global sample position
+``epoch * n_train``) resumes on any number of ranks.  Training and validation metrics are summed over ranks (every
+rank and the log see global values); rank 0 alone writes checkpoints (atomically) while the others wait at a
+barrier.  Random draws inside the loss (diffusion noise) come from a generator reseeded per (seed, epoch, rank), so
+a distributed run is reproducible for a given world size.  ``loss_fn`` must run the network as ``model(...)`` (the
+DDP wrapper's forward, which arms the gradient all-reduce); other attributes reach the wrapped module.
 """
 
 from __future__ import annotations
@@ -22,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..kernels import validate
+from ..kernels import distributed, validate
 from ..operators.learned.registry import atomic_save, read_torch_file
 
 __all__ = ["TrainConfig", "TrainHook", "EMA", "train", "train_val_split", "load_checkpoint", "plot_losses", "autocast"]
@@ -276,6 +290,45 @@ def _batch_size(batch: Mapping) -> int:
     return next(v for v in batch.values() if isinstance(v, torch.Tensor)).shape[0]
 
 
+class _DDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP whose attributes fall through to the wrapped module, so a ``loss_fn`` may read ``model.config`` etc."""
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class _GlobalBatches:
+    """Batch sampler of a data-parallel rank: this rank's contiguous share of each global batch.
+
+    The global batches are those of ``DataLoader(shuffle=True, generator=...)`` in a single process
+    (``RandomSampler`` + ``BatchSampler``); a rank whose share of a (last, short) batch is empty gets the batch's
+    first sample as a stand-in, weighted 0 -- every rank must run forward and backward at every step.
+    """
+
+    def __init__(self, dataset, batch_size: int, generator: torch.Generator, rank: int, world: int):
+        from torch.utils.data import BatchSampler, RandomSampler
+
+        self.batches = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
+        self.rank, self.world = rank, world
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            share = distributed.split(len(batch), self.world, self.rank)
+            yield [batch[i] for i in share] if len(share) else batch[:1]
+
+
 def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor], dataset, out_dir,
           config: TrainConfig, *, val=None, metrics: Mapping[str, Callable] | None = None,
           hooks: Sequence[TrainHook] = (), progress: bool = True, log: Callable[[str], None] = print,
@@ -302,6 +355,9 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     hooks : sequence of TrainHook
         Called after each step and epoch; their state is checkpointed.
 
+    Under ``torchrun`` (a process group of several ranks, see the module notes) every rank calls this with the
+    same arguments; ``config.batch_size`` is the global batch, split over the ranks.
+
     Returns
     -------
     dict
@@ -316,6 +372,11 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     metrics = dict(metrics or {})
     hooks = list(hooks)
     n = len(dataset)
+    world = distributed.world_size()
+    rank = distributed.rank()
+    ddp = world > 1
+    if rank != 0:  # one log and one progress bar: rank 0's (metrics are global anyway)
+        log, progress = (lambda msg: None), False
     if val is None:
         train_set, val_set = train_val_split(dataset, config.val_fraction, config.seed)
     else:
@@ -324,6 +385,11 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         train_set, val_set = dataset, val
     n_train = len(train_set)
     device = next(model.parameters()).device
+    # what the loss runs: DDP all-reduces the gradients (its construction broadcasts rank 0's weights)
+    net = model
+    if ddp:
+        with distributed.collective_errors("setting up DistributedDataParallel"):
+            net = _DDP(model, device_ids=[device.index] if device.index is not None else None)
     opt = _optimizer(model, config)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
@@ -350,13 +416,21 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         history.update(json.loads(ckpt["history"]))
         start_epoch = int(ckpt["epoch"])
         _set_rng_state(ckpt)
-        log(f"resuming {name} from {ckpt_path} after epoch {start_epoch}")
+        was = int(ckpt.get("world_size", 1))
+        log(f"resuming {name} from {ckpt_path} after epoch {start_epoch}"
+            + (f" (written by {was} rank(s), resumed on {world})" if was != world else ""))
     loader_gen = torch.Generator().manual_seed(config.seed + 1)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
         loader_gen.manual_seed(config.seed + 1 + epoch)  # the same batches whether or not we resumed
-        loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=loader_gen,
-                            num_workers=config.num_workers, drop_last=False)
+        if ddp:  # the same global batches, this rank's share of each
+            sampler = _GlobalBatches(train_set, config.batch_size, loader_gen, rank, world)
+            loader = DataLoader(train_set, batch_sampler=sampler, generator=loader_gen,
+                                num_workers=config.num_workers)
+            torch.manual_seed(_rank_seed(config.seed, epoch, rank))
+        else:
+            loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=loader_gen,
+                                num_workers=config.num_workers, drop_last=False)
         model.train()
         total, count = 0.0, 0
         t0 = time.perf_counter()
@@ -367,14 +441,21 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
 
             bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{config.epochs}", leave=False)
             it = bar
-        for batch in it:
+        for k, batch in enumerate(it):
             batch = _to(batch, device)
             with autocast(device, config.amp):
-                loss = loss_fn(model, batch)
-            if not torch.isfinite(loss):
+                loss = loss_fn(net, batch)
+            if ddp:  # the global batch's mean loss on every rank (all raise together on a non-finite one); this
+                # rank's mean weighted by world * share / size, so DDP's average of gradients is the global mean's
+                size = min(config.batch_size, n_train - k * config.batch_size)
+                share = len(distributed.split(size, world, rank))
+                global_sum = distributed.all_reduce_sum([float(loss.detach()) * share])[0]
+                loss = loss * (world * share / size)
+            if not (math.isfinite(global_sum) if ddp else torch.isfinite(loss)):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss.float()).backward()
+            with distributed.collective_errors(f"the gradient all-reduce of epoch {epoch + 1}"):
+                scaler.scale(loss.float()).backward()
             if config.max_grad_norm:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -384,9 +465,13 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
             step += 1
             for hook in hooks:
                 hook.on_step(model, opt, step)
-            bs = _batch_size(batch)
-            total += float(loss.detach()) * bs
-            count += bs
+            if ddp:
+                total += global_sum
+                count += size
+            else:
+                bs = _batch_size(batch)
+                total += float(loss.detach()) * bs
+                count += bs
             if bar is not None:
                 bar.set_postfix(loss=f"{total / count:.4g}")
         if bar is not None:
@@ -395,30 +480,39 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         history["samples"].append(count)
         history["train"].append(total / max(count, 1))
         if val_set is not None:
-            sums = _validate(model, loss_fn, metrics, val_set, config, device, hooks)
+            sums = _validate(model, loss_fn, metrics, val_set, config, device, hooks, rank, world)
             history["val"].append(sums.pop("loss"))
             for k, v in sums.items():
                 history[f"val_{k}"].append(v)
         for hook in hooks:
             hook.on_epoch_end(model, epoch + 1, history)
-        ckpt = {"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(), "hooks": [h.state_dict() for h in hooks],
-                "epoch": epoch + 1, "history": json.dumps(history), **_rng_state(), "run": run,
-                "config": json.dumps(getattr(model, "config", {}))}
-        atomic_save(ckpt, ckpt_path)
-        (out / "history.json").write_text(json.dumps(history, indent=1))
+        if rank == 0:
+            ckpt = {"name": name, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                    "hooks": [h.state_dict() for h in hooks], "epoch": epoch + 1, "history": json.dumps(history),
+                    **_rng_state(), "run": run, "config": json.dumps(getattr(model, "config", {})),
+                    "samples_seen": (epoch + 1) * n_train, "world_size": world}
+            atomic_save(ckpt, ckpt_path)
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+        distributed.barrier()  # nobody reads or overwrites a checkpoint rank 0 is still writing
         extra = "".join(f", {k} {history[k][-1]:.5g}" for k in history if k.startswith("val") and history[k])
         log(f"{name} epoch {epoch + 1}/{config.epochs}: train {history['train'][-1]:.5g}{extra} "
             f"({history['seconds'][-1]:.1f} s)")
-    if plot:  # once, at the end: a figure per epoch costs more than a small model's epoch
+    if plot and rank == 0:  # once, at the end: a figure per epoch costs more than a small model's epoch
         plot_losses(history, out / "losses.png", title=name)
     return history
 
 
-def _validate(model, loss_fn, metrics, val_set, config, device, hooks) -> dict:
-    """Sample-weighted means of the loss and each metric over ``val_set``."""
-    from torch.utils.data import DataLoader
+def _validate(model, loss_fn, metrics, val_set, config, device, hooks, rank: int = 0, world: int = 1) -> dict:
+    """Sample-weighted means of the loss and each metric over ``val_set`` (each rank a contiguous share, summed).
 
+    The raw module runs here, not its DDP wrapper: evaluation needs no gradient all-reduce (and must not wait for
+    ranks whose share is empty).
+    """
+    from torch.utils.data import DataLoader, Subset
+
+    if world > 1:
+        val_set = Subset(val_set, list(distributed.split(len(val_set), world, rank)))
     model.eval()
     sums = {"loss": 0.0, **{k: 0.0 for k in metrics}}
     count = 0
@@ -434,4 +528,8 @@ def _validate(model, loss_fn, metrics, val_set, config, device, hooks) -> dict:
                     for k, fn in metrics.items():
                         sums[k] += float(fn(model, batch)) * bs
                 count += bs
+    if world > 1:
+        keys = list(sums)
+        *totals, count = distributed.all_reduce_sum([sums[k] for k in keys] + [count])
+        sums = dict(zip(keys, totals))
     return {k: v / max(count, 1) for k, v in sums.items()}
