@@ -27,6 +27,15 @@ The Tweedie estimate ``x0`` is not clipped to the training range: clipping it to
 data-consistency step changes results at 20 NFE as well (slightly) and did not help at 5 NFE (PSNR within
 +-0.02 dB either way on the benchmark's MRI x4 task), so at very low NFE ``x0`` can overshoot.
 
+Shipped priors: magnitude and complex
+-------------------------------------
+``DDS.pretrained()`` (``kind="magnitude"``) is a real prior: images are real, one network channel.
+``DDS.pretrained(kind="complex")`` is trained on complex phantoms with a smooth random phase (two channels,
+real and imaginary); with it DDS works over complex images throughout (no real constraint), which is what MRI
+of a real object with a phase needs.  ``sampler.image_size`` and ``sampler.complex_images`` say which is
+loaded.  A complex prior needs a complex operator (a real one such as CT is refused: use the magnitude prior),
+and complex data for it.
+
 Real priors with complex operators
 ----------------------------------
 A real (magnitude) prior used with a complex operator (MRI) solves the data-consistency step over real

@@ -197,10 +197,11 @@ def _load_prior(model, kind, dev):
 
 
 def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, complex_model=None, cg_steps=None,
-        eta=None, dds_nfe=None, dps=True) -> dict:
+        eta=None, dds_nfe=None, dps=True, tasks=None) -> dict:
     """Run the suite; ``model`` / ``complex_model``: a ``prior.pt`` to use instead of the shipped magnitude / complex
     prior; ``cg_steps``, ``eta``: DDS's (default ``DDS_SETTINGS``, chosen by :func:`tune`); ``dds_nfe``: DDS's NFE
-    list instead of the size's; ``dps=False`` skips DPS."""
+    list instead of the size's; ``dps=False`` skips DPS; ``tasks``: a subset of the size's tasks (to split a long
+    run over processes; the JSON is named after them)."""
     import torch
 
     from ..solvers.diffusion import DDS, DPS
@@ -216,7 +217,11 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     prior = _load_prior(model, "magnitude", dev)
     x, names, sl_name = _images(cfg["images"], torch.float32, textured=cfg.get("textured", False))
     x = x.to(dev)
-    tasks = cfg["tasks"] or TASKS
+    all_tasks = cfg["tasks"] or TASKS
+    if tasks is not None and not set(tasks) <= set(all_tasks):
+        raise ValueError(f"tasks must be among {all_tasks}, got {tasks}")
+    part = "" if tasks is None else "_" + "+".join(tasks)
+    tasks = all_tasks if tasks is None else tuple(tasks)
     dps_tasks = cfg["dps_tasks"] or TASKS
     real = not prior.complex_images
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
@@ -268,9 +273,9 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
             for task in tasks:
                 if task.startswith("mri"):
                     one_task(task, cprior, xc.to(dev), cnames, "complex", (50,), False)
-    write_json(out / f"dds_{size}.json", result)
+    write_json(out / f"dds_{size}{part}.json", result)
     if plot:
-        _plot(grid, x.cpu(), out / f"dds_{size}.png", names.index(TEXTURED) if TEXTURED in names else -1)
+        _plot(grid, x.cpu(), out / f"dds_{size}{part}.png", names.index(TEXTURED) if TEXTURED in names else -1)
     return result
 
 
