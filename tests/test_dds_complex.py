@@ -113,3 +113,14 @@ def test_shipped_complex_prior_reconstructs_phase_and_beats_zero_filling():
     bright = np.abs(x.numpy()) > 0.3
     dphi = np.angle(rec.numpy()[bright] * np.conj(x.numpy()[bright]))
     assert np.median(np.abs(dphi)) < 0.2
+
+
+def test_cli_reconstruct_mri_with_the_complex_prior(tmp_path, capsys):
+    from krylon.cli import main
+
+    img = np.zeros((64, 64))
+    img[16:48, 20:44] = 1.0
+    np.save(tmp_path / "img.npy", img)
+    assert main(["reconstruct", "mri", "--prior", "complex", "--image", str(tmp_path / "img.npy"), "--nfe", "2",
+                 "--out", str(tmp_path / "r.png")]) == 0
+    assert (tmp_path / "r.png").stat().st_size > 0 and "DDS 2 NFE" in capsys.readouterr().out
