@@ -44,12 +44,13 @@ TEST_SEED = 424_242  # krylon.datasets.phantoms seed of the unseen test phantoms
 TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth bumps) of this seed
 TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
-# DDS's settings and DPS's step, chosen by tune() on TUNE_SEED phantoms with the shipped prior (BENCHMARKS.md):
-# CG steps and eta for every task; gamma, the data weight of the noisy consistency step
-# (I + gamma A^H A) x = x0 + gamma A^H y, per modality (CT's A^H A is ~300x MRI's)
-DDS_SETTINGS = {"eta": 0.85, "cg_steps": 5}
-DDS_GAMMA = {"mri": 30.0, "ct": 0.01}
-DPS_STEP = {"mri": 3.0, "ct": 0.1}
+# DDS's settings and DPS's step per modality, chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): CG steps
+# and eta (noiseless tasks); gamma, the data weight of the noisy consistency step (I + gamma A^H A) x = x0 +
+# gamma A^H y (CT's A^H A is ~300x MRI's).  MRI with the real constraint is nearly determined at these
+# accelerations and wants near-exact data consistency and little re-noising; sparse-view CT leans on the prior.
+DDS_SETTINGS = {"mri": {"eta": 0.2, "cg_steps": 50}, "ct": {"eta": 0.5, "cg_steps": 50}}
+DDS_GAMMA = {"mri": 10.0, "ct": 0.01}
+DPS_STEP = {"mri": 1.0, "ct": 0.03}
 # the baselines' weights (relative to ||A^H A||), picked per image against the truth
 CG_LAMS = (1e-4, 1e-3, 1e-2, 1e-1)
 TV_LAMS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
@@ -199,7 +200,8 @@ def _load_prior(model, kind, dev):
 def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, complex_model=None, cg_steps=None,
         eta=None, dds_nfe=None, dps=True, tasks=None) -> dict:
     """Run the suite; ``model`` / ``complex_model``: a ``prior.pt`` to use instead of the shipped magnitude / complex
-    prior; ``cg_steps``, ``eta``: DDS's (default ``DDS_SETTINGS``, chosen by :func:`tune`); ``dds_nfe``: DDS's NFE
+    prior; ``cg_steps``, ``eta``: DDS's for every task (default ``DDS_SETTINGS`` per modality, chosen by
+    :func:`tune`); ``dds_nfe``: DDS's NFE
     list instead of the size's; ``dps=False`` skips DPS; ``tasks``: a subset of the size's tasks (to split a long
     run over processes; the JSON is named after them)."""
     import torch
@@ -210,8 +212,6 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     cfg = SIZES[size]
-    cg_steps = DDS_SETTINGS["cg_steps"] if cg_steps is None else cg_steps
-    eta = DDS_SETTINGS["eta"] if eta is None else eta
     out = Path(out)
     dev = torch.device(device)
     prior = _load_prior(model, "magnitude", dev)
@@ -225,7 +225,8 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     dps_tasks = cfg["dps_tasks"] or TASKS
     real = not prior.complex_images
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
-              "dds": {"cg_steps": cg_steps, "eta": eta, "gamma": DDS_GAMMA}, "dps": {"step": DPS_STEP},
+              "dds": {m: {"cg_steps": cg_steps or v["cg_steps"], "eta": v["eta"] if eta is None else eta,
+                          "gamma": DDS_GAMMA[m]} for m, v in DDS_SETTINGS.items()}, "dps": {"step": DPS_STEP},
               "lams": {"cg": CG_LAMS, "tv": TV_LAMS},
               "shepp_logan": sl_name + " -- in-family (the training generator has a jittered Shepp-Logan family); "
                                        "psnr_unseen averages the TEST_SEED random phantoms only",
@@ -245,8 +246,9 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
             y = _noisy(task, clean) if noisy else clean
             recs = _classical(task, A, y, x, L, real)
             gamma = DDS_GAMMA[modality] if noisy else None
+            st = result["dds"][modality]
             for nfe in nfes:
-                r = DDS(prior, gamma=gamma, cg_steps=cg_steps, eta=eta).solve(A, y, nfe=nfe, seed=0)
+                r = DDS(prior, gamma=gamma, cg_steps=st["cg_steps"], eta=st["eta"]).solve(A, y, nfe=nfe, seed=0)
                 recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], f"gamma={gamma}")
             if run_dps and (not noisy or cfg.get("dps_noisy", False)):
                 r = DPS(prior, step_size=DPS_STEP[modality]).solve(A, y, nfe=cfg["dps_nfe"], seed=0)
@@ -283,8 +285,8 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
          dds_grid=((0.85, 5), (0.85, 20), (0.5, 20), (0.2, 20), (0.5, 50), (0.2, 50)), gammas=None, dps_steps=None,
          dps_nfe: int = 500, dps_images: int = 2,
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "gamma", "dps"), out=None, device="cpu") -> dict:
-    """Choose DDS's ``(eta, CG steps)`` from ``dds_grid`` (noiseless, all tasks), its ``gamma`` per modality (noisy,
-    with the chosen -- or ``dds_grid``'s first -- ``eta``/CG steps) and DPS's step per modality, by mean PSNR on
+    """Choose DDS's ``(eta, CG steps)`` per modality from ``dds_grid`` (noiseless tasks), its ``gamma`` per modality
+    (noisy, with the chosen -- or ``dds_grid``'s first -- ``eta``/CG steps) and DPS's step per modality, by mean PSNR on
     held-out phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test
     images).  ``parts`` picks what to run.  Prints the tables, writes ``out/dds_tune.json``."""
     import torch
@@ -324,11 +326,13 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
             A, y, xi = measure(task, False)
             for e, c in dds_grid:
                 record("dds", task, False, DDS(prior, gamma=None, eta=e, cg_steps=c), xi, A, y, nfe, eta=e, cg_steps=c)
-        choice["eta"], choice["cg_steps"] = best("dds", ("eta", "cg_steps"))
-    e, c = choice.get("eta", dds_grid[0][0]), choice.get("cg_steps", dds_grid[0][1])
+        choice["dds"] = {m: dict(zip(("eta", "cg_steps"), best("dds", ("eta", "cg_steps"),
+                                                            lambda r, m=m: r["task"].startswith(m))))
+                         for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "gamma" in parts:
         for task in tasks:
             modality = task.split("-")[0]
+            e, c = (choice["dds"][modality][k] for k in ("eta", "cg_steps")) if "dds" in choice else dds_grid[0]
             A, y, xi = measure(task, True)
             for g in gammas[modality]:
                 record("gamma", task, True, DDS(prior, gamma=g, eta=e, cg_steps=c), xi, A, y, nfe, gamma=g, eta=e,

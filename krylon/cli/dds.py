@@ -192,10 +192,10 @@ def _reconstruct(args) -> int:
         # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
         y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1),
                       support="all" if args.modality == "ct" else None)
-    from ..bench.dds import DDS_GAMMA
+    from ..bench.dds import DDS_GAMMA, DDS_SETTINGS
 
     gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
-    dds = DDS(dds.model, gamma=gamma)
+    dds = DDS(dds.model, gamma=gamma, **DDS_SETTINGS[args.modality])  # eta, CG steps chosen on held-out phantoms
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
