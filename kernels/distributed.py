@@ -8,6 +8,12 @@ waiting forever; :func:`rank`, :func:`world_size`, :func:`is_distributed` answer
 ``n`` items (samples, grid planes) over ranks; :func:`all_reduce_sum` reduces a few Python numbers (metrics);
 :func:`collective_errors` turns a failed collective into an error that says what probably happened.
 
+For fields split across ranks (domain decomposition): :class:`Slabs` cuts a grid's first axis into contiguous
+slabs, one per rank (uneven counts allowed), says which global planes a rank owns and scatters/gathers a global
+field; :func:`start_halo_exchange` sends a slab's first and last planes to its neighbours (point-to-point, one
+plane each way) and returns a handle whose ``wait()`` gives theirs, so the caller computes meanwhile;
+:func:`sum_over_ranks` sums per-system partial inner products (a tensor) over the ranks.
+
 Examples
 --------
 >>> from krylon.kernels import distributed
@@ -29,7 +35,8 @@ import torch
 from . import validate
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "local_rank", "device", "barrier", "split",
-           "all_reduce_sum", "collective_errors", "shutdown", "DEFAULT_TIMEOUT", "TIMEOUT_ENV"]
+           "all_reduce_sum", "collective_errors", "shutdown", "DEFAULT_TIMEOUT", "TIMEOUT_ENV",
+           "Slabs", "HaloExchange", "start_halo_exchange", "sum_over_ranks"]
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds a collective waits for its peers before raising (torch's own default is 30 minutes)."""
@@ -85,7 +92,10 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
     if timeout is None:
-        timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
+        except ValueError:
+            raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds, got {os.environ[TIMEOUT_ENV]!r}") from None
     timeout = validate.real_number(timeout, "timeout")
     if not timeout > 0:
         raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")
@@ -94,6 +104,9 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
     backend = validate.choice(backend, "backend", ("gloo", "nccl"))
     kwargs = {}
     if backend == "nccl":
+        if local_rank() >= torch.cuda.device_count():
+            raise ValueError(f"local rank {local_rank()} has no GPU: this node has {torch.cuda.device_count()}; start one "
+                             "process per GPU (torchrun --nproc-per-node gpu) or use the CPU (gloo)")
         torch.cuda.set_device(local_rank())
         kwargs["device_id"] = torch.device("cuda", local_rank())
     _dist().init_process_group(backend, timeout=timedelta(seconds=timeout), **kwargs)
@@ -166,3 +179,180 @@ def shutdown() -> None:
     """Leave the process group (a no-op without one)."""
     if is_distributed():
         _dist().destroy_process_group()
+
+
+#: tags of the two halo messages (gloo matches them; NCCL matches sends and receives by order, which
+#: :func:`start_halo_exchange` keeps the same on both sides)
+_UP, _DOWN = 1, 2
+
+
+def sum_over_ranks(partial: torch.Tensor) -> torch.Tensor:
+    """Sum ``partial`` (e.g. one partial inner product per system) over every rank; returns a new tensor.
+
+    Every rank receives bitwise the same sum, so decisions taken on it (convergence, breakdown) agree.
+    A copy of ``partial`` without a process group.
+    """
+    out = partial.detach().clone(memory_format=torch.contiguous_format)
+    if is_distributed():
+        with collective_errors("all-reduce of an inner product"):
+            _dist().all_reduce(out)
+    return out
+
+
+class Slabs:
+    """A slab decomposition of a grid's first axis: rank ``r`` owns planes ``starts[r] : starts[r] + counts[r]``.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The global grid shape ``(n1, n2[, n3])``.
+    counts : sequence of int, optional
+        Planes per rank (summing to ``n1``, each >= 1); default :func:`split` over the world size.
+    parts : int, optional
+        The number of ranks (default: the world size).
+
+    Examples
+    --------
+    >>> s = Slabs((10, 8), parts=3)
+    >>> s.counts, s.planes(1), s.local_shape(2)
+    ((4, 3, 3), range(4, 7), (3, 8))
+    """
+
+    def __init__(self, shape: Sequence[int], counts: Sequence[int] | None = None, *, parts: int | None = None):
+        shape = tuple(int(n) for n in shape)
+        if len(shape) < 1 or any(n < 1 for n in shape):
+            raise ValueError(f"grid shape must be non-empty with sizes >= 1, got {shape}")
+        parts = world_size() if parts is None else int(parts)
+        if parts < 1 or shape[0] < parts:
+            raise ValueError(f"cannot split {shape[0]} planes over {parts} ranks: every rank needs at least one plane")
+        if counts is None:
+            counts = [len(split(shape[0], parts, r)) for r in range(parts)]
+        counts = tuple(int(c) for c in counts)
+        if len(counts) != parts:
+            raise ValueError(f"counts {counts} name {len(counts)} slabs but there are {parts} ranks")
+        if any(c < 1 for c in counts) or sum(counts) != shape[0]:
+            raise ValueError(f"counts {counts} must be >= 1 each and sum to the {shape[0]} planes of the first axis")
+        self.shape, self.counts, self.parts = shape, counts, parts
+        self.starts = tuple(sum(counts[:i]) for i in range(parts))
+
+    def planes(self, r: int | None = None) -> range:
+        """The global indices of the planes rank ``r`` (default: this rank) owns."""
+        r = rank() if r is None else r
+        return range(self.starts[r], self.starts[r] + self.counts[r])
+
+    def local_shape(self, r: int | None = None) -> tuple[int, ...]:
+        """The grid shape of rank ``r``'s slab."""
+        r = rank() if r is None else r
+        return (self.counts[r],) + self.shape[1:]
+
+    def local(self, field: torch.Tensor, r: int | None = None) -> torch.Tensor:
+        """Rank ``r``'s slab of a global field ``(*batch, *shape)`` held by this process (a contiguous copy)."""
+        self._check(field, self.shape, "field")
+        p = self.planes(r)
+        return field.narrow(field.dim() - len(self.shape), p.start, len(p)).contiguous()
+
+    def scatter(self, field: torch.Tensor | None, *, root: int = 0, batch: Sequence[int] = (),
+                dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """Send each rank its slab of a global field held by ``root`` only; returns this rank's slab.
+
+        ``field`` ``(*batch, *shape)`` is read on ``root`` (pass None elsewhere); the other ranks say what they
+        receive with ``batch``, ``dtype`` and ``device`` (which must match the root's field).
+        """
+        me = rank()
+        if me == root:
+            self._check(field, self.shape, "field")
+            if self.parts == 1:
+                return field.contiguous()
+            reqs = [self._p2p("isend", self.local(field, r), r) for r in range(self.parts) if r != root]
+            self._wait(reqs, "scatter")
+            return self.local(field, root)
+        buf = torch.empty(tuple(batch) + self.local_shape(me), dtype=dtype, device=device)
+        self._wait([self._p2p("irecv", buf, root)], "scatter")
+        return buf
+
+    def gather(self, local: torch.Tensor, *, root: int = 0) -> torch.Tensor | None:
+        """Collect the slabs on ``root`` as one global field ``(*batch, *shape)``; None on the other ranks."""
+        me = rank()
+        self._check(local, self.local_shape(me), "local slab")
+        if self.parts == 1:
+            return local.clone()
+        if me != root:
+            self._wait([self._p2p("isend", local.contiguous(), root)], "gather")
+            return None
+        axis = local.dim() - len(self.shape)
+        bufs = [local if r == root else torch.empty(local.shape[:axis] + self.local_shape(r), dtype=local.dtype,
+                                                    device=local.device) for r in range(self.parts)]
+        self._wait([self._p2p("irecv", bufs[r], r) for r in range(self.parts) if r != root], "gather")
+        return torch.cat(bufs, dim=axis)
+
+    @staticmethod
+    def _p2p(kind: str, t: torch.Tensor, peer: int):
+        with collective_errors(f"{kind} with rank {peer}"):
+            return getattr(_dist(), kind)(t, peer)
+
+    @staticmethod
+    def _wait(reqs, what: str) -> None:
+        with collective_errors(what):
+            for q in reqs:
+                q.wait()
+
+    @staticmethod
+    def _check(t, shape, what: str) -> None:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+        nd = len(shape)
+        if t.dim() < nd or tuple(t.shape[t.dim() - nd:]) != tuple(shape):
+            raise ValueError(f"{what} of shape {tuple(t.shape)} does not end in the grid shape {tuple(shape)}")
+
+    def __repr__(self) -> str:
+        return f"Slabs(shape={self.shape}, counts={self.counts})"
+
+
+class HaloExchange:
+    """A halo exchange in flight; :meth:`wait` returns ``(low, high)``: the neighbours' planes or None."""
+
+    def __init__(self, works, low, high):
+        self._works, self.low, self.high = works, low, high
+
+    def wait(self):
+        with collective_errors("halo exchange"):
+            for w in self._works:
+                w.wait()
+        self._works = ()
+        return self.low, self.high
+
+
+def start_halo_exchange(u: torch.Tensor, ndim: int, *, periodic: bool = False) -> HaloExchange:
+    """Start sending the first and last planes (along the first of the ``ndim`` grid axes) of this rank's slab.
+
+    Rank ``r`` sends its last plane up to ``r + 1`` and its first plane down to ``r - 1`` and receives theirs
+    (wrapping around when ``periodic``); the first rank has no lower neighbour and the last no upper one
+    unless periodic.  Point-to-point messages of one plane each (``batch_isend_irecv``, which NCCL runs as one
+    group and gloo as separate messages), started at once; compute on the interior, then call ``wait()``.
+    Without a process group (or with one rank) a periodic axis wraps onto this slab itself.
+    """
+    axis = u.dim() - ndim
+    n = u.shape[axis]
+    first, last = u.narrow(axis, 0, 1), u.narrow(axis, n - 1, 1)
+    me, size = rank(), world_size()
+    if size == 1:
+        return HaloExchange((), last if periodic else None, first if periodic else None)
+    lo = me - 1 if me > 0 else (size - 1 if periodic else None)
+    hi = me + 1 if me < size - 1 else (0 if periodic else None)
+    dist = _dist()
+    low = torch.empty_like(first, memory_format=torch.contiguous_format) if lo is not None else None
+    high = torch.empty_like(last, memory_format=torch.contiguous_format) if hi is not None else None
+    ops = []
+    # the same order on every rank (sends up, sends down, receives from below, receives from above), so NCCL,
+    # which matches by order, pairs each send with the right receive even when both neighbours are one rank
+    if hi is not None:
+        ops.append(dist.P2POp(dist.isend, last.contiguous(), hi, tag=_UP))
+    if lo is not None:
+        ops.append(dist.P2POp(dist.isend, first.contiguous(), lo, tag=_DOWN))
+    if lo is not None:
+        ops.append(dist.P2POp(dist.irecv, low, lo, tag=_UP))
+    if hi is not None:
+        ops.append(dist.P2POp(dist.irecv, high, hi, tag=_DOWN))
+    with collective_errors("halo exchange"):
+        works = dist.batch_isend_irecv(ops)
+    return HaloExchange(works, low, high)

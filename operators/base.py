@@ -166,6 +166,21 @@ class LinearOperator(nn.Module):
     def is_positive_semidefinite(self) -> bool:
         return "positive_semidefinite" in self.tags
 
+    @property
+    def reduce(self):
+        """How partial inner products over this operator's fields become whole ones.
+
+        None (the default) for fields each process holds whole.  An operator whose fields are split across
+        processes (:class:`~krylon.operators.distributed.DistributedLaplacian`) returns a function summing
+        per-system partial sums over them (an all-reduce); a composition inherits it from its operands.
+        Solvers pass every inner product and norm through it (:meth:`krylon.solvers.driver.Driver.dot`).
+        """
+        for op in getattr(self, "args", ()):
+            r = op.reduce
+            if r is not None:
+                return r
+        return None
+
     def _tensors(self):
         yield from self.parameters()
         yield from self.buffers()
@@ -217,7 +232,8 @@ class LinearOperator(nn.Module):
         """``(A x, x^H A x)``: the product and, per system, the real part of the quadratic form.
 
         What CG needs each iteration.  Operators that can do both in one pass over ``x``
-        (the constant-coefficient stencils on the CPU, with numba) override this.
+        (the constant-coefficient stencils on the CPU, with numba) override this.  For an operator with a
+        :attr:`reduce` (fields split across processes) the quadratic form is this process's partial sum.
         """
         if self.shape_in != self.shape_out:
             raise ValueError(f"{type(self).__name__}.matvec_dot needs a square operator, got {self.shape_in} -> {self.shape_out}")
@@ -548,9 +564,16 @@ def dottest(A: LinearOperator, *, batch: Sequence[int] = (), dtype=None, device=
     y = torch.randn(tuple(batch) + A.shape_out, dtype=dtype, device=device, generator=gen)
     Ax = A.matvec(x)
     AHy = A.adjoint().matvec(y)
-    lhs = linalg.dot(Ax, y, A.ndim_out)
-    rhs = linalg.dot(x, AHy, A.ndim_in)
-    scale = linalg.norm(Ax, A.ndim_out) * linalg.norm(y, A.ndim_out) + linalg.norm(x, A.ndim_in) * linalg.norm(AHy, A.ndim_in)
+    total = A.reduce  # a distributed operator's inner products are sums over the ranks
+    lhs, rhs = linalg.dot(Ax, y, A.ndim_out), linalg.dot(x, AHy, A.ndim_in)
+    if total is not None:
+        lhs, rhs = total(lhs), total(rhs)
+
+    def nrm(v, nd):
+        n = linalg.norm(v, nd)
+        return n if total is None else torch.sqrt(total(n ** 2))
+
+    scale = nrm(Ax, A.ndim_out) * nrm(y, A.ndim_out) + nrm(x, A.ndim_in) * nrm(AHy, A.ndim_in)
     err = float(((lhs - rhs).abs() / torch.clamp(scale, min=torch.finfo(backend.real_dtype(dtype)).tiny)).max())
     tol = rtol if rtol is not None else 1e3 * backend.eps(dtype)
     if raise_on_fail and not err <= tol:

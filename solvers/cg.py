@@ -74,13 +74,13 @@ class _CGStep(Step):
     def init(self, drv, x):
         self.nd = drv.nd_in
         self.x, self.r = drv.initial(x)  # dense row-major whatever b's layout: the fused CPU kernels need it
-        return linalg.norm(self.r, drv.nd_in)
+        return drv.norm(self.r)
 
     def start(self, drv):
         nd, r = drv.nd_in, self.r
         self.rr = drv.rnorm ** 2
         z = self.M(r) if self.M is not None else r
-        self.rz = linalg.dot(r, z, nd).real if self.M is not None else self.rr
+        self.rz = drv.dot(r, z, nd).real if self.M is not None else self.rr
         self.p = z.clone(memory_format=torch.contiguous_format)
         self.Ap = torch.empty_like(self.p)  # reused every iteration: no allocation in the hot loop
         self.r_old = torch.empty_like(r) if self.flexible else None
@@ -89,13 +89,14 @@ class _CGStep(Step):
         nd, x = drv.nd_in, self.x
         drv.n_matvec += 1
         self.Ap, pAp = drv.A.matvec_dot(self.p, out=self.Ap)  # one fused pass where the operator has one
+        pAp = drv.total(pAp)  # the fused kernels' inner products are partial sums on distributed fields
         if self.r_old is not None:
             self.r_old.copy_(self.r)
         if drv.fast:
             if bool((pAp > 0).all()):
                 alpha = self.rz / pAp
                 self.behind = alpha.to(x.dtype) if x.is_complex() else alpha
-                self.rr = linalg.residual_update_(self.r, self.Ap, self.behind, nd)
+                self.rr = drv.total(linalg.residual_update_(self.r, self.Ap, self.behind, nd))
                 return torch.sqrt(self.rr)
             drv.leave_fast()
         drv.stop(drv.active & ~torch.isfinite(pAp), Status.NAN)
@@ -105,7 +106,8 @@ class _CGStep(Step):
         # frozen systems get alpha = 0, so their x and r do not change
         step = drv.active & (pAp > 0)
         alpha = torch.where(step, self.rz / torch.where(step, pAp, 1.0), torch.zeros_like(self.rz))
-        self.x, self.r, self.rr = linalg.cg_step(x, self.r, self.p, self.Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+        self.x, self.r, rr = linalg.cg_step(x, self.r, self.p, self.Ap, alpha.to(x.dtype) if x.is_complex() else alpha, nd)
+        self.rr = drv.total(rr)
         return torch.sqrt(self.rr)
 
     def flush(self):
@@ -130,14 +132,14 @@ class _CGStep(Step):
         nd, r = drv.nd_in, self.r
         if self.M is not None:
             z = self.M(r)
-            rz_new = linalg.dot(r, z, nd).real
+            rz_new = drv.dot(r, z, nd).real
             if drv.fast and not bool((rz_new > 0).all()):
                 drv.leave_fast()
             if not drv.fast:
                 drv.stop(drv.active & ~(rz_new > 0) & (drv.rnorm > 0), Status.PRECONDITIONER)
         else:
             z, rz_new = r, self.rr
-        num = rz_new - linalg.dot(self.r_old, z, nd).real if self.flexible else rz_new
+        num = rz_new - drv.dot(self.r_old, z, nd).real if self.flexible else rz_new
         if drv.fast:
             if self.behind is not None:
                 linalg.advance_(self.x, self.p, z, self.behind, num / self.rz, nd)

@@ -13,7 +13,11 @@ convergence is verified, its true residual.  :class:`Driver` owns everything the
 * the host-sync cadence: masks live on the device and the host looks at them every ``sync_every``
   iterations only (default 1 on the CPU, 10 on CUDA);
 * a fast path for methods that have one (CG on the CPU): while every system runs and nothing unusual
-  happens, the per-iteration bookkeeping is one comparison with the tolerance.
+  happens, the per-iteration bookkeeping is one comparison with the tolerance;
+* the one reduction hook: every inner product and norm a step computes goes through :meth:`Driver.dot`,
+  :meth:`Driver.norm` or :meth:`Driver.total`, which sum partial sums over processes when the operator's
+  ``reduce`` says its fields are split across them (:class:`~krylon.operators.DistributedLaplacian`), so the
+  methods run unchanged on distributed fields.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ class Step:
     def true_residual(self, drv: "Driver"):
         """``(residual, its norm)`` recomputed from the iterate."""
         rt = drv.b - drv.apply(drv.A, self.x)
-        return rt, linalg.norm(rt, drv.nd_out)
+        return rt, drv.norm(rt, drv.nd_out)
 
     def replace(self, drv: "Driver", mask: torch.Tensor, rt, tnorm: torch.Tensor) -> None:
         """Residual replacement for the systems in ``mask``."""
@@ -85,7 +89,7 @@ class Step:
     def refresh(self, drv: "Driver") -> torch.Tensor:
         """Replace the recursive residual of the active systems by the true one; return the new norms."""
         self.replace(drv, drv.active, *self.true_residual(drv))
-        return linalg.norm(self.r, drv.nd_out)
+        return drv.norm(self.r, drv.nd_out)
 
     def freeze(self, drv: "Driver", broken: torch.Tensor) -> None:
         """Keep the last finite iterate of systems stopped by a NaN or a breakdown."""
@@ -142,11 +146,33 @@ class Driver:
         self.A, self.b = prob.A, prob.b.detach()
         self.x0 = prob.x0
         self.nd_in, self.nd_out, self.batch = prob.nd_in, prob.nd_out, prob.batch
-        self.maxiter = opts["maxiter"] if opts["maxiter"] is not None else 10 * max(math.prod(self.A.shape_in), 1)
+        self.reduce = self.A.reduce  # None, or the sum of partial inner products over processes
+        n = math.prod(self.A.shape_in)
+        if self.reduce is not None and opts["maxiter"] is None:  # the default limit counts the whole field
+            n = int(self.reduce(torch.tensor(float(n), dtype=torch.float64, device=self.b.device)))
+        self.maxiter = opts["maxiter"] if opts["maxiter"] is not None else 10 * max(n, 1)
         self.sync_every = opts["sync_every"] or (10 if self.b.device.type == "cuda" else 1)
         self.n_matvec = 0
         self.fast = False
         self.sync_now = False  # a step that looked at the host anyway may ask for a loop check
+
+    # ------------------------------------------------------------------ inner products (the one reduction hook)
+    # Every inner product and norm a step computes goes through dot/norm, or through total for a partial sum a
+    # fused kernel computed (CG's p.Ap and ||r||^2): with fields split across processes (A.reduce is an
+    # all-reduce) the partial sums are summed over them; otherwise these are linalg's functions, unchanged.
+    def total(self, partial: torch.Tensor) -> torch.Tensor:
+        """The whole-field value of per-system partial sums computed on this process's part of the fields."""
+        return partial if self.reduce is None else self.reduce(partial)
+
+    def dot(self, x: torch.Tensor, y: torch.Tensor, nd: int | None = None) -> torch.Tensor:
+        """Per-system ``x^H y`` over the last ``nd`` (default ``nd_in``) dimensions, whole-field."""
+        d = linalg.dot(x, y, self.nd_in if nd is None else nd)
+        return d if self.reduce is None else self.reduce(d)
+
+    def norm(self, x: torch.Tensor, nd: int | None = None) -> torch.Tensor:
+        """Per-system Euclidean norm over the last ``nd`` (default ``nd_in``) dimensions, whole-field."""
+        n = linalg.norm(x, self.nd_in if nd is None else nd)
+        return n if self.reduce is None else torch.sqrt(self.reduce(n * n))
 
     # ------------------------------------------------------------------ for the steps
     def apply(self, op, v: torch.Tensor) -> torch.Tensor:
@@ -180,7 +206,7 @@ class Driver:
     def run(self, method: Step) -> SolveResult:
         b, opts = self.b, self.opts
         dev = b.device
-        self.bnorm = linalg.norm(b, self.nd_out)
+        self.bnorm = self.norm(b, self.nd_out)
         zero_b = self.bnorm == 0
         x = None
         if self.x0 is not None:

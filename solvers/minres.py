@@ -64,13 +64,13 @@ class _MINRESStep(Step):
 
     def init(self, drv, x):
         self.x, self.r1 = drv.initial(x, lambda v: _shifted(drv.A, v, self.shift))
-        return linalg.norm(self.r1, drv.nd_in)
+        return drv.norm(self.r1)
 
     def start(self, drv):
         nd, r1 = drv.nd_in, self.r1
         rdt = backend.real_dtype(drv.b.dtype)
         self.y = self.M(r1) if self.M is not None else r1
-        beta1sq = linalg.dot(r1, self.y, nd).real
+        beta1sq = drv.dot(r1, self.y, nd).real
         drv.stop(drv.active & (beta1sq < 0), Status.PRECONDITIONER)
         beta1 = torch.sqrt(torch.clamp(beta1sq, min=0))
         zero = torch.zeros(drv.batch, dtype=rdt, device=drv.b.device)
@@ -95,12 +95,12 @@ class _MINRESStep(Step):
         y = self._op(drv, v)
         if k >= 2:
             y = y - E(beta / safe(self.oldb)).to(y.dtype) * self.r1
-        alfa = linalg.dot(v, y, nd).real
+        alfa = drv.dot(v, y, nd).real
         y = y - E(alfa / safe(beta)).to(y.dtype) * self.r2
         self.r1, self.r2 = self.r2, y
         self.y = self.M(y) if self.M is not None else y
         self.oldb = beta
-        bsq = linalg.dot(self.r2, self.y, nd).real
+        bsq = drv.dot(self.r2, self.y, nd).real
         drv.stop(drv.active & (bsq < 0), Status.PRECONDITIONER)
         self.beta = beta = torch.sqrt(torch.clamp(bsq, min=0))
         cs, sn, dbar = self.cs, self.sn, self.dbar
@@ -136,7 +136,7 @@ class _MINRESStep(Step):
 
     def true_residual(self, drv):
         rt = drv.b - self._op(drv, self.x)
-        return rt, linalg.norm(rt, drv.nd_in)
+        return rt, drv.norm(rt)
 
     def replace(self, drv, mask, rt, tnorm):
         # MINRES's recurrences cannot take a new residual: check again only once the estimate has halved

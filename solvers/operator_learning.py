@@ -137,10 +137,18 @@ class NormalizedOperator(torch.nn.Module):
 
 
 def _fit_normalizer(dataset, key: str, indices=None):
-    """A :class:`~krylon.operators.learned.normalizer.ChannelNormalizer` of ``dataset[i][key]`` (streamed)."""
+    """A :class:`~krylon.operators.learned.normalizer.ChannelNormalizer` of ``dataset[i][key]`` (streamed).
+
+    Under ``torchrun`` each rank reads a contiguous share of ``indices`` and the moments are merged over ranks.
+    """
     from ..operators.learned.normalizer import ChannelNormalizer
 
-    return ChannelNormalizer(int(dataset[0][key].shape[0])).fit(dataset, indices=indices, key=key)
+    world = distributed.world_size()
+    if world > 1:
+        indices = list(range(len(dataset))) if indices is None else list(indices)
+        indices = [indices[i] for i in distributed.split(len(indices), world, distributed.rank())]
+    return ChannelNormalizer(int(dataset[0][key].shape[0])).fit(dataset, indices=indices, key=key,
+                                                                across_ranks=world > 1)
 
 
 class _Trajectories:

@@ -8,7 +8,8 @@ Each family registers one suite here: a module of this package with
 * ``summary(result) -> list[dict]``: its rows of the common summary, built with
   :func:`krylon.bench.summary.compare` (krylon against its best peer, ``ratio > 1`` = krylon better).
 
-``krylon bench`` (or ``krylon bench all``) runs every registered suite in this order and prints one table.
+``krylon bench`` (or ``krylon bench all``) runs every suite of ``SUITES`` in this order and prints one table;
+``EXTRA_SUITES`` run only when named (``krylon bench distributed``, ``krylon bench ddp``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,15 @@ SUITES = {  # name -> module of this package; one line per family
     "medida": ".medida",  # model-error discovery, KS paper cases: krylon MEDIDA (RVM) vs pysindy PDE-FIND on the same data
 }
 
+EXTRA_SUITES = {  # run by name only, not by ``krylon bench all``: they launch several processes each
+    "distributed": ".distributed",  # weak scaling of domain-decomposed CG on 1, 2, 4 torchrun ranks vs one process
+    "ddp": ".ddp",  # data-parallel training: krylon train fno per epoch on 1 process vs N torchrun ranks
+}
+
 
 def load(name: str):
     """The module of suite ``name`` (imported on first use: suites import torch, scipy, matplotlib)."""
-    if name not in SUITES:
-        raise ValueError(f"unknown benchmark suite {name!r}; registered: {', '.join(SUITES)}")
-    return importlib.import_module(SUITES[name], __name__)
+    suites = {**SUITES, **EXTRA_SUITES}
+    if name not in suites:
+        raise ValueError(f"unknown benchmark suite {name!r}; registered: {', '.join(suites)}")
+    return importlib.import_module(suites[name], __name__)

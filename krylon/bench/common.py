@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -130,3 +133,20 @@ def write_json(path: Path, payload: dict) -> None:
     with open(tmp, "w") as fh:
         json.dump(payload, fh, indent=2, default=str)
     os.replace(tmp, path)
+
+
+def torchrun(ranks: int, module: str, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as ``ranks`` torchrun processes on this machine (a free local port; one
+    intra-op thread per rank) and return the finished process; a failed launch raises with its stderr's tail.
+    ``--`` ends torchrun's own options, so the module's (``--n`` ...) are never read as abbreviations of them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
+           "--master-port", str(port), "-m", module, "--", *args]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode:
+        raise RuntimeError(f"torchrun with {ranks} ranks failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                           f"{proc.stderr[-3000:]}")
+    return proc

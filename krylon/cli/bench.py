@@ -4,14 +4,15 @@ from __future__ import annotations
 
 
 def register(cmd) -> None:
-    from ..bench import SUITES
+    from ..bench import EXTRA_SUITES, SUITES
 
     sub = cmd.top
     b = sub.add_parser("bench", help="run every family's quick benchmark suite and print one summary table "
                        "(or one suite): tables, JSON and PNGs under --out")
     b.set_defaults(run=_bench)
-    b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, "all"),
-                   help="one suite, or all of them (the default) followed by the summary table")
+    b.add_argument("suite", nargs="?", default="all", choices=(*SUITES, *EXTRA_SUITES, "all"),
+                   help="one suite, or all of them (the default) followed by the summary table; "
+                        f"{', '.join(EXTRA_SUITES)} run only when named")
     b.add_argument("--size", default=None, choices=("quick", "default", "paper"),
                    help="problem sizes for every suite run (default: quick for all suites, default for one)")
     b.add_argument("--device", default="cpu")

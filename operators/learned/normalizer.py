@@ -7,7 +7,7 @@ import numbers
 import torch
 from torch import nn
 
-from ...kernels import validate
+from ...kernels import distributed, validate
 from .registry import register_model
 
 __all__ = ["ChannelNormalizer"]
@@ -59,7 +59,7 @@ class ChannelNormalizer(nn.Module):
         return bool(self.count > 0)
 
     @torch.no_grad()
-    def fit(self, data, *, indices=None, key: str = "x", dim: int = 1) -> "ChannelNormalizer":
+    def fit(self, data, *, indices=None, key: str = "x", dim: int = 1, across_ranks: bool = False) -> "ChannelNormalizer":
         """Fit the per-channel mean and standard deviation; returns ``self``.
 
         Parameters
@@ -73,6 +73,10 @@ class ChannelNormalizer(nn.Module):
             The sample field to fit (``"x"`` or ``"y"``) when ``data`` is a data set.
         dim : int
             The channel axis of a tensor ``data``.
+        across_ranks : bool
+            Under ``torchrun``: every rank passes its own share of the samples and the statistics are those of
+            all shares together (merged with the same pairwise update, two all-reduces of ``2 C`` and ``C``
+            numbers), so no rank reads the others' samples.  A rank's share may be empty.
         """
         n = torch.zeros(self.channels, dtype=torch.float64)
         mean = torch.zeros(self.channels, dtype=torch.float64)
@@ -117,6 +121,13 @@ class ChannelNormalizer(nn.Module):
             mean = mean + delta * nb / total
             m2 = m2 + m2b + delta**2 * n * nb / total
             n = total
+        if validate.boolean(across_ranks, "across_ranks") and distributed.world_size() > 1:
+            # Chan's merge over ranks: the global mean first, then each rank's M2 about it (no cancellation)
+            sums = torch.tensor(distributed.all_reduce_sum(torch.cat([n, n * mean]).tolist()), dtype=torch.float64)
+            n_all, mean_all = sums[:self.channels], sums[self.channels:] / sums[:self.channels].clamp_min(1)
+            m2 = torch.tensor(distributed.all_reduce_sum((m2 + n * (mean - mean_all) ** 2).tolist()),
+                              dtype=torch.float64)
+            n, mean = n_all, mean_all
         if not bool((n > 0).all()):
             raise ValueError(f"cannot fit a normaliser on no values ({where}, indices={indices!r})")
         std = (m2 / n).sqrt()
