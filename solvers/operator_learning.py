@@ -13,6 +13,7 @@ the normalisation.  The normalisers are fitted on the training split only and sa
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -199,6 +200,46 @@ def _check_sample(dataset, name: str) -> None:
         raise ValueError(f"{name} samples must be dicts with 'x' and 'y' tensors; sample 0 has {got}")
 
 
+def _minimise(objective, params, opts, bar=None, log=None) -> list:
+    """Minimise ``objective()`` over ``params`` with ``opts["optimizer"]`` (Adam: ``opts["steps"]`` steps at
+    ``opts["lr"]``; L-BFGS: ``steps`` iterations, strong-Wolfe line search); returns the objective per step."""
+    steps, curve = opts["steps"], []
+
+    def evaluate():
+        opt.zero_grad(set_to_none=True)
+        loss = objective()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite refinement loss at step {len(curve) + 1}; lower lr")
+        loss.backward()
+        return loss
+
+    if opts["optimizer"] == "lbfgs":
+        opt = torch.optim.LBFGS(params, lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=0, tolerance_change=0)
+
+        def closure():
+            loss = evaluate()
+            curve.append(float(loss.detach()))
+            return loss
+
+        opt.step(closure)  # the curve: every evaluation, line-search trials included
+        if bar is not None:
+            bar.update(steps)
+    else:
+        opt = torch.optim.Adam(params, lr=opts["lr"])
+        for step in range(steps):
+            curve.append(float(evaluate().detach()))
+            opt.step()
+            if bar is not None:
+                bar.update()
+                bar.set_postfix(loss=f"{curve[-1]:.4g}")
+            if log is not None and (step + 1) % max(1, steps // 10) == 0:
+                log(f"refine step {step + 1}/{steps}: loss {curve[-1]:.5g}")
+    with torch.no_grad():
+        curve.append(float(objective()))  # where it ended
+    return curve
+
+
 # ----------------------------------------------------------------------------- the learner
 class OperatorLearner:
     """Fit, refine, evaluate and apply a neural operator ``x -> y``.
@@ -339,37 +380,72 @@ class OperatorLearner:
         return self.history
 
     # ------------------------------------------------------------------ Spectral-Refiner
-    def refine(self, data, *, mode: str = "physics", residual: Callable | None = None, s: float = -1.0,
-               alpha: float = 10 ** -1.5, steps: int = 50, lr: float = 1e-3, modes=None, batch_size: int = 4,
-               grid=None, dtype=torch.float64, progress: bool = False, log=None) -> dict:
-        r"""Spectral-Refiner's stage 2: fine-tune only the last spectral layer, widened, in a negative Sobolev norm.
+    def refine(self, data, *, mode: str = "physics", residual: Callable | None = None, per_sample: bool | None = None,
+               s: float = -1.0, alpha: float = 10 ** -1.5, steps: int | None = None, lr: float | None = None,
+               optimizer: str = "adam", modes=None, bias_modes=None, time_padding: float = 1.0,
+               drop_mean: bool = True, batch_size: int | None = None, grid=None, dtype=torch.float64,
+               progress: bool = False, log=None) -> dict:
+        r"""Spectral-Refiner's stage 2: correct predictions in a negative Sobolev norm of their physics residual.
 
-        Every parameter is frozen except those of the last spectral layer, which is first widened to
-        ``modes`` (default: the full grid of the first sample, see :meth:`_full_modes`) with its old weights copied in
-        (``model.widen_last_layer(modes)``).  Then ``steps`` Adam iterations minimise, over batches of ``data``:
+        **Per sample** (``per_sample=True``, the default in physics mode; the paper's use: no target is needed, so
+        each test input is refined on its own): the network is frozen and each sample's prediction ``p0`` gets an
+        additive correction ``b``, a :class:`~krylon.operators.learned.spectral.SpectralBias` starting at zero --
+        the zero-initialised bias of a widened output layer, one per sample -- over ``bias_modes`` (default every
+        space mode of the grid and 6 time modes).  In time the correction is the first ``T`` of
+        ``(1 + time_padding) T`` samples of one period (default 1: not periodic over the predicted window, so
+        pulling the first step onto the last input does not pull the last step with it).  ``steps`` iterations
+        (default 300 Adam steps at lr 3e-3, or ``optimizer="lbfgs"``: L-BFGS with a strong-Wolfe line search,
+        ``steps`` iterations) minimise each sample's physics loss divided by its value at ``p0``.  Returns
+        ``{"predictions": (N, C, *grid) in dtype, "loss": [...], "seconds", ...}``; the model is unchanged.
 
-        * ``mode="physics"``: the mean over the batch of the time-integrated :math:`\|R(w_t, w_{t+1})\|_{H^s}^2`
+        **On a data set** (``per_sample=False``; always in data mode): every parameter is frozen except those
+        of the last spectral layer, which is first widened to ``modes`` (default: the full grid of the first sample,
+        see :meth:`_full_modes`) with its old weights copied in (``model.widen_last_layer(modes)``; an SFNO also
+        gets its zero additive spectral bias over ``bias_modes`` there), and ``steps`` Adam iterations (default 50 at
+        lr 1e-3) minimise the loss over batches of ``data``.  The model keeps the refined layer.
+
+        The losses:
+
+        * ``mode="physics"``: the time-integrated :math:`\|R(w_t, w_{t+1})\|_{H^s}^2`
           (:math:`\Delta t \sum_t` with :math:`\Delta t = 1/T`, the time quadrature of
-          :func:`~krylon.solvers.losses.sobolev_loss`: the mean over the steps of the predicted trajectory
-          :math:`w`: the last input frame followed by the predicted frames),
-          where ``residual(w0, w1)`` is the residual of one implicit time step of the generator's equations (for
-          ``krylon generate ns2d`` data: :class:`NavierStokesResidual`, whose ``trajectory`` method computes all
-          steps at once and is used when present).  No target is used.  ``grid=(X, Y)`` evaluates the residual
-          on that finer grid (the trajectory spectrally interpolated: exact for the band-limited prediction);
-          default ``None``, the data grid -- the paper uses 256^2 for 64^2 data, 16x the cost.
+          :func:`~krylon.solvers.losses.sobolev_loss`) of the predicted trajectory :math:`w` (the last input frame
+          followed by the predicted frames), where ``residual(w0, w1)`` is the residual of one implicit time step of
+          the generator's equations (for ``krylon generate ns2d`` data: :class:`NavierStokesResidual`, whose
+          ``trajectory`` method computes all steps at once and is used when present).  With ``drop_mean`` (default)
+          the space mean (the k = 0 mode) of the residual is left out: at negative ``s`` its weight
+          :math:`\alpha^s` is so large that the mean drift of a prediction dominates the loss and stalls the fit
+          of everything else.  Per sample, the mean of each predicted snapshot (per channel) is then set to the
+          last input's -- what that mode of the residual is minimised by when the equations conserve the mean,
+          as the vorticity equation on the torus does (its mean is zero) -- instead of being left as predicted.
+          ``grid=(X, Y)`` evaluates the residual on that finer grid (the trajectory spectrally interpolated:
+          exact for the band-limited prediction); default ``None``, the data grid -- the paper uses 256^2 for
+          64^2 data, 16x the cost.
         * ``mode="data"``: :math:`\|p - y\|_{H^s}^2 / \|y\|_{H^s}^2` (the data misfit).
 
-        The norm is :func:`krylon.solvers.losses.sobolev_loss`'s (time integrated for trajectories): :math:`\|u\|_{H^s}^2 = V \sum_k (\alpha +
-        |k|^2)^{s} |\hat u_k|^2` on the unit box (angular :math:`k`); Spectral-Refiner's default :math:`s = -1`,
-        :math:`\alpha = 10^{-1.5}`.  Refinement runs in ``dtype`` (float64, as the paper); the model is returned
-        to its own dtype afterwards.  Returns ``{"loss": [...], "seconds": ..., "parameters": n}``.
+        The norm is :func:`krylon.solvers.losses.sobolev_loss`'s: :math:`\|u\|_{H^s}^2 = V \sum_k (\alpha +
+        |k|^2)^{s} |\hat u_k|^2` on the unit box (angular :math:`k`), :math:`\alpha = 10^{-1.5}`.  (Spectral-Refiner's
+        code weights the coefficients by :math:`(\alpha + |k|^2)^{-1/4}`, which is ``s = -0.5`` here.)  Refinement
+        runs in ``dtype`` (float64, as the paper); the model is returned to its own dtype afterwards.
         """
         mode = validate.choice(mode, "mode", ("physics", "data"))
-        steps = validate.integer(steps, "steps", minimum=1)
-        batch_size = validate.integer(batch_size, "batch_size", minimum=1)
-        lr = validate.real_number(lr, "lr")
+        per_sample = mode == "physics" if per_sample is None else validate.boolean(per_sample, "per_sample")
+        if per_sample and mode != "physics":
+            raise ValueError("per-sample refinement uses no targets: it needs mode='physics' (data mode refines the "
+                             "model on a data set: per_sample=False)")
+        steps = validate.integer((300 if per_sample else 50) if steps is None else steps, "steps", minimum=1)
+        batch_size = validate.integer((8 if per_sample else 4) if batch_size is None else batch_size, "batch_size",
+                                      minimum=1)
+        lr = validate.real_number((3e-3 if per_sample else 1e-3) if lr is None else lr, "lr")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr!r}")
+        optimizer = validate.choice(optimizer, "optimizer", ("adam", "lbfgs"))
+        if optimizer == "lbfgs" and not per_sample:
+            raise ValueError("optimizer='lbfgs' needs per_sample=True (a fixed objective: on a data set each step "
+                             "sees another batch)")
+        time_padding = validate.real_number(time_padding, "time_padding")
+        if not 0 <= time_padding <= 16:
+            raise ValueError(f"time_padding must be in [0, 16], got {time_padding!r}")
+        drop_mean = validate.boolean(drop_mean, "drop_mean")
         if grid is not None:
             grid = validate.shape(grid, "grid")
             if len(grid) != 2 or any(n % 2 for n in grid):
@@ -377,6 +453,27 @@ class OperatorLearner:
         if mode == "physics" and not callable(residual):
             raise ValueError("refine(mode='physics') needs residual=, a callable (w0, w1) -> the residual of one "
                              "implicit step (e.g. from krylon.operators.pde); or use mode='data'")
+        from .losses import sobolev_loss
+
+        def hs2(u, target=None):  # squared H^s norm per sample (time: integrated), relative with a target
+            return sobolev_loss(u, target, s=s, alpha=alpha, squared=True, reduction="none",
+                                time_axis=self.time_axis)
+
+        def physics(x, pred):  # (B,)
+            return self._physics_loss(x, pred, residual, hs2, grid, drop_mean)
+
+        opts = {"mode": mode, "s": s, "alpha": alpha, "steps": steps, "lr": lr, "optimizer": optimizer,
+                "drop_mean": drop_mean, "grid": None if grid is None else list(grid)}
+        if per_sample:
+            x = data if isinstance(data, torch.Tensor) else None
+            if x is None:
+                _check_sample(data, "refinement")
+                x = torch.stack([torch.as_tensor(data[i]["x"]) for i in range(len(data))])
+            if not x.is_floating_point():
+                raise TypeError(f"the inputs to refine must be floating-point fields, got dtype {x.dtype}")
+            validate.finite(x, "the inputs to refine")
+            return self._refine_samples(x, physics, bias_modes, time_padding, batch_size, dtype, progress, log,
+                                        opts)
         _check_sample(data, "refinement")
         if not hasattr(self.model, "widen_last_layer"):
             raise TypeError(f"{type(self.model).__name__} has no widen_last_layer(modes); refinement needs a "
@@ -384,32 +481,98 @@ class OperatorLearner:
         sample = data[0]
         if modes is None:
             modes = self._full_modes(sample)
+        widen = {}
+        if "bias_modes" in inspect.signature(self.model.widen_last_layer).parameters:
+            widen["bias_modes"] = (tuple(bias_modes) if bias_modes is not None else
+                                   self._bias_modes(tuple(torch.as_tensor(sample["y"]).shape[1:])))
         own_dtype = next(self.model.parameters()).dtype
         flags = {p: p.requires_grad for p in self.model.parameters()}  # restored afterwards, whatever happens
         try:
-            params = list(self.model.widen_last_layer(tuple(modes)))
+            params = list(self.model.widen_last_layer(tuple(modes), **widen))
             if not params:
                 raise ValueError(f"{type(self.model).__name__}.widen_last_layer returned no parameters to refine")
             for p in self.model.parameters():
                 p.requires_grad_(False)
             for p in params:
                 p.requires_grad_(True)
-            return self._refine_loop(data, params, mode, residual, s, alpha, steps, lr, modes, batch_size, grid,
-                                     dtype, own_dtype, progress, log)
+            return self._refine_loop(data, params, hs2, physics, modes, batch_size, dtype, own_dtype, progress, log,
+                                     opts)
         finally:
             for p in self.model.parameters():  # the new layer's parameters stay trainable
                 p.requires_grad_(flags.get(p, True))
 
-    def _refine_loop(self, data, params, mode, residual, s, alpha, steps, lr, modes, batch_size, grid, dtype,
-                     own_dtype, progress, log) -> dict:
+    def _bias_modes(self, grid) -> tuple:
+        """Default modes of a refinement's additive correction on a sample grid ``grid``: every space mode and, for
+        trajectories (time last), 6 time modes of the (padded) window."""
+        if self.time_axis == -1:
+            return tuple(n // 2 for n in grid[:-1]) + (6,)
+        return tuple(n // 2 for n in grid[:-1]) + (grid[-1] // 2 + 1,)
+
+    def _refine_samples(self, x, physics, bias_modes, time_padding, batch_size, dtype, progress, log,
+                        opts) -> dict:
+        drop_mean = opts["drop_mean"]
+        """Per-sample refinement (see :meth:`refine`): a zero-initialised spectral correction per sample."""
+        from ..operators.learned.spectral import SpectralBias
+
+        single = x.dim() == self._sample_dims()
+        if single:
+            x = x.unsqueeze(0)
+        if bias_modes is not None:
+            bias_modes = validate.shape(bias_modes, "bias_modes")
+        preds, curves, n_params = [], [], 0
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=opts["steps"] * ((len(x) + batch_size - 1) // batch_size), desc="refine", leave=False)
+        try:
+            for i in range(0, len(x), batch_size):
+                xb = x[i:i + batch_size].to(self.device, dtype)
+                p0 = self.predict(xb, batch_size=batch_size).to(dtype)
+                if drop_mean and self.time_axis == -1:  # the mean the loss no longer sees: the last input's
+                    space = tuple(range(2, p0.dim() - 1))
+                    p0 = p0 - p0.mean(dim=space, keepdim=True) + xb[..., -1:].mean(dim=space, keepdim=True)
+                grid = tuple(p0.shape[2:])
+                window = grid[-1] + round(time_padding * grid[-1]) if self.time_axis == -1 else None
+                if bias_modes is None:
+                    bias_modes = self._bias_modes(grid)
+                if len(bias_modes) != len(grid):
+                    raise ValueError(f"bias_modes must have {len(grid)} entries (one per axis of the output {grid}), "
+                                     f"got {bias_modes}")
+                bias = SpectralBias(p0.shape[1], bias_modes, batch=(len(xb),)).to(self.device, dtype)
+                n_params = bias.coeffs[0].numel()
+
+                def corrected():
+                    b = bias(grid, window)
+                    if drop_mean and self.time_axis == -1:  # the mean stays the last input's
+                        b = b - b.mean(dim=tuple(range(2, b.dim() - 1)), keepdim=True)
+                    return p0 + b
+
+                def losses_now():
+                    return physics(xb, corrected())
+
+                with torch.no_grad():  # each sample's loss is measured against its own starting value
+                    scale = 1 / losses_now().clamp_min(torch.finfo(dtype).tiny)
+                curve = _minimise(lambda: (losses_now() * scale).sum() / len(xb), [bias.coeffs], opts, bar, log)
+                curves.append((curve, len(xb)))
+                with torch.no_grad():
+                    preds.append(corrected().cpu())
+        finally:
+            if bar is not None:
+                bar.close()
+        n = sum(w for _, w in curves)
+        loss = [sum(c[k] * w for c, w in curves if k < len(c)) / n for k in range(max(len(c) for c, _ in curves))]
+        pred = torch.cat(preds)
+        return {"predictions": pred[0] if single else pred, "loss": loss, "seconds": time.perf_counter() - t0,
+                "samples": len(x), "parameters": n_params, "per_sample": True, "bias_modes": list(bias_modes),
+                "time_padding": time_padding, **opts}
+
+    def _refine_loop(self, data, params, hs2, physics, modes, batch_size, dtype, own_dtype, progress, log,
+                     opts) -> dict:
         _cast(self.model, dtype)  # the normalisers keep float64 statistics and compute in the input's dtype
-        opt = torch.optim.Adam(params, lr=lr)
-        from .losses import sobolev_loss
-
-        def hs2(u, target=None):  # squared H^s norm per sample (time: integrated), relative with a target
-            return sobolev_loss(u, target, s=s, alpha=alpha, squared=True, reduction="none",
-                                       time_axis=self.time_axis)
-
+        opt = torch.optim.Adam(params, lr=opts["lr"])
+        steps = opts["steps"]
         from torch.utils.data import DataLoader
 
         loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(0))
@@ -431,10 +594,7 @@ class OperatorLearner:
                     batch = next(it)
                 x, y = batch["x"].to(self.device, dtype), batch["y"].to(self.device, dtype)
                 pred = self._forward(x)
-                if mode == "data":
-                    loss = hs2(pred, y).mean()
-                else:
-                    loss = self._physics_loss(x, pred, residual, hs2, grid)
+                loss = (hs2(pred, y) if opts["mode"] == "data" else physics(x, pred)).mean()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite refinement loss at step {step + 1}; lower lr")
                 opt.zero_grad(set_to_none=True)
@@ -451,8 +611,8 @@ class OperatorLearner:
                 bar.close()
             _cast(self.model, own_dtype)
         result = {"loss": losses, "seconds": time.perf_counter() - t0, "parameters": sum(p.numel() for p in params),
-                  "modes": list(modes), "mode": mode, "s": s, "alpha": alpha,
-                  "grid": None if grid is None else list(grid)}
+                  "modes": list(modes), "per_sample": False,
+                  "bias_modes": getattr(self.model, "config", {}).get("last_bias_modes"), **opts}
         self.refine_history.append({k: v for k, v in result.items() if k != "loss"} | {"final_loss": losses[-1]})
         return result
 
@@ -470,35 +630,49 @@ class OperatorLearner:
             return tuple(n // 2 for n in grid[:-1]) + (cfg["in_steps"] // 2 + 1,)
         raise ValueError(f"cannot tell the full-grid modes of {type(self.model).__name__}; pass modes=")
 
-    def _physics_loss(self, x, pred, residual, hs2, grid=None):
-        """The time-integrated ``||R(w_t, w_{t+1})||^2_{H^s}`` of the predicted trajectory, mean over the batch."""
+    def _physics_loss(self, x, pred, residual, hs2, grid=None, drop_mean=True):
+        """The time-integrated ``||R(w_t, w_{t+1})||^2_{H^s}`` of the predicted trajectory, per sample ``(B,)``;
+        ``drop_mean``: without the residual's space mean (its k = 0 mode)."""
         from ..operators.pde.navier_stokes import spectral_resample
 
         if self.time_axis != -1:
             if grid is not None:
                 x, pred = spectral_resample(x, grid), spectral_resample(pred, grid)
-            return hs2(residual(x, pred)).mean()
-        w = torch.cat([x[..., -1:], pred], dim=-1)  # (B, C, X, Y, T + 1)
-        if grid is not None:  # interpolate each frame onto the finer grid (exact for band-limited frames)
-            w = spectral_resample(w.movedim(-1, -3), grid).movedim(-3, -1)
-        if hasattr(residual, "trajectory"):
-            r = residual.trajectory(w)
+            r = residual(x, pred)
+            space = tuple(range(2, r.dim()))
         else:
-            r = torch.stack([residual(w[..., t], w[..., t + 1]) for t in range(w.shape[-1] - 1)], dim=-1)
-        return hs2(r).mean()
+            w = torch.cat([x[..., -1:], pred], dim=-1)  # (B, C, X, Y, T + 1)
+            if grid is not None:  # interpolate each frame onto the finer grid (exact for band-limited frames)
+                w = spectral_resample(w.movedim(-1, -3), grid).movedim(-3, -1)
+            if hasattr(residual, "trajectory"):
+                r = residual.trajectory(w)
+            else:
+                r = torch.stack([residual(w[..., t], w[..., t + 1]) for t in range(w.shape[-1] - 1)], dim=-1)
+            space = tuple(range(2, r.dim() - 1))
+        if drop_mean:
+            r = r - r.mean(dim=space, keepdim=True)
+        return hs2(r)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, dataset, *, batch_size: int = 16, **kw) -> dict:
+    def evaluate(self, dataset, *, batch_size: int = 16, refine: dict | None = None, **kw) -> dict:
         """Relative L2 and H1 errors of the predictions on ``dataset`` (any resolution the model takes).
 
+        ``refine``: evaluate the per-sample refined predictions instead -- a dict of :meth:`refine` options
+        (``residual=`` at least; physics mode, per sample: no target is used), applied to each batch of inputs.
         Returns ``{"l2", "h1"}`` (means over samples), ``"l2_per_sample"``, ``"h1_per_sample"`` (lists) and, for
         time-dependent fields, ``"l2_per_step"``, ``"h1_per_step"`` (means over samples per time step), plus
-        ``"samples"``, ``"resolution"`` and ``"seconds"``.
+        ``"samples"``, ``"resolution"`` and ``"seconds"`` (and with ``refine``: ``"refine_seconds"``, the time
+        spent refining, and ``"refine_loss"``, the mean physics loss relative to the unrefined one at the end).
         """
         _check_sample(dataset, "evaluation")
+        if refine is not None:
+            if not isinstance(refine, dict):
+                raise TypeError(f"refine must be a dict of refine() options (residual=... at least), got "
+                                f"{type(refine).__name__}")
+            refine = {**refine, "mode": "physics", "per_sample": True}
         from torch.utils.data import DataLoader
 
-        l2, h1, l2_step, h1_step = [], [], [], []
+        l2, h1, l2_step, h1_step, refine_s, refine_loss = [], [], [], [], 0.0, []
         t0 = time.perf_counter()
         dt = next(self.model.parameters()).dtype
         for i, batch in enumerate(DataLoader(dataset, batch_size=batch_size)):
@@ -507,7 +681,12 @@ class OperatorLearner:
                 if not torch.isfinite(t).all():
                     raise ValueError(f"non-finite values in '{key}' of evaluation batch {i} "
                                      f"(samples {i * batch_size}..{i * batch_size + len(t) - 1})")
-            pred = self.predict(x.to(dt), batch_size=batch_size, **kw).to(y.device)
+            if refine is None:
+                pred = self.predict(x.to(dt), batch_size=batch_size, **kw).to(y.device)
+            else:
+                res = self.refine(x, **refine)
+                pred, refine_s = res["predictions"].to(y.device), refine_s + res["seconds"]
+                refine_loss.append((res["loss"][-1], len(x)))
             if pred.shape != y.shape:
                 raise ValueError(f"the model predicts shape {tuple(pred.shape[1:])} per sample but the targets of "
                                  f"{getattr(dataset, 'path', 'the evaluation data set')} have {tuple(y.shape[1:])}")
@@ -525,10 +704,15 @@ class OperatorLearner:
             out["l2_per_step"] = torch.cat(l2_step).mean(0).tolist()
             out["h1_per_step"] = torch.cat(h1_step).mean(0).tolist()
         out.update(l2=float(l2.mean()), h1=float(h1.mean()), l2_per_sample=l2.tolist(), h1_per_sample=h1.tolist())
+        if refine is not None:
+            out["refine_seconds"] = refine_s
+            out["refine_loss"] = sum(v * n for v, n in refine_loss) / sum(n for _, n in refine_loss)
         return out
 
-    def plot(self, dataset, path, *, index: int = 0, step: int = -1, channel: int = 0, **kw) -> Path:
-        """PNG of truth / prediction / error for sample ``index`` (time step ``step`` of a trajectory)."""
+    def plot(self, dataset, path, *, index: int = 0, step: int = -1, channel: int = 0, refine: dict | None = None,
+             **kw) -> Path:
+        """PNG of truth / prediction / error for sample ``index`` (time step ``step`` of a trajectory);
+        ``refine``: of the prediction refined per sample (:meth:`refine` options, as for :meth:`evaluate`)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -538,7 +722,11 @@ class OperatorLearner:
             raise ValueError(f"index {index} out of range for a data set of {len(dataset)} samples")
         sample = dataset[index]
         y = torch.as_tensor(sample["y"])
-        pred = self.predict(torch.as_tensor(sample["x"]).to(next(self.model.parameters()).dtype), **kw).cpu()
+        x = torch.as_tensor(sample["x"]).to(next(self.model.parameters()).dtype)
+        if refine is None:
+            pred = self.predict(x, **kw).cpu()
+        else:
+            pred = self.refine(x, **{**refine, "mode": "physics", "per_sample": True})["predictions"].cpu()
         y, pred = y[channel], pred[channel]
         if self.time_axis == -1:
             y, pred = y[..., step], pred[..., step]

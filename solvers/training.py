@@ -362,7 +362,9 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     -------
     dict
         The history: ``train`` and ``val`` losses per epoch, ``val_<metric>`` per epoch, ``seconds`` per epoch
-        (training only) and ``samples`` (training samples per epoch).
+        (training only, wall clock), ``cpu_seconds`` (the same span in CPU time of this process, all its threads;
+        rank 0's under ``torchrun``: on a shared machine it does not count the time other processes held the
+        cores) and ``samples`` (training samples per epoch).
     """
     from torch.utils.data import DataLoader
 
@@ -396,7 +398,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
     sched = _scheduler(opt, config, total_steps)
     run = _run_shape(config, n_train, total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=config.amp and device.type == "cuda")
-    history: dict = {"train": [], "val": [], **{f"val_{k}": [] for k in metrics}, "seconds": [], "samples": []}
+    history: dict = {"train": [], "val": [], **{f"val_{k}": [] for k in metrics}, "seconds": [], "cpu_seconds": [],
+                     "samples": []}
     start_epoch = 0
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path)
@@ -414,6 +417,8 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         for hook, state in zip(hooks, ckpt.get("hooks", [])):
             hook.load_state_dict(state)
         history.update(json.loads(ckpt["history"]))
+        # checkpoints from before cpu_seconds was recorded: unknown (None) for their epochs, lists stay aligned
+        history["cpu_seconds"] = [None] * (len(history["seconds"]) - len(history["cpu_seconds"])) + history["cpu_seconds"]
         start_epoch = int(ckpt["epoch"])
         _set_rng_state(ckpt)
         was = int(ckpt.get("world_size", 1))
@@ -433,7 +438,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
                                 num_workers=config.num_workers, drop_last=False)
         model.train()
         total, count = 0.0, 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         it = loader
         bar = None
         if progress:
@@ -477,6 +482,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
         if bar is not None:
             bar.close()
         history["seconds"].append(time.perf_counter() - t0)
+        history["cpu_seconds"].append(time.process_time() - c0)
         history["samples"].append(count)
         history["train"].append(total / max(count, 1))
         if val_set is not None:

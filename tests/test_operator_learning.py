@@ -394,7 +394,7 @@ def test_refine_trains_only_the_widened_last_layer_and_lowers_the_error(tmp_path
     before = learner.evaluate(test)["l2"]
     frozen = {k: v.clone() for k, v in learner.model.state_dict().items() if not k.startswith("spec.1")}
     res = learner.refine(Pairs(x[:32], data.y[:32].numpy()), mode=mode, residual=_cn_residual(nu, dt), steps=60,
-                         lr=1e-2, batch_size=8)
+                         lr=1e-2, batch_size=8, per_sample=False)  # the model's widened layer, on a data set
     after = learner.evaluate(test)["l2"]
     assert learner.model.spec[1].n_modes == (16, 16) and res["modes"] == [16, 16]
     assert res["parameters"] == 2 * 4 * 4 * 16 * 16
@@ -471,4 +471,5 @@ def test_example_navier_stokes_operator_runs_small(tmp_path, monkeypatch):
     res = mod.main(tmp_path, n_train=4, n_test=2, resolution=16, epochs=1, refine_steps=2, width=4, quiet=True)
     assert len(res["after"]["l2_per_step"]) == 40 and np.isfinite(res["after"]["l2"])
     assert Path(res["plot"]).stat().st_size > 1000
-    assert OperatorLearner.load(tmp_path / "sfno-refined.pt").model.config["last_modes"] == [8, 8, 6]
+    assert res["after"]["refine_seconds"] > 0  # each test prediction refined on its own; the model as trained
+    assert OperatorLearner.load(tmp_path / "sfno.pt").model.config["time_padding"] == 1.0

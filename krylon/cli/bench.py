@@ -24,6 +24,8 @@ def register(cmd) -> None:
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--data-dir", default=None, help="folder of neuraloperator's Darcy .pt files for the fno suite "
                    "(default: shared/data/neuralop next to or above the current folder or the repository)")
+    b.add_argument("--part", default=None, choices=("darcy", "ns"),
+                   help="fno suite: run only its Darcy comparison or only its Navier-Stokes case (default: both)")
     b.add_argument("--model", action="append", default=None,
                    help="DCDM checkpoint(s) for the dcdm suite instead of the shipped models (repeat for 2-D and 3-D)")
 
@@ -40,9 +42,11 @@ def _bench(args) -> int:
     size = args.size or ("quick" if every else "default")
     # the options each suite declares reach it (None: the suite's own default)
     options = {"repeats": args.repeats, "rtol": args.rtol, "peers": not args.no_peers, "plot": not args.no_plot,
-               "models": args.model, "data_dir": args.data_dir}
+               "models": args.model, "data_dir": args.data_dir,
+               "part": args.part}
     flags = {"--size": size, "--device": args.device, "--threads": args.threads, "--repeats": args.repeats,
-             "--rtol": args.rtol, "--out": args.out, "--no-peers": args.no_peers or None, "--no-plot": args.no_plot or None}
+             "--rtol": args.rtol, "--out": args.out, "--no-peers": args.no_peers or None, "--no-plot": args.no_plot or None,
+             "--part": args.part}
     command = " ".join(["krylon bench", args.suite] + [k if v is True else f"{k} {v}" for k, v in flags.items() if v is not None]
                        + [f"--model {m}" for m in args.model or []]
                        + ([f"--data-dir {args.data_dir}"] if args.data_dir else []))

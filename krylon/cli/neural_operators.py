@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from ._common import command_line, main_rank, ranks, torchrun_world
 
 
@@ -156,25 +158,26 @@ def _add_train_refine_evaluate(sub, tsub) -> None:
         t.add_argument("--device", default="cpu")
         t.add_argument("--no-progress", action="store_true")
 
-    r = sub.add_parser("refine", help="Spectral-Refiner: fine-tune the widened last spectral layer of a trained "
-                       "operator in a negative Sobolev norm (physics residual or data misfit)")
+    r = sub.add_parser("refine", help="Spectral-Refiner: correct predictions in a negative Sobolev norm of their "
+                       "physics residual, each sample on its own (default), or fine-tune the widened last spectral "
+                       "layer on a data set (--no-per-sample, or --mode data)")
     r.set_defaults(run=_refine)
     r.add_argument("--model", required=True, help="model.pt written by krylon train fno|sfno")
-    r.add_argument("--data", required=True, help="data whose inputs (and, in data mode, targets) drive the refinement")
+    r.add_argument("--data", required=True, help="data whose inputs drive the refinement (per sample: each refined and "
+                   "evaluated against its targets; on a data set: and, in data mode, its targets)")
     r.add_argument("--mode", default="physics", choices=("physics", "data"),
                    help="physics: residual of one implicit Crank-Nicolson step of the data's Navier-Stokes equations "
                         "(viscosity and time step from the file's attributes); data: the misfit to the targets")
-    r.add_argument("--steps", type=int, default=50)
-    r.add_argument("--lr", type=float, default=1e-3)
-    r.add_argument("--grid", type=int, nargs=2, default=None, metavar=("X", "Y"),
-                   help="physics mode: evaluate the residual on this finer grid (the prediction spectrally "
-                        "interpolated; the paper uses 256 256 for 64^2 data); default the data grid")
-    r.add_argument("--s", type=float, default=-1.0, help="Sobolev index of the loss norm (default -1)")
-    r.add_argument("--alpha", type=float, default=10 ** -1.5, help="offset of the Sobolev weight (alpha + |k|^2)^s")
-    r.add_argument("--batch", type=int, default=4)
+    r.add_argument("--per-sample", action=argparse.BooleanOptionalAction, default=None,
+                   help="refine each sample's prediction on its own, the model unchanged (default in physics mode); "
+                        "--no-per-sample: fine-tune the model's widened last layer on --data and save it")
+    _add_refine_options(r)
+    r.add_argument("--batch", type=int, default=None, help="samples per batch (default 8 per sample, 4 on a data set)")
     r.add_argument("--samples", type=int, default=None, help="use the first N samples of --data")
-    r.add_argument("--test", action="append", default=[], help="data to evaluate before and after (repeatable)")
-    r.add_argument("--out", default=None, help="refined model file (default: <model>-refined.pt)")
+    r.add_argument("--test", action="append", default=[], help="data to evaluate before and after (repeatable; per "
+                   "sample: each refined too)")
+    r.add_argument("--out", default=None, help="on a data set: refined model file (default <model>-refined.pt); per "
+                   "sample: the JSON record (default <model>-refined.json)")
     r.add_argument("--threads", type=int, default=None)
     r.add_argument("--device", default="cpu")
 
@@ -185,8 +188,37 @@ def _add_train_refine_evaluate(sub, tsub) -> None:
     e.add_argument("--plot", default=None, help="PNG of truth / prediction / error of the first sample of the first data")
     e.add_argument("--json", default=None, help="write the full results (per sample, per step) to this JSON file")
     e.add_argument("--batch", type=int, default=16)
+    e.add_argument("--refine", action="store_true", help="evaluate the predictions refined per sample in the physics "
+                   "residual of each data set's equations (Spectral-Refiner; no target used)")
+    _add_refine_options(e)
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--device", default="cpu")
+
+
+def _add_refine_options(p) -> None:
+    """The options of a refinement, shared by ``krylon refine`` and ``krylon evaluate --refine``."""
+    p.add_argument("--steps", type=int, default=None, help="iterations (default 300 per sample, 50 on a data set)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3 per sample, 1e-3 on a "
+                   "data set)")
+    p.add_argument("--optimizer", default="adam", choices=("adam", "lbfgs"), help="per sample: adam or lbfgs")
+    p.add_argument("--grid", type=int, nargs=2, default=None, metavar=("X", "Y"),
+                   help="physics mode: evaluate the residual on this finer grid (the prediction spectrally "
+                        "interpolated; the paper uses 256 256 for 64^2 data); default the data grid")
+    p.add_argument("--s", type=float, default=-1.0, help="Sobolev index of the loss norm (default -1)")
+    p.add_argument("--alpha", type=float, default=10 ** -1.5, help="offset of the Sobolev weight (alpha + |k|^2)^s")
+
+
+def _refine_options(args) -> dict:
+    return {"s": args.s, "alpha": args.alpha, "steps": args.steps, "lr": args.lr, "optimizer": args.optimizer,
+            "grid": args.grid}
+
+
+def _data_residual(path):
+    """The physics residual of a ``krylon generate ns2d`` file's equations (its attributes)."""
+    from ..datasets import read_attrs
+    from ..solvers.operator_learning import NavierStokesResidual
+
+    return NavierStokesResidual.from_attrs(read_attrs(path), str(path))
 
 
 def _open_pairs(path):
@@ -269,16 +301,28 @@ def _refine(args) -> int:
     data = _open_pairs(args.data)
     if args.samples is not None:
         data = torch.utils.data.Subset(data, range(min(args.samples, len(data))))
-    residual = None
-    if args.mode == "physics":  # the equations of the data, from its attributes
-        from ..datasets import read_attrs
-        from ..solvers.operator_learning import NavierStokesResidual
-
-        residual = NavierStokesResidual.from_attrs(read_attrs(args.data), str(args.data))
+    per_sample = args.mode == "physics" if args.per_sample is None else args.per_sample
+    residual = _data_residual(args.data) if args.mode == "physics" else None
+    opts = _refine_options(args)
+    if per_sample:  # each sample refined on its own, the model unchanged: report errors before and after
+        if args.mode != "physics":
+            raise ValueError("--per-sample refines without targets: it needs --mode physics")
+        sets = {args.data: (data, residual), **{p: (_open_pairs(p), _data_residual(p)) for p in args.test}}
+        record = {"command": command_line(), "per_sample": True, "options": opts, "sets": {}}
+        for p, (ds, res) in sets.items():
+            before = learner.evaluate(ds)
+            after = learner.evaluate(ds, refine={"residual": res, "batch_size": args.batch, **opts})
+            print(f"{p}: rel. L2 {before['l2']:.4e} -> {after['l2']:.4e} ({before['l2'] / after['l2']:.2f}x lower), "
+                  f"refined per sample in {after['refine_seconds']:.1f} s (physics loss x{after['refine_loss']:.3g})")
+            record["sets"][p] = {"before": before, "after": after}
+        out = Path(args.out) if args.out else Path(args.model).with_name(Path(args.model).stem + "-refined.json")
+        out.write_text(json.dumps(record, indent=1))
+        print(f"record in {out}")
+        return 0
     tests = {p: _open_pairs(p) for p in args.test}
     before = {p: learner.evaluate(ds) for p, ds in tests.items()}
-    res = learner.refine(data, mode=args.mode, residual=residual, s=args.s, alpha=args.alpha, steps=args.steps,
-                         lr=args.lr, batch_size=args.batch, grid=args.grid, progress=True)
+    res = learner.refine(data, mode=args.mode, residual=residual, per_sample=False, batch_size=args.batch,
+                         progress=True, **opts)
     after = {p: learner.evaluate(ds) for p, ds in tests.items()}
     for p in tests:
         print(f"{p}: rel. L2 {before[p]['l2']:.4e} -> {after[p]['l2']:.4e} ({before[p]['l2'] / after[p]['l2']:.2f}x lower)")
@@ -305,8 +349,9 @@ def _evaluate(args) -> int:
     learner = OperatorLearner.load(args.model, map_location=device)
     results = {}
     for path in args.data:
-        results[path] = learner.evaluate(_open_pairs(path), batch_size=args.batch)
-        _print_errors(path, results[path])
+        refine = {"residual": _data_residual(path), **_refine_options(args)} if args.refine else None
+        results[path] = learner.evaluate(_open_pairs(path), batch_size=args.batch, refine=refine)
+        _print_errors(path + (" (refined)" if args.refine else ""), results[path])
     if args.plot:
         learner.plot(_open_pairs(args.data[0]), args.plot)
         print(f"plot in {args.plot}")

@@ -161,8 +161,8 @@ class Checkpointed:
 
     @classmethod
     def from_config(cls, config: dict):
-        """A new (untrained) network from a ``config`` dict."""
-        return cls(**config)
+        """A new (untrained) network from a ``config`` dict (an older version's: upgraded as a checkpoint's is)."""
+        return cls(**(cls.upgrade_config(config) if hasattr(cls, "upgrade_config") else config))
 
     def save(self, path) -> None:
         """Write the checkpoint (state dict + config, atomically) that :meth:`load` reads."""
@@ -232,6 +232,8 @@ def _build(ckpt: dict, where: str, default: type | None) -> torch.nn.Module:
         cls = default
     else:
         raise ValueError(f"{where} does not say which network it holds (no 'model' key)")
+    if hasattr(cls, "upgrade_config"):  # a class fills in what configs written by an older version lack
+        config = cls.upgrade_config(config)
     try:
         net = cls(**config)
     except (TypeError, ValueError) as exc:

@@ -13,14 +13,19 @@ It maps ``in_steps`` snapshots of a field on a periodic 2-D grid to ``out_steps`
 3. a pointwise two-layer projection to ``out_channels``, then the **output spectral layer**: a
    ``SpectralConv`` over ``(x, y, t)`` whose inverse FFT is taken at ``out_steps`` points in time -- the
    prediction is resampled in time spectrally, so ``model(x, out_steps=80)`` samples the same trajectory twice as
-   finely as ``out_steps=40``.  (As in the paper's code, the FFTs treat the time window as periodic: the output
-   steps are ``out_steps`` equispaced samples of one period of a trigonometric polynomial in time);
+   finely as ``out_steps=40``.  The output steps are the first ``out_steps`` of ``(1 + time_padding) out_steps``
+   equispaced samples of one period of a trigonometric polynomial in time: with the default ``time_padding=1``
+   the prediction is not periodic over its own window.  (``time_padding=0`` is the paper's code and krylon's before
+   the option existed: the FFT treats the window as periodic, so the last output step wraps round onto the first,
+   which ties the late steps to the early ones -- stage 1 learns around it, but a refinement that pulls the first
+   step onto the last input pulls the last steps with it.  Checkpoints without the key load with 0.);
 4. when ``in_channels == out_channels``, the last input snapshot is added to every output step (the network
    predicts the change from it).
 
 The output spectral layer is the one Spectral-Refiner fine-tunes: :meth:`SFNO.last_spectral_layer` returns it and
 :meth:`SFNO.widen_last_layer` re-creates it with more modes (up to the full grid) keeping its weights; its
-``modes`` are recorded as ``last_modes`` in :attr:`SFNO.config`, so a refined checkpoint rebuilds itself.
+``modes`` are recorded as ``last_modes`` in :attr:`SFNO.config` (and its additive spectral bias, when widened
+with one, as ``last_bias_modes``), so a refined checkpoint rebuilds itself.
 
 Modes follow the paper (:mod:`.spectral`): ``modes=(12, 12, 5)`` keeps frequencies ``-12..11`` in ``x`` and
 ``y`` (24 per axis; neuraloperator would write 24) and ``0..4`` of the rfft in time.  Space grids need at least
@@ -88,6 +93,12 @@ class SFNO(registry.Checkpointed, nn.Module):
         Hidden channels of the pointwise projection (default ``4 * width``).
     mlp_channels : int
         Hidden channels of the MLP after each hidden spectral convolution; 0 (default) for none.
+    time_padding : float
+        The output's time period is ``(1 + time_padding) out_steps`` steps, of which the first ``out_steps`` are
+        returned (default 1: not periodic over the window; 0: periodic, the paper's code).  Keep
+        ``time_padding * out_steps`` an integer for the ``out_steps=`` resampling to sample one trajectory.
+    last_bias_modes : (int, int, int), optional
+        Modes of the output layer's additive spectral bias (default none); set by :meth:`widen_last_layer`.
 
     Examples
     --------
@@ -101,7 +112,7 @@ class SFNO(registry.Checkpointed, nn.Module):
 
     def __init__(self, modes=(12, 12, 5), width: int = 20, n_layers: int = 4, in_steps: int = 10, out_steps: int = 40,
                  in_channels: int = 1, out_channels: int = 1, last_modes=None, projection: int | None = None,
-                 mlp_channels: int = 0):
+                 mlp_channels: int = 0, time_padding: float = 1.0, last_bias_modes=None):
         super().__init__()
         modes = _modes3(modes, "modes")
         last_modes = modes if last_modes is None else _modes3(last_modes, "last_modes")
@@ -113,13 +124,19 @@ class SFNO(registry.Checkpointed, nn.Module):
         out_channels = validate.integer(out_channels, "out_channels")
         projection = 4 * width if projection is None else validate.integer(projection, "projection")
         mlp_channels = validate.integer(mlp_channels, "mlp_channels", minimum=0)
+        time_padding = validate.real_number(time_padding, "time_padding")
+        if not 0 <= time_padding <= 16:
+            raise ValueError(f"time_padding must be in [0, 16] (a multiple of out_steps), got {time_padding!r}")
+        if last_bias_modes is not None:
+            last_bias_modes = _modes3(last_bias_modes, "last_bias_modes")
         if in_steps // 2 + 1 < max(modes[2], last_modes[2]):
             raise ValueError(f"in_steps={in_steps} input steps hold rfft time modes 0..{in_steps // 2}, "
                              f"fewer than modes {modes} / last_modes {last_modes} keep in time")
         self.config = {"modes": list(modes), "width": width, "n_layers": n_layers, "in_steps": in_steps,
                        "out_steps": out_steps, "in_channels": in_channels, "out_channels": out_channels,
                        "last_modes": list(last_modes), "projection": projection,
-                       "mlp_channels": mlp_channels}
+                       "mlp_channels": mlp_channels, "time_padding": time_padding,
+                       "last_bias_modes": None if last_bias_modes is None else list(last_bias_modes)}
         self.lift = _Pointwise(in_channels + _N_ENCODING, width)
         self.spectral = nn.ModuleList(SpectralConv(width, width, modes) for _ in range(n_layers))
         self.mlp = nn.ModuleList((nn.Sequential(_Pointwise(width, mlp_channels), nn.GELU(), _Pointwise(mlp_channels, width))
@@ -128,7 +145,13 @@ class SFNO(registry.Checkpointed, nn.Module):
         self.project = nn.Sequential(_Pointwise(width, projection), nn.GELU(), _Pointwise(projection, out_channels))
         # a widened output layer still runs on grids that hold only the hidden layers' modes (it uses what they resolve)
         self.out = SpectralConv(out_channels, out_channels, last_modes,
-                                min_modes=tuple(min(a, b) for a, b in zip(modes, last_modes)))
+                                min_modes=tuple(min(a, b) for a, b in zip(modes, last_modes)), bias_modes=last_bias_modes)
+
+    @classmethod
+    def upgrade_config(cls, config: dict) -> dict:
+        """A checkpoint's config for this version: one written before ``time_padding`` existed had a periodic
+        output window (``time_padding=0``), and keeps it."""
+        return {"time_padding": 0.0, **config}
 
     @property
     def residual(self) -> bool:
@@ -158,10 +181,14 @@ class SFNO(registry.Checkpointed, nn.Module):
         h = self.lift(torch.cat([x, pe.expand(x.shape[0], -1, -1, -1, -1)], dim=1))
         for k, m, w in zip(self.spectral, self.mlp, self.pointwise):
             h = F.gelu(m(k(h)) + w(h))
-        y = self.out(self.project(h), out_last=out_steps)
+        y = self.out(self.project(h), out_last=out_steps, window=self.window(out_steps))
         if self.residual:
             y = y + x[..., -1:]
         return y
+
+    def window(self, out_steps: int) -> int:
+        """The output's time period, in steps, when it returns ``out_steps`` steps: ``(1 + time_padding) out_steps``."""
+        return out_steps + round(self.config["time_padding"] * out_steps)
 
     # ----------------------------------------------------------------------- Spectral-Refiner hook
     def last_spectral_layer(self) -> SpectralConv:
@@ -176,17 +203,22 @@ class SFNO(registry.Checkpointed, nn.Module):
             raise ValueError(f"grid must be (X, Y) or (X, Y, T), got {grid}")
         return grid[0] // 2, grid[1] // 2, self.config["in_steps"] // 2 + 1
 
-    def widen_last_layer(self, modes) -> list[nn.Parameter]:
+    def widen_last_layer(self, modes, bias_modes=None) -> list[nn.Parameter]:
         """Re-create the output spectral layer with ``modes`` (each >= its current modes), old weights copied in.
 
         New modes start at zero, so the model's output is unchanged right after; returns the new layer's
         parameters (what a refinement optimises).  ``modes`` up to the full grid: ``(X // 2, Y // 2,
-        in_steps // 2 + 1)``.  :attr:`config` records them as ``last_modes``.
+        in_steps // 2 + 1)``.  ``bias_modes=(mx, my, mt)`` adds (or widens) an additive spectral bias of the
+        output over the output's (padded) time window, zero at first: ``mx, my`` up to the full space grid, ``mt``
+        time modes of the window.  :attr:`config` records them as ``last_modes`` and ``last_bias_modes``.
         """
         modes = _modes3(modes, "modes")
         if modes[2] > self.config["in_steps"] // 2 + 1:
             raise ValueError(f"time modes {modes[2]} exceed the {self.config['in_steps'] // 2 + 1} rfft modes of "
                              f"in_steps={self.config['in_steps']}")
-        self.out = self.out.widened(modes)
+        if bias_modes is not None:
+            bias_modes = _modes3(bias_modes, "bias_modes")
+        self.out = self.out.widened(modes, bias_modes)
         self.config["last_modes"] = list(modes)
+        self.config["last_bias_modes"] = None if self.out.bias_modes is None else list(self.out.bias_modes)
         return list(self.out.parameters())
