@@ -591,19 +591,44 @@ def read_coords(f, group: str = "coords") -> dict:
 
 
 def _check_sources(f, path: Path) -> None:
-    """``FileNotFoundError`` when a virtual data set of ``f`` links a file that is not there.
+    """``FileNotFoundError`` when a virtual data set of ``f`` links a file that is not there; ``ValueError`` when
+    a linked part is not the one the link was made from.
 
     HDF5 reads the missing part of a virtual data set as its fill value (zeros): a moved or deleted part file
-    would silently turn into zero samples.  Relative source names resolve next to the linking file.
+    would silently turn into zero samples, and a part regenerated with another seed or split (a rerun on
+    another number of ranks) would silently mix data sets.  Each part must be complete, come from the linking
+    file's generator, parameters and seed, and hold exactly the samples mapped from it.  Relative source names
+    resolve next to the linking file.
     """
     h5py = _h5py()
+    checked = set()
     for key, obj in f.items():
-        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
-            for source in obj.virtual_sources():
-                name = Path(source.file_name)
-                if source.file_name != "." and not (name if name.is_absolute() else path.parent / name).exists():
-                    raise FileNotFoundError(f"{path}: field {key!r} links the part file {source.file_name!r}, which is "
-                                            f"missing (the parts must stay next to {path.name})")
+        if not (isinstance(obj, h5py.Dataset) and obj.is_virtual):
+            continue
+        for source in obj.virtual_sources():
+            name = Path(source.file_name)
+            if source.file_name == ".":
+                continue
+            file = name if name.is_absolute() else path.parent / name
+            if not file.exists():
+                raise FileNotFoundError(f"{path}: field {key!r} links the part file {source.file_name!r}, which is "
+                                        f"missing (the parts must stay next to {path.name})")
+            lo, hi = source.vspace.get_select_bounds()
+            rows = (int(lo[0]), int(hi[0]) + 1)
+            if (file, rows) in checked:
+                continue
+            checked.add((file, rows))
+            with open_h5(file) as part:
+                a = {k: _plain(v) for k, v in part.attrs.items()}
+            for attr in ("generator", "parameters", "seed"):
+                if a.get(attr) != _plain(f.attrs.get(attr)):
+                    raise ValueError(f"{path}: the part file {source.file_name!r} has {attr} {a.get(attr)!r}, the "
+                                     f"linked data set {_plain(f.attrs.get(attr))!r} (a part regenerated since "
+                                     f"it was linked? generate the data set again)")
+            if not a.get("complete") or (a.get("part_start"), a.get("part_stop")) != rows:
+                raise ValueError(f"{path}: the part file {source.file_name!r} holds samples {a.get('part_start')}.."
+                                 f"{a.get('part_stop')} (complete: {a.get('complete')}), the link maps samples "
+                                 f"{rows[0]}..{rows[1]} to it (a part regenerated since it was linked?)")
 
 
 class H5Dataset(LazyH5Dataset):

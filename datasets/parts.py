@@ -14,14 +14,21 @@ Samples are pure functions of ``(seed, index)`` in every sharded generator and p
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from ..kernels import distributed, validate
 
-__all__ = ["PART_ATTRS", "part_path", "part_range", "link_parts", "generate_sharded"]
+__all__ = ["PART_ATTRS", "part_path", "part_range", "link_parts", "generate_sharded", "GENERATE_TIMEOUT_ENV",
+           "DEFAULT_GENERATE_TIMEOUT"]
+
+GENERATE_TIMEOUT_ENV = "KRYLON_GENERATE_TIMEOUT"
+"""Environment variable: seconds a rank waits for the others' parts (default :data:`DEFAULT_GENERATE_TIMEOUT`)."""
+DEFAULT_GENERATE_TIMEOUT = 24 * 3600.0
 
 # attributes the writer adds to a part file (schema-owned: attrs= cannot set them; the linked file drops them)
 PART_ATTRS = ("part_index", "part_count", "part_start", "part_stop", "n_total")
@@ -118,21 +125,39 @@ def link_parts(path, count: int, *, overwrite: bool = False) -> Path:
     return path
 
 
+def _other_parts(path, count: int) -> list[Path]:
+    """Part files of ``path`` written by a run on another number of ranks than ``count``."""
+    path = Path(path)
+    mine = f"-of-{count:05d}{path.suffix}"
+    return sorted(p for p in path.parent.glob(f"{glob.escape(path.stem)}.part-*-of-*{glob.escape(path.suffix)}")
+                  if not p.name.endswith(mine) and not p.name.endswith(".partial"))
+
+
 def generate_sharded(path, generate: Callable, *args, **kwargs):
     """Run a generator on every rank of the process group, each writing its part, then link the parts on rank 0.
 
     ``generate(path, *args, part=(rank, world), **kwargs)`` must write through a :class:`~.hdf5.DatasetWriter`
     with that ``part``.  Without a process group (or with one rank) it is ``generate(path, *args, **kwargs)``.
-    A rank that fails makes the others fail at the next barrier (within the group's timeout), never hang.
+    A rank that fails makes the others fail at the next barrier, never hang; a rank that finishes its part
+    waits up to ``$KRYLON_GENERATE_TIMEOUT`` seconds (default a day) for the slowest part, and the run's
+    timeout is checked before any work (a bad value fails every rank alike).
     """
     world = distributed.world_size()
+    stale = _other_parts(path, world)
+    if stale and distributed.rank() == 0:
+        warnings.warn(f"{Path(path).name}: part files of an unfinished run on another number of ranks are next to it "
+                      f"({', '.join(p.name for p in stale[:4])}{', ...' if len(stale) > 4 else ''}); they are not "
+                      f"reused: this run on {world} rank(s) generates its own (delete the old ones)", stacklevel=2)
     if world == 1:
         return generate(path, *args, **kwargs)
     final = Path(path)
     if final.exists():  # every rank refuses alike, before any work
         raise FileExistsError(f"{final} already exists (a finished data set); delete it to regenerate")
+    timeout = distributed.env_seconds(None, GENERATE_TIMEOUT_ENV, DEFAULT_GENERATE_TIMEOUT)
     generate(path, *args, part=(distributed.rank(), world), **kwargs)
-    distributed.barrier()
+    # a rank whose part was already complete (a resume) or was just faster waits for the slowest part with a
+    # generation-scale timeout, not the collectives' (a rank that died still fails the wait at once)
+    distributed.wait_for_all(timeout, "waiting for the other ranks' parts")
     if distributed.rank() == 0:
         link_parts(final, world)
     distributed.barrier()

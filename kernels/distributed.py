@@ -6,7 +6,9 @@ helpers are all it adds: :func:`init_from_env` joins the group torchrun describe
 waiting forever; :func:`rank`, :func:`world_size`, :func:`is_distributed` answer for a plain single process too
 (rank 0 of 1), so library code calls them unconditionally; :func:`split` is the balanced contiguous split of
 ``n`` items (samples, grid planes) over ranks; :func:`all_reduce_sum` reduces a few Python numbers (metrics);
-:func:`collective_errors` turns a failed collective into an error that says what probably happened.
+:func:`collective_errors` turns a failed collective into an error that says what probably happened;
+:func:`wait_for_all` is a barrier with a timeout of its own (for a long job's slowest rank);
+:func:`raise_together` makes bad input on one rank an error on every rank at once (not a timeout on the others).
 
 For fields split across ranks (domain decomposition): :class:`Slabs` cuts a grid's first axis into contiguous
 slabs, one per rank (uneven counts allowed), says which global planes a rank owns and scatters/gathers a global
@@ -35,7 +37,8 @@ import torch
 from . import validate
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "local_rank", "device", "barrier", "split",
-           "all_reduce_sum", "collective_errors", "shutdown", "DEFAULT_TIMEOUT", "TIMEOUT_ENV",
+           "all_reduce_sum", "collective_errors", "raise_together", "wait_for_all", "env_seconds",
+           "shutdown", "DEFAULT_TIMEOUT", "TIMEOUT_ENV",
            "Slabs", "HaloExchange", "start_halo_exchange", "sum_over_ranks"]
 
 DEFAULT_TIMEOUT = 300.0
@@ -71,6 +74,19 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def env_seconds(timeout: float | None, env: str, default: float) -> float:
+    """``timeout``, else ``$env``, else ``default``: a positive number of seconds."""
+    if timeout is None:
+        try:
+            timeout = float(os.environ.get(env, default))
+        except ValueError:
+            raise ValueError(f"${env} must be a number of seconds, got {os.environ[env]!r}") from None
+    timeout = validate.real_number(timeout, "timeout")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")
+    return timeout
+
+
 def init_from_env(timeout: float | None = None, backend: str | None = None) -> bool:
     """Join the process group torchrun describes in the environment; ``False`` (nothing done) outside torchrun.
 
@@ -91,14 +107,7 @@ def init_from_env(timeout: float | None = None, backend: str | None = None) -> b
         return True
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return False
-    if timeout is None:
-        try:
-            timeout = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT))
-        except ValueError:
-            raise ValueError(f"${TIMEOUT_ENV} must be a number of seconds, got {os.environ[TIMEOUT_ENV]!r}") from None
-    timeout = validate.real_number(timeout, "timeout")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive (seconds), got {timeout!r}")
+    timeout = env_seconds(timeout, TIMEOUT_ENV, DEFAULT_TIMEOUT)
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and _dist().is_nccl_available() else "gloo"
     backend = validate.choice(backend, "backend", ("gloo", "nccl"))
@@ -131,6 +140,23 @@ def barrier() -> None:
             _dist().barrier()
 
 
+def wait_for_all(timeout: float, what: str) -> None:
+    """Wait for every rank for up to ``timeout`` seconds, whatever the group's own timeout (a no-op alone).
+
+    For waits longer than a collective's: ranks that finished their share of a long job (a data set part, a
+    timing) wait for the slowest one.  The wait runs in a gloo group of its own made with ``timeout`` (every
+    rank calls this); a rank that dies still fails it at once (its connection closes).
+    """
+    if not is_distributed():
+        return
+    group = _dist().new_group(backend="gloo", timeout=timedelta(seconds=timeout))
+    try:
+        with collective_errors(what):
+            _dist().barrier(group=group)
+    finally:
+        _dist().destroy_process_group(group)
+
+
 def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Sums over ranks of a few numbers (float64), in one collective; the values themselves in a single process."""
     values = [float(v) for v in values]
@@ -157,22 +183,74 @@ def split(n: int, parts: int, index: int) -> range:
     return range(start, start + q + (index < r))
 
 
+#: words of torch's messages for a failed transfer (gloo's closed pair or timeout, NCCL, the rendezvous store)
+_TRANSPORT_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "store", "peer",
+                    "process group", "processgroup", "watchdog", "broken pipe")
+
+
+def _is_transport_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` looks like a failed transfer between ranks rather than an error of this rank's own work."""
+    backend_error = getattr(_dist(), "DistBackendError", None)
+    if backend_error is not None and isinstance(exc, backend_error):
+        return True
+    text = str(exc).lower()
+    return any(w in text for w in _TRANSPORT_WORDS)
+
+
 @contextlib.contextmanager
-def collective_errors(what: str):
+def collective_errors(what: str, *, local_work: bool = False):
     """Re-raise a failed collective as a ``RuntimeError`` that names this rank and the likely cause.
 
     A collective fails when a peer process died (its connection closes) or did not arrive within the group's
     timeout; torch's own message (kept, and chained as the cause) names sockets and stores, not the dead rank.
     Gloo reports a closed connection as a plain ``RuntimeError``, so every ``RuntimeError`` inside the block is
-    taken for a failed collective: wrap collectives only.
+    taken for a failed collective -- unless ``local_work``: the block also computes on this rank (a backward
+    pass whose hooks all-reduce), so only errors that look like a failed transfer (``DistBackendError``, or
+    torch's gloo/NCCL/store messages) are blamed on a peer; the others (an autograd error, CUDA running out of
+    memory) propagate unchanged, with this rank noted.
     """
     try:
         yield
     except RuntimeError as exc:
         if not is_distributed():
             raise
+        if local_work and not _is_transport_failure(exc):
+            exc.add_note(f"(on rank {rank()} of {world_size()}, during {what})")
+            raise
         raise RuntimeError(f"rank {rank()} of {world_size()}: {what} failed -- another rank probably exited with "
                            f"an error or did not arrive within the timeout (see its log): {exc}") from exc
+
+
+@contextlib.contextmanager
+def raise_together(what: str, enabled: bool = True):
+    """Run a rank's input checks so that every rank raises at once when any rank's input is bad.
+
+    Bad input on one rank (a NaN in its slab of ``b``) would otherwise stop only that rank, and the others
+    would wait in their next collective for the whole timeout.  Inside the block a ``ValueError`` or
+    ``TypeError`` is held back; on leaving it the ranks all-reduce a flag (one small collective, also when all
+    is well), the faulty rank re-raises its own error (its rank noted) and the others raise a ``ValueError``
+    saying which check failed elsewhere.  Every rank must enter the block.  A no-op without a process group or
+    when not ``enabled``.
+    """
+    if not enabled or not is_distributed():
+        yield
+        return
+    error = None
+    try:
+        yield
+    except (ValueError, TypeError) as exc:
+        error = exc
+    bad = torch.zeros(world_size(), dtype=torch.float64, device=device())
+    bad[rank()] = float(error is not None)
+    with collective_errors(f"the agreement on {what}"):
+        _dist().all_reduce(bad)
+    if error is not None:
+        error.add_note(f"(on rank {rank()} of {world_size()}; every rank stops)")
+        raise error
+    if bool((bad > 0).any()):
+        ranks = [int(r) for r in torch.nonzero(bad.cpu() > 0).flatten()]
+        raise ValueError(f"rank {rank()} of {world_size()}: {what} was rejected on rank(s) {ranks} (see its error); "
+                         f"every rank stops")
 
 
 def shutdown() -> None:

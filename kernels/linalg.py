@@ -154,7 +154,7 @@ def xpby_(p: torch.Tensor, z: torch.Tensor, beta: torch.Tensor, ndim: int) -> to
     return torch.addcmul(z, expand(beta, ndim).to(p.dtype) if isinstance(beta, torch.Tensor) else beta, p, out=p)
 
 
-def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_norms=None, a_q=None):
+def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_norms=None, a_q=None, inner=None):
     """A-orthogonalise ``q`` against stored directions ``p_j`` (with ``A p_j`` given).
 
     Returns ``q - sum_j c_j p_j`` with ``c_j = (A p_j)^H q_{j-1} / (p_j^H A p_j)`` taken one direction at a
@@ -170,20 +170,23 @@ def a_orthogonalize(q: torch.Tensor, directions, a_directions, ndim: int, *, a_n
     a_norms : optional sequence of ``p_j^H A p_j`` (shape ``batch``) to avoid recomputing them.
     a_q : optional ``A q``; if given, it is updated alongside (no extra matvec) and
         ``(q_new, A q_new, q_new^H A q_new)`` is returned instead of ``q_new``.
+    inner : optional ``inner(x, y, ndim)`` for the inner products (default :func:`dot`): a solver passes its
+        driver's, which sums over processes when the fields are split across them.
     """
     if len(directions) != len(a_directions):
         raise ValueError(f"got {len(directions)} directions but {len(a_directions)} products A p")
     if a_norms is not None and len(a_norms) != len(directions):
         raise ValueError(f"got {len(directions)} directions but {len(a_norms)} norms p^H A p")
+    inner = dot if inner is None else inner
     out = q.clone()
     a_out = a_q.clone() if a_q is not None else None
     for j, (p, ap) in enumerate(zip(directions, a_directions)):
-        denom = a_norms[j] if a_norms is not None else dot(p, ap, ndim)
-        coef = dot(ap, out, ndim) / torch.where(denom == 0, torch.ones_like(denom), denom)
+        denom = a_norms[j] if a_norms is not None else inner(p, ap, ndim)
+        coef = inner(ap, out, ndim) / torch.where(denom == 0, torch.ones_like(denom), denom)
         coef = expand(torch.where(denom == 0, torch.zeros_like(coef), coef), ndim)
         out.addcmul_(coef, p, value=-1)
         if a_out is not None:
             a_out.addcmul_(coef, ap, value=-1)
     if a_out is None:
         return out
-    return out, a_out, dot(out, a_out, ndim).real
+    return out, a_out, inner(out, a_out, ndim).real

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..kernels import backend, validate
+from ..kernels import backend, distributed, validate
 from ..operators import LinearOperator, aslinearoperator, unchanged
 from .preconditioners import check_preconditioner
 from .result import SolveResult
@@ -78,9 +78,10 @@ class IterativeSolver:
     callback : callable, optional
         Called as ``callback(state)`` after every iteration with an
         :class:`~krylon.solvers.result.IterationState` (``state.x``, ``state.iteration``,
-        ``state.residual_norms``).
+        ``state.residual_norms``).  With fields split across ranks it runs on every rank (``state.x`` is that
+        rank's slab; the norms are the whole field's, the same on every rank).
     progress : bool
-        Show a tqdm progress bar.
+        Show a tqdm progress bar (with fields split across ranks: on rank 0 only).
     check_every : int
         Recompute the true residual every ``check_every`` iterations (residual replacement).
     sync_every : int, optional
@@ -138,6 +139,11 @@ class IterativeSolver:
     __call__ = solve
 
     def _validate(self, A: LinearOperator, b, x0) -> Problem:
+        # fields split across ranks: a bad slab on one rank stops every rank at once, not after a timeout
+        with distributed.raise_together(f"the input of {self.name}", A.reduce is not None):
+            return self._validate_here(A, b, x0)
+
+    def _validate_here(self, A: LinearOperator, b, x0) -> Problem:
         if self.needs_square and not A.is_square:
             raise ValueError(f"{self.name} needs a square operator, got shape_in={A.shape_in}, shape_out={A.shape_out}")
         if not isinstance(b, torch.Tensor):

@@ -294,7 +294,7 @@ class _DCDMStep(Step):
 
     def init(self, drv, x):
         self.x, self.r = drv.initial(x)
-        return linalg.norm(self.r, drv.nd_in)
+        return drv.norm(self.r, drv.nd_in)
 
     def start(self, drv):
         A, b = drv.A, drv.b
@@ -342,20 +342,21 @@ class _DCDMStep(Step):
                     d = torch.where(E(finite), d, torch.zeros_like(d))
                 self.n_passes += 1
             Ad = drv.apply(A, d)
-            dAd0 = linalg.dot(d, Ad, nd).real
+            dAd0 = drv.dot(d, Ad, nd).real
             # d^T A d <= 0 before orthogonalisation: the operator is not positive definite; after it, a
             # (numerically) vanishing d^T A d means d lies in the span of the stored and earlier new
             # directions -- if all candidates do, the iteration cannot move: a stall, not indefiniteness
             indef = indef | (drv.active & (dAd0 <= 0) & (d.flatten(-nd).abs().amax(dim=-1) > 0))
             d, Ad, dAd = linalg.a_orthogonalize(d, self.P + [t[0] for t in new_dirs], self.AP + [t[1] for t in new_dirs],
-                                                nd, a_norms=self.PAP + [t[2] for t in new_dirs], a_q=Ad)
+                                                nd, a_norms=self.PAP + [t[2] for t in new_dirs], a_q=Ad,
+                                                inner=drv.dot)
             dep = ~(dAd > self.dep_tol * dAd0.abs())
             dependent = dependent & dep
             ok = drv.active & ~dep & ~indef & ~nanq
-            alpha = torch.where(ok, linalg.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
+            alpha = torch.where(ok, drv.dot(d, r, nd) / torch.where(ok, dAd, torch.ones_like(dAd)), torch.zeros_like(dAd))
             self.x = self.x + E(alpha) * d
             r = r - E(alpha) * Ad
-            move = move + alpha.abs() * linalg.norm(Ad, nd)
+            move = move + alpha.abs() * drv.norm(Ad, nd)
             # systems that did not step store zero (skipped by a_orthogonalize): a dependent direction is
             # rounding noise and must not disturb later orthogonalisations
             new_dirs.append((torch.where(E(ok), d, torch.zeros_like(d)), torch.where(E(ok), Ad, torch.zeros_like(Ad)),
@@ -369,7 +370,7 @@ class _DCDMStep(Step):
                 self.PAP.append(dAd)
             keep = self.kdirs * len(new_dirs)
             del self.P[:-keep], self.AP[:-keep], self.PAP[:-keep]
-        return linalg.norm(r, nd)
+        return drv.norm(r, nd)
 
     def advance(self, drv, k):
         for mask, code in self.halted:  # (unless the driver's check found them converged meanwhile)
@@ -436,6 +437,8 @@ class DCDMPreconditioner(Preconditioner):
         z = self.solver.direction(A, flat)
         # the DCDM loss is invariant to the sign of q, so a network may have learned -A^{-1}: orient each
         # direction so that r^T z > 0, as a preconditioner's output must be
+        # (a preconditioner, not a driver step: linalg's local dot is right, as _check_operator refuses fields
+        # split across processes -- the network and its normalisation need the whole field)
         sign = torch.sign(linalg.dot(flat, z, nd).real)
         return (z * linalg.expand(torch.where(sign == 0, torch.ones_like(sign), sign), nd)).reshape(r.shape)
 

@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 
-from ..kernels import linalg
+from ..kernels import distributed, linalg
 from .result import IterationState, SolveResult, Status, summarize
 
 __all__ = ["Driver", "Step", "STALL_CHECKS", "STALL_ITERATIONS", "FAILED_CHECKS"]
@@ -137,6 +137,7 @@ class Driver:
     """Runs a :class:`Step` on a validated problem with a solver's options; see the module docstring.
 
     What a step may use: ``A``, ``b`` (detached), ``nd_in``/``nd_out``, ``batch``, ``tol``, ``maxiter``,
+    ``n_global`` (the unknowns per system over every process: ``prod(A.shape_in)`` summed over the ranks),
     ``sync_every``, ``status``, ``active``, ``rnorm`` (the last recorded norms), ``fast``,
     :meth:`apply` (an operator application, counted), :meth:`stop` and :meth:`leave_fast`.
     """
@@ -148,8 +149,9 @@ class Driver:
         self.nd_in, self.nd_out, self.batch = prob.nd_in, prob.nd_out, prob.batch
         self.reduce = self.A.reduce  # None, or the sum of partial inner products over processes
         n = math.prod(self.A.shape_in)
-        if self.reduce is not None and opts["maxiter"] is None:  # the default limit counts the whole field
+        if self.reduce is not None:  # the whole field's size: every rank takes the same limits from it
             n = int(self.reduce(torch.tensor(float(n), dtype=torch.float64, device=self.b.device)))
+        self.n_global = n
         self.maxiter = opts["maxiter"] if opts["maxiter"] is not None else 10 * max(n, 1)
         self.sync_every = opts["sync_every"] or (10 if self.b.device.type == "cuda" else 1)
         self.n_matvec = 0
@@ -172,7 +174,11 @@ class Driver:
     def norm(self, x: torch.Tensor, nd: int | None = None) -> torch.Tensor:
         """Per-system Euclidean norm over the last ``nd`` (default ``nd_in``) dimensions, whole-field."""
         n = linalg.norm(x, self.nd_in if nd is None else nd)
-        return n if self.reduce is None else torch.sqrt(self.reduce(n * n))
+        if self.reduce is None:
+            return n
+        # squared in float64: a float16/float32 norm above sqrt(its max) would overflow to Inf when squared
+        wide = n.to(torch.float64)
+        return torch.sqrt(self.reduce(wide * wide)).to(n.dtype)
 
     # ------------------------------------------------------------------ for the steps
     def apply(self, op, v: torch.Tensor) -> torch.Tensor:
@@ -233,7 +239,8 @@ class Driver:
         # CG's residual is not monotone: call it stagnation only after a long window without a new minimum
         stall_checks = max(STALL_CHECKS, math.ceil(STALL_ITERATIONS / check_every))
         callback = opts["callback"]
-        prog = _Progress(opts["progress"], maxiter, self.name)
+        # fields split across ranks: one progress bar (rank 0's; every rank holds the same norms), not one per rank
+        prog = _Progress(opts["progress"] and (self.reduce is None or distributed.rank() == 0), maxiter, self.name)
         # the fast path needs a host look every iteration, so only where the cadence is 1 (the CPU default)
         self.fast = method.fast and sync_every == 1 and self.active.numel() > 0 and bool(self.active.all())
         self._fast_iterations = 0

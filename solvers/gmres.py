@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..kernels import backend, linalg, validate
@@ -53,8 +51,9 @@ class GMRES(IterativeSolver):
 
     def _run(self, prob: Problem, opts: dict) -> SolveResult:
         M = as_preconditioner(opts["M"], prob.A)
-        restart = min(opts["restart"], max(math.prod(prob.A.shape_in), 1))
-        return Driver(self.name, prob, opts).run(_GMRESStep(M, restart))
+        drv = Driver(self.name, prob, opts)
+        # capped by the whole field's size, not this rank's slab: every rank must run the same cycles
+        return drv.run(_GMRESStep(M, min(opts["restart"], max(drv.n_global, 1))))
 
     def _adjoint_options(self, opts):
         # A x = b solved as A M u = b: the adjoint system A^H lam = g is preconditioned on the right by M^H

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..kernels import backend
+from ..kernels import backend, distributed
 from ..operators import LinearOperator, aslinearoperator
 from ..operators.stencil import Diffusion, _StencilOperator
 
@@ -96,7 +96,10 @@ class Jacobi(Preconditioner):
 
     def setup(self, A):
         super().setup(A)
-        d = A.diagonal()
+        with distributed.raise_together("Jacobi's diagonal", getattr(A, "reduce", None) is not None):  # each rank checks its slab
+            return self._setup_diagonal(A.diagonal())
+
+    def _setup_diagonal(self, d):
         if not bool(torch.isfinite(d).all()):
             raise ValueError("Jacobi: the operator's diagonal has non-finite entries")
         if bool((d == 0).any()):

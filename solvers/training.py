@@ -459,7 +459,7 @@ def train(model: torch.nn.Module, loss_fn: Callable[[torch.nn.Module, dict], tor
             if not (math.isfinite(global_sum) if ddp else torch.isfinite(loss)):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
-            with distributed.collective_errors(f"the gradient all-reduce of epoch {epoch + 1}"):
+            with distributed.collective_errors(f"the gradient all-reduce of epoch {epoch + 1}", local_work=True):
                 scaler.scale(loss.float()).backward()
             if config.max_grad_norm:
                 scaler.unscale_(opt)

@@ -44,15 +44,20 @@ SOLVE_CASES = [
     ("2d-batch", (7, 9), "dirichlet", None, (2,)),
 ]
 SOLVERS = ("cg", "pcg-jacobi", "minres")
+#: (name, global shape, counts): grids smaller than GMRES's restart (20), whose cap must be the global size on
+#: every rank (a slab-sized cap gave the ranks different cycle lengths: a deadlock, or other iterates)
+SMALL_CASES = [("5x3-slabs-3-2", (5, 3), (3, 2)), ("4x4-slabs-2-2", (4, 4), (2, 2))]
+SMALL_SOLVERS = ("gmres", "cgls")
 RTOL = 1e-10
 
 
 def _solver(name):
-    from krylon.solvers import CG, MINRES
+    from krylon.solvers import CG, CGLS, GMRES, MINRES
     from krylon.solvers.preconditioners import Jacobi
 
     return {"cg": lambda: CG(rtol=RTOL), "pcg-jacobi": lambda: CG(rtol=RTOL, M=Jacobi()),
-            "minres": lambda: MINRES(rtol=RTOL)}[name]()
+            "minres": lambda: MINRES(rtol=RTOL), "gmres": lambda: GMRES(rtol=RTOL, restart=20),
+            "cgls": lambda: CGLS(rtol=RTOL)}[name]()
 
 
 def _field(shape, batch=(), seed=0):
@@ -80,6 +85,13 @@ def _main_work(me: int, out: str) -> None:
             r = _solver(s).solve(A, b)
             res["solve"][f"{name}/{s}"] = {"x": A.slabs.gather(r.x), "iterations": r.iterations,
                                            "history": r.residual_norms, "converged": r.converged}
+    for name, shape, counts in SMALL_CASES:
+        A = DistributedLaplacian(shape, counts=counts)
+        b = A.slabs.local(_field(shape, seed=3))
+        for s in SMALL_SOLVERS:
+            r = _solver(s).solve(A, b)
+            res["solve"][f"{name}/{s}"] = {"x": A.slabs.gather(r.x), "iterations": r.iterations,
+                                           "converged": r.converged}
     torch.save(res, out / f"rank{me}.pt")
     # the example, on the same two ranks (it leaves the process group, so it comes last)
     (out / f"example{me}.json").write_text(json.dumps(_example().main(["--grid", "12"])))
@@ -90,6 +102,25 @@ def _example():
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     return example
+
+
+def _bad_input_work(me: int) -> dict:
+    """Bad input on rank 1 only: a NaN in its slab of ``b``, then a zero in its slab of Jacobi's diagonal."""
+    A = DistributedLaplacian((16, 8))
+    b = A.slabs.local(_field((16, 8)))
+    if me == 1:
+        b[0, 0] = float("nan")
+        A.diagonal = lambda: torch.zeros(A.shape_in, dtype=A.dtype)
+    out = {}
+    for case, run in (("nan-b", lambda: _solver("cg").solve(A, b)),
+                      ("jacobi", lambda: _solver("pcg-jacobi").solve(A, b.nan_to_num()))):
+        t0 = time.monotonic()
+        try:
+            run()
+            out[case] = {"error": None}
+        except Exception as exc:  # noqa: BLE001 -- the test checks the type and message
+            out[case] = {"error": f"{type(exc).__name__}: {exc}", "seconds": time.monotonic() - t0}
+    return out
 
 
 def _failing_work(me: int, case: str, stall: float):
@@ -165,12 +196,44 @@ def test_distributed_solve_matches_the_single_process_solve(main_run, name, shap
     assert float((rel ** 2).sum() ** 0.5) <= 2e-10 * float((bs ** 2).sum() ** 0.5) * max(1, len(xs))
 
 
+@pytest.mark.parametrize("solver", SMALL_SOLVERS)
+@pytest.mark.parametrize("name,shape,counts", [pytest.param(*c, id=c[0]) for c in SMALL_CASES])
+def test_gmres_and_cgls_on_grids_smaller_than_the_restart(main_run, name, shape, counts, solver):
+    ref = _solver(solver).solve(Laplacian(shape), _field(shape, seed=3))
+    assert bool(ref.converged.all())
+    for rank_result in main_run:  # the same cycles on every rank: the single process's iterations
+        got = rank_result["solve"][f"{name}/{solver}"]
+        assert bool(got["converged"].all()) and torch.equal(got["iterations"], ref.iterations)
+    # the independent judge: scipy's dense solve of the assembled global matrix
+    import numpy as np
+
+    S = Laplacian(shape).to_scipy().toarray()
+    want = torch.from_numpy(np.linalg.solve(S, _field(shape, seed=3).reshape(-1).numpy())).reshape(shape)
+    x = main_run[0]["solve"][f"{name}/{solver}"]["x"]
+    # the single-process solve to rounding (CGLS's normal equations square the conditioning: amplified rounding,
+    # still far below the 1e-10 the solve was asked for)
+    assert float((x - ref.x).abs().max()) <= (1e-13 if solver == "gmres" else 1e-10) * float(want.abs().max())
+    assert float((x - want).abs().max()) <= 1e-8 * float(want.abs().max())
+
+
 def test_a_rank_that_raises_makes_the_other_exit_with_a_clear_error():
     results = launch(_failing_work, "raise", 0.0, deadline=LIMIT, timeout=30.0)
     assert results[1][0] == "error" and "rank 1 fails on purpose" in results[1][1]
     status, record = results[0]
     assert status == "ok" and "rank 0 of 2" in record["error"] and "another rank" in record["error"]
     assert record["seconds"] < 10.0  # the peer's closed connection fails the pending operation at once
+
+
+def test_bad_input_on_one_rank_stops_every_rank_at_once():
+    timeout = 20.0
+    results = launch(_bad_input_work, deadline=LIMIT, timeout=timeout)
+    (s0, r0), (s1, r1) = results[0], results[1]
+    assert s0 == "ok" and s1 == "ok", results
+    assert r1["nan-b"]["error"].startswith("ValueError: b contains 1 non-finite")
+    assert r1["jacobi"]["error"].startswith("ValueError: Jacobi: the operator's diagonal has")
+    for case in ("nan-b", "jacobi"):  # the healthy rank raises too, at once: not after the group's timeout
+        assert r0[case]["error"].startswith("ValueError: rank 0 of 2") and "rank(s) [1]" in r0[case]["error"]
+        assert r0[case]["seconds"] < timeout / 2
 
 
 def test_a_rank_that_stalls_makes_the_other_fail_after_the_timeout():

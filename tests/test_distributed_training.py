@@ -305,6 +305,94 @@ def test_a_rank_that_does_not_arrive_times_out(tmp_path):
     assert status == "error" and "another rank" in message and "within the timeout" in message, message
 
 
+# ----------------------------------------------------------------------------- the review's regressions
+REVIEW_TIMEOUT = 2.0  # the group's collective timeout in _review_work: the slow part below takes longer
+
+
+def _slow_generator(path, n, part=None):
+    w = DatasetWriter(path, n, {"u": ((2,), "float64")}, generator="slow", seed=0, part=part)
+    for i in range(w.n_written, w.stop):
+        if part[0] == 1:
+            time.sleep(1.5 * REVIEW_TIMEOUT / len(range(w.n_written, w.stop)))  # rank 1's part outlasts the timeout
+        w.write(i, {"u": np.full(2, float(i))})
+    w.close()
+
+
+def _review_work(rank, tmp):
+    from krylon.operators.learned.normalizer import ChannelNormalizer
+
+    out = {}
+    # 1. a rank that finishes its part first waits for the slower one past the collectives' timeout
+    generate_sharded(f"{tmp}/slow.h5", _slow_generator, 6)
+    out["generated"] = open_dataset(f"{tmp}/slow.h5")[0:6]["u"][:, 0].tolist()
+    # 2. a NaN in one rank's share: every rank raises at once
+    x = torch.ones(4, 1, 3)
+    if rank == 1:
+        x[2, 0, 1] = float("nan")
+    t0 = time.monotonic()
+    try:
+        ChannelNormalizer(1).fit(x, across_ranks=True)
+    except ValueError as exc:
+        out["normaliser"] = (str(exc), time.monotonic() - t0)
+
+    # 3. (last: it ends the group) a local autograd error in rank 0's backward is rank 0's own error
+    def loss(net, batch):
+        y = net(batch["x"])
+        if rank == 0:
+            y = torch.sigmoid(y)
+            y.add_(1.0)  # in place on an output autograd saved: backward() fails on this rank only
+        return (y ** 2).mean()
+
+    torch.manual_seed(0)
+    try:
+        training.train(torch.nn.Linear(3, 1), loss, [{"x": torch.full((3,), float(i))} for i in range(8)],
+                       f"{tmp}/r{rank}", training.TrainConfig(epochs=1, batch_size=4), progress=False, plot=False,
+                       log=lambda m: None)
+    except RuntimeError as exc:
+        out["backward"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def test_review_regressions_on_two_ranks(tmp_path):
+    """Three fixes in one launch: the part wait has its own timeout, bad normaliser input stops every rank at
+    once, and a local backward error is not reported as a peer's failure."""
+    r0, r1 = _ok(launch(_review_work, str(tmp_path), deadline=60.0, timeout=REVIEW_TIMEOUT))
+    assert r0["generated"] == r1["generated"] == [float(i) for i in range(6)]
+    assert "1 non-finite" in r1["normaliser"][0]
+    assert "rank(s) [1]" in r0["normaliser"][0] and r0["normaliser"][1] < REVIEW_TIMEOUT
+    assert "modified by an inplace operation" in r0["backward"] and "another rank" not in r0["backward"]
+    assert "rank 1 of 2" in r1["backward"] and "another rank" in r1["backward"]
+
+
+def test_resuming_on_another_number_of_ranks_warns_and_the_link_checks_its_parts(tmp_path):
+    out = tmp_path / "d.h5"
+    fields = {"u": ((2,), "float64")}
+
+    def write(index, count, seed=1):
+        with DatasetWriter(out, 4, fields, generator="t", seed=seed, part=(index, count)) as w:
+            for i in range(w.start, w.stop):
+                w.write(i, {"u": np.full(2, float(i))})
+
+    write(0, 3)  # an unfinished 3-rank run left part 0 of 3
+    with pytest.warns(UserWarning, match="another number of ranks.*part-00000-of-00003"):
+        generate_sharded(out, lambda path, n: write_dataset(path, {"u": np.zeros((n, 2))}), 4)
+    out.unlink()
+    for index in range(2):
+        write(index, 2)
+    link_parts(out, 2)
+    assert open_dataset(out)[0:4]["u"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+    import h5py
+
+    with h5py.File(part_path(out, 1, 2), "r+") as f:  # a part regenerated with another seed since the link
+        f.attrs["seed"] = 2
+    with pytest.raises(ValueError, match="seed 2"):
+        open_dataset(out)
+    with h5py.File(part_path(out, 1, 2), "r+") as f:  # ... or with another split (a rerun on other ranks)
+        f.attrs["seed"], f.attrs["part_start"] = 1, 3
+    with pytest.raises(ValueError, match="holds samples 3..4"):
+        open_dataset(out)
+
+
 def _generate_command(rank, tmp):
     from krylon import cli
 

@@ -177,3 +177,35 @@ def test_every_method_records_one_history_row_and_one_callback_per_iteration():
         assert res.residual_norms.shape == (len(calls) + 1, 3)
         for it, rn in calls:
             torch.testing.assert_close(res.residual_norms[it], rn, rtol=0, atol=0)
+
+
+# ============================================================================= fields split across processes
+@pytest.fixture
+def reduced(monkeypatch):
+    """Operators whose ``reduce`` is set (as on fields split across ranks), summing over one process."""
+    from krylon.operators.base import LinearOperator
+
+    monkeypatch.setattr(LinearOperator, "reduce", property(lambda self: lambda t: t.clone()))
+
+
+def test_reduced_norms_are_squared_without_overflow():
+    import types
+
+    from krylon.solvers.driver import Driver
+
+    # a float16 norm of 600 is finite, its square (360000 > 65504) is not: the partial sums are squared wide
+    x = torch.full((2, 4), 300.0, dtype=torch.float16)
+    two_ranks = types.SimpleNamespace(reduce=lambda t: 2 * t, nd_in=1)  # both ranks hold the same slab
+    got = Driver.norm(two_ranks, x)
+    assert got.dtype == torch.float16
+    np.testing.assert_allclose(got.float().numpy(), [600 * 2 ** 0.5] * 2, rtol=1e-3)  # sqrt(2 * 600^2)
+
+
+def test_with_reduce_the_progress_bar_is_rank_zeros(reduced, monkeypatch, capsys):
+    from krylon.kernels import distributed
+
+    A = aslinearoperator(torch.diag(torch.tensor([1.0, 3.0], dtype=F64)))
+    for rank, shown in ((1, False), (0, True)):
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        CG(progress=True).solve(A, torch.ones(2, dtype=F64))
+        assert ("CG" in capsys.readouterr().err) == shown

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from .common import machine_info, print_table, torchrun, write_json
 
+LAUNCH_TIMEOUT = 3600  # seconds for one training run (a hung rank ends the benchmark instead of blocking it)
+
 SIZES = {
     "quick": {"n": 96, "resolution": 32, "modes": 12, "hidden": 16, "layers": 4, "epochs": 4, "batch": 16, "ranks": 2},
     "default": {"n": 256, "resolution": 64, "modes": 16, "hidden": 32, "layers": 4, "epochs": 4, "batch": 32, "ranks": 2},
@@ -38,12 +40,13 @@ def _train(data: Path, out: Path, cfg: dict, ranks: int, device: str) -> dict:
         args += ["--threads", "1"]
     if ranks == 1:
         cmd = [sys.executable, "-m", "krylon", *args]
-        run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+        run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                             timeout=LAUNCH_TIMEOUT)
         if run.returncode:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "-m", "krylon", "--", *args]
-        torchrun(ranks, "krylon", *args)
+        torchrun(ranks, "krylon", *args, timeout=LAUNCH_TIMEOUT)
     history = json.loads((out / "history.json").read_text())
     per_epoch = history["seconds"][1:] or history["seconds"]
     return {"ranks": ranks, "seconds_per_epoch": statistics.median(per_epoch), "seconds": history["seconds"],

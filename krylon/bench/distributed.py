@@ -28,6 +28,7 @@ SIZES = {
 }
 
 LAUNCH_TIMEOUT = 1800  # seconds for one torchrun launch
+PEER_TIMEOUT = float(LAUNCH_TIMEOUT)  # seconds the ranks wait while rank 0 times the single-process peer
 
 
 def _launch(world: int, spec: dict, device: str, repeats: int, peer: bool, path: Path) -> dict:
@@ -160,7 +161,8 @@ def _worker(argv=None) -> None:
     if me == 0 and args.peer:
         L = Laplacian(shape, spacing=h, device=dev)
         single = timed(L, torch.rand(shape, generator=g, dtype=torch.float64).to(dev), False)
-    dd.barrier()
+    # the others wait while rank 0 times the single-process peer: longer than a collective's timeout on big grids
+    dd.wait_for_all(PEER_TIMEOUT, "waiting for rank 0's single-process timing")
     if me == 0:
         rec = {"ranks": world, "grid": "x".join(map(str, shape)), "slab": "x".join(map(str, A.shape_in)),
                "iterations": args.iterations, "ms_per_iter": ms, "single_ms_per_iter": single,

@@ -108,20 +108,11 @@ class ChannelNormalizer(nn.Module):
 
             chunks = samples()
             where = f"the data set's key {key!r}"
-        for chunk in chunks:
-            c = chunk.reshape(self.channels, -1).to(device="cpu", dtype=torch.float64)
-            validate.finite(c, where)
-            if c.shape[1] == 0:
-                continue
-            nb = torch.full((self.channels,), float(c.shape[1]), dtype=torch.float64)
-            mb = c.mean(dim=1)
-            m2b = ((c - mb[:, None]) ** 2).sum(dim=1)
-            total = n + nb
-            delta = mb - mean
-            mean = mean + delta * nb / total
-            m2 = m2 + m2b + delta**2 * n * nb / total
-            n = total
-        if validate.boolean(across_ranks, "across_ranks") and distributed.world_size() > 1:
+        across = validate.boolean(across_ranks, "across_ranks") and distributed.world_size() > 1
+        # a bad chunk on one rank stops every rank at once, not the others after the collectives' timeout
+        with distributed.raise_together(f"the values of {where}", across):
+            n, mean, m2 = self._moments(chunks, where, n, mean, m2)
+        if across:
             # Chan's merge over ranks: the global mean first, then each rank's M2 about it (no cancellation)
             sums = torch.tensor(distributed.all_reduce_sum(torch.cat([n, n * mean]).tolist()), dtype=torch.float64)
             n_all, mean_all = sums[:self.channels], sums[self.channels:] / sums[:self.channels].clamp_min(1)
@@ -136,6 +127,23 @@ class ChannelNormalizer(nn.Module):
         self.std.copy_(torch.where(constant, torch.ones_like(std), std))
         self.count.fill_(float(n[0]))
         return self
+
+    def _moments(self, chunks, where: str, n, mean, m2):
+        """Welford/Chan updates of the per-channel count, mean and M2 over ``chunks``."""
+        for chunk in chunks:
+            c = chunk.reshape(self.channels, -1).to(device="cpu", dtype=torch.float64)
+            validate.finite(c, where)
+            if c.shape[1] == 0:
+                continue
+            nb = torch.full((self.channels,), float(c.shape[1]), dtype=torch.float64)
+            mb = c.mean(dim=1)
+            m2b = ((c - mb[:, None]) ** 2).sum(dim=1)
+            total = n + nb
+            delta = mb - mean
+            mean = mean + delta * nb / total
+            m2 = m2 + m2b + delta**2 * n * nb / total
+            n = total
+        return n, mean, m2
 
     def _channels_first(self, x, dim: int, name: str) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
