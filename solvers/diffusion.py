@@ -27,6 +27,15 @@ The Tweedie estimate ``x0`` is not clipped to the training range: clipping it to
 data-consistency step changes results at 20 NFE as well (slightly) and did not help at 5 NFE (PSNR within
 +-0.02 dB either way on the benchmark's MRI x4 task), so at very low NFE ``x0`` can overshoot.
 
+Shipped priors: magnitude and complex
+-------------------------------------
+``DDS.pretrained()`` (``kind="magnitude"``) is a real prior: images are real, one network channel.
+``DDS.pretrained(kind="complex")`` is trained on complex phantoms with a smooth random phase (two channels,
+real and imaginary); with it DDS works over complex images throughout (no real constraint), which is what MRI
+of a real object with a phase needs.  ``sampler.image_size`` and ``sampler.complex_images`` say which is
+loaded.  A complex prior needs a complex operator (a real one such as CT is refused: use the magnitude prior),
+and complex data for it.
+
 Real priors with complex operators
 ----------------------------------
 A real (magnitude) prior used with a complex operator (MRI) solves the data-consistency step over real
@@ -51,7 +60,10 @@ from ..operators.learned.unet import ScoreUNet, from_channels, to_channels
 from .cg import CG
 from .reconstruction import _back, _Normal
 
-__all__ = ["VPSchedule", "diffusion_loss", "SampleResult", "DDS", "DPS"]
+__all__ = ["VPSchedule", "diffusion_loss", "SampleResult", "DDS", "DPS", "PRETRAINED"]
+
+# the shipped priors by kind (operators/learned/weights/diffusion_<name>.md records how each was trained)
+PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 
 
 class VPSchedule:
@@ -214,10 +226,24 @@ class _Sampler:
         """The resolution (``H = W``) the prior was trained at; the sampler takes images of that size."""
         return self.model.image_size
 
+    @property
+    def complex_images(self) -> bool:
+        """Whether the prior is over complex images (reconstructions are complex, no real constraint) or real ones."""
+        return self.model.complex_images
+
     @classmethod
-    def pretrained(cls, name: str = "phantom64", **options):
-        """The sampler with krylon's shipped prior ``name`` (:func:`available` lists them), loaded with
-        ``weights_only=True`` and checked against its sha256."""
+    def pretrained(cls, name: str | None = None, *, kind: str | None = None, **options):
+        """The sampler with one of krylon's shipped priors, loaded with ``weights_only=True`` and checked against
+        its sha256.
+
+        ``kind``: ``"magnitude"`` (default; real images, :data:`PRETRAINED` ``["magnitude"]``) or ``"complex"``
+        (complex images with a smooth phase, for MRI without the real constraint); or ``name``, a shipped
+        prior's name (``registry.available("diffusion")`` lists them).  Not both.
+        """
+        if name is not None and kind is not None:
+            raise ValueError(f"give a shipped prior's name or its kind, not both (got name={name!r}, kind={kind!r})")
+        if name is None:
+            name = PRETRAINED[validate.choice("magnitude" if kind is None else kind, "kind", tuple(PRETRAINED))]
         net = registry.load_pretrained("diffusion", name)
         if not isinstance(net, ScoreUNet):
             raise ValueError(f"the shipped diffusion model {name!r} is a {type(net).__name__}, not a ScoreUNet")
@@ -249,6 +275,12 @@ class _Sampler:
             raise ValueError("y contains NaN or inf")
         if y.is_complex() and A.dtype is not None and not A.dtype.is_complex:
             raise ValueError(f"y is complex ({y.dtype}) but the operator is real ({A.dtype})")
+        if not y.is_complex() and A.dtype is not None and A.dtype.is_complex:
+            raise ValueError(f"y is real ({y.dtype}) but the operator's measurements are complex ({A.dtype}): "
+                             "pass the complex data (k-space), not its magnitude")
+        if self.model.complex_images and A.dtype is not None and not A.dtype.is_complex:
+            raise ValueError(f"the prior is over complex images but the operator is real ({A.dtype}): use a "
+                             "magnitude prior (DDS.pretrained(kind='magnitude')) for real operators such as CT")
         batch = tuple(y.shape[: y.dim() - nd])
         real = not self.model.complex_images
         dtype = torch.promote_types(A.dtype or torch.float32, y.dtype)
@@ -384,11 +416,16 @@ class DDS(_Sampler):
     schedule : VPSchedule, optional
         Default: linear beta 1e-4..0.02 over 1000 steps (what the prior was trained with).
     eta : float
-        Stochasticity of the re-noising in [0, 1] (0: deterministic DDIM).
+        Stochasticity of the re-noising in [0, 1] (0: deterministic DDIM).  Default 0.5 (the paper's is 0.85).
     gamma : float or None
-        Weight of the data term for noisy data; None: noiseless data consistency.
+        Weight of the data term for noisy data; None: noiseless data consistency.  It depends on the scale of
+        ``A^H A``: ``krylon.bench.dds.DDS_GAMMA`` has the values chosen for the 64x64 MRI and CT operators.
     cg_steps : int
-        CG iterations per step.
+        CG iterations per step.  Default 50 (the paper's is 5).
+
+    The defaults of ``eta`` and ``cg_steps`` are the best pair of a grid on held-out phantoms over all six
+    benchmark tasks with the shipped prior (``krylon.bench.dds.tune``; per modality in ``DDS_SETTINGS``): more
+    CG steps, closer to exact data consistency, helped on every task.
 
     Examples
     --------
@@ -405,8 +442,8 @@ class DDS(_Sampler):
 
     default_nfe = 50
 
-    def __init__(self, model: ScoreUNet, *, schedule: VPSchedule | None = None, eta: float = 0.85,
-                 gamma: float | None = 1.0, cg_steps: int = 5):
+    def __init__(self, model: ScoreUNet, *, schedule: VPSchedule | None = None, eta: float = 0.5,
+                 gamma: float | None = 1.0, cg_steps: int = 50):
         super().__init__(model, schedule=schedule)
         eta = validate.real_number(eta, "eta")
         if not 0 <= eta <= 1:

@@ -532,3 +532,16 @@ def test_examples_run_and_dds_beats_the_direct_baseline(name, tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 0
     direct = float(psnr(recs["zero-filled" if "mri" in name else "FBP"], x))
     assert float(psnr(recs["DDS (10 NFE)"], x)) > direct + 1.0
+
+
+def test_bench_oracle_picks_the_best_weight_per_image():
+    """Image i's reconstruction is x_i + (lam - c_i): its best lam is the grid value nearest c_i."""
+    from krylon.bench import dds as bench
+
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)) + 0.5
+    c = torch.tensor([1e-3, 3e-2, 1.0])
+    lams = (1e-3, 1e-2, 3e-2, 1e-1)
+    rec, sec, note = bench._oracle(lambda lam: x + (lam - c)[:, None, None], lams, x)
+    want = [min(lams, key=lambda v: abs(v - float(ci))) for ci in c]  # 1e-3, 3e-2, 1e-1
+    assert_close(rec, x + (torch.tensor(want) - c)[:, None, None], rtol=0, atol=1e-7)
+    assert note.startswith("lam=0.001*,0.03,0.1*") and sec >= 0

@@ -1,21 +1,26 @@
-"""``krylon bench dds``: DDS with the shipped diffusion prior against DPS and the classical reconstructions.
+"""``krylon bench dds``: DDS with the shipped diffusion priors against DPS and the classical reconstructions.
 
 Tasks (64x64): 4-coil MRI x4 uniform-1D, x8 Gaussian-1D, x8 Gaussian-2D (8 % fully sampled centre); parallel-beam
 CT with 8 and 30 views over [0, pi) and 60 views over a 120-degree limited angle; each noiseless and with
 complex/real Gaussian noise of ``NOISE`` times the RMS of the measured entries (MRI: the sampled k-space; CT: every
 sinogram bin, ``support="all"``, since rays that miss the object are measured too).
 
-Images: random phantoms of :mod:`krylon.datasets.phantoms` (a generator the shipped prior never saw: the
-"unseen" columns) and skimage's Shepp-Logan phantom (resized; krylon's own when scikit-image is missing), which
-is *in-family*: 30 % of the shipped prior's training images were jittered modified Shepp-Logan phantoms, so its
-column is reported separately and is not evidence of generalisation.
+Test images (never in the training set): random phantoms of :mod:`krylon.datasets.phantoms` with seed
+``TEST_SEED`` (the prior was trained on the same generator with seed 1; the first is an "ellipses" phantom with
+almost no texture, piecewise constant, TV's ideal case) and ``TEXTURED`` (a "blobs" phantom of smooth bumps,
+seed ``TEXTURED_SEED``, picked before any reconstruction was run as the generator's textured case); and
+skimage's Shepp-Logan phantom (resized; krylon's own when scikit-image is missing), which is *in-family* (the
+generator has a jittered Shepp-Logan family), reported separately.  Hyper-parameters (DDS's ``eta``, CG steps,
+``gamma``; DPS's step) were chosen by :func:`tune` on other phantoms (seed ``TUNE_SEED``), never on these.
 
 Every method solves over real images when the prior is real (the test images are real): DDS with a magnitude
 prior solves ``Re(A^H A) x = Re(A^H y)``, and zero-filled / CG-SENSE / TV get the same constraint (``real=True``).
 Methods: DDS at several NFE, DPS (NFE >= 500), the classical baselines (zero-filled or FBP; CG-SENSE / Tikhonov CG;
-TV by ADMM -- their weights picked per task as the best of a small grid against the truth, an oracle that
-favours the baselines).  Metrics: PSNR/SSIM on magnitude images divided by the truth's maximum
-(:mod:`krylon.solvers.metrics`); seconds per image.
+TV by ADMM -- their weight picked *per image* as the best of ``CG_LAMS`` / ``TV_LAMS`` against the truth, an
+oracle that favours the baselines).  With the shipped complex prior the MRI tasks are run again on complex
+phantoms (smooth random phase) without the real constraint, every method over complex images.  Metrics:
+PSNR/SSIM on magnitude images divided by the truth's maximum (:mod:`krylon.solvers.metrics`; complex rows add
+``psnr_complex``, the PSNR of the complex error); seconds per image.
 """
 
 from __future__ import annotations
@@ -26,40 +31,57 @@ from pathlib import Path
 
 from .common import machine_info, print_table, write_json
 
-SIZES = {  # DPS (a forward and a backward pass per NFE) dominates: it runs on the noiseless dps_tasks only
-    "quick": {"images": 1, "tasks": ("mri-x4-uniform1d", "ct-30views"), "dds_nfe": (20, 50), "dps_nfe": 500,
-              "dps_tasks": ("mri-x4-uniform1d",)},
-    "default": {"images": 1, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 500,
-                "dps_tasks": ("mri-x4-uniform1d", "ct-30views")},
-    "paper": {"images": 8, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 1000, "dps_tasks": None},
+SIZES = {  # DPS (a forward and a backward pass per NFE) dominates the run time
+    "quick": {"images": 1, "textured": False, "tasks": ("mri-x4-uniform1d", "ct-30views"), "dds_nfe": (20, 50),
+              "dps_nfe": 500, "dps_tasks": ("mri-x4-uniform1d",), "dps_noisy": False, "complex": False},
+    "default": {"images": 1, "textured": True, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 500,
+                "dps_tasks": None, "dps_noisy": True, "complex": True},
+    "paper": {"images": 8, "textured": True, "tasks": None, "dds_nfe": (20, 50, 100), "dps_nfe": 1000,
+              "dps_tasks": None, "dps_noisy": True, "complex": True},
 }
 TASKS = ("mri-x4-uniform1d", "mri-x8-gaussian1d", "mri-x8-gaussian2d", "ct-8views", "ct-30views", "ct-limited120")
-TEST_SEED = 424_242  # krylon.datasets.phantoms seed; the shipped prior was trained on another generator's images
+TEST_SEED = 424_242  # krylon.datasets.phantoms seed of the unseen test phantoms (the prior trained on seed 1)
+TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth bumps) of this seed
+TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
-# data weight of DDS's noisy consistency step, (I + gamma A^H A) x = x0 + gamma A^H y, per modality (CT's A^H A
-# is ~300x MRI's), and DPS's step: picked on a small sweep with other phantoms (seed 777; BENCHMARKS.md)
-DDS_GAMMA = {"mri": 30.0, "ct": 0.01}
-DPS_STEP = {"mri": 3.0, "ct": 0.1}
+# DDS's settings and DPS's step per modality, chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): CG steps
+# and eta (noiseless tasks); gamma, the data weight of the noisy consistency step (I + gamma A^H A) x = x0 +
+# gamma A^H y (CT's A^H A is ~300x MRI's).  MRI with the real constraint is nearly determined at these
+# accelerations and wants near-exact data consistency and little re-noising; sparse-view CT leans on the prior.
+DDS_SETTINGS = {"mri": {"eta": 0.2, "cg_steps": 50}, "ct": {"eta": 0.5, "cg_steps": 50}}
+DDS_GAMMA = {"mri": 10.0, "ct": 0.01}
+DPS_STEP = {"mri": 1.0, "ct": 0.03}
+# the baselines' weights (relative to ||A^H A||), picked per image against the truth
+CG_LAMS = (1e-4, 1e-3, 1e-2, 1e-1)
+TV_LAMS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 SIZE = 64
-IN_FAMILY = "shepp-logan (in-family)"  # the last test image; near the prior's training data (module notes)
+IN_FAMILY = "shepp-logan (in-family)"  # the last test image
+TEXTURED = "textured (blobs)"
 
 
-def _images(n: int, dtype):
+def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):
+    """The test images ``(N, 64, 64)``: ``n`` phantoms of ``TEST_SEED``, the textured one, Shepp-Logan; names."""
     import torch
 
     from ..datasets.phantoms import random_phantoms, shepp_logan
 
-    x = random_phantoms(n, SIZE, seed=TEST_SEED).to(dtype)
+    x = [random_phantoms(n, SIZE, seed=TEST_SEED, complex=complex)]
+    names = [f"phantom{i}" for i in range(n)]
+    if textured:
+        x.append(random_phantoms(1, SIZE, seed=TEXTURED_SEED, families=("blobs",), complex=complex))
+        names.append(TEXTURED)
+    if complex:  # no Shepp-Logan: a real image has no phase to recover
+        return torch.cat(x).to(dtype), names, None
     try:
         from skimage.data import shepp_logan_phantom
         from skimage.transform import resize
 
-        sl = torch.from_numpy(resize(shepp_logan_phantom(), (SIZE, SIZE), anti_aliasing=True)).to(dtype)
+        sl = torch.from_numpy(resize(shepp_logan_phantom(), (SIZE, SIZE), anti_aliasing=True))
         sl_name = "skimage shepp_logan_phantom"
     except ImportError:  # a bench extra; krylon's modified Shepp-Logan stands in
-        sl, sl_name = shepp_logan(SIZE).to(dtype), "krylon shepp_logan (scikit-image missing)"
+        sl, sl_name = shepp_logan(SIZE), "krylon shepp_logan (scikit-image missing)"
     sl = sl / sl.max()
-    return torch.cat([x, sl[None]]), [f"phantom{i}" for i in range(n)] + [IN_FAMILY], sl_name
+    return torch.cat(x + [sl[None]]).to(dtype), names + [IN_FAMILY], sl_name
 
 
 def _operator(task: str, device):
@@ -92,10 +114,34 @@ def _noisy(task: str, clean):
     return add_noise(clean, NOISE, generator=g, ndim=clean.dim() - 1, support=support)
 
 
-def _classical(task, A, y, x, L, real):
-    """The classical reconstructions: ``{name: (images, seconds per image, note)}``; weights picked by PSNR;
-    ``real``: over real images, as DDS with a real prior."""
+def _oracle(fn, lams, x):
+    """Run ``fn(lam)`` for every ``lam`` and keep, per image, the reconstruction of best PSNR: ``(images, seconds per
+    image per solve, note)``."""
+    import torch
+
     from ..solvers.metrics import psnr
+
+    best, best_p, pick, seconds = None, None, [None] * x.shape[0], 0.0
+    for lam in lams:
+        t0 = time.perf_counter()
+        r = fn(lam)
+        seconds += time.perf_counter() - t0
+        p = psnr(r, x)
+        if best is None:
+            best, best_p = r.clone(), p
+            pick = [lam] * x.shape[0]
+            continue
+        better = p > best_p
+        best[better] = r[better]
+        best_p = torch.where(better, p, best_p)
+        pick = [lam if b else q for b, q in zip(better.tolist(), pick)]
+    edge = [f"{q:g}{'*' if q in (lams[0], lams[-1]) else ''}" for q in pick]
+    return best, seconds / (len(lams) * x.shape[0]), "lam=" + ",".join(edge) + " (per image; * grid edge)"
+
+
+def _classical(task, A, y, x, L, real):
+    """The classical reconstructions: ``{name: (images, seconds per image, note)}``; weights picked per image by
+    PSNR against the truth (an oracle); ``real``: over real images, as DDS with a real prior."""
     from ..solvers.reconstruction import cg_sense, fbp, tv_reconstruction, zero_filled
 
     out = {}
@@ -107,36 +153,60 @@ def _classical(task, A, y, x, L, real):
         return r, (time.perf_counter() - t0) / n
 
     if task.startswith("mri"):
-        out["zero-filled"] = (*timed(lambda: zero_filled(A, y, real=real)), "real" if real else "")
+        out["zero-filled"] = (*timed(lambda: zero_filled(A, y, real=real)), "real" if real else "complex")
     else:
         arc = 2 * math.pi / 3 if task == "ct-limited120" else None  # the missing wedge is explicit
         out["FBP"] = (*timed(lambda: fbp(A, y, arc=arc)), "ramp")
     name = "CG-SENSE" if task.startswith("mri") else "CG-Tikhonov"
-    best = None
-    for lam in (1e-3, 1e-2, 1e-1):
-        r, s = timed(lambda: cg_sense(A, y, lam=lam, maxiter=50, L=L, real=real))
-        p = float(psnr(r, x).mean())
-        if best is None or p > best[0]:
-            best = (p, r, s, f"lam={lam:g}")
-    out[name] = best[1:]
-    best = None
-    for lam in (1e-3, 1e-2):
-        r, s = timed(lambda: tv_reconstruction(A, y, lam=lam, iters=100, cg_iters=5, L=L, real=real))
-        p = float(psnr(r, x).mean())
-        if best is None or p > best[0]:
-            best = (p, r, s, f"lam={lam:g}")
-    out["TV"] = best[1:]
+    out[name] = _oracle(lambda lam: cg_sense(A, y, lam=lam, maxiter=50, L=L, real=real), CG_LAMS, x)
+    out["TV"] = _oracle(lambda lam: tv_reconstruction(A, y, lam=lam, iters=100, cg_iters=5, L=L, real=real), TV_LAMS, x)
     return out
 
 
-def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, cg_steps=5, eta=0.85,
-        dds_nfe=None, dps=True) -> dict:
-    """Run the suite; ``model``: a ``prior.pt`` to use instead of the shipped prior; ``cg_steps``, ``eta``: DDS's
-    (default: the paper's 5 and 0.85); ``dds_nfe``: DDS's NFE list instead of the size's; ``dps=False`` skips DPS."""
+def _row(task, noisy, method, rec, x, names, sec, note, kind):
+    """One table row: PSNR/SSIM per image, the unseen phantoms' mean, the textured and in-family ones apart."""
+    import torch
+
+    from ..solvers.metrics import psnr, ssim
+
+    p, s = psnr(rec, x), ssim(rec, x)
+    nfe = int(method.split("-")[1]) if method.startswith(("DDS", "DPS")) else None
+    idx = {k: [i for i, n in enumerate(names) if n.startswith("phantom")] for k in ("unseen",)}
+    row = {"task": task, "noise": NOISE if noisy else 0.0, "method": method, "nfe": nfe, "images": kind,
+           "psnr": float(p.mean()), "ssim": float(s.mean()), "seconds_per_image": sec, "note": note,
+           "psnr_per_image": {n: round(float(v), 3) for n, v in zip(names, p)},
+           "ssim_per_image": {n: round(float(v), 4) for n, v in zip(names, s)}}
+    if idx["unseen"]:
+        row["psnr_unseen"] = float(p[idx["unseen"]].mean())
+        row["ssim_unseen"] = float(s[idx["unseen"]].mean())
+    for key, name in (("textured", TEXTURED), ("in_family", IN_FAMILY)):
+        if name in names:
+            row[f"psnr_{key}"], row[f"ssim_{key}"] = float(p[names.index(name)]), float(s[names.index(name)])
+    if kind == "complex":  # the complex error, phase included
+        err = (rec - x).abs().pow(2).flatten(1).mean(1)
+        row["psnr_complex"] = {n: round(float(v), 3) for n, v in zip(names, 10 * torch.log10(
+            x.abs().flatten(1).amax(1) ** 2 / err))}
+    for n, v, w in zip(names, p, s):  # for the printed table
+        row[n] = f"{float(v):.2f}/{float(w):.3f}"
+    return row
+
+
+def _load_prior(model, kind, dev):
+    from ..solvers.diffusion import DDS
+
+    return (DDS.load(model) if model else DDS.pretrained(kind=kind)).model.to(dev)
+
+
+def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, complex_model=None, cg_steps=None,
+        eta=None, dds_nfe=None, dps=True, tasks=None) -> dict:
+    """Run the suite; ``model`` / ``complex_model``: a ``prior.pt`` to use instead of the shipped magnitude / complex
+    prior; ``cg_steps``, ``eta``: DDS's for every task (default ``DDS_SETTINGS`` per modality, chosen by
+    :func:`tune`); ``dds_nfe``: DDS's NFE
+    list instead of the size's; ``dps=False`` skips DPS; ``tasks``: a subset of the size's tasks (to split a long
+    run over processes; the JSON is named after them)."""
     import torch
 
     from ..solvers.diffusion import DDS, DPS
-    from ..solvers.metrics import psnr, ssim
     from ..solvers.reconstruction import normal_norm
 
     if size not in SIZES:
@@ -144,60 +214,147 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     cfg = SIZES[size]
     out = Path(out)
     dev = torch.device(device)
-    prior = DDS.load(model).model if model else DDS.pretrained().model
-    prior = prior.to(dev)
-    x, names, sl_name = _images(cfg["images"], torch.float32)
+    prior = _load_prior(model, "magnitude", dev)
+    x, names, sl_name = _images(cfg["images"], torch.float32, textured=cfg.get("textured", False))
     x = x.to(dev)
-    tasks = cfg["tasks"] or TASKS
+    all_tasks = cfg["tasks"] or TASKS
+    if tasks is not None and not set(tasks) <= set(all_tasks):
+        raise ValueError(f"tasks must be among {all_tasks}, got {tasks}")
+    part = "" if tasks is None else "_" + "+".join(tasks)
+    tasks = all_tasks if tasks is None else tuple(tasks)
     dps_tasks = cfg["dps_tasks"] or TASKS
     real = not prior.complex_images
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
-              "dds": {"cg_steps": cg_steps, "eta": eta},
-              "shepp_logan": sl_name + " -- in-family: 30% of the shipped prior's training images were jittered "
-                                       "modified Shepp-Logan; psnr_unseen/ssim_unseen average the random phantoms only",
+              "dds": {m: {"cg_steps": cg_steps or v["cg_steps"], "eta": v["eta"] if eta is None else eta,
+                          "gamma": DDS_GAMMA[m]} for m, v in DDS_SETTINGS.items()}, "dps": {"step": DPS_STEP},
+              "lams": {"cg": CG_LAMS, "tv": TV_LAMS},
+              "shepp_logan": sl_name + " -- in-family (the training generator has a jittered Shepp-Logan family); "
+                                       "psnr_unseen averages the TEST_SEED random phantoms only",
               "real_images": real, "constraint": "every method over real images" if real else "complex images",
               "noise_relative": NOISE, "noise_support": {"mri": "sampled k-space", "ct": "all sinogram bins"},
               "rows": [], "prior": prior.config}
     grid = {}
-    for task in tasks:
+    columns = ["method", "nfe", *names, "seconds_per_image", "note"]
+
+    def one_task(task, prior, x, names, kind, nfes, run_dps):
         A = _operator(task, dev)
         modality = task.split("-")[0]
+        real = not prior.complex_images
         clean = A.matvec(x.to(torch.complex64) if modality == "mri" else x)
         L = normal_norm(A)
         for noisy in (False, True):
             y = _noisy(task, clean) if noisy else clean
-            recs = {k: v for k, v in _classical(task, A, y, x, L, real).items()}
+            recs = _classical(task, A, y, x, L, real)
             gamma = DDS_GAMMA[modality] if noisy else None
-            for nfe in dds_nfe or cfg["dds_nfe"]:
-                r = DDS(prior, gamma=gamma, cg_steps=cg_steps, eta=eta).solve(A, y, nfe=nfe, seed=0)
+            st = result["dds"][modality]
+            for nfe in nfes:
+                r = DDS(prior, gamma=gamma, cg_steps=st["cg_steps"], eta=st["eta"]).solve(A, y, nfe=nfe, seed=0)
                 recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], f"gamma={gamma}")
-            if dps and task in dps_tasks and not noisy:
+            if run_dps and (not noisy or cfg.get("dps_noisy", False)):
                 r = DPS(prior, step_size=DPS_STEP[modality]).solve(A, y, nfe=cfg["dps_nfe"], seed=0)
                 recs[f"DPS-{cfg['dps_nfe']}"] = (r.x, r.seconds / x.shape[0], f"step={DPS_STEP[modality]}")
-            for method, (rec, sec, note) in recs.items():
-                p, s = psnr(rec, x), ssim(rec, x)
-                nfe = int(method.split("-")[1]) if method.startswith(("DDS", "DPS")) else None
-                result["rows"].append({"task": task, "noise": NOISE if noisy else 0.0, "method": method, "nfe": nfe,
-                                       "psnr_unseen": float(p[:-1].mean()) if len(p) > 1 else None,
-                                       "ssim_unseen": float(s[:-1].mean()) if len(p) > 1 else None,
-                                       "psnr_in_family": float(p[-1]), "ssim_in_family": float(s[-1]),
-                                       "psnr": float(p.mean()), "ssim": float(s.mean()), "seconds_per_image": sec,
-                                       "psnr_per_image": [round(float(v), 3) for v in p], "note": note})
-            if not noisy:
+            rows = [_row(task, noisy, m, rec, x, names, sec, note, kind) for m, (rec, sec, note) in recs.items()]
+            result["rows"].extend(rows)
+            if not noisy and kind == "real":
                 grid[task] = {k: v[0].detach().cpu() for k, v in recs.items()}
-            print_table([r for r in result["rows"] if r["task"] == task and r["noise"] == (NOISE if noisy else 0.0)],
-                        ["method", "nfe", "psnr_unseen", "ssim_unseen", "psnr_in_family", "ssim_in_family",
-                         "seconds_per_image", "note"],
-                        title=f"dds {task} {'noise ' + str(NOISE) if noisy else 'noiseless'} "
-                              f"({len(names) - 1} unseen phantoms + Shepp-Logan in-family, {SIZE}x{SIZE}, "
-                              f"{'every method over real images' if real else 'complex images'})")
-    write_json(out / f"dds_{size}.json", result)
+            print_table(rows, columns, title=f"dds {task} {'noise ' + str(NOISE) if noisy else 'noiseless'} "
+                        f"({kind} images, {SIZE}x{SIZE}; PSNR dB / SSIM per image)")
+
+    for task in tasks:
+        one_task(task, prior, x, names, "real" if real else "complex", dds_nfe or cfg["dds_nfe"],
+                 dps and task in dps_tasks)
+    if cfg.get("complex", False):  # the complex prior on complex phantoms, MRI only, no real constraint
+        try:
+            cprior = _load_prior(complex_model, "complex", dev)
+        except (ValueError, FileNotFoundError) as e:  # no complex prior shipped with this copy
+            result["complex"] = f"skipped: {e}"
+        else:
+            xc, cnames, _ = _images(cfg["images"], torch.complex64, textured=cfg.get("textured", False), complex=True)
+            result["complex"] = {"prior": cprior.config, "images": cnames}
+            columns = ["method", "nfe", *cnames, "seconds_per_image", "note"]
+            for task in tasks:
+                if task.startswith("mri"):
+                    one_task(task, cprior, xc.to(dev), cnames, "complex", (50,), False)
+    write_json(out / f"dds_{size}{part}.json", result)
     if plot:
-        _plot(grid, x.cpu(), out / f"dds_{size}.png")
+        _plot(grid, x.cpu(), out / f"dds_{size}{part}.png", names.index(TEXTURED) if TEXTURED in names else -1)
     return result
 
 
-def _plot(grid: dict, x, path: Path) -> None:
+def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None,
+         dds_grid=((0.85, 5), (0.85, 20), (0.5, 20), (0.2, 20), (0.5, 50), (0.2, 50)), gammas=None, dps_steps=None,
+         dps_nfe: int = 500, dps_images: int = 2,
+         dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "gamma", "dps"), out=None, device="cpu") -> dict:
+    """Choose DDS's ``(eta, CG steps)`` per modality from ``dds_grid`` (noiseless tasks), its ``gamma`` per modality
+    (noisy, with the chosen -- or ``dds_grid``'s first -- ``eta``/CG steps) and DPS's step per modality, by mean PSNR on
+    held-out phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test
+    images).  ``parts`` picks what to run.  Prints the tables, writes ``out/dds_tune.json``."""
+    import torch
+
+    from ..datasets.phantoms import random_phantoms
+    from ..solvers.diffusion import DDS, DPS
+    from ..solvers.metrics import psnr
+
+    dev = torch.device(device)
+    prior = _load_prior(model, "magnitude", dev)
+    tasks = tasks or TASKS
+    gammas = gammas or {"mri": (10.0, 30.0, 100.0, 300.0), "ct": (0.003, 0.01, 0.03, 0.1)}
+    dps_steps = dps_steps or {"mri": (1.0, 3.0, 10.0), "ct": (0.03, 0.1, 0.3)}
+    x = random_phantoms(images, SIZE, seed=seed).float().to(dev)
+    rows, choice = [], {}
+
+    def measure(task, noisy, n_img=None):
+        xi = x[:n_img] if n_img else x
+        A = _operator(task, dev)
+        y = A.matvec(xi.to(torch.complex64) if task.startswith("mri") else xi)
+        return A, (_noisy(task, y) if noisy else y), xi
+
+    def record(part, task, noisy, sampler, xi, A, y, n, **kw):
+        r = sampler.solve(A, y, nfe=n, seed=0)
+        rows.append({"part": part, "task": task, "noise": NOISE if noisy else 0.0, **kw,
+                     "psnr": float(psnr(r.x, xi).mean()), "seconds": round(r.seconds, 2)})
+        print_table(rows[-1:], list(rows[-1]), title=None)
+
+    def best(part, keys, select=lambda r: True):
+        sel = [r for r in rows if r["part"] == part and select(r)]
+        combos = {tuple(r[k] for k in keys) for r in sel}
+        score = {c: sum(r["psnr"] for r in sel if tuple(r[k] for k in keys) == c) for c in combos}
+        return max(score, key=score.get)
+
+    if "dds" in parts:
+        for task in tasks:
+            A, y, xi = measure(task, False)
+            for e, c in dds_grid:
+                record("dds", task, False, DDS(prior, gamma=None, eta=e, cg_steps=c), xi, A, y, nfe, eta=e, cg_steps=c)
+        choice["dds"] = {m: dict(zip(("eta", "cg_steps"), best("dds", ("eta", "cg_steps"),
+                                                            lambda r, m=m: r["task"].startswith(m))))
+                         for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
+    if "gamma" in parts:
+        for task in tasks:
+            modality = task.split("-")[0]
+            e, c = (choice["dds"][modality][k] for k in ("eta", "cg_steps")) if "dds" in choice else dds_grid[0]
+            A, y, xi = measure(task, True)
+            for g in gammas[modality]:
+                record("gamma", task, True, DDS(prior, gamma=g, eta=e, cg_steps=c), xi, A, y, nfe, gamma=g, eta=e,
+                       cg_steps=c)
+        choice["gamma"] = {m: best("gamma", ("gamma",), lambda r, m=m: r["task"].startswith(m))[0]
+                           for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
+    if "dps" in parts:
+        for task in dps_tasks:
+            modality = task.split("-")[0]
+            A, y, xi = measure(task, False, dps_images)
+            for st in dps_steps[modality]:
+                record("dps", task, False, DPS(prior, step_size=st), xi, A, y, dps_nfe, step=st)
+        choice["dps_step"] = {m: best("dps", ("step",), lambda r, m=m: r["task"].startswith(m))[0]
+                              for m in ("mri", "ct") if any(t.startswith(m) for t in dps_tasks)}
+    result = {"seed": seed, "images": images, "nfe": nfe, "choice": choice, "rows": rows, "prior": prior.config}
+    print("chosen:", choice)
+    if out:
+        write_json(Path(out) / "dds_tune.json", result)
+    return result
+
+
+def _plot(grid: dict, x, path: Path, i: int = -1) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,7 +362,7 @@ def _plot(grid: dict, x, path: Path) -> None:
 
     if not grid:
         return
-    i = x.shape[0] - 1  # the Shepp-Logan image
+    i = i % x.shape[0]  # the textured unseen image, else the last
     rows = list(grid)
     ncols = 1 + max(len([m for m in g if m != "zero-filled"]) for g in grid.values())
     fig, ax = plt.subplots(2 * len(rows), ncols, figsize=(1.8 * ncols, 3.6 * len(rows)), squeeze=False)
@@ -225,24 +382,31 @@ def _plot(grid: dict, x, path: Path) -> None:
 
 
 def summary(result: dict) -> list[dict]:
-    """Per task and noise level: DDS at 50 NFE (or the largest run) against the best classical baseline, in PSNR
-    on the unseen phantoms and, separately, on the in-family Shepp-Logan; and DDS-50's seconds per image against
-    DPS's where DPS ran."""
+    """Per task, noise level and image kind: DDS at 50 NFE (or the largest run) against the best classical
+    baseline, in PSNR on the unseen phantoms and, separately, on the in-family Shepp-Logan; DDS-50's seconds per
+    image against DPS's where DPS ran; and the PSNR on the textured unseen phantom."""
     from .summary import HIGHER, LOWER, compare
 
     out = []
-    keys = dict.fromkeys((r["task"], r["noise"]) for r in result["rows"])
-    for task, noise in keys:
-        rows = [r for r in result["rows"] if r["task"] == task and r["noise"] == noise]
+    keys = dict.fromkeys((r["task"], r["noise"], r.get("images", "real")) for r in result["rows"])
+    for task, noise, kind in keys:
+        rows = [r for r in result["rows"] if r["task"] == task and r["noise"] == noise and r.get("images", "real") == kind]
         dds = [r for r in rows if r["method"].startswith("DDS")]
         pick = next((r for r in dds if r["nfe"] == 50), dds[-1] if dds else None)
-        label = f"{task}{' noisy' if noise else ''}"
-        for key, metric in (("psnr_unseen", "PSNR dB unseen"), ("psnr_in_family", "PSNR dB in-family")):
+        label = f"{task}{' noisy' if noise else ''}{' complex' if kind == 'complex' else ''}"
+
+        def psnr_row(key, metric):
+            if not any(key in r for r in rows):
+                return
             classical = [(r["method"], r.get(key)) for r in rows if not r["method"].startswith(("DDS", "DPS"))]
             out.append(compare("dds", label, metric, [(pick["method"], pick.get(key))] if pick else [], classical,
                                better=HIGHER))
+
+        psnr_row("psnr_unseen", "PSNR dB unseen")
+        psnr_row("psnr_in_family", "PSNR dB in-family")
         dps = [r for r in rows if r["method"].startswith("DPS")]
         if dps and pick:
             out.append(compare("dds", label, "s/image vs DPS", [(pick["method"], pick["seconds_per_image"])],
                                [(dps[0]["method"], dps[0]["seconds_per_image"])], better=LOWER))
+        psnr_row("psnr_textured", "PSNR dB textured")
     return out

@@ -74,6 +74,9 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
         q.add_argument("--threads", type=int, default=None)
         if name == "mri":
+            q.add_argument("--prior", default="magnitude", choices=("magnitude", "complex"),
+                           help="shipped prior: magnitude (real images; every method over real images) or complex "
+                           "(complex images, no real constraint)")
             q.add_argument("--acceleration", type=float, default=4.0)
             q.add_argument("--mask", default="uniform1d", choices=("uniform1d", "gaussian1d", "gaussian2d", "equispaced"))
             q.add_argument("--coils", type=int, default=4)
@@ -170,7 +173,7 @@ def _reconstruct(args) -> int:
 
     if args.modality is None:
         raise SystemExit("krylon: reconstruct needs a modality: mri or ct")
-    dds = DDS.load(args.model) if args.model else DDS.pretrained()
+    dds = DDS.load(args.model) if args.model else DDS.pretrained(kind=getattr(args, "prior", "magnitude"))
     n = dds.image_size
     x = _read_image(args.image, n)
     if args.modality == "mri":
@@ -189,11 +192,11 @@ def _reconstruct(args) -> int:
         # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
         y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1),
                       support="all" if args.modality == "ct" else None)
-    from ..bench.dds import DDS_GAMMA
+    from ..bench.dds import DDS_GAMMA, DDS_SETTINGS
 
     gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
-    dds = DDS(dds.model, gamma=gamma)
-    real = not dds.model.complex_images  # the baseline gets DDS's constraint: real images for a real prior
+    dds = DDS(dds.model, gamma=gamma, **DDS_SETTINGS[args.modality])  # eta, CG steps chosen on held-out phantoms
+    real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
     res = dds.solve(A, y, nfe=args.nfe, seed=args.sampler_seed, progress=True)
