@@ -1,8 +1,8 @@
 """Accelerated multi-coil MRI with DDS and krylon's shipped diffusion priors (no training, no download).
 
 Simulates 4-coil Cartesian k-space of a phantom, undersampled x4 (uniform random lines, 8 % fully sampled
-centre), reconstructs it with DDS (50 network calls; CG steps and eta: ``DDS_SETTINGS``, chosen on held-out
-phantoms) and with CG-SENSE, and saves a comparison PNG.
+centre), reconstructs it with DDS (50 network calls; CG steps, eta, noisy data weight: ``DDS_SETTINGS``,
+chosen on held-out phantoms apart for noisy and noiseless data) and with CG-SENSE, and saves a comparison PNG.
 
 * Default: the magnitude prior on the (real) Shepp-Logan phantom.  The prior is real, so DDS solves over real
   images; the zero-filled and CG-SENSE baselines get the same constraint (``real=True``).  Shepp-Logan is
@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from krylon.bench.dds import DDS_GAMMA, DDS_SETTINGS
+from krylon.bench.dds import dds_settings
 from krylon.datasets.phantoms import random_phantoms, shepp_logan
 from krylon.operators import MRI
 from krylon.operators.imaging import add_noise, coil_maps, mri_mask
@@ -28,8 +28,7 @@ from krylon.solvers.reconstruction import cg_sense, zero_filled
 
 def main(nfe=50, noise=0.0, out="mri_dds.png", seed=0, complex=False):
     # noiseless: exact data consistency A^H A x = A^H y (gamma=None); noisy: the tuned data weight
-    dds = DDS.pretrained(kind="complex" if complex else "magnitude", gamma=DDS_GAMMA["mri"] if noise else None,
-                         **DDS_SETTINGS["mri"])
+    dds = DDS.pretrained(kind="complex" if complex else "magnitude", **dds_settings("mri", bool(noise)))
     n = dds.image_size
     if complex:  # an unseen complex phantom: magnitude in [0, 1], smooth random phase
         x = random_phantoms(1, n, seed=424_242, complex=True)[0].to(torch.complex64)

@@ -419,7 +419,7 @@ class DDS(_Sampler):
         Stochasticity of the re-noising in [0, 1] (0: deterministic DDIM).  Default 0.5 (the paper's is 0.85).
     gamma : float or None
         Weight of the data term for noisy data; None: noiseless data consistency.  It depends on the scale of
-        ``A^H A``: ``krylon.bench.dds.DDS_GAMMA`` has the values chosen for the 64x64 MRI and CT operators.
+        ``A^H A``: ``krylon.bench.dds.DDS_SETTINGS`` has the values chosen for the 64x64 MRI and CT operators.
     cg_steps : int
         CG iterations per step.  Default 50 (the paper's is 5).
 

@@ -182,3 +182,50 @@ def test_only_a_missing_optional_package_counts_as_skipped():
     for name in ("scipy", "scipy.sparse", "torch", "krylon.solvers.cg"):
         assert not S._missing_dependency(ModuleNotFoundError(f"No module named {name!r}", name=name))
     assert not S._missing_dependency(ImportError("cannot import name 'x'"))
+
+
+def test_dds_settings_are_chosen_apart_for_noisy_data():
+    from krylon.bench import dds
+
+    for m in ("mri", "ct"):
+        clean, noisy = dds.dds_settings(m, False), dds.dds_settings(m, True)
+        assert clean["gamma"] is None and noisy["gamma"] > 0  # noiseless: exact consistency; noisy: a data weight
+        assert set(clean) == set(noisy) == {"eta", "cg_steps", "gamma"}
+    assert dds.dds_settings("ct", True, eta=0.9, cg_steps=None) == {**dds.DDS_SETTINGS["ct", True], "eta": 0.9}
+    with pytest.raises(ValueError, match="'pet'"):
+        dds.dds_settings("pet", True)
+    with pytest.raises(TypeError, match="sigma"):
+        dds.dds_settings("mri", True, sigma=1.0)
+
+
+def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch):
+    from krylon.bench import dds
+
+    monkeypatch.setitem(dds.SIZES, "quick", {"images": 0, "tasks": ("ct-8views",), "dds_nfe": (2,), "dps_nfe": 2,
+                                             "dps_tasks": ("ct-8views",), "dps_noisy": True})
+    monkeypatch.setitem(dds.DDS_SETTINGS, ("ct", True), {"eta": 0.7, "cg_steps": 2, "gamma": 0.05})
+    monkeypatch.setattr(dds, "TV_LAMS", dds.TV_LAMS[:1])
+    res = dds.run("quick", out=tmp_path, plot=False, noisy=True)
+    assert {r["noise"] for r in res["rows"]} == {dds.NOISE}
+    assert {r["method"] for r in res["rows"]} >= {"DDS-2", "DPS-2", "FBP"}
+    ddsrow = next(r for r in res["rows"] if r["method"] == "DDS-2")
+    assert ddsrow["note"] == "eta=0.7, cg_steps=2, gamma=0.05"  # the noisy settings, not the noiseless ones
+    assert (tmp_path / "dds_quick_noisy.json").exists()
+    res = dds.run("quick", out=tmp_path, plot=False, noisy=False, dps=False, tasks=("ct-8views",))
+    assert {r["noise"] for r in res["rows"]} == {0.0}
+    assert "gamma=None" in next(r for r in res["rows"] if r["method"] == "DDS-2")["note"]
+    assert (tmp_path / "dds_quick_ct-8views_noiseless.json").exists()
+    with pytest.raises(ValueError, match="noisy"):
+        dds.run("quick", out=tmp_path, plot=False, noisy="yes")
+
+
+def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
+    from krylon.bench import dds
+
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=((0.5, 1), (0.9, 2)),
+                   gammas={"ct": (0.01, 0.3)}, parts=("noisy",), out=tmp_path)
+    rows = res["rows"]
+    assert len(rows) == 4 and all(r["noise"] == dds.NOISE for r in rows)
+    top = max(rows, key=lambda r: r["psnr"])
+    assert res["choice"] == {"noisy": {"ct": {k: top[k] for k in ("eta", "cg_steps", "gamma")}}}
+    assert (tmp_path / "dds_tune.json").exists()

@@ -44,12 +44,16 @@ TEST_SEED = 424_242  # krylon.datasets.phantoms seed of the unseen test phantoms
 TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth bumps) of this seed
 TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
-# DDS's settings and DPS's step per modality, chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): CG steps
-# and eta (noiseless tasks); gamma, the data weight of the noisy consistency step (I + gamma A^H A) x = x0 +
-# gamma A^H y (CT's A^H A is ~300x MRI's).  MRI with the real constraint is nearly determined at these
-# accelerations and wants near-exact data consistency and little re-noising; sparse-view CT leans on the prior.
-DDS_SETTINGS = {"mri": {"eta": 0.2, "cg_steps": 50}, "ct": {"eta": 0.5, "cg_steps": 50}}
-DDS_GAMMA = {"mri": 10.0, "ct": 0.01}
+# DDS's settings per (modality, noisy), chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): eta, CG steps per
+# sampling step and gamma, the data weight of the noisy consistency step (I + gamma A^H A) x = x0 + gamma A^H y
+# (None: noiseless, A^H A x = A^H y; CT's A^H A is ~300x MRI's).  Noiseless MRI with the real constraint is nearly
+# determined at these accelerations and wants near-exact data consistency and little re-noising; sparse-view CT
+# leans on the prior.  Noisy data were tuned apart (a joint grid of eta, CG steps, gamma): a full solve fits the
+# noise, so fewer CG steps (early stopping is a regulariser) and more re-noising.
+DDS_SETTINGS = {("mri", False): {"eta": 0.2, "cg_steps": 50, "gamma": None},
+                ("ct", False): {"eta": 0.5, "cg_steps": 50, "gamma": None},
+                ("mri", True): {"eta": 0.2, "cg_steps": 50, "gamma": 10.0},
+                ("ct", True): {"eta": 0.5, "cg_steps": 50, "gamma": 0.01}}
 DPS_STEP = {"mri": 1.0, "ct": 0.03}
 # the baselines' weights (relative to ||A^H A||), picked per image against the truth
 CG_LAMS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -57,6 +61,21 @@ TV_LAMS = (1e-5, 3e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 SIZE = 64
 IN_FAMILY = "shepp-logan (in-family)"  # the last test image
 TEXTURED = "textured (blobs)"
+
+
+def dds_settings(modality: str, noisy: bool, **override) -> dict:
+    """DDS's ``{eta, cg_steps, gamma}`` for ``modality`` ("mri" or "ct") and noisy or noiseless data, from
+    :data:`DDS_SETTINGS`; ``override``: values to use instead (``None`` keeps the tuned one).
+
+    >>> dds_settings("ct", True, eta=0.9)["eta"]
+    0.9
+    """
+    if (modality, bool(noisy)) not in DDS_SETTINGS:
+        raise ValueError(f"modality must be 'mri' or 'ct', got {modality!r}")
+    unknown = set(override) - {"eta", "cg_steps", "gamma"}
+    if unknown:
+        raise TypeError(f"dds_settings got unknown settings {sorted(unknown)}")
+    return {**DDS_SETTINGS[modality, bool(noisy)], **{k: v for k, v in override.items() if v is not None}}
 
 
 def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):
@@ -198,12 +217,13 @@ def _load_prior(model, kind, dev):
 
 
 def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, complex_model=None, cg_steps=None,
-        eta=None, dds_nfe=None, dps=True, tasks=None) -> dict:
+        eta=None, dds_nfe=None, dps=True, tasks=None, noisy=None) -> dict:
     """Run the suite; ``model`` / ``complex_model``: a ``prior.pt`` to use instead of the shipped magnitude / complex
-    prior; ``cg_steps``, ``eta``: DDS's for every task (default ``DDS_SETTINGS`` per modality, chosen by
+    prior; ``cg_steps``, ``eta``: DDS's for every task (default ``DDS_SETTINGS`` per modality and noise, chosen by
     :func:`tune`); ``dds_nfe``: DDS's NFE
     list instead of the size's; ``dps=False`` skips DPS; ``tasks``: a subset of the size's tasks (to split a long
-    run over processes; the JSON is named after them)."""
+    run over processes; the JSON is named after them); ``noisy``: True runs only the noisy cases, False only the
+    noiseless ones, None both (the JSON of a part is named ``..._noisy`` / ``..._noiseless``)."""
     import torch
 
     from ..solvers.diffusion import DDS, DPS
@@ -220,13 +240,17 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     all_tasks = cfg["tasks"] or TASKS
     if tasks is not None and not set(tasks) <= set(all_tasks):
         raise ValueError(f"tasks must be among {all_tasks}, got {tasks}")
-    part = "" if tasks is None else "_" + "+".join(tasks)
+    if noisy not in (None, True, False):
+        raise ValueError(f"noisy must be None, True or False, got {noisy!r}")
+    part = ("" if tasks is None else "_" + "+".join(tasks)) + ("" if noisy is None else
+                                                               "_noisy" if noisy else "_noiseless")
+    cases = (False, True) if noisy is None else (noisy,)
     tasks = all_tasks if tasks is None else tuple(tasks)
     dps_tasks = cfg["dps_tasks"] or TASKS
     real = not prior.complex_images
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
-              "dds": {m: {"cg_steps": cg_steps or v["cg_steps"], "eta": v["eta"] if eta is None else eta,
-                          "gamma": DDS_GAMMA[m]} for m, v in DDS_SETTINGS.items()}, "dps": {"step": DPS_STEP},
+              "dds": {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, cg_steps=cg_steps, eta=eta)
+                      for m, n in DDS_SETTINGS}, "dps": {"step": DPS_STEP},
               "lams": {"cg": CG_LAMS, "tv": TV_LAMS},
               "shepp_logan": sl_name + " -- in-family (the training generator has a jittered Shepp-Logan family); "
                                        "psnr_unseen averages the TEST_SEED random phantoms only",
@@ -242,14 +266,13 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
         real = not prior.complex_images
         clean = A.matvec(x.to(torch.complex64) if modality == "mri" else x)
         L = normal_norm(A)
-        for noisy in (False, True):
+        for noisy in cases:
             y = _noisy(task, clean) if noisy else clean
             recs = _classical(task, A, y, x, L, real)
-            gamma = DDS_GAMMA[modality] if noisy else None
-            st = result["dds"][modality]
+            st = dds_settings(modality, noisy, cg_steps=cg_steps, eta=eta)
             for nfe in nfes:
-                r = DDS(prior, gamma=gamma, cg_steps=st["cg_steps"], eta=st["eta"]).solve(A, y, nfe=nfe, seed=0)
-                recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], f"gamma={gamma}")
+                r = DDS(prior, **st).solve(A, y, nfe=nfe, seed=0)
+                recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], ", ".join(f"{k}={v}" for k, v in st.items()))
             if run_dps and (not noisy or cfg.get("dps_noisy", False)):
                 r = DPS(prior, step_size=DPS_STEP[modality]).solve(A, y, nfe=cfg["dps_nfe"], seed=0)
                 recs[f"DPS-{cfg['dps_nfe']}"] = (r.x, r.seconds / x.shape[0], f"step={DPS_STEP[modality]}")
@@ -282,13 +305,15 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
 
 
 def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None,
-         dds_grid=((0.85, 5), (0.85, 20), (0.5, 20), (0.2, 20), (0.5, 50), (0.2, 50)), gammas=None, dps_steps=None,
+         dds_grid=((0.85, 5), (0.85, 20), (0.5, 20), (0.2, 20), (0.5, 50), (0.2, 50)),
+         noisy_grid=((0.85, 5), (0.5, 5), (0.85, 3), (0.5, 3), (0.85, 20), (0.5, 20)), gammas=None, dps_steps=None,
          dps_nfe: int = 500, dps_images: int = 2,
-         dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "gamma", "dps"), out=None, device="cpu") -> dict:
-    """Choose DDS's ``(eta, CG steps)`` per modality from ``dds_grid`` (noiseless tasks), its ``gamma`` per modality
-    (noisy, with the chosen -- or ``dds_grid``'s first -- ``eta``/CG steps) and DPS's step per modality, by mean PSNR on
-    held-out phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test
-    images).  ``parts`` picks what to run.  Prints the tables, writes ``out/dds_tune.json``."""
+         dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), out=None, device="cpu") -> dict:
+    """Choose DDS's ``(eta, CG steps)`` per modality from ``dds_grid`` (noiseless tasks); for noisy data (noise
+    ``NOISE``) ``(eta, CG steps, gamma)`` per modality from ``noisy_grid`` x ``gammas[modality]`` (a joint grid:
+    with few CG steps the early stop regularises and a larger ``gamma`` pays); and DPS's step per modality, by mean
+    PSNR on held-out phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's
+    test images).  ``parts`` picks what to run.  Prints the tables, writes ``out/dds_tune.json``."""
     import torch
 
     from ..datasets.phantoms import random_phantoms
@@ -298,7 +323,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     dev = torch.device(device)
     prior = _load_prior(model, "magnitude", dev)
     tasks = tasks or TASKS
-    gammas = gammas or {"mri": (10.0, 30.0, 100.0, 300.0), "ct": (0.003, 0.01, 0.03, 0.1)}
+    gammas = gammas or {"mri": (3.0, 10.0, 30.0, 100.0), "ct": (0.01, 0.03, 0.1, 0.3)}
     dps_steps = dps_steps or {"mri": (1.0, 3.0, 10.0), "ct": (0.03, 0.1, 0.3)}
     x = random_phantoms(images, SIZE, seed=seed).float().to(dev)
     rows, choice = [], {}
@@ -329,16 +354,17 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         choice["dds"] = {m: dict(zip(("eta", "cg_steps"), best("dds", ("eta", "cg_steps"),
                                                             lambda r, m=m: r["task"].startswith(m))))
                          for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
-    if "gamma" in parts:
+    if "noisy" in parts:
         for task in tasks:
             modality = task.split("-")[0]
-            e, c = (choice["dds"][modality][k] for k in ("eta", "cg_steps")) if "dds" in choice else dds_grid[0]
             A, y, xi = measure(task, True)
-            for g in gammas[modality]:
-                record("gamma", task, True, DDS(prior, gamma=g, eta=e, cg_steps=c), xi, A, y, nfe, gamma=g, eta=e,
-                       cg_steps=c)
-        choice["gamma"] = {m: best("gamma", ("gamma",), lambda r, m=m: r["task"].startswith(m))[0]
-                           for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
+            for e, c in noisy_grid:
+                for g in gammas[modality]:
+                    record("noisy", task, True, DDS(prior, gamma=g, eta=e, cg_steps=c), xi, A, y, nfe, eta=e,
+                           cg_steps=c, gamma=g)
+        choice["noisy"] = {m: dict(zip(("eta", "cg_steps", "gamma"), best(
+            "noisy", ("eta", "cg_steps", "gamma"), lambda r, m=m: r["task"].startswith(m))))
+            for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "dps" in parts:
         for task in dps_tasks:
             modality = task.split("-")[0]

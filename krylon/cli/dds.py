@@ -68,7 +68,8 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
         q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS "
                        "(MRI: on the sampled k-space; CT: on every sinogram bin)")
-        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default by modality)")
+        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default: "
+                       "krylon.bench.dds.DDS_SETTINGS, by modality)")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
@@ -192,10 +193,10 @@ def _reconstruct(args) -> int:
         # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
         y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1),
                       support="all" if args.modality == "ct" else None)
-    from ..bench.dds import DDS_GAMMA, DDS_SETTINGS
+    from ..bench.dds import dds_settings
 
-    gamma = args.gamma if args.gamma is not None else (DDS_GAMMA[args.modality] if args.noise else None)
-    dds = DDS(dds.model, gamma=gamma, **DDS_SETTINGS[args.modality])  # eta, CG steps chosen on held-out phantoms
+    # eta, CG steps and gamma chosen on held-out phantoms, apart for noisy and noiseless data
+    dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), gamma=args.gamma if args.noise else None))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
