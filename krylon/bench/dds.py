@@ -52,8 +52,8 @@ NOISE = 0.03  # relative to the RMS of the measured entries
 # noise, so fewer CG steps (early stopping is a regulariser) and more re-noising.
 DDS_SETTINGS = {("mri", False): {"eta": 0.2, "cg_steps": 50, "gamma": None},
                 ("ct", False): {"eta": 0.5, "cg_steps": 50, "gamma": None},
-                ("mri", True): {"eta": 0.2, "cg_steps": 50, "gamma": 10.0},
-                ("ct", True): {"eta": 0.5, "cg_steps": 50, "gamma": 0.01}}
+                ("mri", True): {"eta": 0.85, "cg_steps": 5, "gamma": 10.0},
+                ("ct", True): {"eta": 0.85, "cg_steps": 3, "gamma": 0.03}}
 DPS_STEP = {"mri": 1.0, "ct": 0.03}
 # the baselines' weights (relative to ||A^H A||), picked per image against the truth
 CG_LAMS = (1e-4, 1e-3, 1e-2, 1e-1)
