@@ -242,7 +242,10 @@ class Diffusion(_StencilOperator):
     Differentiable in ``coefficient``: pass a tensor with ``requires_grad=True``
     and a krylon solve propagates gradients to it by the adjoint method.
     ``A.coefficient`` may be edited in place or replaced: the next application uses
-    the new values (see :meth:`weights`).
+    the new values (see :meth:`weights`).  Replaced by a tensor ``(B, *grid)``, it gives ``B`` systems in
+    one operator: field ``b`` of a batch ``(B, *grid)`` is multiplied with coefficient ``b`` (the stencil
+    weights broadcast over the leading axis; this is how the Darcy generator solves a batch of
+    permeabilities with one CG call).
 
     Parameters
     ----------

@@ -259,3 +259,23 @@ def test_diffusion_sees_an_edit_between_two_matvec_dot_calls_into_the_same_tenso
         A.coefficient.mul_(2)                                         # breaks the block's promise ...
         torch.testing.assert_close(A.matvec_dot(x, out=y)[0], y2)    # ... so the block's weights stay
     torch.testing.assert_close(A.matvec_dot(x, out=y)[0], 2 * y2)   # seen once the block ends
+
+
+def test_diffusion_with_a_batch_of_coefficients_is_one_operator_per_system():
+    """A coefficient (B, *grid) put into A.coefficient gives B systems: system b equals its own operator, and one
+    batched CG solve matches B separate solves (the Darcy generator relies on this)."""
+    from krylon.operators import Diffusion
+    from krylon.solvers import CG
+
+    g = torch.Generator().manual_seed(3)
+    k = torch.rand(3, 9, 11, generator=g, dtype=torch.float64) + 0.2
+    x = torch.randn(3, 9, 11, generator=g, dtype=torch.float64)
+    A = Diffusion(k[0], spacing=0.1)
+    A.coefficient = k
+    for i in range(3):
+        dense = Diffusion(k[i], spacing=0.1).to_dense()
+        torch.testing.assert_close(A.matvec(x)[i], (dense @ x[i].reshape(-1)).reshape(9, 11), rtol=1e-12, atol=1e-12)
+    res = CG(rtol=1e-12).solve(A, x)
+    for i in range(3):
+        sol = torch.linalg.solve(Diffusion(k[i], spacing=0.1).to_dense(), x[i].reshape(-1)).reshape(9, 11)
+        torch.testing.assert_close(res.x[i], sol, rtol=1e-8, atol=1e-8)

@@ -96,7 +96,3 @@ def summary(result: dict) -> list[dict]:
                     [(f"{many['ranks']} ranks", many["samples_per_epoch"] / many["seconds_per_epoch"])],
                     [("1 process", one["samples_per_epoch"] / one["seconds_per_epoch"])], better=HIGHER)]
 
-
-if __name__ == "__main__":  # python -m krylon.bench.ddp [quick|default|paper] [cpu|cuda] (not in `krylon bench all`)
-    result = run(sys.argv[1] if len(sys.argv) > 1 else "quick", device=sys.argv[2] if len(sys.argv) > 2 else "cpu")
-    print(summary(result))
