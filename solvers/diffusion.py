@@ -425,7 +425,8 @@ class DDS(_Sampler):
 
     The defaults of ``eta`` and ``cg_steps`` are the best pair of a grid on held-out phantoms over all six
     benchmark tasks with the shipped prior (``krylon.bench.dds.tune``; per modality in ``DDS_SETTINGS``): more
-    CG steps, closer to exact data consistency, helped on every task.
+    CG steps, closer to exact data consistency, helped on every noiseless task.  Noisy data have their own
+    settings there (``DDS_SETTINGS[modality, True]``: 3-5 CG steps, eta 0.85, a tuned ``gamma``).
 
     Examples
     --------

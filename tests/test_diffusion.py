@@ -441,6 +441,31 @@ def test_cli_reconstruct_sampler_seed_ct_noise_and_real_baseline(tmp_path, capsy
     assert calls[-1][0] == "cg" and calls[-1][1]["real"] is True
 
 
+def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, monkeypatch):
+    """``--noise > 0`` takes ``DDS_SETTINGS[modality, True]`` (eta, CG steps, gamma); ``--gamma`` overrides its
+    gamma; noiseless data take the noiseless settings (gamma None)."""
+    from krylon import cli
+    from krylon.bench import dds as bench
+
+    monkeypatch.setitem(bench.DDS_SETTINGS, ("ct", True), {"eta": 0.3, "cg_steps": 1, "gamma": 0.07})
+    seen = []
+    orig = DDS.data_consistency
+    monkeypatch.setattr(DDS, "data_consistency", lambda self, *a, **k: seen.append(
+        (self.eta, self.cg_steps, self.gamma)) or orig(self, *a, **k))
+    n = DDS.pretrained().image_size
+    np.save(tmp_path / "img.npy", np.pad(np.ones((n // 2, n // 2)), n // 4))
+
+    def run(*extra):
+        seen.clear()
+        assert cli.main(["reconstruct", "ct", "--image", str(tmp_path / "img.npy"), "--nfe", "2", "--views", "8",
+                         "--out", str(tmp_path / "c.png"), *extra]) == 0
+        return set(seen)
+
+    assert run("--noise", "0.03") == {(0.3, 1, 0.07)}
+    assert run("--noise", "0.03", "--gamma", "0.5") == {(0.3, 1, 0.5)}
+    assert run() == {tuple(bench.DDS_SETTINGS["ct", False][k] for k in ("eta", "cg_steps", "gamma"))}
+
+
 def test_examples_use_the_fixes(tmp_path):
     """sparse_view_ct noises every sinogram bin; mri_reconstruction's baselines are real like the prior."""
     import importlib.util
