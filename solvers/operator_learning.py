@@ -510,8 +510,8 @@ class OperatorLearner:
 
     def _refine_samples(self, x, physics, bias_modes, time_padding, batch_size, dtype, progress, log,
                         opts) -> dict:
-        drop_mean = opts["drop_mean"]
         """Per-sample refinement (see :meth:`refine`): a zero-initialised spectral correction per sample."""
+        drop_mean = opts["drop_mean"]
         from ..operators.learned.spectral import SpectralBias
 
         single = x.dim() == self._sample_dims()
