@@ -260,3 +260,18 @@ def test_docstring_examples():
     for mod in (ns_module, navier_stokes):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+def test_generate_samples_is_n_under_a_name_torchrun_does_not_abbreviate():
+    """`--samples` is `--n` for generate ns2d|darcy|phantoms (torchrun's parser takes `--n` for its own options)."""
+    from krylon.cli import _parser
+
+    for kind in ("ns2d", "darcy", "phantoms"):
+        a = _parser().parse_args(["generate", kind, "--samples", "7", "--out", "x.h5"])
+        b = _parser().parse_args(["generate", kind, "--n", "7", "--out", "x.h5"])
+        assert a.n == b.n == 7
+    # torchrun's argument parser (which refuses "--n" as ambiguous) passes "--samples" through to krylon
+    from torch.distributed.run import get_args_parser
+
+    args = get_args_parser().parse_args(["x.py", "generate", "darcy", "--samples", "3"]).training_script_args
+    assert args == ["generate", "darcy", "--samples", "3"]

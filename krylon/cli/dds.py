@@ -13,7 +13,7 @@ def register(cmd) -> None:
 def _add_generate_phantoms(gsub) -> None:
     q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
                         "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
-    q.add_argument("--n", type=int, required=True, help="number of images")
+    q.add_argument("--n", "--samples", dest="n", type=int, required=True, help="number of images")
     q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
     q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
     q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")

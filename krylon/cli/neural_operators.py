@@ -16,7 +16,7 @@ def register(cmd) -> None:
 
 
 def _generate_common(q, batch: int) -> None:
-    q.add_argument("--n", type=int, required=True, help="number of samples")
+    q.add_argument("--n", "--samples", dest="n", type=int, required=True, help="number of samples")
     q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
     q.add_argument("--batch", type=int, default=batch, help=f"samples computed together as one tensor (default {batch})")
     q.add_argument("--seed", type=int, default=0, help="sample i is drawn from (seed, i) (default 0)")
