@@ -135,18 +135,22 @@ def write_json(path: Path, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-def torchrun(ranks: int, module: str, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` as ``ranks`` torchrun processes on this machine (a free local port; one
-    intra-op thread per rank) and return the finished process; a failed launch raises with its stderr's tail.
-    ``--`` ends torchrun's own options, so the module's (``--n`` ...) are never read as abbreviations of them."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr", "127.0.0.1",
-           "--master-port", str(port), "-m", module, "--", *args]
+def run_command(cmd: list[str], *, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with one intra-op thread per process and return the finished process (``.args`` is ``cmd``);
+    a failed run raises with its stderr's tail."""
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=timeout)
     if proc.returncode:
-        raise RuntimeError(f"torchrun with {ranks} ranks failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def torchrun(ranks: int, module: str, *args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` as ``ranks`` torchrun processes on this machine (a free local port) through
+    :func:`run_command`.  ``--`` ends torchrun's own options, so the module's (``--n`` ...) are never read as
+    abbreviations of them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return run_command([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--master-addr",
+                        "127.0.0.1", "--master-port", str(port), "-m", module, "--", *args], timeout=timeout)

@@ -15,13 +15,11 @@ Sizes: ``quick`` 96 samples at 32^2, 2 ranks; ``default`` 256 at 64^2, 2 ranks; 
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-from .common import machine_info, print_table, torchrun, write_json
+from .common import machine_info, print_table, run_command, torchrun, write_json
 
 LAUNCH_TIMEOUT = 3600  # seconds for one training run (a hung rank ends the benchmark instead of blocking it)
 
@@ -39,20 +37,15 @@ def _train(data: Path, out: Path, cfg: dict, ranks: int, device: str) -> dict:
     if not device.startswith("cuda"):
         args += ["--threads", "1"]
     if ranks == 1:
-        cmd = [sys.executable, "-m", "krylon", *args]
-        run = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                             timeout=LAUNCH_TIMEOUT)
-        if run.returncode:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
+        proc = run_command([sys.executable, "-m", "krylon", *args], timeout=LAUNCH_TIMEOUT)
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "-m", "krylon", "--", *args]
-        torchrun(ranks, "krylon", *args, timeout=LAUNCH_TIMEOUT)
+        proc = torchrun(ranks, "krylon", *args, timeout=LAUNCH_TIMEOUT)
     history = json.loads((out / "history.json").read_text())
     per_epoch = history["seconds"][1:] or history["seconds"]
     return {"ranks": ranks, "seconds_per_epoch": statistics.median(per_epoch), "seconds": history["seconds"],
             "samples_per_epoch": history["samples"][-1],
             "final_train_loss": history["train"][-1], "final_val_l2": history["val_l2"][-1],
-            "command": " ".join(cmd[1:])}
+            "command": " ".join(proc.args[1:])}
 
 
 def run(size: str = "quick", *, device: str = "cpu", out: str | Path = "bench-out") -> dict:
