@@ -20,7 +20,7 @@ from krylon.datasets.phantoms import shepp_logan
 from krylon.operators import Radon
 from krylon.operators.imaging import add_noise
 from krylon.solvers import DDS
-from krylon.solvers.metrics import psnr, ssim
+from krylon.solvers.metrics import psnr, save_comparison, ssim
 from krylon.solvers.reconstruction import fbp
 
 
@@ -39,18 +39,7 @@ def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
         print(f"{name:16s} PSNR {float(psnr(r, x)):6.2f} dB  SSIM {float(ssim(r, x)):.3f}")
     print(f"DDS: {res.seconds:.1f} s")
     if out:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(1, len(recs) + 1, figsize=(2.6 * (len(recs) + 1), 2.8))
-        for a, (t, im) in zip(ax, [("truth", x), *recs.items()]):
-            a.imshow(im.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            a.set_title(t if t == "truth" else f"{t}\n{float(psnr(im, x)):.2f} dB", fontsize=8)
-            a.axis("off")
-        fig.tight_layout()
-        fig.savefig(out, dpi=100)
+        save_comparison(out, x, recs, magnitude=False)
         print(f"wrote {out}")
     return x, recs
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from ..kernels import validate
 
-__all__ = ["psnr", "ssim", "normalized_pair"]
+__all__ = ["psnr", "ssim", "normalized_pair", "save_comparison"]
 
 
 def normalized_pair(x: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,3 +94,36 @@ def ssim(x: torch.Tensor, ref: torch.Tensor, *, win_size: int = 7, k1: float = 0
     c1, c2 = (k1 * 1.0) ** 2, (k2 * 1.0) ** 2  # data range 1
     s = (2 * ux * uy + c1) * (2 * vxy + c2) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
     return s.mean(dim=(-3, -2, -1)).reshape(batch)
+
+
+def save_comparison(path, truth: torch.Tensor, recs: dict, *, magnitude: bool = True, error: str | None = None,
+                    title: str | None = None, panel_width: float = 2.6) -> None:
+    """A PNG of ``truth`` and each reconstruction of ``recs`` (name -> image), titled with its :func:`psnr`.
+
+    Images are shown in grey over ``[0, 1]``: magnitudes with ``magnitude`` (the metrics' convention), else as
+    they are (negative values black).  ``error`` adds a last panel of that name: ``||last| - truth|`` of the last
+    reconstruction over ``[0, 0.2]``.  ``title`` goes above the panels.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def shown(im):
+        return im.abs() if magnitude else im
+
+    panels = [("truth", shown(truth), 1.0)]
+    panels += [(f"{name}\n{float(psnr(im, truth)):.2f} dB", shown(im), 1.0) for name, im in recs.items()]
+    if error is not None:
+        panels.append((error, (list(recs.values())[-1].abs() - truth).abs(), 0.2))
+    fig, ax = plt.subplots(1, len(panels), figsize=(panel_width * len(panels), 2.8))
+    for a, (name, im, top) in zip(ax, panels):
+        a.imshow(im.detach().cpu().numpy(), cmap="gray", vmin=0, vmax=top)
+        a.set_title(name, fontsize=8)
+        a.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

@@ -236,3 +236,18 @@ def test_docstring_examples_run():
     for mod in (metrics, reconstruction):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0
+
+
+def test_save_comparison_one_panel_per_image_complex_accepted(tmp_path):
+    """save_comparison: truth + each reconstruction (+ the error panel) side by side; complex images are shown
+    as magnitudes."""
+    import matplotlib.image as mpimg
+
+    from krylon.solvers.metrics import save_comparison
+
+    truth = torch.rand(16, 16, dtype=torch.float64)
+    recs = {"a": truth.to(torch.complex128) * 1j, "b": truth + 0.01}
+    save_comparison(tmp_path / "c.png", truth, recs, error="|b - truth|", title="t")
+    assert mpimg.imread(tmp_path / "c.png").shape[:2] == (280, 1040)  # 4 panels of 2.6 x 2.8 in at 100 dpi
+    save_comparison(tmp_path / "d.png", truth, {"b": recs["b"]}, magnitude=False, panel_width=3.0)
+    assert mpimg.imread(tmp_path / "d.png").shape[:2] == (280, 600)  # 2 panels of 3.0 in

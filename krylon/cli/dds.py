@@ -169,7 +169,7 @@ def _reconstruct(args) -> int:
     from ..operators import MRI, Radon
     from ..operators.imaging import add_noise, coil_maps, mri_mask
     from ..solvers.diffusion import DDS
-    from ..solvers.metrics import psnr, ssim
+    from ..solvers.metrics import psnr, save_comparison, ssim
     from ..solvers.reconstruction import cg_sense, fbp
 
     if args.modality is None:
@@ -206,21 +206,6 @@ def _reconstruct(args) -> int:
     for name, r in rows:
         print(f"  {name:14s} PSNR {float(psnr(r, x)):6.2f} dB  SSIM {float(ssim(r, x)):.4f}")
     print(f"  DDS time {res.seconds:.2f} s")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(10, 2.8))
-    panels = [("truth", x), *[(f"{k}\n{float(psnr(v, x)):.2f} dB", v.abs()) for k, v in rows],
-              ("|DDS - truth|", (res.x.abs() - x).abs())]
-    for a, (t, im) in zip(ax, panels):
-        a.imshow(im.detach().numpy(), cmap="gray", vmin=0, vmax=0.2 if t.startswith("|") else 1)
-        a.set_title(t, fontsize=8)
-        a.axis("off")
-    fig.suptitle(what, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=100)
-    plt.close(fig)
+    save_comparison(args.out, x, dict(rows), error="|DDS - truth|", title=what, panel_width=2.5)
     print(f"wrote {args.out}")
     return 0
