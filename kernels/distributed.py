@@ -162,10 +162,7 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     values = [float(v) for v in values]
     if not is_distributed():
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=device())
-    with collective_errors("all-reduce"):
-        _dist().all_reduce(t)
-    return t.tolist()
+    return sum_over_ranks(torch.tensor(values, dtype=torch.float64, device=device()), what="all-reduce").tolist()
 
 
 def split(n: int, parts: int, index: int) -> range:
@@ -264,15 +261,15 @@ def shutdown() -> None:
 _UP, _DOWN = 1, 2
 
 
-def sum_over_ranks(partial: torch.Tensor) -> torch.Tensor:
+def sum_over_ranks(partial: torch.Tensor, *, what: str = "all-reduce of an inner product") -> torch.Tensor:
     """Sum ``partial`` (e.g. one partial inner product per system) over every rank; returns a new tensor.
 
     Every rank receives bitwise the same sum, so decisions taken on it (convergence, breakdown) agree.
-    A copy of ``partial`` without a process group.
+    A copy of ``partial`` without a process group; ``what`` names the collective in a failure's message.
     """
     out = partial.detach().clone(memory_format=torch.contiguous_format)
     if is_distributed():
-        with collective_errors("all-reduce of an inner product"):
+        with collective_errors(what):
             _dist().all_reduce(out)
     return out
 
