@@ -168,8 +168,7 @@ class Driver:
 
     def dot(self, x: torch.Tensor, y: torch.Tensor, nd: int | None = None) -> torch.Tensor:
         """Per-system ``x^H y`` over the last ``nd`` (default ``nd_in``) dimensions, whole-field."""
-        d = linalg.dot(x, y, self.nd_in if nd is None else nd)
-        return d if self.reduce is None else self.reduce(d)
+        return self.total(linalg.dot(x, y, self.nd_in if nd is None else nd))
 
     def norm(self, x: torch.Tensor, nd: int | None = None) -> torch.Tensor:
         """Per-system Euclidean norm over the last ``nd`` (default ``nd_in``) dimensions, whole-field."""
