@@ -198,7 +198,7 @@ def test_dds_settings_are_chosen_apart_for_noisy_data():
         dds.dds_settings("mri", True, sigma=1.0)
 
 
-def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch):
+def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch, restore_threads):
     from krylon.bench import dds
 
     monkeypatch.setitem(dds.SIZES, "quick", {"images": 0, "tasks": ("ct-8views",), "dds_nfe": (2,), "dps_nfe": 2,
@@ -217,15 +217,33 @@ def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch)
     assert (tmp_path / "dds_quick_ct-8views_noiseless.json").exists()
     with pytest.raises(ValueError, match="noisy"):
         dds.run("quick", out=tmp_path, plot=False, noisy="yes")
+    # the same split from the command line
+    from krylon.cli import main
+
+    assert main(["bench", "dds", "--size", "quick", "--cases", "noiseless", "--task", "ct-8views", "--no-plot",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "dds_quick_ct-8views_noiseless.json").exists()
 
 
 def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
     from krylon.bench import dds
 
-    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=((0.5, 1), (0.9, 2)),
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=((0.5, 1, 3.0), (0.9, 2, 1.0)),
                    gammas={"ct": (0.01, 0.3)}, parts=("noisy",), out=tmp_path)
     rows = res["rows"]
     assert len(rows) == 4 and all(r["noise"] == dds.NOISE for r in rows)
     top = max(rows, key=lambda r: r["psnr"])
-    assert res["choice"] == {"noisy": {"ct": {k: top[k] for k in ("eta", "cg_steps", "gamma")}}}
+    assert res["choice"] == {"noisy": {"ct": {**{k: top[k] for k in ("eta", "cg_steps", "spacing", "gamma")},
+                                              "gamma_schedule": "snr"}}}
     assert (tmp_path / "dds_tune.json").exists()
+
+
+def test_dds_classical_weights_cover_every_case_from_the_grids():
+    from krylon.bench import dds
+
+    for task in dds.TASKS:
+        for noisy in (False, True):
+            for kind in ("real", "complex") if task.startswith("mri") else ("real",):
+                lams = dds.classical_lams(task, noisy, kind)
+                assert lams["cg"] in dds.CG_LAMS and lams["tv"] in dds.TV_LAMS, (task, noisy, kind)
+    assert dds.classical_lams("ct-8views", False, "complex") is None

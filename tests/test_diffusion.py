@@ -80,6 +80,15 @@ def test_cg_data_consistency_matches_dense_solve_complex(gamma):
         rhs = x0.reshape(2, -1) + gamma * y @ M.conj()
         ref = torch.linalg.solve(torch.eye(n * n, dtype=M.dtype) + gamma * AhA, rhs.T).T
     assert_close(got.reshape(2, -1), ref, rtol=1e-7, atol=1e-7)
+    if gamma is not None:  # "snr": the weight at timestep t is gamma (1 - abar_t) / abar_t
+        abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[300]
+        g_t = gamma * (1 - abar) / abar
+        got = dds.data_consistency(A, y, x0, real=False, t=300)
+        rhs = x0.reshape(2, -1) + g_t * y @ M.conj()
+        ref = torch.linalg.solve(torch.eye(n * n, dtype=M.dtype) + g_t * AhA, rhs.T).T
+        assert_close(got.reshape(2, -1), ref, rtol=1e-7, atol=1e-7)
+        const = DDS(dds.model, gamma=gamma, gamma_schedule="constant", cg_steps=n * n)
+        assert const.data_weight(300) == gamma and dds.data_weight(300) == pytest.approx(g_t, rel=1e-12)
 
 
 def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
@@ -570,3 +579,78 @@ def test_bench_oracle_picks_the_best_weight_per_image():
     want = [min(lams, key=lambda v: abs(v - float(ci))) for ci in c]  # 1e-3, 3e-2, 1e-1
     assert_close(rec, x + (torch.tensor(want) - c)[:, None, None], rtol=0, atol=1e-7)
     assert note.startswith("lam=0.001*,0.03,0.1*") and sec >= 0
+
+
+def test_timestep_spacing_power():
+    s = VPSchedule()
+    for nfe, power in [(50, 1.0), (50, 3.0), (100, 3.0), (300, 6.0), (1000, 3.0)]:
+        ts = s.timesteps(nfe, power).tolist()
+        assert ts[0] == 999 and ts[-1] == 0 and len(ts) == nfe
+        assert all(a > b for a, b in zip(ts, ts[1:]))  # strictly decreasing: no repeated network call
+    u = np.linspace(1, 0, 20) ** 2  # DDIM's quadratic spacing, away from the rounding fix-up near 0
+    assert s.timesteps(20, 2.0).tolist()[:10] == np.round(999 * u[:10]).astype(int).tolist()
+    assert s.timesteps(50, 3.0)[-2] < s.timesteps(50, 1.0)[-2]  # finer steps at low noise
+    with pytest.raises(ValueError, match="power"):
+        s.timesteps(10, 0.0)
+    with pytest.raises(ValueError, match="power"):
+        DDS(tiny_net(), spacing=-1.0)
+
+
+def test_train_prior_fine_tunes_a_given_prior(tmp_path):
+    from krylon.solvers.diffusion import train_prior
+
+    data = [{"image": torch.rand(8, 8, generator=torch.Generator().manual_seed(i))} for i in range(4)]
+    init = tiny_net()
+    with torch.no_grad():
+        for p in init.parameters():
+            p.add_(0.1)
+    start = {k: v.clone() for k, v in init.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-12, seed=0, val_fraction=0.0)
+    net = train_prior(data, tmp_path, cfg, init=init, ema_decay=0.0, progress=False, log=lambda s: None)
+    assert net.config == init.config  # the architecture comes from init, not from the defaults
+    for k, v in net.state_dict().items():  # lr ~0: the exported weights are init's
+        assert_close(v, start[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="channels wanted 32"):
+        train_prior(data, tmp_path / "b", cfg, init=init, channels=32, progress=False, log=lambda s: None)
+    big = [{"image": torch.rand(16, 16)} for _ in range(2)]
+    with pytest.raises(ValueError, match="image_size wanted 16"):
+        train_prior(big, tmp_path / "c", cfg, init=init, progress=False, log=lambda s: None)
+    with pytest.raises(TypeError, match="ScoreUNet"):
+        train_prior(data, tmp_path / "d", cfg, init=torch.nn.Linear(2, 2), progress=False, log=lambda s: None)
+
+
+def test_bench_baselines_at_held_out_weights_and_oracle():
+    """The held-out weight's row is that weight's reconstruction; the oracle is never worse, image by image."""
+    from krylon.bench import dds as bench
+    from krylon.solvers.metrics import psnr
+    from krylon.solvers.reconstruction import cg_sense, normal_norm
+
+    x, _, _ = bench._images(1, torch.float32)
+    A = bench._operator("ct-8views", "cpu")
+    y = A.matvec(x)
+    L = normal_norm(A)
+    recs = bench._classical("ct-8views", A, y, x, L, True, {"cg": 1e-2, "tv": 1e-3})
+    assert set(recs) == {"FBP", "CG-Tikhonov", "CG-Tikhonov (oracle)", "TV", "TV (oracle)"}
+    assert_close(recs["CG-Tikhonov"][0], cg_sense(A, y, lam=1e-2, maxiter=50, L=L, real=True))
+    for m in ("CG-Tikhonov", "TV"):
+        assert bool((psnr(recs[f"{m} (oracle)"][0], x) >= psnr(recs[m][0], x) - 1e-9).all())
+    assert "held-out" in recs["TV"][2]
+    assert set(bench._classical("ct-8views", A, y, x, L, True)) == {"FBP", "CG-Tikhonov (oracle)", "TV (oracle)"}
+    rows = [{"task": "ct-8views", "noise": 0.0, "method": m, "nfe": None, "psnr_unseen": p, "seconds_per_image": 0.1}
+            for m, p in [("TV", 30.0), ("TV (oracle)", 33.0), ("DDS-50", 31.5)]]
+    out = bench.summary({"rows": rows})
+    assert out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 31.5 / 30) < 1e-12  # the oracle is no peer
+
+
+def test_bench_tune_classical_part_picks_the_best_mean_weight(tmp_path, monkeypatch):
+    from krylon.bench import dds as bench
+
+    monkeypatch.setattr(bench, "CG_LAMS", (1e-4, 1e-1))
+    monkeypatch.setattr(bench, "TV_LAMS", (1e-4,))
+    res = bench.tune(images=2, tasks=("ct-8views",), parts=("classical",), out=tmp_path)
+    pick = res["choice"]["classical"]
+    assert set(pick) == {"ct-8views noiseless real", "ct-8views noisy real"}  # no complex CT
+    for key, lams in pick.items():
+        noisy = "noisy" in key
+        rows = [r for r in res["rows"] if r["method"] == "CG-Tikhonov" and (r["noise"] > 0) == noisy]
+        assert lams["cg"] == max(rows, key=lambda r: r["psnr"])["lam"] and lams["tv"] == 1e-4

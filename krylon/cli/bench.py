@@ -26,6 +26,10 @@ def register(cmd) -> None:
                    "(default: shared/data/neuralop next to or above the current folder or the repository)")
     b.add_argument("--part", default=None, choices=("darcy", "ns"),
                    help="fno suite: run only its Darcy comparison or only its Navier-Stokes case (default: both)")
+    b.add_argument("--cases", default=None, choices=("noisy", "noiseless"),
+                   help="dds suite: run only the noisy or only the noiseless measurements (default: both)")
+    b.add_argument("--task", action="append", default=None, dest="tasks",
+                   help="dds suite: run only this task (repeat for several; default: the size's tasks)")
     b.add_argument("--model", action="append", default=None,
                    help="DCDM checkpoint(s) for the dcdm suite instead of the shipped models (repeat for 2-D and 3-D)")
 
@@ -43,12 +47,13 @@ def _bench(args) -> int:
     # the options each suite declares reach it (None: the suite's own default)
     options = {"repeats": args.repeats, "rtol": args.rtol, "peers": not args.no_peers, "plot": not args.no_plot,
                "models": args.model, "data_dir": args.data_dir,
-               "part": args.part}
+               "part": args.part, "noisy": None if args.cases is None else args.cases == "noisy",
+               "tasks": args.tasks}
     flags = {"--size": size, "--device": args.device, "--threads": args.threads, "--repeats": args.repeats,
              "--rtol": args.rtol, "--out": args.out, "--no-peers": args.no_peers or None, "--no-plot": args.no_plot or None,
-             "--part": args.part}
+             "--part": args.part, "--cases": args.cases}
     command = " ".join(["krylon bench", args.suite] + [k if v is True else f"{k} {v}" for k, v in flags.items() if v is not None]
-                       + [f"--model {m}" for m in args.model or []]
+                       + [f"--task {t}" for t in args.tasks or []] + [f"--model {m}" for m in args.model or []]
                        + ([f"--data-dir {args.data_dir}"] if args.data_dir else []))
     record = run_suites(list(SUITES) if every else [args.suite], size, device=device, out=args.out, options=options,
                         command=command, isolate=every, write=every, plot=not args.no_plot)

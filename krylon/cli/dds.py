@@ -47,6 +47,8 @@ def _add_train_reconstruct(sub, tsub) -> None:
     tf.add_argument("--mults", type=int, nargs="+", default=[1, 2, 2, 4],
                     help="channel multiplier per level (default 1 2 2 4, as the shipped prior)")
     tf.add_argument("--no-attention", dest="attention", action="store_false")
+    tf.add_argument("--init", default=None, help="fine-tune this prior: a prior.pt of 'krylon train diffusion' or a "
+                    "shipped prior's name (phantom64); its architecture replaces --channels/--mults")
     tf.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995, "
                     "as the shipped prior)")
     tf.add_argument("--epochs", type=int, default=10)
@@ -68,8 +70,8 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
         q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS "
                        "(MRI: on the sampled k-space; CT: on every sinogram bin)")
-        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data (default: "
-                       "krylon.bench.dds.DDS_SETTINGS, by modality)")
+        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data, scaled at each "
+                       "step by its noise level (default: krylon.bench.dds.DDS_SETTINGS, by modality)")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
@@ -102,10 +104,17 @@ def _train_diffusion(args) -> int:
     ds = open_dataset(args.data)
     device = backend.resolve_device(args.device) or torch.device("cpu")
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=args.seed, val_fraction=0.05)
+    init = None
+    if args.init is not None:
+        from ..operators.learned import registry
+        from ..operators.learned.unet import ScoreUNet
+
+        init = (registry.load_checkpoint(args.init, expect=ScoreUNet) if Path(args.init).exists()
+                else registry.load_pretrained("diffusion", args.init))
     t0 = time.perf_counter()
     net = train_prior(ds, args.out, cfg, key=args.key, complex_images=args.complex, channels=args.channels,
                       mults=args.mults, attention=args.attention, ema_decay=args.ema, device=device,
-                      progress=not args.no_progress)
+                      init=init, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     if not main_rank():  # under torchrun: rank 0 writes the record
         return 0
@@ -114,7 +123,7 @@ def _train_diffusion(args) -> int:
     n_par = sum(p.numel() for p in net.parameters())
     record = {"command": command_line(), "data": str(args.data), "samples": len(ds),
               "network": net.config, "parameters": n_par, "epochs": args.epochs, "batch": args.batch, "lr": args.lr,
-              "ema": args.ema, "seed": args.seed, "final_train_loss": history["train"][-1],
+              "ema": args.ema, "seed": args.seed, "init": args.init, "final_train_loss": history["train"][-1],
               "final_val_loss": history["val"][-1] if history["val"] else None,
               "train_seconds_this_run": round(seconds, 1), "device": str(device), "ranks": torchrun_world(), "threads": torch.get_num_threads()}
     (out / "training.json").write_text(json.dumps(record, indent=1))
@@ -195,7 +204,7 @@ def _reconstruct(args) -> int:
                       support="all" if args.modality == "ct" else None)
     from ..bench.dds import dds_settings
 
-    # eta, CG steps and gamma chosen on held-out phantoms, apart for noisy and noiseless data
+    # eta, CG steps, spacing and gamma chosen on held-out phantoms, apart for noisy and noiseless data
     dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), gamma=args.gamma if args.noise else None))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
