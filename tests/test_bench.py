@@ -190,7 +190,7 @@ def test_dds_settings_are_chosen_apart_for_noisy_data():
     for m in ("mri", "ct"):
         clean, noisy = dds.dds_settings(m, False), dds.dds_settings(m, True)
         assert clean["gamma"] is None and noisy["gamma"] > 0  # noiseless: exact consistency; noisy: a data weight
-        assert set(clean) == set(noisy) == {"eta", "cg_steps", "gamma"}
+        assert set(clean) == set(noisy) == {"eta", "cg_steps", "gamma", "gamma_schedule", "spacing"}
     assert dds.dds_settings("ct", True, eta=0.9, cg_steps=None) == {**dds.DDS_SETTINGS["ct", True], "eta": 0.9}
     with pytest.raises(ValueError, match="'pet'"):
         dds.dds_settings("pet", True)

@@ -47,15 +47,14 @@ TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth b
 TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
 # DDS's settings per (modality, noisy), chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): eta, CG steps per
-# sampling step and gamma, the data weight of the noisy consistency step (I + gamma A^H A) x = x0 + gamma A^H y
-# (None: noiseless, A^H A x = A^H y; CT's A^H A is ~300x MRI's).  Noiseless MRI with the real constraint is nearly
-# determined at these accelerations and wants near-exact data consistency and little re-noising; sparse-view CT
-# leans on the prior.  Noisy data were tuned apart (a joint grid of eta, CG steps, gamma): a full solve fits the
-# noise, so fewer CG steps (early stopping is a regulariser) and more re-noising.
-DDS_SETTINGS = {("mri", False): {"eta": 0.2, "cg_steps": 50, "gamma": None},
-                ("ct", False): {"eta": 0.5, "cg_steps": 50, "gamma": None},
-                ("mri", True): {"eta": 0.85, "cg_steps": 5, "gamma": 10.0},
-                ("ct", True): {"eta": 0.85, "cg_steps": 3, "gamma": 0.03}}
+# sampling step, the timestep spacing power and, for noisy data, gamma: the data weight of the consistency step
+# (I + gamma_t A^H A) x = x0 + gamma_t A^H y with gamma_t = gamma (1 - abar_t) / abar_t ("snr"; CT's A^H A is
+# ~300x MRI's).  Noiseless data: A^H A x = A^H y, near-exact (50 CG steps).  Noisy data: a few CG steps, and the
+# weight falls with the noise level so that the last steps do not fit the measurement noise.
+DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": 50, "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
+                ("ct", False): {"eta": 0.85, "cg_steps": 50, "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
+                ("mri", True): {"eta": 0.85, "cg_steps": 5, "gamma": 1e4, "gamma_schedule": "snr", "spacing": 3.0},
+                ("ct", True): {"eta": 0.85, "cg_steps": 5, "gamma": 10.0, "gamma_schedule": "snr", "spacing": 3.0}}
 # DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
 DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0}, "ct": {"step_size": 0.03, "spacing": 2.0}}
 # the baselines' weight grids (relative to ||A^H A||): each method's weight per (task, noisy, images) is chosen
