@@ -467,7 +467,8 @@ class DDS(_Sampler):
     The defaults are the best of grids on held-out phantoms over the six benchmark tasks with the shipped prior
     (``krylon.bench.dds.tune``; per modality and noise in ``DDS_SETTINGS``): the spacing power 3 gained 4.0 dB
     over even spacing at 50 NFE (MRI x4, x8 Gaussian-2D, CT 30 views, noiseless), and more CG steps, closer to
-    exact data consistency, helped on every noiseless task.  Noisy data have their own settings there (few CG steps, the ``"snr"`` weighting and a tuned ``gamma``).
+    exact data consistency, helped on every noiseless task.  Noisy data have their own settings there (few CG
+    steps, the ``"snr"`` weighting and a tuned ``gamma``).
 
     Examples
     --------
