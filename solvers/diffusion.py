@@ -47,6 +47,7 @@ same constraint (``real=True`` in :mod:`krylon.solvers.reconstruction`).
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -200,7 +201,9 @@ def train_prior(dataset, out_dir, config, *, key: str | None = None, complex_ima
         if not isinstance(init, ScoreUNet):
             raise TypeError(f"init must be a ScoreUNet (a prior to fine-tune), got {type(init).__name__}")
         have = {k: (list(v) if isinstance(v, tuple) else v) for k, v in init.config.items()}
-        defaults = {"complex_images": False, "channels": 16, "mults": [1, 2, 2, 4], "blocks": 1, "attention": True}
+        # the architecture arguments the caller left at their defaults give way to init's
+        defaults = {k: p.default for k, p in inspect.signature(train_prior).parameters.items() if k in wanted}
+        defaults["mults"] = list(defaults["mults"])
         clash = {k: (wanted[k], have.get(k)) for k in wanted
                  if have.get(k) != wanted[k] and (k == "image_size" or wanted[k] != defaults[k])}
         if clash:
@@ -434,7 +437,7 @@ class _Sampler:
 class DDS(_Sampler):
     """Decomposed Diffusion Sampler (Chung, Lee, Ye, ICLR 2024): one network call and a few CG steps per step.
 
-    Per timestep ``t`` (``nfe`` of them, evenly spaced from 999 to 0): the Tweedie estimate
+    Per timestep ``t`` (``nfe`` of them from 999 to 0, spaced by ``spacing``): the Tweedie estimate
     ``x0 = (x_t - sqrt(1 - a_t) eps(x_t, t)) / sqrt(a_t)``; data consistency by ``cg_steps`` iterations of
     :class:`~krylon.solvers.CG` started at ``x0`` on ``(I + gamma A^H A) x = x0 + gamma A^H y`` (noisy data) or
     ``A^H A x = A^H y`` (``gamma=None``, noiseless; ``gamma`` varies with ``t`` by ``gamma_schedule``); DDIM re-noising

@@ -364,8 +364,8 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     ``dps_grid``, by mean PSNR on held-out
     phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
     ``parts`` picks what to run; ``"classical"`` (not run by default) chooses the baselines' weights
-    per task, noise and image kind (real; complex phantoms for MRI) from ``CG_LAMS`` / ``TV_LAMS`` by the same
-    rule, the values of :data:`CLASSICAL_LAMS`.  Prints the tables, writes ``out/dds_tune.json``."""
+    per task, noise and image kind (real; complex phantoms for MRI) from ``CG_LAMS`` / ``TV_LAMS``, the largest
+    mean PSNR on the same phantoms for each, the values of :data:`CLASSICAL_LAMS`.  Prints the tables, writes ``out/dds_tune.json``."""
     import torch
 
     from ..datasets.phantoms import random_phantoms

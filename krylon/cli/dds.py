@@ -48,7 +48,8 @@ def _add_train_reconstruct(sub, tsub) -> None:
                     help="channel multiplier per level (default 1 2 2 4, as the shipped prior)")
     tf.add_argument("--no-attention", dest="attention", action="store_false")
     tf.add_argument("--init", default=None, help="fine-tune this prior: a prior.pt of 'krylon train diffusion' or a "
-                    "shipped prior's name (phantom64); its architecture replaces --channels/--mults")
+                    "shipped prior's name (phantom64); its architecture is used (--channels/--mults/--complex left at their "
+                    "defaults, or matching it)")
     tf.add_argument("--ema", type=float, default=0.995, help="EMA decay of the exported weights (default 0.995, "
                     "as the shipped prior)")
     tf.add_argument("--epochs", type=int, default=10)
