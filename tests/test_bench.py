@@ -190,7 +190,7 @@ def test_dds_settings_are_chosen_apart_for_noisy_data():
     for m in ("mri", "ct"):
         clean, noisy = dds.dds_settings(m, False), dds.dds_settings(m, True)
         assert clean["gamma"] is None and noisy["gamma"] > 0  # noiseless: exact consistency; noisy: a data weight
-        assert set(clean) == set(noisy) == {"eta", "cg_steps", "gamma", "gamma_schedule", "spacing"}
+        assert set(clean) == set(noisy) == set(dds.SETTING_NAMES)
     assert dds.dds_settings("ct", True, eta=0.9, cg_steps=None) == {**dds.DDS_SETTINGS["ct", True], "eta": 0.9}
     with pytest.raises(ValueError, match="'pet'"):
         dds.dds_settings("pet", True)
@@ -228,13 +228,18 @@ def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch,
 def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
     from krylon.bench import dds
 
-    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=((0.5, 1, 3.0), (0.9, 2, 1.0)),
-                   gammas={"ct": (0.01, 0.3)}, parts=("noisy",), out=tmp_path)
+    grid = ({"eta": 0.5, "cg_steps": 1, "spacing": 3.0}, {"eta": 0.9, "cg_steps": (1, 3), "cg_power": 1.0, "spacing": 1.0})
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, gammas={"ct": (0.01, 0.3)}, cg_budget={},
+                   parts=("noisy",), out=tmp_path)
     rows = res["rows"]
     assert len(rows) == 4 and all(r["noise"] == dds.NOISE for r in rows)
     top = max(rows, key=lambda r: r["psnr"])
-    assert res["choice"] == {"noisy": {"ct": {**{k: top[k] for k in ("eta", "cg_steps", "spacing", "gamma")},
-                                              "gamma_schedule": "snr"}}}
+    keys = ("eta", "cg_steps", "cg_power", "spacing", "gamma")
+    assert res["choice"] == {"noisy": {"ct": {**{k: top[k] for k in keys if k in top}, "gamma_schedule": "snr"}}}
+    # a CG budget leaves out the settings that need more steps (the ramp 1 -> 3 averages 2 at 2 NFE)
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, gammas={"ct": (0.3,)}, cg_budget={"ct": 1.5},
+                   parts=("noisy",))
+    assert res["choice"]["noisy"]["ct"]["cg_steps"] == 1
     assert (tmp_path / "dds_tune.json").exists()
 
 

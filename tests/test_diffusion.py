@@ -32,6 +32,14 @@ def dense_op(M: torch.Tensor, n: int) -> CallableOperator:
                             dtype=M.dtype)
 
 
+def random_problem(seed, n, m, dtype, x_dtype):
+    """A dense ``m x n^2`` operator of ``dtype``, a start image ``(n, n)`` of ``x_dtype`` and data ``(m,)``."""
+    g = torch.Generator().manual_seed(seed)
+    M = torch.randn(m, n * n, dtype=dtype, generator=g)
+    x0 = torch.randn(n, n, dtype=x_dtype, generator=g)
+    return M, dense_op(M, n), x0, torch.randn(m, dtype=dtype, generator=g), g
+
+
 class GaussianEps(ScoreUNet):
     """The exact noise predictor of data x0 ~ N(0, s0^2 I): E[eps | x_t] = sqrt(1 - a) x_t / (a s0^2 + 1 - a)."""
 
@@ -93,12 +101,8 @@ def test_cg_data_consistency_matches_dense_solve_complex(gamma):
 
 def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
     """3 CG steps of the real-restricted normal system vs an independent numpy CG."""
-    g = torch.Generator().manual_seed(2)
     n, m = 4, 12
-    M = torch.randn(m, n * n, dtype=torch.complex128, generator=g)
-    A = dense_op(M, n)
-    x0 = torch.randn(n, n, dtype=torch.float64, generator=g)
-    y = torch.randn(m, dtype=torch.complex128, generator=g)
+    M, A, x0, y, _ = random_problem(2, n, m, torch.complex128, torch.float64)
     gamma = 2.0
     got = DDS(tiny_net(), gamma=gamma, cg_steps=3).data_consistency(A, y, x0, real=True)
     Mn = M.numpy()
@@ -114,6 +118,43 @@ def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
         p = r_new + (r_new @ r_new) / (r @ r) * p
         r = r_new
     np.testing.assert_allclose(got.numpy().ravel(), x, rtol=1e-9, atol=1e-9)
+
+
+def test_cg_ramp_and_its_checks():
+    """``cg_steps=(first, last)`` ramps as first + (last - first) (i / (n - 1))^power; a count is constant."""
+    n = 50
+    ref = np.rint(2 + 48 * (np.arange(n) / (n - 1)) ** 2).astype(int)
+    assert DDS.cg_counts(n, (2, 50), 2.0) == ref.tolist()
+    dds = DDS(tiny_net(), cg_steps=(1, 40), cg_power=4.0)
+    assert [dds.cg_count(i, 20) for i in range(20)] == DDS.cg_counts(20, (1, 40), 4.0)
+    assert dds.cg_count(0, 20) == 1 and dds.cg_count(19, 20) == 40 and dds.cg_count(0, 1) == 1
+    assert DDS.cg_counts(4, 7) == [7, 7, 7, 7]
+    for bad, match in (({"cg_steps": (1, 2, 3)}, "pair"), ({"cg_steps": (1, -2)}, "cg_steps"),
+                       ({"cg_power": 0.0}, "cg_power"), ({"carry_correction": "yes"}, "carry_correction")):
+        with pytest.raises((ValueError, TypeError), match=match):
+            DDS(tiny_net(), **bad)
+
+
+def test_carried_correction_in_the_range_of_AH_keeps_the_projection():
+    """Noiseless CG started at x0 + A^H w converges to the same point as from x0: the solution nearest x0."""
+    n, m = 4, 9
+    M, A, x0, y, g = random_problem(4, n, m, torch.float64, torch.float64)
+    corr = A.rmatvec(torch.randn(m, dtype=torch.float64, generator=g))
+    got = DDS(tiny_net(), gamma=None, cg_steps=n * n).data_consistency(A, y, x0, real=True, correction=corr)
+    pinv = torch.linalg.pinv(M)
+    ref = pinv @ y + (torch.eye(n * n, dtype=M.dtype) - pinv @ M) @ x0.reshape(-1)
+    assert_close(got.reshape(-1), ref, rtol=1e-8, atol=1e-8)
+    # so the whole sampler with exact consistency gives the same sample with or without the carried correction
+    sched = VPSchedule()
+    A = dense_op(M[:6], n)
+    y = y[:6]
+
+    def sample(carry):
+        dds = DDS(GaussianEps(n, 0.8, sched), schedule=sched, gamma=None, cg_steps=n * n, eta=0.5,
+                  carry_correction=carry)
+        return dds.solve(A, y.expand(3, 6), nfe=8, seed=0, scale=1.0).x
+
+    assert_close(sample(True), sample(False), rtol=1e-6, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- Gaussian posterior

@@ -46,15 +46,22 @@ TEST_SEED = 424_242  # krylon.datasets.phantoms seed of the unseen test phantoms
 TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth bumps) of this seed
 TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
-# DDS's settings per (modality, noisy), chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): eta, CG steps per
-# sampling step, the timestep spacing power and, for noisy data, gamma: the data weight of the consistency step
+# DDS's settings per (modality, noisy), chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): eta, the CG steps
+# per sampling step (a (first, last) ramp of power cg_power, more steps as the noise falls), the carried data
+# correction, the timestep spacing power and, for noisy data, gamma: the data weight of the consistency step
 # (I + gamma_t A^H A) x = x0 + gamma_t A^H y with gamma_t = gamma (1 - abar_t) / abar_t ("snr"; CT's A^H A is
-# ~300x MRI's).  Noiseless data: A^H A x = A^H y, near-exact (50 CG steps).  Noisy data: a few CG steps, and the
-# weight falls with the noise level so that the last steps do not fit the measurement noise.
-DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": 50, "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
-                ("ct", False): {"eta": 1.0, "cg_steps": 50, "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
-                ("mri", True): {"eta": 1.0, "cg_steps": 5, "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0},
-                ("ct", True): {"eta": 1.0, "cg_steps": 5, "gamma": 30.0, "gamma_schedule": "snr", "spacing": 3.0}}
+# ~300x MRI's).  Noiseless data: A^H A x = A^H y.  Noisy data: fewer CG steps, and the weight falls with the noise
+# level so that the last steps do not fit the measurement noise.  CT's noiseless ramp is the best whose CG costs at
+# most about one network call per step on the CPU (tune's cg_budget): DDS-50 stays >= 10x faster than DPS-500.
+DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
+                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
+                ("ct", False): {"eta": 1.0, "cg_steps": (1, 40), "cg_power": 4.0, "carry_correction": True,
+                                "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
+                ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
+                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0},
+                ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
+                               "gamma": 30.0, "gamma_schedule": "snr", "spacing": 3.0}}
+SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing")
 # DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
 DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0}, "ct": {"step_size": 0.03, "spacing": 2.0}}
 # the baselines' weight grids (relative to ||A^H A||): each method's weight per (task, noisy, images) is chosen
@@ -88,7 +95,7 @@ TEXTURED = "textured (blobs)"
 
 
 def dds_settings(modality: str, noisy: bool, **override) -> dict:
-    """DDS's ``{eta, cg_steps, gamma, gamma_schedule, spacing}`` for ``modality`` ("mri" or "ct") and noisy or noiseless data, from
+    """DDS's settings (:data:`SETTING_NAMES`) for ``modality`` ("mri" or "ct") and noisy or noiseless data, from
     :data:`DDS_SETTINGS`; ``override``: values to use instead (``None`` keeps the tuned one).
 
     >>> dds_settings("ct", True, eta=0.9)["eta"]
@@ -96,7 +103,7 @@ def dds_settings(modality: str, noisy: bool, **override) -> dict:
     """
     if (modality, bool(noisy)) not in DDS_SETTINGS:
         raise ValueError(f"modality must be 'mri' or 'ct', got {modality!r}")
-    unknown = set(override) - {"eta", "cg_steps", "gamma", "gamma_schedule", "spacing"}
+    unknown = set(override) - set(SETTING_NAMES)
     if unknown:
         raise TypeError(f"dds_settings got unknown settings {sorted(unknown)}")
     return {**DDS_SETTINGS[modality, bool(noisy)], **{k: v for k, v in override.items() if v is not None}}
@@ -351,17 +358,37 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     return result
 
 
-def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None,
-         dds_grid=((0.5, 50, 3.0), (0.85, 50, 3.0), (0.5, 50, 4.0), (0.85, 50, 4.0), (1.0, 50, 4.0), (0.5, 20, 4.0),
-                   (0.85, 20, 4.0)),
-         noisy_grid=((0.85, 5, 3.0), (1.0, 5, 3.0), (0.85, 5, 4.0)), gammas=None, dps_grid=None,
-         dps_nfe: int = 500, dps_images: int = 2,
+def _grid(etas, ramps, spacings=(4.0,)):
+    """DDS keyword sets: every eta x CG ramp ``(cg_steps, cg_power)`` x spacing, with the carried correction."""
+    return tuple({"eta": e, "cg_steps": c, "cg_power": p, "carry_correction": True, "spacing": sp}
+                 for e in etas for c, p in ramps for sp in spacings)
+
+
+def mean_cg_steps(settings: dict, nfe: int) -> float:
+    """CG iterations per sampling step, on average, of DDS with these keyword ``settings`` at ``nfe`` steps."""
+    from ..solvers.diffusion import DDS
+
+    st = {k: v for k, v in settings.items() if k in ("cg_steps", "cg_power") and v is not None}
+    counts = DDS.cg_counts(nfe, **st)
+    return sum(counts) / nfe
+
+
+DDS_GRID = _grid((0.5, 0.85, 1.0), (((2, 50), 2.0), ((1, 40), 4.0), ((1, 25), 2.0))) + tuple(
+    {"eta": e, "cg_steps": 50, "carry_correction": False, "spacing": 4.0} for e in (0.5, 1.0))  # stop-18's setting
+NOISY_GRID = _grid((1.0,), (((2, 20), 2.0),), (3.0,)) + (
+    {"eta": 1.0, "cg_steps": 5, "carry_correction": False, "spacing": 3.0},)  # stop-18's setting
+
+
+def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None, dds_grid=DDS_GRID,
+         noisy_grid=NOISY_GRID, gammas=None, cg_budget=None, dps_grid=None, dps_nfe: int = 500, dps_images: int = 2,
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), out=None, device="cpu") -> dict:
-    """Choose DDS's ``(eta, CG steps, spacing)`` per modality from ``dds_grid`` (noiseless tasks; the largest PSNR
-    summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps); for noisy data
-    (noise ``NOISE``) ``(eta, CG steps, spacing, gamma)`` per modality from ``noisy_grid`` x ``gammas[modality]``
-    (a joint grid, with the ``"snr"`` data weighting); and DPS's ``(step, spacing)`` per modality from
-    ``dps_grid``, by mean PSNR on held-out
+    """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
+    largest PSNR summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps, among the
+    settings whose mean CG steps per sampling step are within ``cg_budget[modality]`` (default ``{"ct": 10}``: CT's
+    projector costs ~1.1 ms per CG step on one CPU thread, so 10 steps cost about one network call and DDS-50
+    stays >= 10x faster than DPS-500; MRI's ~0.5 ms steps need no budget); for noisy data (noise ``NOISE``) the
+    same from ``noisy_grid`` x ``gammas[modality]`` (a joint grid, with the ``"snr"`` data weighting); and DPS's
+    ``(step, spacing)`` per modality from ``dps_grid``, by mean PSNR on held-out
     phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
     ``parts`` picks what to run; ``"classical"`` (not run by default) chooses the baselines' weights
     per task, noise and image kind (real; complex phantoms for MRI) from ``CG_LAMS`` / ``TV_LAMS``, the largest
@@ -375,7 +402,8 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     dev = torch.device(device)
     prior = _load_prior(model, "magnitude", dev)
     tasks = tasks or TASKS
-    gammas = gammas or {"mri": (3e3, 1e4, 3e4, 1e5), "ct": (3.0, 10.0, 30.0)}
+    gammas = gammas or {"mri": (1e4, 3e4, 1e5), "ct": (10.0, 30.0, 100.0)}
+    cg_budget = {"ct": 10.0} if cg_budget is None else cg_budget
     dps_grid = dps_grid or {"mri": ((1.0, 1.0), (1.0, 2.0), (1.0, 3.0), (3.0, 2.0)),
                             "ct": ((0.03, 1.0), (0.03, 2.0), (0.03, 3.0), (0.1, 2.0))}
     x = random_phantoms(images, SIZE, seed=seed).float().to(dev)
@@ -393,37 +421,42 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
                      "psnr": float(psnr(r.x, xi).mean()), "seconds": round(r.seconds, 2)})
         print_table(rows[-1:], list(rows[-1]), title=None)
 
-    def best(part, keys, select=lambda r: True):
+    def best(part, keys, select=lambda r: True, budget=None):
         """The combination of the largest PSNR summed over the tasks; within 0.1 dB per task of it, the one
-        with the fewest CG steps (cheaper at the same quality)."""
+        with the fewest CG steps (cheaper at the same quality); only those within the CG ``budget``."""
         sel = [r for r in rows if r["part"] == part and select(r)]
-        combos = {tuple(r[k] for k in keys) for r in sel}
-        score = {c: sum(r["psnr"] for r in sel if tuple(r[k] for k in keys) == c) for c in combos}
+        combos = {tuple(r.get(k) for k in keys) for r in sel}
+        cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in combos}
+        combos = {c for c in combos if budget is None or cost[c] <= budget}
+        score = {c: sum(r["psnr"] for r in sel if tuple(r.get(k) for k in keys) == c) for c in combos}
         top = max(score.values())
         near = [c for c in combos if score[c] >= top - 0.1 * len({r["task"] for r in sel})]
-        steps = (lambda c: c[keys.index("cg_steps")]) if "cg_steps" in keys else (lambda c: 0)
-        return min(near, key=lambda c: (steps(c), -score[c]))
+        return min(near, key=lambda c: (cost[c], -score[c]))
+
+    def settings(grid):
+        return tuple(dict.fromkeys(k for g in grid for k in g))  # every key any entry sets, in order
+
+    def chosen(part, keys, m):
+        c = best(part, keys, lambda r: r["task"].startswith(m), cg_budget.get(m))
+        return {k: v for k, v in zip(keys, c) if v is not None}
 
     if "dds" in parts:
-        keys = ("eta", "cg_steps", "spacing")
+        keys = settings(dds_grid)
         for task in tasks:
             A, y, xi = measure(task, False)
-            for e, c, sp in dds_grid:
-                record("dds", task, False, DDS(prior, gamma=None, eta=e, cg_steps=c, spacing=sp), xi, A, y, nfe,
-                       eta=e, cg_steps=c, spacing=sp)
-        choice["dds"] = {m: dict(zip(keys, best("dds", keys, lambda r, m=m: r["task"].startswith(m))))
-                         for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
+            for g in dds_grid:
+                record("dds", task, False, DDS(prior, gamma=None, **g), xi, A, y, nfe, **g)
+        choice["dds"] = {m: chosen("dds", keys, m) for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "noisy" in parts:
-        keys = ("eta", "cg_steps", "spacing", "gamma")
+        keys = settings(noisy_grid) + ("gamma",)
         for task in tasks:
             modality = task.split("-")[0]
             A, y, xi = measure(task, True)
-            for e, c, sp in noisy_grid:
-                for g in gammas[modality]:
-                    record("noisy", task, True, DDS(prior, gamma=g, gamma_schedule="snr", eta=e, cg_steps=c,
-                                                    spacing=sp), xi, A, y, nfe, eta=e, cg_steps=c, spacing=sp, gamma=g)
-        choice["noisy"] = {m: {**dict(zip(keys, best("noisy", keys, lambda r, m=m: r["task"].startswith(m)))),
-                               "gamma_schedule": "snr"}
+            for g in noisy_grid:
+                for gam in gammas[modality]:
+                    record("noisy", task, True, DDS(prior, gamma=gam, gamma_schedule="snr", **g), xi, A, y, nfe,
+                           **g, gamma=gam)
+        choice["noisy"] = {m: {**chosen("noisy", keys, m), "gamma_schedule": "snr"}
                            for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "dps" in parts:
         for task in dps_tasks:
