@@ -60,7 +60,7 @@ DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.
                 ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
                                 "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0},
                 ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                               "gamma": 30.0, "gamma_schedule": "snr", "spacing": 3.0}}
+                               "gamma": 10.0, "gamma_schedule": "snr", "spacing": 3.0}}
 SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing")
 # DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
 DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0}, "ct": {"step_size": 0.03, "spacing": 2.0}}
