@@ -447,8 +447,9 @@ class DDS(_Sampler):
     """Decomposed Diffusion Sampler (Chung, Lee, Ye, ICLR 2024): one network call and a few CG steps per step.
 
     Per timestep ``t`` (``nfe`` of them from 999 to 0, spaced by ``spacing``): the Tweedie estimate
-    ``x0 = (x_t - sqrt(1 - a_t) eps(x_t, t)) / sqrt(a_t)``; data consistency by ``cg_steps`` iterations of
-    :class:`~krylon.solvers.CG` started at ``x0`` on ``(I + gamma A^H A) x = x0 + gamma A^H y`` (noisy data) or
+    ``x0 = (x_t - sqrt(1 - a_t) eps(x_t, t)) / sqrt(a_t)``; data consistency by iterations of
+    :class:`~krylon.solvers.CG` (``cg_steps``, a count or a ramp over the steps) started at ``x0`` plus the previous
+    step's correction (``carry_correction``) on ``(I + gamma A^H A) x = x0 + gamma A^H y`` (noisy data) or
     ``A^H A x = A^H y`` (``gamma=None``, noiseless; ``gamma`` varies with ``t`` by ``gamma_schedule``); DDIM re-noising
     ``x_next = sqrt(a_next) x0 + sqrt(1 - a_next) (eta z + sqrt(1 - eta^2) eps)``.  The last step returns the
     data-consistent ``x0``.  Batched over images; complex-safe (CG uses conjugated inner products).
@@ -478,8 +479,9 @@ class DDS(_Sampler):
     carry_correction : bool
         Start each step's CG at ``x0`` plus the previous step's data correction (the consistent ``x0`` minus the
         network's), not at ``x0`` (default True).  The correction of a noiseless step lies in the range of
-        ``A^H``, so the point CG converges to is unchanged (``x0``'s component outside that range is kept); only
-        the truncated iterate improves, as if one CG run went on across the steps.
+        ``A^H``, so the point CG converges to is unchanged (``x0``'s component outside that range is kept; a noisy
+        step's system has one solution whatever the start); only the truncated iterate improves, as if one CG run
+        went on across the steps.
     spacing : float
         Power of the timestep spacing (:meth:`VPSchedule.timesteps`): 1 even (the paper's), default 4: more
         of the ``nfe`` steps at low noise, where the last steps settle the detail.
@@ -554,16 +556,18 @@ class DDS(_Sampler):
         it is), started at ``x0 + correction`` (default ``x0``)."""
         if real is None:
             real = not x0.is_complex()
-        m = self.cg_count(1, 2) if cg_steps is None else validate.integer(cg_steps, "cg_steps", minimum=0)
+        if cg_steps is None:
+            cg_steps = self.cg_steps[-1] if isinstance(self.cg_steps, tuple) else self.cg_steps
+        m = validate.integer(cg_steps, "cg_steps", minimum=0)
+        start = x0 if correction is None else x0 + correction
         if m == 0:
-            return x0
+            return start
         b = self._rhs(A, y, real)
         if self.gamma is None:
             op = _Normal(A, 1.0, 0.0, real)
         else:
             g = self.gamma if t is None else self.data_weight(t)
             op, b = _Normal(A, g, 1.0, real), x0 + g * b
-        start = x0 if correction is None else x0 + correction
         return CG(maxiter=m, rtol=_rtol(b), differentiable=False).solve(op, b, x0=start).x
 
     @torch.no_grad()

@@ -384,9 +384,9 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), out=None, device="cpu") -> dict:
     """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
     largest PSNR summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps, among the
-    settings whose mean CG steps per sampling step are within ``cg_budget[modality]`` (default ``{"ct": 10}``: CT's
-    projector costs ~1.1 ms per CG step on one CPU thread, so 10 steps cost about one network call and DDS-50
-    stays >= 10x faster than DPS-500; MRI's ~0.5 ms steps need no budget); for noisy data (noise ``NOISE``) the
+    settings whose mean CG steps per sampling step are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
+    one network call's worth of CT projections on a CPU, so that DDS-50 stays >= 10x faster than DPS-500; MRI's
+    cheaper steps need none; BENCHMARKS.md has the timings); for noisy data (noise ``NOISE``) the
     same from ``noisy_grid`` x ``gammas[modality]`` (a joint grid, with the ``"snr"`` data weighting); and DPS's
     ``(step, spacing)`` per modality from ``dps_grid``, by mean PSNR on held-out
     phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
