@@ -514,6 +514,10 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     assert run("--noise", "0.03") == {(0.3, 1, 0.07)}
     assert run("--noise", "0.03", "--gamma", "0.5") == {(0.3, 1, 0.5)}
     assert run() == {tuple(bench.DDS_SETTINGS["ct", False][k] for k in ("eta", "cg_steps", "gamma"))}
+    assert run("--cg-steps", "3") == {(bench.DDS_SETTINGS["ct", False]["eta"], 3, None)}
+    assert run("--cg-steps", "1", "4") == {(bench.DDS_SETTINGS["ct", False]["eta"], (1, 4), None)}
+    assert cli.main(["reconstruct", "ct", "--image", str(tmp_path / "img.npy"), "--out", str(tmp_path / "c.png"),
+                     "--cg-steps", "1", "2", "3"]) == 2
 
 
 def test_examples_use_the_fixes(tmp_path):

@@ -73,6 +73,9 @@ def _add_train_reconstruct(sub, tsub) -> None:
                        "(MRI: on the sampled k-space; CT: on every sinogram bin)")
         q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data, scaled at each "
                        "step by its noise level (default: krylon.bench.dds.DDS_SETTINGS, by modality)")
+        q.add_argument("--cg-steps", type=int, nargs="+", default=None, metavar="N",
+                       help="DDS's CG iterations per step: one count, or FIRST LAST of a ramp over the steps (default: "
+                       "krylon.bench.dds.DDS_SETTINGS, by modality and noise)")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
@@ -184,6 +187,10 @@ def _reconstruct(args) -> int:
 
     if args.modality is None:
         raise SystemExit("krylon: reconstruct needs a modality: mri or ct")
+    cg_steps = args.cg_steps
+    if cg_steps is not None and len(cg_steps) > 2:
+        raise ValueError(f"--cg-steps takes one count or FIRST LAST, got {len(cg_steps)} numbers")
+    cg_steps = None if cg_steps is None else cg_steps[0] if len(cg_steps) == 1 else tuple(cg_steps)
     dds = DDS.load(args.model) if args.model else DDS.pretrained(kind=getattr(args, "prior", "magnitude"))
     n = dds.image_size
     x = _read_image(args.image, n)
@@ -206,7 +213,8 @@ def _reconstruct(args) -> int:
     from ..bench.dds import dds_settings
 
     # eta, CG steps, spacing and gamma chosen on held-out phantoms, apart for noisy and noiseless data
-    dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), gamma=args.gamma if args.noise else None))
+    dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), gamma=args.gamma if args.noise else None,
+                                        cg_steps=cg_steps))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
