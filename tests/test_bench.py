@@ -194,6 +194,12 @@ def test_dds_settings_are_chosen_apart_for_noisy_data():
     assert dds.dds_settings("ct", True, eta=0.9, cg_steps=None) == {**dds.DDS_SETTINGS["ct", True], "eta": 0.9}
     with pytest.raises(ValueError, match="'pet'"):
         dds.dds_settings("pet", True)
+    # the complex prior has its own (MRI only)
+    assert dds.dds_settings("mri", False, kind="complex") == dds.COMPLEX_SETTINGS["mri", False]
+    with pytest.raises(ValueError, match="complex prior"):
+        dds.dds_settings("ct", False, kind="complex")
+    with pytest.raises(ValueError, match="kind"):
+        dds.dds_settings("mri", False, kind="phase")
     with pytest.raises(TypeError, match="sigma"):
         dds.dds_settings("mri", True, sigma=1.0)
 
@@ -241,6 +247,15 @@ def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
                    parts=("noisy",))
     assert res["choice"]["noisy"]["ct"]["cg_steps"] == 1
     assert (tmp_path / "dds_tune.json").exists()
+
+
+def test_dds_tune_complex_prior_runs_the_mri_tasks_on_complex_phantoms():
+    from krylon.bench import dds
+
+    grid = ({"eta": 0.5, "cg_steps": 1}, {"eta": 1.0, "cg_steps": 1})
+    res = dds.tune(images=1, nfe=2, tasks=None, dds_grid=grid, parts=("dds",), kind="complex")
+    assert {r["task"] for r in res["rows"]} == {t for t in dds.TASKS if t.startswith("mri")}
+    assert set(res["choice"]["dds"]) == {"mri"} and res["kind"] == "complex"
 
 
 def test_dds_classical_weights_cover_every_case_from_the_grids():

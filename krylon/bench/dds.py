@@ -61,6 +61,9 @@ DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.
                                 "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0},
                 ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
                                "gamma": 10.0, "gamma_schedule": "snr", "spacing": 3.0}}
+# the complex prior's (MRI only), chosen by tune(kind="complex") on complex TUNE_SEED phantoms
+COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 1.0},
+                    ("mri", True): dict(DDS_SETTINGS["mri", True])}
 SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing")
 # DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
 DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0}, "ct": {"step_size": 0.03, "spacing": 2.0}}
@@ -94,19 +97,24 @@ IN_FAMILY = "shepp-logan (in-family)"  # the last test image
 TEXTURED = "textured (blobs)"
 
 
-def dds_settings(modality: str, noisy: bool, **override) -> dict:
+def dds_settings(modality: str, noisy: bool, *, kind: str = "magnitude", **override) -> dict:
     """DDS's settings (:data:`SETTING_NAMES`) for ``modality`` ("mri" or "ct") and noisy or noiseless data, from
-    :data:`DDS_SETTINGS`; ``override``: values to use instead (``None`` keeps the tuned one).
+    :data:`DDS_SETTINGS` (``kind="complex"``: the complex prior's, MRI only, :data:`COMPLEX_SETTINGS`);
+    ``override``: values to use instead (``None`` keeps the tuned one).
 
     >>> dds_settings("ct", True, eta=0.9)["eta"]
     0.9
     """
-    if (modality, bool(noisy)) not in DDS_SETTINGS:
-        raise ValueError(f"modality must be 'mri' or 'ct', got {modality!r}")
+    if kind not in ("magnitude", "complex"):
+        raise ValueError(f"kind must be 'magnitude' or 'complex', got {kind!r}")
+    table = COMPLEX_SETTINGS if kind == "complex" else DDS_SETTINGS
+    if (modality, bool(noisy)) not in table:
+        raise ValueError(f"modality must be {' or '.join(repr(m) for m in dict.fromkeys(m for m, _ in table))} for "
+                         f"the {kind} prior, got {modality!r}")
     unknown = set(override) - set(SETTING_NAMES)
     if unknown:
         raise TypeError(f"dds_settings got unknown settings {sorted(unknown)}")
-    return {**DDS_SETTINGS[modality, bool(noisy)], **{k: v for k, v in override.items() if v is not None}}
+    return {**table[modality, bool(noisy)], **{k: v for k, v in override.items() if v is not None}}
 
 
 def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):
@@ -302,7 +310,10 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     real = not prior.complex_images
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
               "dds": {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, cg_steps=cg_steps, eta=eta)
-                      for m, n in DDS_SETTINGS}, "dps": DPS_SETTINGS,
+                      for m, n in DDS_SETTINGS},
+              "dds_complex": {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, kind="complex",
+                                                                                    cg_steps=cg_steps, eta=eta)
+                              for m, n in COMPLEX_SETTINGS}, "dps": DPS_SETTINGS,
               "lams": {"cg": CG_LAMS, "tv": TV_LAMS},
               "shepp_logan": sl_name + " -- in-family (the training generator has a jittered Shepp-Logan family); "
                                        "psnr_unseen averages the TEST_SEED random phantoms only",
@@ -321,7 +332,8 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
         for noisy in cases:
             y = _noisy(task, clean) if noisy else clean
             recs = _classical(task, A, y, x, L, real, classical_lams(task, noisy, kind))
-            st = dds_settings(modality, noisy, cg_steps=cg_steps, eta=eta)
+            st = dds_settings(modality, noisy, kind="complex" if prior.complex_images else "magnitude",
+                              cg_steps=cg_steps, eta=eta)
             for nfe in nfes:
                 r = DDS(prior, **st).solve(A, y, nfe=nfe, seed=0)
                 recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], ", ".join(f"{k}={v}" for k, v in st.items()))
@@ -381,7 +393,8 @@ NOISY_GRID = _grid((1.0,), (((2, 20), 2.0),), (3.0,)) + (
 
 def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None, dds_grid=DDS_GRID,
          noisy_grid=NOISY_GRID, gammas=None, cg_budget=None, dps_grid=None, dps_nfe: int = 500, dps_images: int = 2,
-         dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), out=None, device="cpu") -> dict:
+         dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), kind="magnitude", out=None,
+         device="cpu") -> dict:
     """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
     largest PSNR summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps, among the
     settings whose mean CG steps per sampling step are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
@@ -392,7 +405,9 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
     ``parts`` picks what to run; ``"classical"`` (not run by default) chooses the baselines' weights
     per task, noise and image kind (real; complex phantoms for MRI) from ``CG_LAMS`` / ``TV_LAMS``, the largest
-    mean PSNR on the same phantoms for each, the values of :data:`CLASSICAL_LAMS`.  Prints the tables, writes ``out/dds_tune.json``."""
+    mean PSNR on the same phantoms for each, the values of :data:`CLASSICAL_LAMS`.  ``kind="complex"``: the complex
+    prior on complex phantoms of the same seed, MRI tasks only (:data:`COMPLEX_SETTINGS`).  Prints the tables,
+    writes ``out/dds_tune.json``."""
     import torch
 
     from ..datasets.phantoms import random_phantoms
@@ -400,13 +415,15 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     from ..solvers.metrics import psnr
 
     dev = torch.device(device)
-    prior = _load_prior(model, "magnitude", dev)
-    tasks = tasks or TASKS
+    prior = _load_prior(model, kind, dev)
+    cplx = prior.complex_images
+    tasks = tasks or tuple(t for t in TASKS if t.startswith("mri") or not cplx)
+    dps_tasks = tuple(t for t in dps_tasks if t.startswith("mri") or not cplx)
     gammas = gammas or {"mri": (1e4, 3e4, 1e5), "ct": (10.0, 30.0, 100.0)}
     cg_budget = {"ct": 10.0} if cg_budget is None else cg_budget
     dps_grid = dps_grid or {"mri": ((1.0, 1.0), (1.0, 2.0), (1.0, 3.0), (3.0, 2.0)),
                             "ct": ((0.03, 1.0), (0.03, 2.0), (0.03, 3.0), (0.1, 2.0))}
-    x = random_phantoms(images, SIZE, seed=seed).float().to(dev)
+    x = random_phantoms(images, SIZE, seed=seed, complex=cplx).to(torch.complex64 if cplx else torch.float32).to(dev)
     rows, choice = [], {}
 
     def measure(task, noisy, n_img=None):
@@ -472,27 +489,28 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         from ..solvers.reconstruction import normal_norm
 
         lams = {}
-        for kind in ("real", "complex"):
-            xk = random_phantoms(images, SIZE, seed=seed, complex=kind == "complex").to(dev)
+        for ik in ("real", "complex"):
+            xk = random_phantoms(images, SIZE, seed=seed, complex=ik == "complex").to(dev)
             for task in tasks:
-                if kind == "complex" and not task.startswith("mri"):
+                if ik == "complex" and not task.startswith("mri"):
                     continue
                 A = _operator(task, dev)
                 clean = A.matvec(xk.to(torch.complex64) if task.startswith("mri") else xk.float())
                 L = normal_norm(A)
                 for noisy in (False, True):
                     y = _noisy(task, clean) if noisy else clean
-                    key = f"{task} {'noisy' if noisy else 'noiseless'} {kind}"
+                    key = f"{task} {'noisy' if noisy else 'noiseless'} {ik}"
                     lams[key] = {}
-                    for m, (short, grid, fn) in _weighted(task, A, y, L, kind == "real").items():
+                    for m, (short, grid, fn) in _weighted(task, A, y, L, ik == "real").items():
                         score = {lam: float(psnr(fn(lam), xk).mean()) for lam in grid}
                         lams[key][short] = max(score, key=score.get)
                         rows.extend({"part": "classical", "task": task, "noise": NOISE if noisy else 0.0,
-                                     "images": kind, "method": m, "lam": lam, "psnr": round(p, 3)}
+                                     "images": ik, "method": m, "lam": lam, "psnr": round(p, 3)}
                                     for lam, p in score.items())
                     print(key, lams[key], flush=True)
         choice["classical"] = lams
-    result = {"seed": seed, "images": images, "nfe": nfe, "choice": choice, "rows": rows, "prior": prior.config}
+    result = {"seed": seed, "images": images, "nfe": nfe, "kind": kind, "choice": choice, "rows": rows,
+              "prior": prior.config}
     print("chosen:", choice)
     if out:
         write_json(Path(out) / "dds_tune.json", result)

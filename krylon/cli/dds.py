@@ -213,8 +213,8 @@ def _reconstruct(args) -> int:
     from ..bench.dds import dds_settings
 
     # eta, CG steps, spacing and gamma chosen on held-out phantoms, apart for noisy and noiseless data
-    dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), gamma=args.gamma if args.noise else None,
-                                        cg_steps=cg_steps))
+    dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), kind="complex" if dds.complex_images else
+                                        "magnitude", gamma=args.gamma if args.noise else None, cg_steps=cg_steps))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
