@@ -62,7 +62,7 @@ DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.
                 ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
                                "gamma": 10.0, "gamma_schedule": "snr", "spacing": 3.0}}
 # the complex prior's (MRI only), chosen by tune(kind="complex") on complex TUNE_SEED phantoms
-COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 1.0},
+COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 0.85},
                     ("mri", True): dict(DDS_SETTINGS["mri", True])}
 SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing")
 # DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
