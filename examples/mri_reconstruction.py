@@ -17,7 +17,6 @@ import argparse
 
 import torch
 
-from krylon.bench.dds import dds_settings
 from krylon.datasets.phantoms import random_phantoms, shepp_logan
 from krylon.operators import MRI
 from krylon.operators.imaging import add_noise, coil_maps, mri_mask
@@ -28,8 +27,7 @@ from krylon.solvers.reconstruction import cg_sense, zero_filled
 
 def main(nfe=50, noise=0.0, out="mri_dds.png", seed=0, complex=False):
     # noiseless: exact data consistency A^H A x = A^H y (gamma=None); noisy: the tuned data weight
-    kind = "complex" if complex else "magnitude"
-    dds = DDS.pretrained(kind=kind, **dds_settings("mri", bool(noise), kind=kind))
+    dds = DDS.tuned("mri", bool(noise), kind="complex" if complex else "magnitude")
     n = dds.image_size
     if complex:  # an unseen complex phantom: magnitude in [0, 1], smooth random phase
         x = random_phantoms(1, n, seed=424_242, complex=True)[0].to(torch.complex64)

@@ -15,7 +15,6 @@ import math
 
 import torch
 
-from krylon.bench.dds import dds_settings
 from krylon.datasets.phantoms import shepp_logan
 from krylon.operators import Radon
 from krylon.operators.imaging import add_noise
@@ -26,7 +25,7 @@ from krylon.solvers.reconstruction import fbp
 
 def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
     # noisy data get their own settings: fewer CG steps, and CT's A^H A is ~300x MRI's, so a smaller gamma
-    dds = DDS.pretrained(**dds_settings("ct", bool(noise)))
+    dds = DDS.tuned("ct", bool(noise))
     n = dds.image_size
     x = shepp_logan(n).float()
     R = Radon((n, n), angles=torch.arange(views, dtype=torch.float64) * math.pi / views)

@@ -61,10 +61,54 @@ from ..operators.learned.unet import ScoreUNet, from_channels, to_channels
 from .cg import CG
 from .reconstruction import _back, _Normal
 
-__all__ = ["VPSchedule", "diffusion_loss", "SampleResult", "DDS", "DPS", "PRETRAINED"]
+__all__ = ["VPSchedule", "diffusion_loss", "SampleResult", "DDS", "DPS", "PRETRAINED", "DDS_SETTINGS",
+           "COMPLEX_SETTINGS", "SETTING_NAMES", "dds_settings"]
 
 # the shipped priors by kind (operators/learned/weights/diffusion_<name>.md records how each was trained)
 PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
+
+
+# DDS's settings per (modality, noisy), chosen by krylon.bench.dds.tune() on held-out phantoms (BENCHMARKS.md): eta,
+# the CG steps per sampling step (a (first, last) ramp of power cg_power, more steps as the noise falls), the carried
+# data correction, the timestep spacing power and, for noisy data, gamma: the data weight of the consistency step
+# (I + gamma_t A^H A) x = x0 + gamma_t A^H y with gamma_t = gamma (1 - abar_t) / abar_t ("snr"; CT's A^H A is
+# ~300x MRI's).  Noiseless data: A^H A x = A^H y.  Noisy data: fewer CG steps, and the weight falls with the noise
+# level so that the last steps do not fit the measurement noise.  CT's noiseless ramp is the best whose CG costs at
+# most about one network call per step on the CPU (tune's cg_budget): DDS-50 stays >= 10x faster than DPS-500.
+DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
+                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
+                ("ct", False): {"eta": 1.0, "cg_steps": (1, 40), "cg_power": 4.0, "carry_correction": True,
+                                "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
+                ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
+                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0},
+                ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
+                               "gamma": 10.0, "gamma_schedule": "snr", "spacing": 3.0}}
+# the complex prior's (MRI only), chosen by tune(kind="complex") on complex held-out phantoms
+COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 0.85},
+                    ("mri", True): dict(DDS_SETTINGS["mri", True])}
+SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing")
+
+
+def dds_settings(modality: str, noisy: bool, *, kind: str = "magnitude", **override) -> dict:
+    """DDS's settings (:data:`SETTING_NAMES`) for ``modality`` ("mri" or "ct") and noisy or noiseless data, from
+    :data:`DDS_SETTINGS` (``kind="complex"``: the complex prior's, MRI only, :data:`COMPLEX_SETTINGS`);
+    ``override``: values to use instead (``None`` keeps the tuned one).
+
+    >>> dds_settings("ct", True, eta=0.9)["eta"]
+    0.9
+
+    ``DDS.tuned(modality, noisy)`` is the shipped prior with these settings.
+    """
+    if kind not in ("magnitude", "complex"):
+        raise ValueError(f"kind must be 'magnitude' or 'complex', got {kind!r}")
+    table = COMPLEX_SETTINGS if kind == "complex" else DDS_SETTINGS
+    if (modality, bool(noisy)) not in table:
+        raise ValueError(f"modality must be {' or '.join(repr(m) for m in dict.fromkeys(m for m, _ in table))} for "
+                         f"the {kind} prior, got {modality!r}")
+    unknown = set(override) - set(SETTING_NAMES)
+    if unknown:
+        raise TypeError(f"dds_settings got unknown settings {sorted(unknown)}")
+    return {**table[modality, bool(noisy)], **{k: v for k, v in override.items() if v is not None}}
 
 
 class VPSchedule:
@@ -465,7 +509,7 @@ class DDS(_Sampler):
     gamma : float or None
         Weight of the data term for noisy data; None (default): noiseless data consistency, the measurements
         are trusted.  It depends on the scale of ``A^H A`` and the noise, so there is no default value:
-        ``krylon.bench.dds.DDS_SETTINGS`` has the values chosen for the 64x64 MRI and CT operators at 3 % noise.
+        ``DDS_SETTINGS`` (``DDS.tuned``) has the values chosen for the 64x64 MRI and CT operators at 3 % noise.
     gamma_schedule : {"snr", "constant"}
         ``"snr"`` (default): the data weight at step ``t`` is ``gamma (1 - a_t) / a_t``, ``gamma`` over the
         signal-to-noise ratio of ``x_t``: strong while ``x0`` is a rough guess, weak near the end where fitting
@@ -530,6 +574,16 @@ class DDS(_Sampler):
         self.carry_correction = validate.boolean(carry_correction, "carry_correction")
         self.eta, self.gamma, self.cg_power = eta, gamma, cg_power
         self.cg_steps = counts if pair else counts[0]
+
+    @classmethod
+    def tuned(cls, modality: str, noisy: bool = False, *, kind: str = "magnitude", **override) -> "DDS":
+        """The shipped ``kind`` prior with the settings chosen for ``modality`` ("mri" or "ct") and noisy or
+        noiseless data (:func:`dds_settings`; ``override``: values to use instead).
+
+        >>> DDS.tuned("ct", noisy=True).gamma
+        10.0
+        """
+        return cls.pretrained(kind=kind, **dds_settings(modality, noisy, kind=kind, **override))
 
     def cg_count(self, i: int, n: int) -> int:
         """CG iterations of step ``i`` of ``n`` (0 is the noisiest): ``cg_steps``, or its ``(first, last)`` pair

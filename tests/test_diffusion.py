@@ -120,6 +120,23 @@ def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
     np.testing.assert_allclose(got.numpy().ravel(), x, rtol=1e-9, atol=1e-9)
 
 
+def test_tuned_sampler_takes_the_chosen_settings():
+    """``DDS.tuned`` = the shipped prior with ``dds_settings``; the bench re-exports the same tables."""
+    from krylon.bench import dds as bench
+    from krylon.solvers.diffusion import COMPLEX_SETTINGS, DDS_SETTINGS, dds_settings
+
+    assert bench.DDS_SETTINGS is DDS_SETTINGS and bench.COMPLEX_SETTINGS is COMPLEX_SETTINGS
+    for (modality, noisy), st in DDS_SETTINGS.items():
+        dds = DDS.tuned(modality, noisy)
+        assert (dds.eta, dds.gamma, dds.spacing) == (st["eta"], st["gamma"], st["spacing"])
+        assert dds.cg_steps == tuple(st["cg_steps"]) and not dds.complex_images
+    c = DDS.tuned("mri", kind="complex", eta=0.2)
+    assert c.complex_images and c.eta == 0.2 and c.cg_power == COMPLEX_SETTINGS["mri", False]["cg_power"]
+    assert dds_settings("mri", True, gamma=None) == DDS_SETTINGS["mri", True]  # None keeps the tuned value
+    with pytest.raises(ValueError, match="complex prior"):
+        DDS.tuned("ct", kind="complex")
+
+
 def test_cg_ramp_and_its_checks():
     """``cg_steps=(first, last)`` ramps as first + (last - first) (i / (n - 1))^power; a count is constant."""
     n = 50
@@ -495,9 +512,9 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     """``--noise > 0`` takes ``DDS_SETTINGS[modality, True]`` (eta, CG steps, gamma); ``--gamma`` overrides its
     gamma; noiseless data take the noiseless settings (gamma None)."""
     from krylon import cli
-    from krylon.bench import dds as bench
+    from krylon.solvers import diffusion as tuned
 
-    monkeypatch.setitem(bench.DDS_SETTINGS, ("ct", True), {"eta": 0.3, "cg_steps": 1, "gamma": 0.07})
+    monkeypatch.setitem(tuned.DDS_SETTINGS, ("ct", True), {"eta": 0.3, "cg_steps": 1, "gamma": 0.07})
     seen = []
     orig = DDS.data_consistency
     monkeypatch.setattr(DDS, "data_consistency", lambda self, *a, **k: seen.append(
@@ -513,9 +530,9 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
 
     assert run("--noise", "0.03") == {(0.3, 1, 0.07)}
     assert run("--noise", "0.03", "--gamma", "0.5") == {(0.3, 1, 0.5)}
-    assert run() == {tuple(bench.DDS_SETTINGS["ct", False][k] for k in ("eta", "cg_steps", "gamma"))}
-    assert run("--cg-steps", "3") == {(bench.DDS_SETTINGS["ct", False]["eta"], 3, None)}
-    assert run("--cg-steps", "1", "4") == {(bench.DDS_SETTINGS["ct", False]["eta"], (1, 4), None)}
+    assert run() == {tuple(tuned.DDS_SETTINGS["ct", False][k] for k in ("eta", "cg_steps", "gamma"))}
+    assert run("--cg-steps", "3") == {(tuned.DDS_SETTINGS["ct", False]["eta"], 3, None)}
+    assert run("--cg-steps", "1", "4") == {(tuned.DDS_SETTINGS["ct", False]["eta"], (1, 4), None)}
     assert cli.main(["reconstruct", "ct", "--image", str(tmp_path / "img.npy"), "--out", str(tmp_path / "c.png"),
                      "--cg-steps", "1", "2", "3"]) == 2
 

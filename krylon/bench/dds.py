@@ -31,6 +31,7 @@ import math
 import time
 from pathlib import Path
 
+from ..solvers.diffusion import COMPLEX_SETTINGS, DDS_SETTINGS, SETTING_NAMES, dds_settings  # noqa: F401 (re-exported)
 from .common import machine_info, print_table, write_json
 
 SIZES = {  # DPS (a forward and a backward pass per NFE) dominates the run time
@@ -46,25 +47,6 @@ TEST_SEED = 424_242  # krylon.datasets.phantoms seed of the unseen test phantoms
 TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth bumps) of this seed
 TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
-# DDS's settings per (modality, noisy), chosen by tune() on TUNE_SEED phantoms (BENCHMARKS.md): eta, the CG steps
-# per sampling step (a (first, last) ramp of power cg_power, more steps as the noise falls), the carried data
-# correction, the timestep spacing power and, for noisy data, gamma: the data weight of the consistency step
-# (I + gamma_t A^H A) x = x0 + gamma_t A^H y with gamma_t = gamma (1 - abar_t) / abar_t ("snr"; CT's A^H A is
-# ~300x MRI's).  Noiseless data: A^H A x = A^H y.  Noisy data: fewer CG steps, and the weight falls with the noise
-# level so that the last steps do not fit the measurement noise.  CT's noiseless ramp is the best whose CG costs at
-# most about one network call per step on the CPU (tune's cg_budget): DDS-50 stays >= 10x faster than DPS-500.
-DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
-                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
-                ("ct", False): {"eta": 1.0, "cg_steps": (1, 40), "cg_power": 4.0, "carry_correction": True,
-                                "gamma": None, "gamma_schedule": "snr", "spacing": 4.0},
-                ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0},
-                ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                               "gamma": 10.0, "gamma_schedule": "snr", "spacing": 3.0}}
-# the complex prior's (MRI only), chosen by tune(kind="complex") on complex TUNE_SEED phantoms
-COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 0.85},
-                    ("mri", True): dict(DDS_SETTINGS["mri", True])}
-SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing")
 # DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
 DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0}, "ct": {"step_size": 0.03, "spacing": 2.0}}
 # the baselines' weight grids (relative to ||A^H A||): each method's weight per (task, noisy, images) is chosen
@@ -95,26 +77,6 @@ CLASSICAL_LAMS: dict = {  # tune(parts=("classical",)): bench-results/dds-tune-c
 SIZE = 64
 IN_FAMILY = "shepp-logan (in-family)"  # the last test image
 TEXTURED = "textured (blobs)"
-
-
-def dds_settings(modality: str, noisy: bool, *, kind: str = "magnitude", **override) -> dict:
-    """DDS's settings (:data:`SETTING_NAMES`) for ``modality`` ("mri" or "ct") and noisy or noiseless data, from
-    :data:`DDS_SETTINGS` (``kind="complex"``: the complex prior's, MRI only, :data:`COMPLEX_SETTINGS`);
-    ``override``: values to use instead (``None`` keeps the tuned one).
-
-    >>> dds_settings("ct", True, eta=0.9)["eta"]
-    0.9
-    """
-    if kind not in ("magnitude", "complex"):
-        raise ValueError(f"kind must be 'magnitude' or 'complex', got {kind!r}")
-    table = COMPLEX_SETTINGS if kind == "complex" else DDS_SETTINGS
-    if (modality, bool(noisy)) not in table:
-        raise ValueError(f"modality must be {' or '.join(repr(m) for m in dict.fromkeys(m for m, _ in table))} for "
-                         f"the {kind} prior, got {modality!r}")
-    unknown = set(override) - set(SETTING_NAMES)
-    if unknown:
-        raise TypeError(f"dds_settings got unknown settings {sorted(unknown)}")
-    return {**table[modality, bool(noisy)], **{k: v for k, v in override.items() if v is not None}}
 
 
 def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):

@@ -72,10 +72,10 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS "
                        "(MRI: on the sampled k-space; CT: on every sinogram bin)")
         q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data, scaled at each "
-                       "step by its noise level (default: krylon.bench.dds.DDS_SETTINGS, by modality)")
+                       "step by its noise level (default: krylon.solvers.diffusion.DDS_SETTINGS, by modality)")
         q.add_argument("--cg-steps", type=int, nargs="+", default=None, metavar="N",
                        help="DDS's CG iterations per step: one count, or FIRST LAST of a ramp over the steps (default: "
-                       "krylon.bench.dds.DDS_SETTINGS, by modality and noise)")
+                       "krylon.solvers.diffusion.DDS_SETTINGS, by modality and noise)")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
@@ -210,7 +210,7 @@ def _reconstruct(args) -> int:
         # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
         y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1),
                       support="all" if args.modality == "ct" else None)
-    from ..bench.dds import dds_settings
+    from ..solvers.diffusion import dds_settings
 
     # eta, CG steps, spacing and gamma chosen on held-out phantoms, apart for noisy and noiseless data
     dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), kind="complex" if dds.complex_images else
