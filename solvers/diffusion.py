@@ -630,8 +630,9 @@ class DDS(_Sampler):
         eps = self._eps(x, t)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         xc = self.data_consistency(A, y, x0, real=real, t=t, cg_steps=self.cg_count(state["i"], state["n"]),
-                                   correction=state.get("correction") if self.carry_correction else None)
-        state["correction"] = xc - x0
+                                   correction=state.get("correction"))
+        if self.carry_correction:
+            state["correction"] = xc - x0
         x0 = xc
         if t_next < 0:
             return x0, x0

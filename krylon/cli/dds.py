@@ -187,10 +187,8 @@ def _reconstruct(args) -> int:
 
     if args.modality is None:
         raise SystemExit("krylon: reconstruct needs a modality: mri or ct")
-    cg_steps = args.cg_steps
-    if cg_steps is not None and len(cg_steps) > 2:
-        raise ValueError(f"--cg-steps takes one count or FIRST LAST, got {len(cg_steps)} numbers")
-    cg_steps = None if cg_steps is None else cg_steps[0] if len(cg_steps) == 1 else tuple(cg_steps)
+    # one count, or a (first, last) ramp: DDS checks the pair
+    cg_steps = args.cg_steps if args.cg_steps is None or len(args.cg_steps) > 1 else args.cg_steps[0]
     dds = DDS.load(args.model) if args.model else DDS.pretrained(kind=getattr(args, "prior", "magnitude"))
     n = dds.image_size
     x = _read_image(args.image, n)
