@@ -147,7 +147,8 @@ def test_cg_ramp_and_its_checks():
     assert dds.cg_count(0, 20) == 1 and dds.cg_count(19, 20) == 40 and dds.cg_count(0, 1) == 1
     assert DDS.cg_counts(4, 7) == [7, 7, 7, 7]
     for bad, match in (({"cg_steps": (1, 2, 3)}, "pair"), ({"cg_steps": (1, -2)}, "cg_steps"),
-                       ({"cg_power": 0.0}, "cg_power"), ({"carry_correction": "yes"}, "carry_correction")):
+                       ({"cg_power": 0.0}, "cg_power"), ({"carry_correction": "yes"}, "carry_correction"),
+                       ({"denoise_below": -1}, "denoise_below"), ({"denoise_below": 2.5}, "denoise_below")):
         with pytest.raises((ValueError, TypeError), match=match):
             DDS(tiny_net(), **bad)
 
@@ -187,7 +188,7 @@ def test_dds_noiseless_gaussian_prior_samples_the_exact_posterior():
     M = torch.randn(m, n * n, dtype=torch.float64, generator=g)
     A = dense_op(M, n)
     y = torch.randn(m, dtype=torch.float64, generator=g)
-    dds = DDS(GaussianEps(n, s0, sched), schedule=sched, gamma=None, cg_steps=n * n, eta=0.0)
+    dds = DDS(GaussianEps(n, s0, sched), schedule=sched, gamma=None, cg_steps=n * n, eta=0.0, denoise_below=0)
     k = 500
     res = dds.solve(A, y.expand(k, m), nfe=100, seed=0, scale=1.0)
     X = res.x.reshape(k, -1)
@@ -201,6 +202,59 @@ def test_dds_noiseless_gaussian_prior_samples_the_exact_posterior():
     C = torch.cov(X.T)
     assert 0.91 < float(torch.trace(C) / torch.trace(s0 ** 2 * P)) < 1.05
     assert float(torch.linalg.matrix_norm(C - s0 ** 2 * P) / torch.linalg.matrix_norm(s0 ** 2 * P)) < 0.2
+
+
+def test_denoise_tail_shrinks_the_null_space_by_tweedie_toward_the_posterior_mean():
+    """Into timesteps below ``denoise_below`` the sampler carries ``sqrt(a) x0`` over without noise: with the exact
+    predictor of N(0, s0^2 I) each such step multiplies the null-space part of the consistent x0 by Tweedie's
+    shrinkage a s0^2 / (a s0^2 + 1 - a), toward the posterior mean A^+ y; the steps before it add fresh noise."""
+    n, m, s0 = 4, 6, 0.8
+    sched = VPSchedule()
+    g = torch.Generator().manual_seed(5)
+    M = torch.randn(m, n * n, dtype=torch.float64, generator=g)
+    A, y = dense_op(M, n), torch.randn(m, dtype=torch.float64, generator=g)
+    dds = DDS(GaussianEps(n, s0, sched), schedule=sched, gamma=None, cg_steps=n * n, eta=1.0, spacing=1.0,
+              denoise_below=300)
+    res = dds.solve(A, y.expand(2, m), nfe=10, seed=0, scale=1.0, trajectory=True)
+    ts = [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]  # even spacing, closed form
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    pinv = torch.linalg.pinv(M)
+    null = res.trajectory.reshape(10, 2, -1) @ (torch.eye(n * n, dtype=torch.float64) - pinv @ M).T
+    for i in range(9):
+        a = abar[ts[i + 1]]
+        shrunk = a * s0 ** 2 / (a * s0 ** 2 + 1 - a) * null[i]
+        if ts[i + 1] < 300:
+            assert_close(null[i + 1], shrunk, rtol=1e-6, atol=1e-7)
+        else:
+            assert float((null[i + 1] - shrunk).abs().max()) > 1e-2
+    assert_close(res.x.reshape(2, -1) @ (pinv @ M).T, (pinv @ y).expand(2, -1), rtol=1e-7, atol=1e-9)
+
+
+def test_dps_tail_takes_ddim_deterministic_steps():
+    """DPS below ``denoise_below``: DDIM's eta = 0 step x_next = sqrt(a') x0 + sqrt(1 - a') eps.  With no data
+    gradient (A = 0) and the exact predictor of N(0, s0^2 I), x0 = c(a) x_t with c(a) = sqrt(a) s0^2 / (a s0^2 + 1 - a)
+    and eps = sqrt(1 - a) x_t / (a s0^2 + 1 - a): each tail step scales x0 by a closed-form factor; ancestral steps
+    before it add fresh noise."""
+    n, s0 = 4, 0.8
+    sched = VPSchedule()
+    A = CallableOperator(lambda x: 0 * x, (n, n), adjoint=lambda y: 0 * y, dtype=torch.float64)
+    dps = DPS(GaussianEps(n, s0, sched), schedule=sched, step_size=1.0, spacing=1.0, denoise_below=300)
+    res = dps.solve(A, torch.ones(2, n, n, dtype=torch.float64), nfe=10, seed=0, scale=1.0, trajectory=True)
+    ts = [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    x0s = res.trajectory.reshape(10, 2, -1)
+
+    def c(a):
+        return a.sqrt() * s0 ** 2 / (a * s0 ** 2 + 1 - a)
+
+    for i in range(9):
+        a, an = abar[ts[i]], abar[ts[i + 1]]
+        k = (an.sqrt() * a.sqrt() * s0 ** 2 + (1 - an).sqrt() * (1 - a).sqrt()) / (a * s0 ** 2 + 1 - a)
+        expected = c(an) * k / c(a) * x0s[i]
+        if ts[i + 1] < 300:
+            assert_close(x0s[i + 1], expected, rtol=2e-6, atol=1e-9)  # the network input is float32
+        else:
+            assert float((x0s[i + 1] - expected).abs().max()) > 1e-2
 
 
 def test_dps_gaussian_prior_mean_near_posterior_mean():
@@ -702,6 +756,22 @@ def test_bench_baselines_at_held_out_weights_and_oracle():
             for m, p in [("TV", 30.0), ("TV (oracle)", 33.0), ("DDS-50", 31.5)]]
     out = bench.summary({"rows": rows})
     assert out[0]["peer"] == "TV" and abs(out[0]["ratio"] - 31.5 / 30) < 1e-12  # the oracle is no peer
+
+
+def test_tune_rule_prefers_fewer_cg_steps_then_the_shorter_tail_within_the_tolerance():
+    from krylon.bench.dds import best_setting
+
+    def rows(cg, tail, psnr):
+        return [{"task": t, "noise": 0.0, "cg_steps": cg, "denoise_below": tail, "psnr": psnr} for t in ("a", "b")]
+
+    keys = ("cg_steps", "denoise_below")
+    grid = rows([2, 50], 2, 40.0) + rows([2, 50], 1, 39.95) + rows([2, 50], 0, 39.0)
+    assert best_setting(grid, keys) == ((2, 50), 1)  # 0.1 dB below the best over two cases: the shorter tail
+    assert best_setting(grid + rows(5, 20, 39.91), keys) == (5, 20)  # fewer CG steps (5 < 18 a step) come first
+    assert best_setting(grid + rows(5, 20, 39.5), keys) == ((2, 50), 1)  # ... but only within the tolerance
+    assert best_setting(grid + rows(5, 20, 39.5), keys, budget=10) == (5, 20)  # the budget rules the others out
+    with pytest.raises(ValueError, match="budget"):
+        best_setting(grid, keys, budget=1)
 
 
 def test_bench_tune_classical_part_picks_the_best_mean_weight(tmp_path, monkeypatch):

@@ -47,8 +47,9 @@ TEST_SEED = 424_242  # krylon.datasets.phantoms seed of the unseen test phantoms
 TEXTURED_SEED = 424_243  # the textured unseen phantom: family "blobs" (smooth bumps) of this seed
 TUNE_SEED = 777  # held-out phantoms for choosing hyper-parameters (tune); never the test images
 NOISE = 0.03  # relative to the RMS of the measured entries
-# DPS's step size (zeta) and timestep spacing per modality, chosen by tune() the same way
-DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0}, "ct": {"step_size": 0.03, "spacing": 2.0}}
+# DPS's step size (zeta), timestep spacing and DDIM tail per modality, chosen by tune() the same way
+DPS_SETTINGS = {"mri": {"step_size": 1.0, "spacing": 2.0, "denoise_below": 160},
+                "ct": {"step_size": 0.03, "spacing": 2.0, "denoise_below": 80}}
 # the baselines' weight grids (relative to ||A^H A||): each method's weight per (task, noisy, images) is chosen
 # on the held-out phantoms by tune(parts=("classical",)) (CLASSICAL_LAMS), as DDS's settings are; the best weight
 # per test image against its truth is reported beside it as an oracle ("TV (oracle)", "CG-SENSE (oracle)")
@@ -332,10 +333,11 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     return result
 
 
-def _grid(etas, ramps, spacings=(4.0,)):
-    """DDS keyword sets: every eta x CG ramp ``(cg_steps, cg_power)`` x spacing, with the carried correction."""
-    return tuple({"eta": e, "cg_steps": c, "cg_power": p, "carry_correction": True, "spacing": sp}
-                 for e in etas for c, p in ramps for sp in spacings)
+def _grid(etas, ramps, spacings=(4.0,), denoise=(0,)):
+    """DDS keyword sets: every eta x CG ramp ``(cg_steps, cg_power)`` x spacing x ``denoise_below``, with the
+    carried correction."""
+    return tuple({"eta": e, "cg_steps": c, "cg_power": p, "carry_correction": True, "spacing": sp, "denoise_below": d}
+                 for e in etas for c, p in ramps for sp in spacings for d in denoise)
 
 
 def mean_cg_steps(settings: dict, nfe: int) -> float:
@@ -347,10 +349,37 @@ def mean_cg_steps(settings: dict, nfe: int) -> float:
     return sum(counts) / nfe
 
 
-DDS_GRID = _grid((0.5, 0.85, 1.0), (((2, 50), 2.0), ((1, 40), 4.0), ((1, 25), 2.0))) + tuple(
+DDS_GRID = _grid((0.5, 0.85, 1.0), (((2, 50), 2.0), ((1, 40), 4.0), ((1, 25), 2.0)),
+                 denoise=(0, 1, 2, 4, 10, 20, 160)) + tuple(
     {"eta": e, "cg_steps": 50, "carry_correction": False, "spacing": 4.0} for e in (0.5, 1.0))  # stop-18's setting
-NOISY_GRID = _grid((1.0,), (((2, 20), 2.0),), (3.0,)) + (
+NOISY_GRID = _grid((1.0,), (((2, 20), 2.0),), (3.0,), denoise=(0, 10, 80, 160)) + (
     {"eta": 1.0, "cg_steps": 5, "carry_correction": False, "spacing": 3.0},)  # stop-18's setting
+
+
+def best_setting(rows, keys, *, nfe: int = 50, budget=None) -> tuple:
+    """The values of ``keys`` that :func:`tune` picks from its result ``rows`` (each a dict with those keys,
+    ``task``, ``noise`` and ``psnr``): the largest PSNR summed over the (task, noise) cases; within 0.1 dB per
+    case of it, the fewest CG steps per sampling step (cheaper at the same quality), then the shortest
+    deterministic tail (``denoise_below``: the least departure from sampling the posterior), then the larger
+    sum; only settings within the CG ``budget``."""
+    def combo(r):
+        return tuple(tuple(v) if isinstance(v, list) else v for v in (r.get(k) for k in keys))
+
+    combos = {combo(r) for r in rows}
+    cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in combos}
+    combos = {c for c in combos if budget is None or cost[c] <= budget}
+    if not combos:
+        raise ValueError(f"no setting in the grid is within the CG budget {budget}")
+    score = {c: sum(r["psnr"] for r in rows if combo(r) == c) for c in combos}
+    top = max(score.values())
+    near = [c for c in combos if score[c] >= top - 0.1 * len({(r["task"], r["noise"]) for r in rows})]
+    tail = keys.index("denoise_below") if "denoise_below" in keys else None
+    return min(near, key=lambda c: (cost[c], (c[tail] or 0) if tail is not None else 0, -score[c]))
+
+
+# DPS's (step_size, spacing, denoise_below) per modality: stop 18's grid, then the chosen pair with DDIM tails
+DPS_GRID = {m: ((st, 1.0, 0), (st, 2.0, 0), (st, 3.0, 0), (big, 2.0, 0))
+            + tuple((st, 2.0, d) for d in (10, 40, 80, 160, 320)) for m, st, big in (("mri", 1.0, 3.0), ("ct", 0.03, 0.1))}
 
 
 def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None, dds_grid=DDS_GRID,
@@ -358,12 +387,14 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), kind="magnitude", out=None,
          device="cpu") -> dict:
     """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
-    largest PSNR summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps, among the
-    settings whose mean CG steps per sampling step are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
+    largest PSNR summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps and then the
+    shortest deterministic tail (:func:`best_setting`), among the settings whose mean CG steps per sampling step
+    are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
     one network call's worth of CT projections on a CPU, so that DDS-50 stays >= 10x faster than DPS-500; MRI's
     cheaper steps need none; BENCHMARKS.md has the timings); for noisy data (noise ``NOISE``) the
     same from ``noisy_grid`` x ``gammas[modality]`` (a joint grid, with the ``"snr"`` data weighting); and DPS's
-    ``(step, spacing)`` per modality from ``dps_grid``, by mean PSNR on held-out
+    ``(step_size, spacing, denoise_below)`` per modality from ``dps_grid`` (:data:`DPS_GRID`), by PSNR summed over
+    ``dps_tasks`` noiseless and noisy; all by mean PSNR on held-out
     phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
     ``parts`` picks what to run; ``"classical"`` (not run by default) chooses the baselines' weights
     per task, noise and image kind (real; complex phantoms for MRI) from ``CG_LAMS`` / ``TV_LAMS``, the largest
@@ -383,8 +414,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     dps_tasks = tuple(t for t in dps_tasks if t.startswith("mri") or not cplx)
     gammas = gammas or {"mri": (1e4, 3e4, 1e5), "ct": (10.0, 30.0, 100.0)}
     cg_budget = {"ct": 10.0} if cg_budget is None else cg_budget
-    dps_grid = dps_grid or {"mri": ((1.0, 1.0), (1.0, 2.0), (1.0, 3.0), (3.0, 2.0)),
-                            "ct": ((0.03, 1.0), (0.03, 2.0), (0.03, 3.0), (0.1, 2.0))}
+    dps_grid = dps_grid or DPS_GRID
     x = random_phantoms(images, SIZE, seed=seed, complex=cplx).to(torch.complex64 if cplx else torch.float32).to(dev)
     rows, choice = [], {}
 
@@ -401,16 +431,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         print_table(rows[-1:], list(rows[-1]), title=None)
 
     def best(part, keys, select=lambda r: True, budget=None):
-        """The combination of the largest PSNR summed over the tasks; within 0.1 dB per task of it, the one
-        with the fewest CG steps (cheaper at the same quality); only those within the CG ``budget``."""
-        sel = [r for r in rows if r["part"] == part and select(r)]
-        combos = {tuple(r.get(k) for k in keys) for r in sel}
-        cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in combos}
-        combos = {c for c in combos if budget is None or cost[c] <= budget}
-        score = {c: sum(r["psnr"] for r in sel if tuple(r.get(k) for k in keys) == c) for c in combos}
-        top = max(score.values())
-        near = [c for c in combos if score[c] >= top - 0.1 * len({r["task"] for r in sel})]
-        return min(near, key=lambda c: (cost[c], -score[c]))
+        return best_setting([r for r in rows if r["part"] == part and select(r)], keys, nfe=nfe, budget=budget)
 
     def settings(grid):
         return tuple(dict.fromkeys(k for g in grid for k in g))  # every key any entry sets, in order
@@ -438,14 +459,15 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         choice["noisy"] = {m: {**chosen("noisy", keys, m), "gamma_schedule": "snr"}
                            for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "dps" in parts:
+        keys = ("step_size", "spacing", "denoise_below")
         for task in dps_tasks:
             modality = task.split("-")[0]
-            A, y, xi = measure(task, False, dps_images)
-            for st, sp in dps_grid[modality]:
-                record("dps", task, False, DPS(prior, step_size=st, spacing=sp), xi, A, y, dps_nfe, step_size=st,
-                       spacing=sp)
-        choice["dps"] = {m: dict(zip(("step_size", "spacing"), best("dps", ("step_size", "spacing"),
-                                                                   lambda r, m=m: r["task"].startswith(m))))
+            for noisy in (False, True):
+                A, y, xi = measure(task, noisy, dps_images)
+                for g in dps_grid[modality]:
+                    kw = dict(zip(keys, g))
+                    record("dps", task, noisy, DPS(prior, **kw), xi, A, y, dps_nfe, **kw)
+        choice["dps"] = {m: dict(zip(keys, best("dps", keys, lambda r, m=m: r["task"].startswith(m))))
                          for m in ("mri", "ct") if any(t.startswith(m) for t in dps_tasks)}
     if "classical" in parts:
         from ..solvers.reconstruction import normal_norm
