@@ -538,9 +538,10 @@ class DDS(_Sampler):
         of the ``nfe`` steps at low noise, where the last steps settle the detail.
     denoise_below : int
         Steps into a timestep below this one carry the data-consistent ``x0`` over without fresh noise (default 1:
-        the last step; 0 samples to the end, as the paper).  The last steps then alternate a small denoising by the network and
-        data consistency (plug-and-play), and return an estimate near the posterior mean instead of one sample
-        of the posterior, whose squared error is twice the mean's: the PSNR rises, most with noisy data.
+        the last step; 0 samples to the end, as the paper).  The last steps then alternate a small denoising by
+        the network and data consistency (plug-and-play), and return an estimate near the posterior mean instead
+        of one sample of the posterior, whose squared error is twice the mean's: the PSNR rises, most with noisy
+        data.
 
     The defaults are the best of grids on held-out phantoms over the six benchmark tasks with the shipped prior
     (``krylon.bench.dds.tune``; per modality and noise in ``DDS_SETTINGS``): the spacing power 3-4 gained 4 dB

@@ -213,7 +213,7 @@ def _reconstruct(args) -> int:
                       support="all" if args.modality == "ct" else None)
     from ..solvers.diffusion import dds_settings
 
-    # eta, CG steps, spacing and gamma chosen on held-out phantoms, apart for noisy and noiseless data
+    # eta, CG steps, spacing, tail and gamma chosen on held-out phantoms, apart for noisy and noiseless data
     dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), kind="complex" if dds.complex_images else
                                         "magnitude", gamma=args.gamma if args.noise else None, cg_steps=cg_steps,
                                         denoise_below=args.denoise_below))
