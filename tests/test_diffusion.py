@@ -572,7 +572,8 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     seen = []
     orig = DDS.data_consistency
     monkeypatch.setattr(DDS, "data_consistency", lambda self, *a, **k: seen.append(
-        (self.eta, self.cg_steps, self.gamma)) or orig(self, *a, **k))
+        (self.eta, self.cg_steps, self.gamma) + ((self.denoise_below,) if tail else ())) or orig(self, *a, **k))
+    tail = False
     n = DDS.pretrained().image_size
     np.save(tmp_path / "img.npy", np.pad(np.ones((n // 2, n // 2)), n // 4))
 
@@ -589,6 +590,9 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     assert run("--cg-steps", "1", "4") == {(tuned.DDS_SETTINGS["ct", False]["eta"], (1, 4), None)}
     assert cli.main(["reconstruct", "ct", "--image", str(tmp_path / "img.npy"), "--out", str(tmp_path / "c.png"),
                      "--cg-steps", "1", "2", "3"]) == 2
+    tail = True  # the tuned tail, or --denoise-below's
+    assert {s[-1] for s in run()} == {tuned.DDS_SETTINGS["ct", False]["denoise_below"]}
+    assert {s[-1] for s in run("--denoise-below", "0")} == {0}
 
 
 def test_examples_use_the_fixes(tmp_path):
