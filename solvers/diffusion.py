@@ -661,7 +661,8 @@ class DDS(_Sampler):
 class DPS(_Sampler):
     """Diffusion posterior sampling (Chung et al., ICLR 2023), the baseline of DDS, with the same prior.
 
-    Ancestral (DDPM, ``eta = 1``) steps on ``nfe`` timesteps, each followed by a gradient step
+    Ancestral (DDPM, ``eta = 1``) steps on ``nfe`` timesteps, DDIM's deterministic ones below ``denoise_below``,
+    each followed by a gradient step
     ``x -= zeta grad_{x_t} ||y - A x0(x_t)||`` through the network (so each step costs a forward and a backward
     pass); ``zeta`` is ``step_size``.  This is the paper's normalised step ``zeta' / ||y - A x0|| * grad ||.||^2``
     with ``zeta = 2 zeta'`` (as the authors' code does it).

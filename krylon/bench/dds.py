@@ -351,30 +351,34 @@ def mean_cg_steps(settings: dict, nfe: int) -> float:
 
 DDS_GRID = _grid((0.5, 0.85, 1.0), (((2, 50), 2.0), ((1, 40), 4.0), ((1, 25), 2.0)),
                  denoise=(0, 1, 2, 4, 10, 20, 160)) + tuple(
-    {"eta": e, "cg_steps": 50, "carry_correction": False, "spacing": 4.0} for e in (0.5, 1.0))  # stop-18's setting
+    {"eta": e, "cg_steps": 50, "carry_correction": False, "spacing": 4.0, "denoise_below": 0}
+    for e in (0.5, 1.0))  # stop-18's setting
 NOISY_GRID = _grid((1.0,), (((2, 20), 2.0),), (3.0,), denoise=(0, 10, 80, 160)) + (
-    {"eta": 1.0, "cg_steps": 5, "carry_correction": False, "spacing": 3.0},)  # stop-18's setting
+    {"eta": 1.0, "cg_steps": 5, "carry_correction": False, "spacing": 3.0, "denoise_below": 0},)  # stop-18's setting
 
 
 def best_setting(rows, keys, *, nfe: int = 50, budget=None) -> tuple:
     """The values of ``keys`` that :func:`tune` picks from its result ``rows`` (each a dict with those keys,
     ``task``, ``noise`` and ``psnr``): the largest PSNR summed over the (task, noise) cases; within 0.1 dB per
     case of it, the fewest CG steps per sampling step (cheaper at the same quality), then the shortest
-    deterministic tail (``denoise_below``: the least departure from sampling the posterior), then the larger
-    sum; only settings within the CG ``budget``."""
+    deterministic tail (``denoise_below``, a missing one counted as 0: the least departure from sampling the
+    posterior), then the larger sum; only settings within the CG ``budget``.  A setting with a non-finite PSNR
+    (a diverged run) is never picked."""
     def combo(r):
         return tuple(tuple(v) if isinstance(v, list) else v for v in (r.get(k) for k in keys))
 
+    if not rows:
+        raise ValueError("best_setting needs at least one result row")
     combos = {combo(r) for r in rows}
     cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in combos}
-    combos = {c for c in combos if budget is None or cost[c] <= budget}
-    if not combos:
-        raise ValueError(f"no setting in the grid is within the CG budget {budget}")
     score = {c: sum(r["psnr"] for r in rows if combo(r) == c) for c in combos}
-    top = max(score.values())
+    combos = {c for c in combos if (budget is None or cost[c] <= budget) and math.isfinite(score[c])}
+    if not combos:
+        raise ValueError(f"no setting in the grid has a finite PSNR within the CG budget {budget}")
+    top = max(score[c] for c in combos)
     near = [c for c in combos if score[c] >= top - 0.1 * len({(r["task"], r["noise"]) for r in rows})]
     tail = keys.index("denoise_below") if "denoise_below" in keys else None
-    return min(near, key=lambda c: (cost[c], (c[tail] or 0) if tail is not None else 0, -score[c]))
+    return min(near, key=lambda c: (cost[c], (c[tail] or 0) if tail is not None else 0, -score[c], repr(c)))
 
 
 # DPS's (step_size, spacing, denoise_below) per modality: stop 18's grid, then the chosen pair with DDIM tails
@@ -387,8 +391,8 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), kind="magnitude", out=None,
          device="cpu") -> dict:
     """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
-    largest PSNR summed over the modality's tasks, or within 0.1 dB per task of it the fewest CG steps and then the
-    shortest deterministic tail (:func:`best_setting`), among the settings whose mean CG steps per sampling step
+    largest PSNR summed over the modality's tasks, or within 0.1 dB per (task, noise) case of it the fewest CG steps
+    and then the shortest deterministic tail (:func:`best_setting`), among the settings whose mean CG steps per sampling step
     are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
     one network call's worth of CT projections on a CPU, so that DDS-50 stays >= 10x faster than DPS-500; MRI's
     cheaper steps need none; BENCHMARKS.md has the timings); for noisy data (noise ``NOISE``) the
