@@ -271,12 +271,14 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     tasks = all_tasks if tasks is None else tuple(tasks)
     dps_tasks = cfg["dps_tasks"] or TASKS
     real = not prior.complex_images
+
+    def used(table, kind):  # the settings each (modality, noise) case runs with, as the JSON records them
+        return {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, kind=kind, cg_steps=cg_steps, eta=eta)
+                for m, n in table}
+
     result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
-              "dds": {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, cg_steps=cg_steps, eta=eta)
-                      for m, n in DDS_SETTINGS},
-              "dds_complex": {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, kind="complex",
-                                                                                    cg_steps=cg_steps, eta=eta)
-                              for m, n in COMPLEX_SETTINGS}, "dps": DPS_SETTINGS,
+              "dds": used(DDS_SETTINGS, "magnitude"), "dds_complex": used(COMPLEX_SETTINGS, "complex"),
+              "dps": DPS_SETTINGS,
               "lams": {"cg": CG_LAMS, "tv": TV_LAMS},
               "shepp_logan": sl_name + " -- in-family (the training generator has a jittered Shepp-Logan family); "
                                        "psnr_unseen averages the TEST_SEED random phantoms only",
@@ -369,10 +371,12 @@ def best_setting(rows, keys, *, nfe: int = 50, budget=None) -> tuple:
 
     if not rows:
         raise ValueError("best_setting needs at least one result row")
-    combos = {combo(r) for r in rows}
-    cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in combos}
-    score = {c: sum(r["psnr"] for r in rows if combo(r) == c) for c in combos}
-    combos = {c for c in combos if (budget is None or cost[c] <= budget) and math.isfinite(score[c])}
+    score = {}
+    for r in rows:  # one pass: the PSNR summed over each setting's cases
+        c = combo(r)
+        score[c] = score.get(c, 0.0) + r["psnr"]
+    cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in score}
+    combos = {c for c in score if (budget is None or cost[c] <= budget) and math.isfinite(score[c])}
     if not combos:
         raise ValueError(f"no setting in the grid has a finite PSNR within the CG budget {budget}")
     top = max(score[c] for c in combos)
