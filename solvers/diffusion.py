@@ -76,20 +76,23 @@ PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 # level so that the last steps do not fit the measurement noise.  CT's noiseless ramp is the best whose CG costs at
 # most about one network call per step on the CPU (tune's cg_budget): DDS-50 stays >= 10x faster than DPS-500.
 # denoise_below: the deterministic tail (steps into lower timesteps add no noise), the shortest within 0.1 dB per task
-# of the best: the last step for noiseless MRI, longer for CT and for noisy data.
+# of the best: the last step for noiseless MRI, longer for CT and for noisy data.  final_weight (noisy data): the
+# last step's data weight relative to the schedule's (its solution is returned without another denoising).
 DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
                                  "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 1},
                 ("ct", False): {"eta": 1.0, "cg_steps": (1, 40), "cg_power": 4.0, "carry_correction": True,
                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 20},
                 ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 10},
+                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 10,
+                                "final_weight": 0.3},
                 ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                               "gamma": 30.0, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 80}}
+                               "gamma": 30.0, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 40,
+                               "final_weight": 0.0}}
 # the complex prior's (MRI only), chosen by tune(kind="complex") on complex held-out phantoms
 COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 0.85, "denoise_below": 4},
                     ("mri", True): dict(DDS_SETTINGS["mri", True])}
 SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing",
-                 "denoise_below")
+                 "denoise_below", "final_weight")
 
 
 def dds_settings(modality: str, noisy: bool, *, kind: str = "magnitude", **override) -> dict:
@@ -542,6 +545,11 @@ class DDS(_Sampler):
         the network and data consistency (plug-and-play), and return an estimate near the posterior mean instead
         of one sample of the posterior, whose squared error is twice the mean's: the PSNR rises, most with noisy
         data.
+    final_weight : float
+        The data weight of the last step, the one whose solution is returned, as a fraction of the schedule's
+        (noisy data; default 1).  ``0`` returns the network's last estimate as it is.  With noisy data the
+        earlier steps' solutions are denoised again by the next network call, the last one's is not: a smaller
+        weight there fits less of the measurement noise (``DDS_SETTINGS``: chosen on held-out phantoms).
 
     The defaults are the best of grids on held-out phantoms over the six benchmark tasks with the shipped prior
     (``krylon.bench.dds.tune``; per modality and noise in ``DDS_SETTINGS``): the spacing power 3-4 gained 4 dB
@@ -549,7 +557,7 @@ class DDS(_Sampler):
     carried correction matched 50 CG steps every step at about a third of the iterations (better on the
     ill-posed tasks: CT over 120 degrees, MRI x8); the deterministic tail gained 4-7 dB summed over each
     modality's three tasks.  Noisy data have their own settings there (fewer CG steps, the ``"snr"`` weighting, a
-    tuned ``gamma``, a longer tail).
+    tuned ``gamma``, a longer tail, a lighter last step: ``final_weight``).
 
     Examples
     --------
@@ -568,8 +576,13 @@ class DDS(_Sampler):
 
     def __init__(self, model: ScoreUNet, *, schedule: VPSchedule | None = None, eta: float = 0.5,
                  gamma: float | None = None, gamma_schedule: str = "snr", cg_steps=(2, 50), cg_power: float = 2.0,
-                 carry_correction: bool = True, spacing: float = 4.0, denoise_below: int = 1):
+                 carry_correction: bool = True, spacing: float = 4.0, denoise_below: int = 1,
+                 final_weight: float = 1.0):
         super().__init__(model, schedule=schedule, spacing=spacing, denoise_below=denoise_below)
+        final_weight = validate.real_number(final_weight, "final_weight")
+        if not (final_weight >= 0 and math.isfinite(final_weight)):
+            raise ValueError(f"final_weight must be a finite number >= 0, got {final_weight}")
+        self.final_weight = final_weight
         eta = validate.real_number(eta, "eta")
         if not 0 <= eta <= 1:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
@@ -610,18 +623,23 @@ class DDS(_Sampler):
         steps = tuple(cg_steps) if isinstance(cg_steps, (tuple, list)) else cg_steps
         return [_ramp(i, nfe, steps, cg_power) for i in range(nfe)]
 
-    def data_weight(self, t: int) -> float | None:
-        """The data weight of the noisy consistency step at timestep ``t`` (None: noiseless)."""
-        if self.gamma is None or self.gamma_schedule == "constant":
-            return self.gamma
-        a = float(self.schedule.alpha_bar[int(t)])
-        return self.gamma * (1 - a) / a
+    def data_weight(self, t: int, *, last: bool = False) -> float | None:
+        """The data weight of the noisy consistency step at timestep ``t`` (None: noiseless); ``last``: of the
+        last step, times ``final_weight``."""
+        if self.gamma is None:
+            return None
+        g = self.gamma
+        if self.gamma_schedule == "snr":
+            a = float(self.schedule.alpha_bar[int(t)])
+            g = g * (1 - a) / a
+        return g * self.final_weight if last else g
 
     def data_consistency(self, A: LinearOperator, y: torch.Tensor, x0: torch.Tensor, *, real: bool | None = None,
-                         t: int | None = None, cg_steps: int | None = None, correction: torch.Tensor | None = None):
+                         t: int | None = None, cg_steps: int | None = None, correction: torch.Tensor | None = None,
+                         last: bool = False):
         """CG iterations (``cg_steps``, default the class's count, or the last of its ramp) on the
         data-consistency system (see the class notes) with the data weight of timestep ``t`` (None: ``gamma`` as
-        it is), started at ``x0 + correction`` (default ``x0``)."""
+        it is; ``last``: the last step's, :meth:`data_weight`), started at ``x0 + correction`` (default ``x0``)."""
         if real is None:
             real = not x0.is_complex()
         if cg_steps is None:
@@ -634,7 +652,9 @@ class DDS(_Sampler):
         if self.gamma is None:
             op = _Normal(A, 1.0, 0.0, real)
         else:
-            g = self.gamma if t is None else self.data_weight(t)
+            g = (self.gamma * (self.final_weight if last else 1.0)) if t is None else self.data_weight(t, last=last)
+            if g == 0:  # the network's estimate as it is
+                return x0
             op, b = _Normal(A, g, 1.0, real), x0 + g * b
         return CG(maxiter=m, rtol=_rtol(b), differentiable=False).solve(op, b, x0=start).x
 
@@ -644,7 +664,7 @@ class DDS(_Sampler):
         eps = self._eps(x, t)
         x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
         xc = self.data_consistency(A, y, x0, real=real, t=t, cg_steps=self.cg_count(state["i"], state["n"]),
-                                   correction=state.get("correction"))
+                                   correction=state.get("correction"), last=t_next < 0)
         if self.carry_correction:
             state["correction"] = xc - x0
         x0 = xc

@@ -97,6 +97,17 @@ def test_cg_data_consistency_matches_dense_solve_complex(gamma):
         assert_close(got.reshape(2, -1), ref, rtol=1e-7, atol=1e-7)
         const = DDS(dds.model, gamma=gamma, gamma_schedule="constant", cg_steps=n * n)
         assert const.data_weight(300) == gamma and dds.data_weight(300) == pytest.approx(g_t, rel=1e-12)
+        # the last step's weight is final_weight times the schedule's; 0 returns the network's estimate
+        part = DDS(dds.model, gamma=gamma, cg_steps=n * n, final_weight=0.25)
+        assert part.data_weight(300, last=True) == pytest.approx(0.25 * g_t, rel=1e-12)
+        assert part.data_weight(300) == pytest.approx(g_t, rel=1e-12)
+        got = part.data_consistency(A, y, x0, real=False, t=300, last=True)
+        rhs = x0.reshape(2, -1) + 0.25 * g_t * y @ M.conj()
+        ref = torch.linalg.solve(torch.eye(n * n, dtype=M.dtype) + 0.25 * g_t * AhA, rhs.T).T
+        assert_close(got.reshape(2, -1), ref, rtol=1e-7, atol=1e-7)
+        none = DDS(dds.model, gamma=gamma, cg_steps=n * n, final_weight=0.0)
+        assert torch.equal(none.data_consistency(A, y, x0, real=False, t=300, last=True), x0)
+        assert not torch.equal(none.data_consistency(A, y, x0, real=False, t=300), x0)
 
 
 def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
@@ -148,7 +159,8 @@ def test_cg_ramp_and_its_checks():
     assert DDS.cg_counts(4, 7) == [7, 7, 7, 7]
     for bad, match in (({"cg_steps": (1, 2, 3)}, "pair"), ({"cg_steps": (1, -2)}, "cg_steps"),
                        ({"cg_power": 0.0}, "cg_power"), ({"carry_correction": "yes"}, "carry_correction"),
-                       ({"denoise_below": -1}, "denoise_below"), ({"denoise_below": 2.5}, "denoise_below")):
+                       ({"denoise_below": -1}, "denoise_below"), ({"denoise_below": 2.5}, "denoise_below"),
+                       ({"final_weight": -0.1}, "final_weight"), ({"final_weight": float("inf")}, "final_weight")):
         with pytest.raises((ValueError, TypeError), match=match):
             DDS(tiny_net(), **bad)
 
@@ -598,6 +610,12 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     tail = True  # the tuned tail, or --denoise-below's
     assert {s[-1] for s in run()} == {tuned.DDS_SETTINGS["ct", False]["denoise_below"]}
     assert {s[-1] for s in run("--denoise-below", "0")} == {0}
+    monkeypatch.setattr(DDS, "data_consistency", lambda self, *a, **k: seen.append(self.final_weight) or
+                        orig(self, *a, **k))  # the tuned last-step weight, or --final-weight's
+    assert run("--noise", "0.03") == {1.0}  # the patched setting names none: the class default
+    monkeypatch.setitem(tuned.DDS_SETTINGS, ("ct", True), {"gamma": 0.07, "final_weight": 0.25})
+    assert run("--noise", "0.03") == {0.25}
+    assert run("--noise", "0.03", "--final-weight", "0") == {0.0}
 
 
 def test_examples_use_the_fixes(tmp_path):
@@ -801,3 +819,44 @@ def test_bench_tune_classical_part_picks_the_best_mean_weight(tmp_path, monkeypa
         noisy = "noisy" in key
         rows = [r for r in res["rows"] if r["method"] == "CG-Tikhonov" and (r["noise"] > 0) == noisy]
         assert lams["cg"] == max(rows, key=lambda r: r["psnr"])["lam"] and lams["tv"] == 1e-4
+
+
+def test_bench_targets_count_per_task_means_and_per_image():
+    from krylon.bench.dds import targets
+
+    def row(method, a, b, task="ct-8views", noise=0.0):
+        return {"task": task, "noise": noise, "method": method, "psnr": (a + b) / 2,
+                "psnr_per_image": {"p": a, "q": b}}
+
+    rows = [row("FBP", 20.0, 30.0), row("TV", 28.0, 25.0), row("TV (oracle)", 40.0, 40.0), row("DDS-50", 30.0, 30.5),
+            row("DPS-500", 29.0, 31.0)]
+    t = targets({"rows": rows})["real"]
+    # means: DDS 30.25, best classical TV 26.5 (the oracle is no peer), DPS 30.0; per image the best classical of each
+    assert t["cases"][0]["best_classical"] == "TV" and t["cases"][0]["vs_classical"] == 3.75
+    assert t["per_task"] == {"classical": [1, 1], "dps": [1, 1]}
+    assert t["per_image"] == {"classical": [1, 2], "dps": [1, 2]}  # q: 30.5 - 30 < 1 dB; 30.5 < DPS's 31
+    assert t["misses"] == {"classical": ["ct-8views noiseless q"], "dps": ["ct-8views noiseless q"]}
+    t = targets({"rows": [{**r, "images": "complex"} for r in rows if r["method"] != "DPS-500"]})
+    assert set(t) == {"complex"} and "dps" not in t["complex"]["per_task"]
+
+
+def test_bench_tune_scores_a_setting_by_its_mean_over_sampler_seeds(tmp_path, monkeypatch):
+    from krylon.bench import dds as bench
+    from krylon.solvers.diffusion import DDS
+
+    seen = []
+    solve = DDS.solve
+
+    def spy(self, A, y, **kw):
+        seen.append(kw["seed"])
+        return solve(self, A, y, **kw)
+
+    monkeypatch.setattr(DDS, "solve", spy)
+    grid = ({"eta": 1.0, "cg_steps": 2, "spacing": 3.0, "denoise_below": 0},)
+    res = bench.tune(images=1, nfe=2, tasks=("mri-x4-uniform1d",), parts=("noisy",), noisy_grid=grid,
+                     gammas={"mri": (3e4,)}, sampler_seeds=(0, 5))
+    assert seen == [0, 5] and res["sampler_seeds"] == [0, 5]
+    (r,) = res["rows"]
+    assert len(r["psnr_per_seed"]) == 2 and abs(r["psnr"] - sum(r["psnr_per_seed"]) / 2) < 1e-3
+    with pytest.raises(ValueError, match="sampler_seeds"):
+        bench.tune(images=1, nfe=2, parts=("noisy",), sampler_seeds=())

@@ -79,6 +79,9 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--denoise-below", type=int, default=None, metavar="T",
                        help="DDS's steps into timesteps below T add no fresh noise (0: sample to the end; default: "
                        "krylon.solvers.diffusion.DDS_SETTINGS, by modality and noise)")
+        q.add_argument("--final-weight", type=float, default=None, metavar="F",
+                       help="noisy data: DDS's last data-consistency step weighs the data F times its scheduled "
+                       "weight (default: krylon.solvers.diffusion.DDS_SETTINGS, by modality)")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
@@ -216,7 +219,7 @@ def _reconstruct(args) -> int:
     # eta, CG steps, spacing, tail and gamma chosen on held-out phantoms, apart for noisy and noiseless data
     dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), kind="complex" if dds.complex_images else
                                         "magnitude", gamma=args.gamma if args.noise else None, cg_steps=cg_steps,
-                                        denoise_below=args.denoise_below))
+                                        denoise_below=args.denoise_below, final_weight=args.final_weight))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
