@@ -79,9 +79,11 @@ PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 # of the best: the last step for noiseless MRI, longer for CT and for noisy data.  final_weight (noisy data): the
 # last step's data weight relative to the schedule's (its solution is returned without another denoising).
 DDS_SETTINGS = {("mri", False): {"eta": 0.5, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
-                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 1},
+                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 1,
+                                 "final_weight": 1.0},
                 ("ct", False): {"eta": 1.0, "cg_steps": (1, 40), "cg_power": 4.0, "carry_correction": True,
-                                "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 20},
+                                "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 20,
+                                "final_weight": 1.0},
                 ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
                                 "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 10,
                                 "final_weight": 0.3},

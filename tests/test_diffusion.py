@@ -838,6 +838,10 @@ def test_bench_targets_count_per_task_means_and_per_image():
     assert t["misses"] == {"classical": ["ct-8views noiseless q"], "dps": ["ct-8views noiseless q"]}
     t = targets({"rows": [{**r, "images": "complex"} for r in rows if r["method"] != "DPS-500"]})
     assert set(t) == {"complex"} and "dps" not in t["complex"]["per_task"]
+    # a run without DDS-50 is counted at its largest NFE; one without DDS has no cases
+    t = targets({"rows": [{**r, "method": "DDS-20", "nfe": 20} if r["method"] == "DDS-50" else r for r in rows]})
+    assert t["real"]["dds"] == "DDS-20" and t["real"]["per_task"] == {"classical": [1, 1], "dps": [1, 1]}
+    assert targets({"rows": [r for r in rows if r["method"] != "DDS-50"]})["real"]["cases"] == []
 
 
 def test_bench_tune_scores_a_setting_by_its_mean_over_sampler_seeds(tmp_path, monkeypatch):
