@@ -597,8 +597,8 @@ def targets(result: dict, nfe: int | None = None) -> dict:
                         misses[name].append(f"{task} {'noisy' if noise else 'noiseless'} {img}")
             cases.append(case)
         out[kind] = {"dds": f"DDS-{nfe}", "cases": cases,
-                     "per_task": {f"{k}": v[0] for k, v in counts.items() if v[0][1]},
-                     "per_image": {f"{k}": v[1] for k, v in counts.items() if v[1][1]},
+                     "per_task": {k: v[0] for k, v in counts.items() if v[0][1]},
+                     "per_image": {k: v[1] for k, v in counts.items() if v[1][1]},
                      "misses": {k: v for k, v in misses.items() if counts[k][1][1]}}
     return out
 
