@@ -625,13 +625,13 @@ class DDS(_Sampler):
         steps = tuple(cg_steps) if isinstance(cg_steps, (tuple, list)) else cg_steps
         return [_ramp(i, nfe, steps, cg_power) for i in range(nfe)]
 
-    def data_weight(self, t: int, *, last: bool = False) -> float | None:
-        """The data weight of the noisy consistency step at timestep ``t`` (None: noiseless); ``last``: of the
-        last step, times ``final_weight``."""
+    def data_weight(self, t: int | None, *, last: bool = False) -> float | None:
+        """The data weight of the noisy consistency step at timestep ``t`` (None: noiseless; ``t=None``: ``gamma``
+        as it is); ``last``: of the last step, times ``final_weight``."""
         if self.gamma is None:
             return None
         g = self.gamma
-        if self.gamma_schedule == "snr":
+        if self.gamma_schedule == "snr" and t is not None:
             a = float(self.schedule.alpha_bar[int(t)])
             g = g * (1 - a) / a
         return g * self.final_weight if last else g
@@ -650,13 +650,13 @@ class DDS(_Sampler):
         start = x0 if correction is None else x0 + correction
         if m == 0:
             return start
+        g = self.data_weight(t, last=last)
+        if g == 0:  # the network's estimate as it is
+            return x0
         b = self._rhs(A, y, real)
-        if self.gamma is None:
+        if g is None:
             op = _Normal(A, 1.0, 0.0, real)
         else:
-            g = (self.gamma * (self.final_weight if last else 1.0)) if t is None else self.data_weight(t, last=last)
-            if g == 0:  # the network's estimate as it is
-                return x0
             op, b = _Normal(A, g, 1.0, real), x0 + g * b
         return CG(maxiter=m, rtol=_rtol(b), differentiable=False).solve(op, b, x0=start).x
 
