@@ -19,7 +19,10 @@ Seeding and batches
 The sampler's noise comes from one CPU generator per image, seeded from ``seed`` (or drawn from the caller's
 ``generator``, CPU or CUDA) and the image's position in the batch, so an image's reconstruction does not depend
 on the other images it is batched with, nor on the batch size (up to floating-point rounding of batched
-kernels); the same image at another position draws another stream.
+kernels); the same image at another position draws another stream.  ``seed=[s0, s1, ...]``, one seed per image,
+ties each image's stream to its own seed instead (image ``i`` with seed ``s_i`` is reconstructed as it would be
+alone with ``seed=s_i``): the benchmark seeds each test image by its name, so adding a test image changes no
+other image's result.
 
 Low NFE
 -------
@@ -429,24 +432,36 @@ class _Sampler:
 
         return torch.stack([one(g) for g in gens]).to(device)
 
+    @staticmethod
+    def _streams(generator, b):
+        # drawn on the generator's own device: a CUDA generator works as well as a CPU one
+        return torch.randint(0, 2 ** 62, (b,), generator=generator, device=generator.device).tolist()
+
     def _generators(self, seed, generator, b):
-        """One CPU generator per image, seeded from ``generator`` (any device) or ``seed`` and the image's index."""
+        """One CPU generator per image, seeded from ``generator`` (any device) or ``seed`` and the image's index,
+        or from the image's own entry of a sequence ``seed`` (the stream image 0 would draw with that seed)."""
         if generator is not None:
             if not isinstance(generator, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            seeds = self._streams(generator, b)
+        elif isinstance(seed, (list, tuple, range)) or getattr(seed, "ndim", 0) == 1:  # also numpy / torch 1-D
+            per_image = [validate.integer(v, "seed", minimum=0) for v in list(seed)]
+            if len(per_image) != b:
+                raise ValueError(f"seed has {len(per_image)} per-image entries but the batch has {b} images")
+            seeds = [self._streams(torch.Generator().manual_seed(v), 1)[0] for v in per_image]
         else:
-            generator = torch.Generator().manual_seed(validate.integer(seed, "seed", minimum=0))
-        # drawn on the generator's own device: a CUDA generator works as well as a CPU one
-        seeds = torch.randint(0, 2 ** 62, (b,), generator=generator, device=generator.device).tolist()
+            seeds = self._streams(torch.Generator().manual_seed(validate.integer(seed, "seed", minimum=0)), b)
         return [torch.Generator().manual_seed(int(v)) for v in seeds]
 
-    def solve(self, A: LinearOperator, y: torch.Tensor, *, nfe: int | None = None, seed: int = 0,
+    def solve(self, A: LinearOperator, y: torch.Tensor, *, nfe: int | None = None, seed=0,
               generator: torch.Generator | None = None, x_init: torch.Tensor | None = None,
               trajectory: bool = False, scale=None, progress: bool = False) -> SampleResult:
         """Reconstruct ``x`` from ``y = A x (+ noise)``; ``y``: ``(*batch, *A.shape_out)``.
 
         ``nfe``: network calls (DDS default 50, DPS default 1000); ``seed`` or ``generator`` (a
         ``torch.Generator`` on any device) seed the sampler, one noise stream per image (see the module notes);
+        ``seed`` may also be one seed per image (a sequence over the flattened batch): an image then draws the
+        same stream wherever it stands in any batch;
         ``x_init``: a start image ``(*batch, H, W)`` in the measurements' units (complex with a real prior: its
         magnitude), noised to the first timestep instead of starting from pure noise; ``scale``: the per-image
         scale (default: estimated, see the module notes).

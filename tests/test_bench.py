@@ -227,8 +227,41 @@ def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch,
     from krylon.cli import main
 
     assert main(["bench", "dds", "--size", "quick", "--cases", "noiseless", "--task", "ct-8views", "--no-plot",
-                 "--out", str(tmp_path / "cli")]) == 0
-    assert (tmp_path / "cli" / "dds_quick_ct-8views_noiseless.json").exists()
+                 "--sampler-seeds", "2", "5", "--out", str(tmp_path / "cli")]) == 0
+    with open(tmp_path / "cli" / "dds_quick_ct-8views_noiseless.json") as f:
+        assert json.load(f)["sampler_seeds"] == [2, 5]
+
+
+def test_dds_bench_seeds_each_image_by_name_and_averages_sampler_seeds(tmp_path, monkeypatch, restore_threads):
+    from krylon.bench import dds
+
+    quick = {"images": 1, "tasks": ("ct-8views",), "dds_nfe": (3,), "dps_nfe": 3, "dps_tasks": ("ct-8views",)}
+    monkeypatch.setitem(dds.SIZES, "quick", quick)
+    monkeypatch.setattr(dds, "TV_LAMS", dds.TV_LAMS[:1])
+    monkeypatch.setattr(dds, "CG_LAMS", dds.CG_LAMS[:1])
+
+    def per_image(res, method):
+        return next(r for r in res["rows"] if r["method"] == method)
+
+    both = dds.run("quick", out=tmp_path, plot=False, noisy=False, sampler_seeds=(0, 1))
+    one = dds.run("quick", out=tmp_path, plot=False, noisy=False, sampler_seeds=(1,))
+    monkeypatch.setitem(dds.SIZES, "quick", {**quick, "images": 2})  # one more test image before Shepp-Logan
+    more = dds.run("quick", out=tmp_path, plot=False, noisy=False, sampler_seeds=(1,))
+    for method in ("DDS-3", "DPS-3"):
+        row = per_image(both, method)
+        seeds = row["psnr_per_seed"]
+        assert set(seeds) == set(both["images"]) and all(len(v) == 2 for v in seeds.values())
+        for name, (p0, p1) in seeds.items():
+            assert row["psnr_per_image"][name] == pytest.approx((p0 + p1) / 2, abs=2e-3)
+            assert p1 == pytest.approx(per_image(one, method)["psnr_per_image"][name], abs=1e-3)
+            # an image's stream follows its name: another test image in the set moves nothing
+            assert per_image(more, method)["psnr_per_image"][name] == pytest.approx(p1, abs=1e-3)
+        assert "psnr_per_seed" not in per_image(one, method)
+    assert both["sampler_seeds"] == [0, 1] and "psnr_per_seed" not in per_image(both, "FBP")
+    assert dds.image_seeds(["a", "b"], 0) != dds.image_seeds(["a", "b"], 1)
+    assert dds.image_seeds(["b"], 3) == dds.image_seeds(["a", "b"], 3)[1:]
+    with pytest.raises(ValueError, match="sampler_seeds"):
+        dds.run("quick", out=tmp_path, plot=False, sampler_seeds=())
 
 
 def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):

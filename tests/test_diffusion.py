@@ -325,6 +325,25 @@ def test_sampler_batch_independence():
         assert not torch.allclose(twins[0], twins[1], atol=1e-3)
 
 
+def test_per_image_seeds_follow_the_image():
+    """``seed=[...]``: an image's stream is its own seed's, wherever it stands in the batch (as alone with it)."""
+    net = tiny_net()
+    keep = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.5
+    A = CallableOperator(lambda x: x * keep, (8, 8), adjoint=lambda y: y * keep)
+    y = A @ (0.1 + torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1)))
+    for sampler in (DDS(net), DPS(net)):
+        full = sampler.solve(A, y, nfe=5, seed=[7, 3, 9]).x
+        moved = sampler.solve(A, y[[2, 1]], nfe=5, seed=torch.tensor([9, 3])).x
+        alone = sampler.solve(A, y[1:2], nfe=5, seed=3).x
+        assert_close(full[1], alone[0], rtol=1e-5, atol=1e-5)
+        assert_close(moved, full[[2, 1]], rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(sampler.solve(A, y, nfe=5, seed=[7, 4, 9]).x[1], full[1], atol=1e-3)
+        with pytest.raises(ValueError, match="2 per-image entries but the batch has 3"):
+            sampler.solve(A, y, nfe=2, seed=[1, 2])
+        with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+            sampler.solve(A, y, nfe=2, seed=[1, -2, 3])
+
+
 def test_all_zero_measurements_are_refused_unless_scaled():
     net = tiny_net()
     A = CallableOperator(lambda x: x, (8, 8), adjoint=lambda y: y)

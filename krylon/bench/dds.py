@@ -83,6 +83,14 @@ IN_FAMILY = "shepp-logan (in-family)"  # the last test image
 TEXTURED = "textured (blobs)"
 
 
+def image_seeds(names, seed: int = 0) -> list[int]:
+    """The samplers' per-image seeds: from each test image's name and ``seed``, so an image's result does not depend
+    on the other test images or its position among them (``DDS.solve(seed=[...])``)."""
+    import zlib
+
+    return [zlib.crc32(f"{seed}:{name}".encode()) for name in names]
+
+
 def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):
     """The test images ``(N, 64, 64)``: ``n`` phantoms of ``TEST_SEED``, the textured one, Shepp-Logan; names."""
     import torch
@@ -208,29 +216,34 @@ def classical_lams(task: str, noisy: bool, kind: str = "real") -> dict | None:
     return CLASSICAL_LAMS.get(f"{task} {'noisy' if noisy else 'noiseless'} {kind}")
 
 
-def _row(task, noisy, method, rec, x, names, sec, note, kind):
-    """One table row: PSNR/SSIM per image, the unseen phantoms' mean, the textured and in-family ones apart."""
+def _row(task, noisy, method, recs, x, names, sec, note, kind):
+    """One table row: PSNR/SSIM per image, the unseen phantoms' mean, the textured and in-family ones apart;
+    ``recs``: the reconstructions of each sampler seed (one for a deterministic method), whose metrics are averaged
+    per image (``psnr_per_seed`` keeps them when there are several)."""
     import torch
 
     from ..solvers.metrics import psnr, ssim
 
-    p, s = psnr(rec, x), ssim(rec, x)
+    ps, ss = torch.stack([psnr(r, x) for r in recs]), torch.stack([ssim(r, x) for r in recs])
+    p, s = ps.mean(0), ss.mean(0)
     nfe = int(method.split("-")[1]) if method.startswith(("DDS", "DPS")) else None
     idx = {k: [i for i, n in enumerate(names) if n.startswith("phantom")] for k in ("unseen",)}
     row = {"task": task, "noise": NOISE if noisy else 0.0, "method": method, "nfe": nfe, "images": kind,
            "psnr": float(p.mean()), "ssim": float(s.mean()), "seconds_per_image": sec, "note": note,
            "psnr_per_image": {n: round(float(v), 3) for n, v in zip(names, p)},
            "ssim_per_image": {n: round(float(v), 4) for n, v in zip(names, s)}}
+    if len(recs) > 1:
+        row["psnr_per_seed"] = {n: [round(float(v), 3) for v in ps[:, i]] for i, n in enumerate(names)}
     if idx["unseen"]:
         row["psnr_unseen"] = float(p[idx["unseen"]].mean())
         row["ssim_unseen"] = float(s[idx["unseen"]].mean())
     for key, name in (("textured", TEXTURED), ("in_family", IN_FAMILY)):
         if name in names:
             row[f"psnr_{key}"], row[f"ssim_{key}"] = float(p[names.index(name)]), float(s[names.index(name)])
-    if kind == "complex":  # the complex error, phase included
-        err = (rec - x).abs().pow(2).flatten(1).mean(1)
-        row["psnr_complex"] = {n: round(float(v), 3) for n, v in zip(names, 10 * torch.log10(
-            x.abs().flatten(1).amax(1) ** 2 / err))}
+    if kind == "complex":  # the complex error, phase included (averaged over the seeds like the others)
+        peak = x.abs().flatten(1).amax(1) ** 2
+        pc = torch.stack([10 * torch.log10(peak / (r - x).abs().pow(2).flatten(1).mean(1)) for r in recs]).mean(0)
+        row["psnr_complex"] = {n: round(float(v), 3) for n, v in zip(names, pc)}
     for n, v, w in zip(names, p, s):  # for the printed table
         row[n] = f"{float(v):.2f}/{float(w):.3f}"
     return row
@@ -243,13 +256,15 @@ def _load_prior(model, kind, dev):
 
 
 def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, complex_model=None, cg_steps=None,
-        eta=None, dds_nfe=None, dps=True, tasks=None, noisy=None) -> dict:
+        eta=None, dds_nfe=None, dps=True, tasks=None, noisy=None, sampler_seeds=(0,)) -> dict:
     """Run the suite; ``model`` / ``complex_model``: a ``prior.pt`` to use instead of the shipped magnitude / complex
     prior; ``cg_steps``, ``eta``: DDS's for every task (default ``DDS_SETTINGS`` per modality and noise, chosen by
     :func:`tune`); ``dds_nfe``: DDS's NFE
     list instead of the size's; ``dps=False`` skips DPS; ``tasks``: a subset of the size's tasks (to split a long
     run over processes; the JSON is named after them); ``noisy``: True runs only the noisy cases, False only the
-    noiseless ones, None both (the JSON of a part is named ``..._noisy`` / ``..._noiseless``)."""
+    noiseless ones, None both (the JSON of a part is named ``..._noisy`` / ``..._noiseless``); ``sampler_seeds``:
+    DDS and DPS run once per seed (each test image seeded by its name and the seed, :func:`image_seeds`) and their
+    PSNR / SSIM per image are the means over the runs (single runs move by 1-3 dB on the ill-posed tasks)."""
     import torch
 
     from ..solvers.diffusion import DDS, DPS
@@ -258,6 +273,9 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     cfg = SIZES[size]
+    seeds = tuple(validate.integer(sd, "sampler_seeds", minimum=0) for sd in sampler_seeds)
+    if not seeds:
+        raise ValueError("sampler_seeds needs at least one seed")
     out = Path(out)
     dev = torch.device(device)
     prior = _load_prior(model, "magnitude", dev)
@@ -287,6 +305,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
                                        "psnr_unseen averages the TEST_SEED random phantoms only",
               "real_images": real, "constraint": "every method over real images" if real else "complex images",
               "noise_relative": NOISE, "noise_support": {"mri": "sampled k-space", "ct": "all sinogram bins"},
+              "sampler_seeds": list(seeds), "seeding": "per image: zlib.crc32(f'{seed}:{name}') (image_seeds)",
               "rows": [], "prior": prior.config}
     grid = {}
     columns = ["method", "nfe", *names, "seconds_per_image", "note"]
@@ -302,18 +321,22 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
             recs = _classical(task, A, y, x, L, real, classical_lams(task, noisy, kind))
             st = dds_settings(modality, noisy, kind="complex" if prior.complex_images else "magnitude",
                               cg_steps=cg_steps, eta=eta)
+            recs = {m: ([rec], sec, note) for m, (rec, sec, note) in recs.items()}
+
+            def sample(sampler, n, settings):  # one run per sampler seed; seconds per image, median over runs
+                runs = [sampler.solve(A, y, nfe=n, seed=image_seeds(names, sd)) for sd in seeds]
+                sec = sorted(r.seconds for r in runs)[len(runs) // 2] / x.shape[0]
+                return [r.x for r in runs], sec, ", ".join(f"{k}={v}" for k, v in settings.items())
+
             for nfe in nfes:
-                r = DDS(prior, **st).solve(A, y, nfe=nfe, seed=0)
-                recs[f"DDS-{nfe}"] = (r.x, r.seconds / x.shape[0], ", ".join(f"{k}={v}" for k, v in st.items()))
+                recs[f"DDS-{nfe}"] = sample(DDS(prior, **st), nfe, st)
             if run_dps and (not noisy or cfg.get("dps_noisy", False)):
                 dst = DPS_SETTINGS[modality]
-                r = DPS(prior, **dst).solve(A, y, nfe=cfg["dps_nfe"], seed=0)
-                recs[f"DPS-{cfg['dps_nfe']}"] = (r.x, r.seconds / x.shape[0],
-                                                 ", ".join(f"{k}={v}" for k, v in dst.items()))
+                recs[f"DPS-{cfg['dps_nfe']}"] = sample(DPS(prior, **dst), cfg["dps_nfe"], dst)
             rows = [_row(task, noisy, m, rec, x, names, sec, note, kind) for m, (rec, sec, note) in recs.items()]
             result["rows"].extend(rows)
             if not noisy and kind == "real":
-                grid[task] = {k: v[0].detach().cpu() for k, v in recs.items()}
+                grid[task] = {k: v[0][0].detach().cpu() for k, v in recs.items()}
             print_table(rows, columns, title=f"dds {task} {'noise ' + str(NOISE) if noisy else 'noiseless'} "
                         f"({kind} images, {SIZE}x{SIZE}; PSNR dB / SSIM per image)")
 
