@@ -5,6 +5,7 @@ import os
 import types
 
 import pytest
+import torch
 
 from krylon.bench import SUITES, load
 from krylon.bench import summary as S
@@ -262,6 +263,24 @@ def test_dds_bench_seeds_each_image_by_name_and_averages_sampler_seeds(tmp_path,
     assert dds.image_seeds(["b"], 3) == dds.image_seeds(["a", "b"], 3)[1:]
     with pytest.raises(ValueError, match="sampler_seeds"):
         dds.run("quick", out=tmp_path, plot=False, sampler_seeds=())
+
+
+def test_dds_bench_runs_on_images_unlike_the_training_set(tmp_path, monkeypatch, restore_threads):
+    pytest.importorskip("skimage")
+    from krylon.bench import dds
+
+    monkeypatch.setitem(dds.SIZES, "quick", {"images": 1, "tasks": ("ct-8views",), "dds_nfe": (2,), "dps_nfe": 2,
+                                             "dps_tasks": (), "complex": True})
+    monkeypatch.setattr(dds, "TV_LAMS", dds.TV_LAMS[:1])
+    res = dds.run("quick", out=tmp_path, plot=False, noisy=False, images="unlike")
+    assert res["images"] == ["camera (unlike)", "coins (unlike)"] and res["image_set"] == "unlike"
+    assert res["complex"].startswith("skipped") and (tmp_path / "dds_quick_noiseless_unlike.json").exists()
+    fbp = next(r for r in res["rows"] if r["method"] == "FBP")
+    assert set(fbp["psnr_per_image"]) == set(res["images"]) and "psnr_unseen" not in fbp
+    x, _ = dds._unlike_images(torch.float64)
+    assert x.shape == (2, 64, 64) and float(x.amin()) == 0.0 and float(x.amax()) == 1.0
+    with pytest.raises(ValueError, match="images"):
+        dds.run("quick", out=tmp_path, plot=False, images="natural")
 
 
 def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):

@@ -93,6 +93,30 @@ def image_seeds(names, seed: int = 0) -> list[int]:
     return [zlib.crc32(f"{seed}:{name}".encode()) for name in names]
 
 
+UNLIKE = ("camera", "coins")  # skimage.data images for images="unlike": a photograph and a micrograph, not phantoms
+
+
+def _unlike_images(dtype):
+    """``images="unlike"``: skimage's camera and coins, centre-cropped square, resized to 64x64, scaled to [0, 1]."""
+    import torch
+
+    try:
+        from skimage import data
+        from skimage.transform import resize
+    except ImportError as e:
+        raise ValueError("images='unlike' needs scikit-image (pip install 'krylon[bench]')") from e
+    out = []
+    for name in UNLIKE:
+        a = getattr(data, name)().astype("float64")
+        h, w = a.shape[:2]
+        m = min(h, w)
+        a = a[(h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
+        t = torch.from_numpy(resize(a, (SIZE, SIZE), anti_aliasing=True))
+        t = t - t.min()
+        out.append(t / t.max())
+    return torch.stack(out).to(dtype), [f"{n} (unlike)" for n in UNLIKE]
+
+
 def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):
     """The test images ``(N, 64, 64)``: ``n`` phantoms of ``TEST_SEED``, the textured one, Shepp-Logan; names."""
     import torch
@@ -258,7 +282,7 @@ def _load_prior(model, kind, dev):
 
 
 def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None, complex_model=None, cg_steps=None,
-        eta=None, dds_nfe=None, dps=True, tasks=None, noisy=None, sampler_seeds=(0,)) -> dict:
+        eta=None, dds_nfe=None, dps=True, tasks=None, noisy=None, sampler_seeds=(0,), images="test") -> dict:
     """Run the suite; ``model`` / ``complex_model``: a ``prior.pt`` to use instead of the shipped magnitude / complex
     prior; ``cg_steps``, ``eta``: DDS's for every task (default ``DDS_SETTINGS`` per modality and noise, chosen by
     :func:`tune`); ``dds_nfe``: DDS's NFE
@@ -266,7 +290,9 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     run over processes; the JSON is named after them); ``noisy``: True runs only the noisy cases, False only the
     noiseless ones, None both (the JSON of a part is named ``..._noisy`` / ``..._noiseless``); ``sampler_seeds``:
     DDS and DPS run once per seed (each test image seeded by its name and the seed, :func:`image_seeds`) and their
-    PSNR / SSIM per image are the means over the runs (single runs move by 1-3 dB on the ill-posed tasks)."""
+    PSNR / SSIM per image are the means over the runs (single runs move by 1-3 dB on the ill-posed tasks);
+    ``images="unlike"``: instead of the test phantoms, images unlike the training set (:data:`UNLIKE`, skimage's
+    camera and coins; no complex section; the JSON is named ``..._unlike``)."""
     import torch
 
     from ..solvers.diffusion import DDS, DPS
@@ -280,8 +306,12 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
         raise ValueError("sampler_seeds needs at least one seed")
     out = Path(out)
     dev = torch.device(device)
+    images = validate.choice(images, "images", ("test", "unlike"))
     prior = _load_prior(model, "magnitude", dev)
-    x, names, sl_name = _images(cfg["images"], torch.float32, textured=cfg.get("textured", False))
+    if images == "unlike":
+        (x, names), sl_name = _unlike_images(torch.float32), "none (images='unlike')"
+    else:
+        x, names, sl_name = _images(cfg["images"], torch.float32, textured=cfg.get("textured", False))
     x = x.to(dev)
     all_tasks = cfg["tasks"] or TASKS
     if tasks is not None and not set(tasks) <= set(all_tasks):
@@ -289,7 +319,8 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     if noisy not in (None, True, False):
         raise ValueError(f"noisy must be None, True or False, got {noisy!r}")
     part = ("" if tasks is None else "_" + "+".join(tasks)) + ("" if noisy is None else
-                                                               "_noisy" if noisy else "_noiseless")
+                                                               "_noisy" if noisy else "_noiseless") \
+        + ("_unlike" if images == "unlike" else "")
     cases = (False, True) if noisy is None else (noisy,)
     tasks = all_tasks if tasks is None else tuple(tasks)
     dps_tasks = cfg["dps_tasks"] or TASKS
@@ -299,7 +330,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
         return {f"{m} {'noisy' if n else 'noiseless'}": dds_settings(m, n, kind=kind, cg_steps=cg_steps, eta=eta)
                 for m, n in table}
 
-    result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names,
+    result = {"suite": "dds", "size": size, "machine": machine_info(device), "images": names, "image_set": images,
               "dds": used(DDS_SETTINGS, "magnitude"), "dds_complex": used(COMPLEX_SETTINGS, "complex"),
               "dps": DPS_SETTINGS,
               "lams": {"cg": CG_LAMS, "tv": TV_LAMS},
@@ -345,7 +376,9 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     for task in tasks:
         one_task(task, prior, x, names, "real" if real else "complex", dds_nfe or cfg["dds_nfe"],
                  dps and task in dps_tasks)
-    if cfg.get("complex", False):  # the complex prior on complex phantoms, MRI only, no real constraint
+    if images == "unlike":
+        result["complex"] = "skipped: images='unlike' runs the magnitude prior only"
+    elif cfg.get("complex", False):  # the complex prior on complex phantoms, MRI only, no real constraint
         try:
             cprior = _load_prior(complex_model, "complex", dev)
         except (ValueError, FileNotFoundError) as e:  # no complex prior shipped with this copy

@@ -32,6 +32,9 @@ def register(cmd) -> None:
                    help="dds suite: run only this task (repeat for several; default: the size's tasks)")
     b.add_argument("--sampler-seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="dds suite: run DDS and DPS once per seed and average each image's PSNR / SSIM (default 0)")
+    b.add_argument("--images", default=None, choices=("test", "unlike"),
+                   help="dds suite: the unseen test phantoms (default) or images unlike the training set (skimage's "
+                        "camera and coins)")
     b.add_argument("--model", action="append", default=None,
                    help="DCDM checkpoint(s) for the dcdm suite instead of the shipped models (repeat for 2-D and 3-D)")
 
@@ -50,10 +53,10 @@ def _bench(args) -> int:
     options = {"repeats": args.repeats, "rtol": args.rtol, "peers": not args.no_peers, "plot": not args.no_plot,
                "models": args.model, "data_dir": args.data_dir,
                "part": args.part, "noisy": None if args.cases is None else args.cases == "noisy",
-               "tasks": args.tasks, "sampler_seeds": args.sampler_seeds}
+               "tasks": args.tasks, "sampler_seeds": args.sampler_seeds, "images": args.images}
     flags = {"--size": size, "--device": args.device, "--threads": args.threads, "--repeats": args.repeats,
              "--rtol": args.rtol, "--out": args.out, "--no-peers": args.no_peers or None, "--no-plot": args.no_plot or None,
-             "--part": args.part, "--cases": args.cases}
+             "--part": args.part, "--cases": args.cases, "--images": args.images}
     command = " ".join(["krylon bench", args.suite] + [k if v is True else f"{k} {v}" for k, v in flags.items() if v is not None]
                        + [f"--task {t}" for t in args.tasks or []] + [f"--model {m}" for m in args.model or []]
                        + (["--sampler-seeds " + " ".join(map(str, args.sampler_seeds))] if args.sampler_seeds else [])
