@@ -11,7 +11,8 @@ an "ellipses" phantom with almost no texture, piecewise constant, TV's ideal cas
 jittered Shepp-Logan, polygons, blobs) and ``TEXTURED`` (a "blobs" phantom of smooth bumps,
 seed ``TEXTURED_SEED``, picked before any reconstruction was run as the generator's textured case); and
 skimage's Shepp-Logan phantom (resized; krylon's own when scikit-image is missing), which is *in-family* (the
-generator has a jittered Shepp-Logan family), reported separately.  :func:`targets` counts the issue's targets
+generator has a jittered Shepp-Logan family), reported separately.  ``images="unlike"`` (``--images unlike``) runs
+the suite on images unlike the training set instead: skimage's camera and coins (:data:`UNLIKE`).  :func:`targets` counts the issue's targets
 on each task's mean over the test images and per image.  Hyper-parameters (DDS's ``eta``, CG steps,
 spacing, ``gamma``; DPS's step; the baselines' weights) were chosen by :func:`tune` on other phantoms (seed
 ``TUNE_SEED``), never on these.
