@@ -118,6 +118,14 @@ def _unlike_images(dtype):
     return torch.stack(out).to(dtype), [f"{n} (unlike)" for n in UNLIKE]
 
 
+def _sampler_seeds(sampler_seeds) -> tuple:
+    """``sampler_seeds`` checked: at least one, each an integer >= 0 (run's and tune's)."""
+    seeds = tuple(validate.integer(sd, "sampler_seeds", minimum=0) for sd in sampler_seeds)
+    if not seeds:
+        raise ValueError("sampler_seeds needs at least one seed")
+    return seeds
+
+
 def _images(n: int, dtype, *, textured: bool = False, complex: bool = False):
     """The test images ``(N, 64, 64)``: ``n`` phantoms of ``TEST_SEED``, the textured one, Shepp-Logan; names."""
     import torch
@@ -302,9 +310,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     cfg = SIZES[size]
-    seeds = tuple(validate.integer(sd, "sampler_seeds", minimum=0) for sd in sampler_seeds)
-    if not seeds:
-        raise ValueError("sampler_seeds needs at least one seed")
+    seeds = _sampler_seeds(sampler_seeds)
     out = Path(out)
     dev = torch.device(device)
     images = validate.choice(images, "images", ("test", "unlike"))
@@ -486,9 +492,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     from ..solvers.diffusion import DDS, DPS
     from ..solvers.metrics import psnr
 
-    seeds = tuple(validate.integer(sd, "sampler_seeds", minimum=0) for sd in sampler_seeds)
-    if not seeds:
-        raise ValueError("sampler_seeds needs at least one seed")
+    seeds = _sampler_seeds(sampler_seeds)
     dev = torch.device(device)
     prior = _load_prior(model, kind, dev)
     cplx = prior.complex_images
