@@ -10,6 +10,14 @@ is non-negative with maximum magnitude 1.  Families:
 ``polygons``     a body ellipse holding 2-6 random convex polygons
 ``blobs``        smooth Gaussian bumps, or the level sets of a smooth random field (sharp-edged blobs)
 
+and two families of natural-image statistics rather than phantoms (not in the default ``PHANTOM_FAMILIES``):
+
+``dead_leaves``  occluding disks, ellipses, polygons and rectangles of power-law sizes (``p(r) ~ r^-3``, the
+                 scale-invariant "dead leaves" model of natural images), each with its own shade, gradient and
+                 a share of a rough texture
+``textures``     rough random fields of power-law spectrum (``|k|^-2`` to ``|k|^-4``), some sharpened into
+                 edges, some carrying oriented gratings
+
 All families carry a smooth multiplicative texture drawn from a Gaussian random field
 (:func:`krylon.datasets.random_fields.gaussian_random_field`); complex variants multiply by ``exp(i phi)`` with a
 smooth random phase ``phi`` (a random field plus a linear ramp).
@@ -28,9 +36,10 @@ from ..kernels import backend, validate
 from .hdf5 import DatasetWriter
 from .random_fields import gaussian_random_field
 
-__all__ = ["FAMILIES", "shepp_logan", "random_phantom", "random_phantoms", "generate_phantoms", "phantom_generator"]
+__all__ = ["FAMILIES", "PHANTOM_FAMILIES", "shepp_logan", "random_phantom", "random_phantoms", "generate_phantoms", "phantom_generator"]
 
-FAMILIES = ("ellipses", "shepp_logan", "polygons", "blobs")
+PHANTOM_FAMILIES = ("ellipses", "shepp_logan", "polygons", "blobs")
+FAMILIES = PHANTOM_FAMILIES + ("dead_leaves", "textures")
 
 # (intensity, semi-axis a along x', semi-axis b along y', centre x0, centre y0, angle in degrees): the
 # Shepp–Logan table; "modified" (Toft) raises the contrast of the inner ellipses so they are visible
@@ -208,8 +217,51 @@ def _family_blobs(X, Y, g):
     return levels * disk + 0.15 * disk
 
 
+def _rotated_box(X, Y, cx, cy, a, b, t):
+    """Indicator of the rectangle of half-sides ``a``, ``b`` centred at (cx, cy), turned by ``t`` radians."""
+    c, s = math.cos(t), math.sin(t)
+    xr, yr = (X - cx) * c + (Y - cy) * s, -(X - cx) * s + (Y - cy) * c
+    return (xr.abs() <= a) & (yr.abs() <= b)
+
+
+def _family_dead_leaves(X, Y, g):
+    img = _u(g, 0.0, 1.0) + 0.15 * _unit_field(X.shape, g)
+    rough = _unit_field(X.shape, g, alpha=_u(g, 1.1, 1.6), tau=_u(g, 2, 10))
+    rmin, rmax = 0.05, _u(g, 0.4, 1.0)
+    for _ in range(_randint(g, 60, 200)):
+        # inverse CDF of p(r) ~ r^-3 on [rmin, rmax]: many small leaves, a few large ones
+        r = (rmin ** -2 - _u(g, 0, 1) * (rmin ** -2 - rmax ** -2)) ** -0.5
+        cx, cy, t = _u(g, -1.1, 1.1), _u(g, -1.1, 1.1), _u(g, 0, math.pi)
+        kind = _randint(g, 0, 2)
+        if kind == 0:
+            e = torch.tensor([[1.0, r, r * _u(g, 0.4, 1.0), cx, cy, math.degrees(t)]])
+            mask = _ellipses(e, X, Y) > 0.5
+        elif kind == 1:
+            mask = _convex_polygon(X, Y, g, cx, cy, r) > 0.5
+        else:
+            mask = _rotated_box(X, Y, cx, cy, r, r * _u(g, 0.2, 1.0), t)
+        # a shade, a linear gradient across the leaf and a share of the rough texture
+        shade = _u(g, 0, 1) + _u(g, -0.3, 0.3) * ((X - cx) * math.cos(t) + (Y - cy) * math.sin(t)) / r \
+            + _u(g, 0, 0.15) * rough
+        img = torch.where(mask, shade, img)
+    return img - img.min()
+
+
+def _family_textures(X, Y, g):
+    f = _unit_field(X.shape, g, alpha=_u(g, 1.0, 2.0), tau=_u(g, 1, 8))
+    if _u(g, 0, 1) < 0.5:  # sharpened into edges: a smooth step of random steepness
+        f = torch.tanh(_u(g, 0.5, 4.0) * (f - _u(g, -0.8, 0.8)))
+    if _u(g, 0, 1) < 0.4:  # oriented gratings under a smooth envelope
+        env = torch.sigmoid(2 * _unit_field(X.shape, g, alpha=3.0, tau=3.0))
+        for _ in range(_randint(g, 1, 3)):
+            t, k = _u(g, 0, math.pi), _u(g, 3, 14) * math.pi
+            f = f + _u(g, 0.3, 1.0) * env * torch.sin(k * (X * math.cos(t) + Y * math.sin(t)) + _u(g, 0, 2 * math.pi))
+    f = (f - f.min()) / (f.max() - f.min()).clamp_min(1e-12)
+    return _u(g, 0.0, 0.4) + f
+
+
 _FAMILY_FUNCS = {"ellipses": _family_ellipses, "shepp_logan": _family_shepp_logan, "polygons": _family_polygons,
-                 "blobs": _family_blobs}
+                 "blobs": _family_blobs, "dead_leaves": _family_dead_leaves, "textures": _family_textures}
 
 
 def random_phantom(size, family: str = "ellipses", *, complex: bool = False, generator: torch.Generator | None = None,
@@ -272,7 +324,7 @@ def phantom_generator(seed: int, index: int) -> torch.Generator:
 
 
 def random_phantoms(n: int, size, *, seed: int = 0, start: int = 0, complex: bool = False,
-                    families: Sequence[str] = FAMILIES, dtype=None) -> torch.Tensor:
+                    families: Sequence[str] = PHANTOM_FAMILIES, dtype=None) -> torch.Tensor:
     """Phantoms ``start .. start + n - 1`` of the sequence with ``seed``: a ``(n, H, W)`` tensor.
 
     Sample ``i`` is of family ``families[i % len(families)]`` and drawn from :func:`phantom_generator` ``(seed, i)``,
@@ -308,7 +360,7 @@ def _families(families) -> tuple[str, ...]:
     return families
 
 
-def generate_phantoms(path, n: int, size=64, *, seed: int = 0, complex: bool = False, families: Sequence[str] = FAMILIES,
+def generate_phantoms(path, n: int, size=64, *, seed: int = 0, complex: bool = False, families: Sequence[str] = PHANTOM_FAMILIES,
                       progress: bool = False, part=None) -> Path:
     """Write ``n`` random phantoms to a krylon HDF5 data set (atomic; an interrupted run resumes).
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from krylon.datasets import open_dataset, read_attrs
-from krylon.datasets.phantoms import FAMILIES, generate_phantoms, phantom_generator, random_phantom, random_phantoms, shepp_logan
+from krylon.datasets.phantoms import FAMILIES, PHANTOM_FAMILIES, generate_phantoms, phantom_generator, random_phantom, random_phantoms, shepp_logan
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -56,6 +56,27 @@ def test_random_family_properties(family, complex_):
     # the samples differ and are not blank
     assert float((xs[0].abs() - xs[1].abs()).abs().mean()) > 1e-3
     assert float((mag > 0.05).double().mean()) > 0.05
+
+
+def _high_frequency_share(xs, k0=8):
+    """Share of the (mean-free) power at wavenumbers |k| > k0."""
+    F = torch.fft.fft2(xs - xs.mean((-2, -1), keepdim=True)).abs() ** 2
+    k = torch.fft.fftfreq(xs.shape[-1], 1 / xs.shape[-1])
+    high = (k[:, None] ** 2 + k[None, :] ** 2) > k0 ** 2
+    return float(F[..., high].sum() / F.sum())
+
+
+def test_natural_image_families_fill_the_frame_with_detail():
+    # phantoms are objects on a dark background; the natural-image families cover the frame and carry more fine
+    # detail (occlusion edges, rough textures) than the smooth-edged phantoms
+    phantoms = random_phantoms(12, 64, seed=2, families=PHANTOM_FAMILIES)
+    assert float((phantoms > 0.05).double().mean()) < 0.75
+    for family in ("dead_leaves", "textures"):
+        xs = random_phantoms(12, 64, seed=2, families=(family,))
+        assert float((xs > 0.05).double().mean()) > 0.9, family
+        assert _high_frequency_share(xs) > 1.25 * _high_frequency_share(phantoms), family
+    # the default families are the phantoms: data sets and test images drawn before the natural families stay the same
+    assert torch.equal(random_phantoms(6, 32, seed=4), random_phantoms(6, 32, seed=4, families=PHANTOM_FAMILIES))
 
 
 def test_random_phantoms_reproducible_and_independent_of_batching():

@@ -12,13 +12,15 @@ def register(cmd) -> None:
 
 def _add_generate_phantoms(gsub) -> None:
     q = gsub.add_parser("phantoms", help="random image phantoms for a diffusion prior (ellipses, perturbed Shepp-Logan, "
-                        "polygons, blobs; smooth texture; max magnitude 1): field x (1,H,W), or (2,H,W) real/imag with --complex")
+                        "polygons, blobs; dead leaves and rough textures on request; max magnitude 1): field x (1,H,W), "
+                        "or (2,H,W) real/imag with --complex")
     q.add_argument("--n", "--samples", dest="n", type=int, required=True, help="number of images")
     q.add_argument("--size", type=int, nargs="+", default=[64], help="image size: N or H W (default 64)")
     q.add_argument("--out", required=True, help="output file (.h5); an unfinished FILE.partial is resumed")
     q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
     q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
-    q.add_argument("--families", nargs="+", default=None, help="phantom families, used in turn (default: all)")
+    q.add_argument("--families", nargs="+", default=None, help="families, used in turn (a name may repeat to weigh it): "
+                   "ellipses shepp_logan polygons blobs (the default) and the natural-image ones dead_leaves textures")
     q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(run=_generate_phantoms)
@@ -27,11 +29,11 @@ def _add_generate_phantoms(gsub) -> None:
 @ranks
 def _generate_phantoms(args) -> int:
     from ..datasets.parts import generate_sharded
-    from ..datasets.phantoms import FAMILIES, generate_phantoms
+    from ..datasets.phantoms import PHANTOM_FAMILIES, generate_phantoms
 
     size = args.size[0] if len(args.size) == 1 else tuple(args.size)
     path = generate_sharded(args.out, generate_phantoms, args.n, size, seed=args.seed, complex=args.complex,
-                             families=tuple(args.families or FAMILIES), progress=not args.no_progress)
+                             families=tuple(args.families or PHANTOM_FAMILIES), progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
 
