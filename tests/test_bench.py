@@ -277,10 +277,17 @@ def test_dds_bench_runs_on_images_unlike_the_training_set(tmp_path, monkeypatch,
     assert res["complex"].startswith("skipped") and (tmp_path / "dds_quick_noiseless_unlike.json").exists()
     fbp = next(r for r in res["rows"] if r["method"] == "FBP")
     assert set(fbp["psnr_per_image"]) == set(res["images"]) and "psnr_unseen" not in fbp
-    x, _ = dds._unlike_images(torch.float64)
+    # the summary compares the set's mean PSNR (there are no unseen phantoms to average)
+    mean = [r for r in dds.summary(res) if r["metric"] == "PSNR dB mean"]
+    assert mean and mean[0]["krylon_value"] == pytest.approx(next(r["psnr"] for r in res["rows"] if r["method"] == "DDS-2"))
+    x, _ = dds._skimage_images("unlike", torch.float64)
     assert x.shape == (2, 64, 64) and float(x.amin()) == 0.0 and float(x.amax()) == 1.0
+    # the held-out photographs: grey (colour ones converted), none of them a test image
+    x, names = dds._skimage_images("natural", torch.float64)
+    assert x.shape == (6, 64, 64) and names[0] == "astronaut (natural)" and not set(dds.NATURAL) & set(dds.UNLIKE)
+    assert torch.allclose(x.flatten(1).amax(1), torch.ones(6, dtype=torch.float64))
     with pytest.raises(ValueError, match="images"):
-        dds.run("quick", out=tmp_path, plot=False, images="natural")
+        dds.run("quick", out=tmp_path, plot=False, images="photos")
 
 
 def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):

@@ -12,7 +12,9 @@ jittered Shepp-Logan, polygons, blobs) and ``TEXTURED`` (a "blobs" phantom of sm
 seed ``TEXTURED_SEED``, picked before any reconstruction was run as the generator's textured case); and
 skimage's Shepp-Logan phantom (resized; krylon's own when scikit-image is missing), which is *in-family* (the
 generator has a jittered Shepp-Logan family), reported separately.  ``images="unlike"`` (``--images unlike``) runs
-the suite on images unlike the training set instead: skimage's camera and coins (:data:`UNLIKE`).  :func:`targets` counts the issue's targets
+the suite on images unlike the training set instead: skimage's camera and coins (:data:`UNLIKE`); ``images="natural"``
+on six other skimage photographs held out for choosing priors and settings (:data:`NATURAL`, never a test set).
+:func:`targets` counts the issue's targets
 on each task's mean over the test images and per image.  Hyper-parameters (DDS's ``eta``, CG steps,
 spacing, ``gamma``; DPS's step; the baselines' weights) were chosen by :func:`tune` on other phantoms (seed
 ``TUNE_SEED``), never on these.
@@ -95,27 +97,34 @@ def image_seeds(names, seed: int = 0) -> list[int]:
 
 
 UNLIKE = ("camera", "coins")  # skimage.data images for images="unlike": a photograph and a micrograph, not phantoms
+# skimage.data images for images="natural": held out for choosing priors and settings on photographs, never UNLIKE
+NATURAL = ("astronaut", "chelsea", "clock", "moon", "cell", "coffee")
+IMAGE_SETS = {"unlike": (UNLIKE, "unlike"), "natural": (NATURAL, "natural")}
 
 
-def _unlike_images(dtype):
-    """``images="unlike"``: skimage's camera and coins, centre-cropped square, resized to 64x64, scaled to [0, 1]."""
+def _skimage_images(which: str, dtype):
+    """``images="unlike"`` or ``"natural"``: those skimage images, grey, centre-cropped square, resized to 64x64,
+    scaled to [0, 1]; names tagged with the set."""
     import torch
 
     try:
         from skimage import data
+        from skimage.color import rgb2gray
         from skimage.transform import resize
     except ImportError as e:
-        raise ValueError("images='unlike' needs scikit-image (pip install 'krylon[bench]')") from e
+        raise ValueError(f"images={which!r} needs scikit-image (pip install 'krylon[bench]')") from e
+    names, tag = IMAGE_SETS[which]
     out = []
-    for name in UNLIKE:
-        a = getattr(data, name)().astype("float64")
-        h, w = a.shape[:2]
+    for name in names:
+        a = getattr(data, name)()
+        a = rgb2gray(a[..., :3]) if a.ndim == 3 else a.astype("float64")
+        h, w = a.shape
         m = min(h, w)
         a = a[(h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
         t = torch.from_numpy(resize(a, (SIZE, SIZE), anti_aliasing=True))
         t = t - t.min()
         out.append(t / t.max())
-    return torch.stack(out).to(dtype), [f"{n} (unlike)" for n in UNLIKE]
+    return torch.stack(out).to(dtype), [f"{n} ({tag})" for n in names]
 
 
 def _sampler_seeds(sampler_seeds) -> tuple:
@@ -301,7 +310,9 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     DDS and DPS run once per seed (each test image seeded by its name and the seed, :func:`image_seeds`) and their
     PSNR / SSIM per image are the means over the runs (single runs move by 1-3 dB on the ill-posed tasks);
     ``images="unlike"``: instead of the test phantoms, images unlike the training set (:data:`UNLIKE`, skimage's
-    camera and coins; no complex section; the JSON is named ``..._unlike``)."""
+    camera and coins; no complex section; the JSON is named ``..._unlike``); ``images="natural"``: the held-out
+    photographs (:data:`NATURAL`) on which the shipped prior and noisy CT's ``gamma`` were chosen, not a test set
+    (``..._natural``)."""
     import torch
 
     from ..solvers.diffusion import DDS, DPS
@@ -313,10 +324,10 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     seeds = _sampler_seeds(sampler_seeds)
     out = Path(out)
     dev = torch.device(device)
-    images = validate.choice(images, "images", ("test", "unlike"))
+    images = validate.choice(images, "images", ("test", *IMAGE_SETS))
     prior = _load_prior(model, "magnitude", dev)
-    if images == "unlike":
-        (x, names), sl_name = _unlike_images(torch.float32), "none (images='unlike')"
+    if images != "test":
+        (x, names), sl_name = _skimage_images(images, torch.float32), f"none (images={images!r})"
     else:
         x, names, sl_name = _images(cfg["images"], torch.float32, textured=cfg.get("textured", False))
     x = x.to(dev)
@@ -327,7 +338,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
         raise ValueError(f"noisy must be None, True or False, got {noisy!r}")
     part = ("" if tasks is None else "_" + "+".join(tasks)) + ("" if noisy is None else
                                                                "_noisy" if noisy else "_noiseless") \
-        + ("_unlike" if images == "unlike" else "")
+        + ("" if images == "test" else f"_{images}")
     cases = (False, True) if noisy is None else (noisy,)
     tasks = all_tasks if tasks is None else tuple(tasks)
     dps_tasks = cfg["dps_tasks"] or TASKS
@@ -383,8 +394,8 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
     for task in tasks:
         one_task(task, prior, x, names, "real" if real else "complex", dds_nfe or cfg["dds_nfe"],
                  dps and task in dps_tasks)
-    if images == "unlike":
-        result["complex"] = "skipped: images='unlike' runs the magnitude prior only"
+    if images != "test":
+        result["complex"] = f"skipped: images={images!r} runs the magnitude prior only"
     elif cfg.get("complex", False):  # the complex prior on complex phantoms, MRI only, no real constraint
         try:
             cprior = _load_prior(complex_model, "complex", dev)
@@ -670,8 +681,9 @@ def targets(result: dict, nfe: int | None = None) -> dict:
 def summary(result: dict) -> list[dict]:
     """Per task, noise level and image kind: DDS at 50 NFE (or the largest run) against the best classical
     baseline (weights chosen on held-out phantoms; the per-image oracles are left out), in PSNR on the unseen
-    phantoms and, separately, on the in-family Shepp-Logan; DDS-50's seconds per image against DPS's where DPS
-    ran; and the PSNR on the textured unseen phantom."""
+    phantoms (on the mean over a skimage image set when there are none) and, separately, on the in-family
+    Shepp-Logan; DDS-50's seconds per image against DPS's where DPS ran; and the PSNR on the textured unseen
+    phantom."""
     from .summary import HIGHER, LOWER, compare
 
     out = []
@@ -692,6 +704,8 @@ def summary(result: dict) -> list[dict]:
                                better=HIGHER))
 
         psnr_row("psnr_unseen", "PSNR dB unseen")
+        if not any("psnr_unseen" in r for r in rows):  # images="unlike" / "natural": no phantoms, the set's mean
+            psnr_row("psnr", "PSNR dB mean")
         psnr_row("psnr_in_family", "PSNR dB in-family")
         dps = [r for r in rows if r["method"].startswith("DPS")]
         if dps and pick:

@@ -32,9 +32,9 @@ def register(cmd) -> None:
                    help="dds suite: run only this task (repeat for several; default: the size's tasks)")
     b.add_argument("--sampler-seeds", type=int, nargs="+", default=None, metavar="SEED",
                    help="dds suite: run DDS and DPS once per seed and average each image's PSNR / SSIM (default 0)")
-    b.add_argument("--images", default=None, choices=("test", "unlike"),
-                   help="dds suite: the unseen test phantoms (default) or images unlike the training set (skimage's "
-                        "camera and coins)")
+    b.add_argument("--images", default=None, choices=("test", "unlike", "natural"),
+                   help="dds suite: the unseen test phantoms (default), images unlike the training set (skimage's "
+                        "camera and coins) or the held-out photographs that priors and settings are chosen on")
     b.add_argument("--model", action="append", default=None,
                    help="DCDM checkpoint(s) for the dcdm suite instead of the shipped models (repeat for 2-D and 3-D)")
 
