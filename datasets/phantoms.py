@@ -74,13 +74,17 @@ def _pool(img: torch.Tensor, supersample: int) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(img[None, None], supersample)[0, 0]
 
 
+def _local(X, Y, x0, y0, t):
+    """Coordinates in the frame centred at (x0, y0) and turned by ``t`` radians."""
+    c, s = math.cos(t), math.sin(t)
+    return (X - x0) * c + (Y - y0) * s, -(X - x0) * s + (Y - y0) * c
+
+
 def _ellipses(params: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """Sum of ``intensity * indicator`` over the ellipses ``params`` (rows of the table's layout)."""
     img = torch.zeros_like(X)
     for A, a, b, x0, y0, phi in params.tolist():
-        c, s = math.cos(math.radians(phi)), math.sin(math.radians(phi))
-        xr = (X - x0) * c + (Y - y0) * s
-        yr = -(X - x0) * s + (Y - y0) * c
+        xr, yr = _local(X, Y, x0, y0, math.radians(phi))
         img = img + A * ((xr / a) ** 2 + (yr / b) ** 2 <= 1).to(img.dtype)
     return img
 
@@ -219,8 +223,7 @@ def _family_blobs(X, Y, g):
 
 def _rotated_box(X, Y, cx, cy, a, b, t):
     """Indicator of the rectangle of half-sides ``a``, ``b`` centred at (cx, cy), turned by ``t`` radians."""
-    c, s = math.cos(t), math.sin(t)
-    xr, yr = (X - cx) * c + (Y - cy) * s, -(X - cx) * s + (Y - cy) * c
+    xr, yr = _local(X, Y, cx, cy, t)
     return (xr.abs() <= a) & (yr.abs() <= b)
 
 

@@ -99,7 +99,7 @@ def image_seeds(names, seed: int = 0) -> list[int]:
 UNLIKE = ("camera", "coins")  # skimage.data images for images="unlike": a photograph and a micrograph, not phantoms
 # skimage.data images for images="natural": held out for choosing priors and settings on photographs, never UNLIKE
 NATURAL = ("astronaut", "chelsea", "clock", "moon", "cell", "coffee")
-IMAGE_SETS = {"unlike": (UNLIKE, "unlike"), "natural": (NATURAL, "natural")}
+IMAGE_SETS = {"unlike": UNLIKE, "natural": NATURAL}
 
 
 def _skimage_images(which: str, dtype):
@@ -113,9 +113,8 @@ def _skimage_images(which: str, dtype):
         from skimage.transform import resize
     except ImportError as e:
         raise ValueError(f"images={which!r} needs scikit-image (pip install 'krylon[bench]')") from e
-    names, tag = IMAGE_SETS[which]
     out = []
-    for name in names:
+    for name in IMAGE_SETS[which]:
         a = getattr(data, name)()
         a = rgb2gray(a[..., :3]) if a.ndim == 3 else a.astype("float64")
         h, w = a.shape
@@ -124,7 +123,7 @@ def _skimage_images(which: str, dtype):
         t = torch.from_numpy(resize(a, (SIZE, SIZE), anti_aliasing=True))
         t = t - t.min()
         out.append(t / t.max())
-    return torch.stack(out).to(dtype), [f"{n} ({tag})" for n in names]
+    return torch.stack(out).to(dtype), [f"{n} ({which})" for n in IMAGE_SETS[which]]
 
 
 def _sampler_seeds(sampler_seeds) -> tuple:
