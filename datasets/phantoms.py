@@ -17,6 +17,8 @@ and two families of natural-image statistics rather than phantoms (not in the de
                  a share of a rough texture
 ``textures``     rough random fields of power-law spectrum (``|k|^-2`` to ``|k|^-4``), some sharpened into
                  edges, some carrying oriented gratings
+``photos``       random crops of real photographs and micrographs shipped with scikit-image (:data:`PHOTO_SOURCES`;
+                 never the images ``krylon bench dds`` tests on), resized, flipped, turned, with a random gamma
 
 All families carry a smooth multiplicative texture drawn from a Gaussian random field
 (:func:`krylon.datasets.random_fields.gaussian_random_field`); complex variants multiply by ``exp(i phi)`` with a
@@ -25,6 +27,7 @@ smooth random phase ``phi`` (a random field plus a linear ramp).
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Sequence
@@ -36,10 +39,16 @@ from ..kernels import backend, validate
 from .hdf5 import DatasetWriter
 from .random_fields import gaussian_random_field
 
-__all__ = ["FAMILIES", "PHANTOM_FAMILIES", "shepp_logan", "random_phantom", "random_phantoms", "generate_phantoms", "phantom_generator"]
+__all__ = ["FAMILIES", "PHANTOM_FAMILIES", "PHOTO_SOURCES", "shepp_logan",
+           "random_phantom", "random_phantoms", "generate_phantoms", "phantom_generator"]
 
 PHANTOM_FAMILIES = ("ellipses", "shepp_logan", "polygons", "blobs")
-FAMILIES = PHANTOM_FAMILIES + ("dead_leaves", "textures")
+FAMILIES = PHANTOM_FAMILIES + ("dead_leaves", "textures", "photos")
+# the skimage.data images the "photos" family crops (all stored inside scikit-image, no download): a whitelist, so
+# the bench's test images (camera, coins, Shepp-Logan) and held-out ones (astronaut, chelsea = cat, clock, moon,
+# cell, coffee) stay unseen; stereo_motorcycle gives its left and right views
+PHOTO_SOURCES = ("brick", "grass", "gravel", "horse", "immunohistochemistry", "microaneurysms", "retina", "rocket",
+                 "hubble_deep_field", "text", "page", "logo", "stereo_motorcycle")
 
 # (intensity, semi-axis a along x', semi-axis b along y', centre x0, centre y0, angle in degrees): the
 # Shepp–Logan table; "modified" (Toft) raises the contrast of the inner ellipses so they are visible
@@ -263,8 +272,46 @@ def _family_textures(X, Y, g):
     return _u(g, 0.0, 0.4) + f
 
 
+@functools.lru_cache(maxsize=1)
+def _photos() -> tuple[torch.Tensor, ...]:
+    """The grey images of :data:`PHOTO_SOURCES` in [0, 1] (float32), loaded once."""
+    try:
+        from skimage import data
+        from skimage.color import rgb2gray
+    except ImportError as e:
+        raise ValueError("the 'photos' family crops scikit-image's sample images: pip install scikit-image") from e
+    out = []
+    for name in PHOTO_SOURCES:
+        imgs = getattr(data, name)()
+        for a in imgs[:2] if isinstance(imgs, tuple) else (imgs,):  # stereo_motorcycle: (left, right, disparity)
+            a = np.asarray(a)
+            a = rgb2gray(a[..., :3]) if a.ndim == 3 else a.astype(np.float64) / (255.0 if a.dtype == np.uint8 else 1.0)
+            out.append(torch.from_numpy(np.ascontiguousarray(a)).float())
+    return tuple(out)
+
+
+def _family_photos(X, Y, g):
+    photos = _photos()
+    src = photos[_randint(g, 0, len(photos) - 1)]
+    h, w = src.shape
+    lo, hi = min(48, h, w), min(h, w)  # crop side in source pixels, log-uniform: close-ups to the whole image
+    c = min(hi, int(round(lo * (hi / lo) ** _u(g, 0, 1))))
+    i, j = _randint(g, 0, h - c), _randint(g, 0, w - c)
+    crop = src[i:i + c, j:j + c]
+    if _u(g, 0, 1) < 0.5:
+        crop = crop.flip(1)
+    crop = torch.rot90(crop, _randint(g, 0, 3))
+    img = torch.nn.functional.interpolate(crop[None, None].double(), size=tuple(X.shape), mode="bilinear",
+                                          antialias=c > X.shape[0], align_corners=False)[0, 0]
+    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+    if _u(g, 0, 1) < 0.2:  # negatives too: MRI and CT images are mostly dark backgrounds with bright objects
+        img = 1 - img
+    return img ** _u(g, 0.7, 1.4)
+
+
 _FAMILY_FUNCS = {"ellipses": _family_ellipses, "shepp_logan": _family_shepp_logan, "polygons": _family_polygons,
-                 "blobs": _family_blobs, "dead_leaves": _family_dead_leaves, "textures": _family_textures}
+                 "blobs": _family_blobs, "dead_leaves": _family_dead_leaves, "textures": _family_textures,
+                 "photos": _family_photos}
 
 
 def random_phantom(size, family: str = "ellipses", *, complex: bool = False, generator: torch.Generator | None = None,

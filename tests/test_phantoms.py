@@ -79,6 +79,29 @@ def test_natural_image_families_fill_the_frame_with_detail():
     assert torch.equal(random_phantoms(6, 32, seed=4), random_phantoms(6, 32, seed=4, families=PHANTOM_FAMILIES))
 
 
+def test_photos_family_crops_real_images_never_the_bench_test_images(monkeypatch):
+    pytest.importorskip("skimage")
+    from krylon.bench.dds import IMAGE_SETS
+    from krylon.datasets import phantoms
+
+    # the bench's test images and held-out photographs (chelsea is also skimage's "cat") are never cropped
+    held_out = {name for names in IMAGE_SETS.values() for name in names} | {"cat", "shepp_logan_phantom"}
+    assert not held_out & set(phantoms.PHOTO_SOURCES)
+    xs = random_phantoms(8, 64, seed=3, families=("photos",))
+    assert xs.shape == (8, 64, 64) and float(xs.min()) >= 0 and torch.allclose(xs.flatten(1).amax(1), torch.ones(8, dtype=xs.dtype))
+    assert torch.equal(xs[5], random_phantoms(1, 64, seed=3, start=5, families=("photos",))[0])
+    assert float((xs > 0.05).double().mean()) > 0.8
+    assert len({round(float(x.mean()), 4) for x in xs}) == 8
+    # without scikit-image the family says what to install
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    phantoms._photos.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="scikit-image"):
+            random_phantoms(1, 32, families=("photos",))
+    finally:
+        phantoms._photos.cache_clear()
+
+
 def test_random_phantoms_reproducible_and_independent_of_batching():
     a = random_phantoms(6, 32, seed=5)
     b = torch.cat([random_phantoms(2, 32, seed=5), random_phantoms(4, 32, seed=5, start=2)])

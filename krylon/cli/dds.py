@@ -20,7 +20,8 @@ def _add_generate_phantoms(gsub) -> None:
     q.add_argument("--seed", type=int, default=0, help="image i is drawn from (seed, i) (default 0)")
     q.add_argument("--complex", action="store_true", help="complex images with a smooth random phase")
     q.add_argument("--families", nargs="+", default=None, help="families, used in turn (a name may repeat to weigh it): "
-                   "ellipses shepp_logan polygons blobs (the default) and the natural-image ones dead_leaves textures")
+                   "ellipses shepp_logan polygons blobs (the default), the natural-image ones dead_leaves textures, and "
+                   "photos (crops of scikit-image's sample photographs; needs scikit-image)")
     q.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(run=_generate_phantoms)
