@@ -19,14 +19,14 @@ import torch
 
 from krylon.datasets.phantoms import random_phantoms, shepp_logan
 from krylon.operators import MRI
-from krylon.operators.imaging import add_noise, coil_maps, mri_mask
+from krylon.operators.imaging import add_noise, coil_maps, mri_mask, noise_std
 from krylon.solvers import DDS
 from krylon.solvers.metrics import psnr, save_comparison, ssim
 from krylon.solvers.reconstruction import cg_sense, zero_filled
 
 
 def main(nfe=50, noise=0.0, out="mri_dds.png", seed=0, complex=False):
-    # noiseless: exact data consistency A^H A x = A^H y (gamma=None); noisy: the tuned data weight
+    # noiseless: exact data consistency A^H A x = A^H y; noisy: a data weight from the noise level (lam)
     dds = DDS.tuned("mri", bool(noise), kind="complex" if complex else "magnitude")
     n = dds.image_size
     if complex:  # an unseen complex phantom: magnitude in [0, 1], smooth random phase
@@ -36,9 +36,11 @@ def main(nfe=50, noise=0.0, out="mri_dds.png", seed=0, complex=False):
     A = MRI(mri_mask((n, n), kind="uniform1d", acceleration=4, center_fraction=0.08, seed=seed),
             coil_maps((n, n), n_coils=4))
     y = A.matvec(x.to(torch.complex64))
+    sd = None
     if noise:
+        sd = float(noise_std(y, noise, ndim=3))  # the noise is known: DDS weighs the data by it
         y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=3)
-    res = dds.solve(A, y, nfe=nfe, seed=seed)
+    res = dds.solve(A, y, nfe=nfe, seed=seed, noise_std=sd)
     real = not dds.complex_images  # every method over real images when the prior is
     recs = {"zero-filled": zero_filled(A, y, real=real), "CG-SENSE": cg_sense(A, y, lam=1e-2, real=real),
             f"DDS ({res.nfe} NFE)": res.x}

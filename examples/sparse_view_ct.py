@@ -17,22 +17,24 @@ import torch
 
 from krylon.datasets.phantoms import shepp_logan
 from krylon.operators import Radon
-from krylon.operators.imaging import add_noise
+from krylon.operators.imaging import add_noise, noise_std
 from krylon.solvers import DDS
 from krylon.solvers.metrics import psnr, save_comparison, ssim
 from krylon.solvers.reconstruction import fbp
 
 
 def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
-    # noisy data get their own settings: fewer CG steps, and CT's A^H A is ~300x MRI's, so a smaller gamma
+    # noisy data get their own settings: fewer CG steps, and a data weight from the noise level (lam)
     dds = DDS.tuned("ct", bool(noise))
     n = dds.image_size
     x = shepp_logan(n).float()
     R = Radon((n, n), angles=torch.arange(views, dtype=torch.float64) * math.pi / views)
     y = R.matvec(x)
+    sd = None
     if noise:
+        sd = float(noise_std(y, noise, ndim=2, support="all"))  # the noise is known: DDS weighs the data by it
         y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=2, support="all")
-    res = dds.solve(R, y, nfe=nfe, seed=seed)
+    res = dds.solve(R, y, nfe=nfe, seed=seed, noise_std=sd)
     recs = {"FBP": fbp(R, y), f"DDS ({res.nfe} NFE)": res.x}
     for name, r in recs.items():
         print(f"{name:16s} PSNR {float(psnr(r, x)):6.2f} dB  SSIM {float(ssim(r, x)):.3f}")

@@ -20,7 +20,7 @@ import torch
 from ..kernels import backend, validate
 from .base import LinearOperator
 
-__all__ = ["MRI", "Radon", "ImageGradient", "mri_mask", "coil_maps", "add_noise", "fft2c", "ifft2c", "MASK_KINDS", "FBP_FILTERS"]
+__all__ = ["MRI", "Radon", "ImageGradient", "mri_mask", "coil_maps", "add_noise", "noise_std", "fft2c", "ifft2c", "MASK_KINDS", "FBP_FILTERS"]
 
 MASK_KINDS = ("uniform1d", "gaussian1d", "gaussian2d", "equispaced")
 FBP_FILTERS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
@@ -616,36 +616,21 @@ class ImageGradient(LinearOperator):
 
 
 # ---------------------------------------------------------------------------------------------------- noise
-def add_noise(y: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None, relative: bool = True,
-              ndim: int | None = None, support: torch.Tensor | str | None = None) -> torch.Tensor:
-    """``y`` plus white Gaussian noise (complex Gaussian for complex ``y``) on its measured entries; a new tensor.
+def noise_std(y: torch.Tensor, sigma: float, *, relative: bool = True, ndim: int | None = None,
+              support: torch.Tensor | str | None = None) -> torch.Tensor:
+    """The absolute standard deviation :func:`add_noise` gives ``y``'s noise with the same arguments, per item: a
+    tensor broadcastable against ``y`` (keeping the reduced dimensions; a scalar for ``relative=False``).
 
-    Parameters
-    ----------
-    sigma : float
-        Noise level: the standard deviation (``E|n|^2 = sigma^2`` per measured entry), absolute, or with
-        ``relative=True`` as a fraction of the RMS of the measured entries of ``y``.
-    generator : torch.Generator, optional
-        Seeds the noise (it must live on ``y``'s device).
-    ndim : int, optional
-        With ``relative=True``: the RMS is taken per item over the last ``ndim`` dimensions (e.g. 3 for multi-coil
-        k-space ``(*batch, C, H, W)``); default: over the whole tensor.
-    support : bool tensor or "all", optional
-        The measured entries, which get noise; the others stay exactly as they are.  Default ``y != 0``: k-space
-        an MRI mask never samples stays zero, so noisy data stay in the range of the mask (and ``||y - A x||``
-        measures only noise that was measured).  A bool tensor broadcastable to ``y`` names them explicitly;
-        ``"all"`` puts noise everywhere (e.g. a CT sinogram whose zeros, rays missing the object, are measured).
+    Samplers that weigh the data by the noise (``DDS.solve(noise_std=...)``) take it per image:
+    ``noise_std(k, 0.03, ndim=3).flatten()`` for multi-coil k-space ``(B, C, H, W)``.
 
-    Examples
-    --------
-    >>> y = torch.ones(1000, dtype=torch.float64)
-    >>> n = add_noise(y, 0.1, generator=torch.Generator().manual_seed(0)) - y
-    >>> round(float(n.std()), 1)
-    0.1
-    >>> k = torch.tensor([1.0, 0.0, 2.0], dtype=torch.complex64)
-    >>> bool(add_noise(k, 0.1, generator=torch.Generator().manual_seed(0))[1] == 0)
-    True
+    >>> noise_std(torch.full((4,), 2.0, dtype=torch.float64), 0.1)
+    tensor([0.2000], dtype=torch.float64)
     """
+    return _noise_support_and_std(y, sigma, relative, ndim, support)[1]
+
+
+def _noise_support_and_std(y, sigma, relative, ndim, support):
     if not isinstance(y, torch.Tensor) or not backend.is_floating(y.dtype):
         raise TypeError(f"y must be a floating or complex torch.Tensor, got {type(y).__name__}")
     sigma = validate.real_number(sigma, "sigma", minimum=0.0)
@@ -676,6 +661,40 @@ def add_noise(y: torch.Tensor, sigma: float, *, generator: torch.Generator | Non
         power = (y.abs() ** 2 * support).sum(dim=dims, keepdim=True)
         count = support.sum(dim=dims, keepdim=True).clamp_min(1)
         scale = scale * torch.sqrt(power / count)
+    return support, scale
+
+
+def add_noise(y: torch.Tensor, sigma: float, *, generator: torch.Generator | None = None, relative: bool = True,
+              ndim: int | None = None, support: torch.Tensor | str | None = None) -> torch.Tensor:
+    """``y`` plus white Gaussian noise (complex Gaussian for complex ``y``) on its measured entries; a new tensor.
+
+    Parameters
+    ----------
+    sigma : float
+        Noise level: the standard deviation (``E|n|^2 = sigma^2`` per measured entry), absolute, or with
+        ``relative=True`` as a fraction of the RMS of the measured entries of ``y``.
+    generator : torch.Generator, optional
+        Seeds the noise (it must live on ``y``'s device).
+    ndim : int, optional
+        With ``relative=True``: the RMS is taken per item over the last ``ndim`` dimensions (e.g. 3 for multi-coil
+        k-space ``(*batch, C, H, W)``); default: over the whole tensor.
+    support : bool tensor or "all", optional
+        The measured entries, which get noise; the others stay exactly as they are.  Default ``y != 0``: k-space
+        an MRI mask never samples stays zero, so noisy data stay in the range of the mask (and ``||y - A x||``
+        measures only noise that was measured).  A bool tensor broadcastable to ``y`` names them explicitly;
+        ``"all"`` puts noise everywhere (e.g. a CT sinogram whose zeros, rays missing the object, are measured).
+
+    Examples
+    --------
+    >>> y = torch.ones(1000, dtype=torch.float64)
+    >>> n = add_noise(y, 0.1, generator=torch.Generator().manual_seed(0)) - y
+    >>> round(float(n.std()), 1)
+    0.1
+    >>> k = torch.tensor([1.0, 0.0, 2.0], dtype=torch.complex64)
+    >>> bool(add_noise(k, 0.1, generator=torch.Generator().manual_seed(0))[1] == 0)
+    True
+    """
+    support, scale = _noise_support_and_std(y, sigma, relative, ndim, support)
     # for a complex dtype torch.randn draws real and imaginary parts of variance 1/2 each: E|n|^2 = 1
     noise = torch.randn(y.shape, dtype=y.dtype, device=y.device, generator=generator)
     return y + scale * noise * support

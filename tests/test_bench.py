@@ -210,13 +210,14 @@ def test_dds_bench_runs_only_the_noisy_or_noiseless_cases(tmp_path, monkeypatch,
 
     monkeypatch.setitem(dds.SIZES, "quick", {"images": 0, "tasks": ("ct-8views",), "dds_nfe": (2,), "dps_nfe": 2,
                                              "dps_tasks": ("ct-8views",), "dps_noisy": True})
-    monkeypatch.setitem(dds.DDS_SETTINGS, ("ct", True), {"eta": 0.7, "cg_steps": 2, "gamma": 0.05})
+    monkeypatch.setitem(dds.DDS_SETTINGS, ("ct", True), {"eta": 0.7, "cg_steps": 2, "gamma": 0.05, "lam": 0.4})
     monkeypatch.setattr(dds, "TV_LAMS", dds.TV_LAMS[:1])
     res = dds.run("quick", out=tmp_path, plot=False, noisy=True)
     assert {r["noise"] for r in res["rows"]} == {dds.NOISE}
     assert {r["method"] for r in res["rows"]} >= {"DDS-2", "DPS-2", "FBP"}
     ddsrow = next(r for r in res["rows"] if r["method"] == "DDS-2")
-    assert ddsrow["note"] == "eta=0.7, cg_steps=2, gamma=0.05"  # the noisy settings, not the noiseless ones
+    # the noisy settings, not the noiseless ones; the weight from each image's noise (lam), not the fixed gamma
+    assert ddsrow["note"] == "eta=0.7, cg_steps=2, lam=0.4"
     assert (tmp_path / "dds_quick_noisy.json").exists()
     res = dds.run("quick", out=tmp_path, plot=False, noisy=False, dps=False, tasks=("ct-8views",))
     assert {r["noise"] for r in res["rows"]} == {0.0}
@@ -294,15 +295,15 @@ def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
     from krylon.bench import dds
 
     grid = ({"eta": 0.5, "cg_steps": 1, "spacing": 3.0}, {"eta": 0.9, "cg_steps": (1, 3), "cg_power": 1.0, "spacing": 1.0})
-    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, gammas={"ct": (0.01, 0.3)}, cg_budget={},
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, lams={"ct": (0.05, 3.0)}, cg_budget={},
                    parts=("noisy",), out=tmp_path)
     rows = res["rows"]
     assert len(rows) == 4 and all(r["noise"] == dds.NOISE for r in rows)
     top = max(rows, key=lambda r: r["psnr"])
-    keys = ("eta", "cg_steps", "cg_power", "spacing", "gamma")
+    keys = ("eta", "cg_steps", "cg_power", "spacing", "lam")
     assert res["choice"] == {"noisy": {"ct": {**{k: top[k] for k in keys if k in top}, "gamma_schedule": "snr"}}}
     # a CG budget leaves out the settings that need more steps (the ramp 1 -> 3 averages 2 at 2 NFE)
-    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, gammas={"ct": (0.3,)}, cg_budget={"ct": 1.5},
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, lams={"ct": (0.3,)}, cg_budget={"ct": 1.5},
                    parts=("noisy",))
     assert res["choice"]["noisy"]["ct"]["cg_steps"] == 1
     assert (tmp_path / "dds_tune.json").exists()

@@ -110,6 +110,77 @@ def test_cg_data_consistency_matches_dense_solve_complex(gamma):
         assert not torch.equal(none.data_consistency(A, y, x0, real=False, t=300), x0)
 
 
+def test_noise_weighted_data_consistency_matches_dense_solve_per_image():
+    """With ``sigma`` (one per image) the weight is ``(1 - abar_t) / abar_t / (lam sigma_i^2)``: a dense solve per image."""
+    g = torch.Generator().manual_seed(3)
+    n, m, lam = 4, 10, 0.4
+    M = torch.randn(m, n * n, dtype=torch.complex128, generator=g)
+    A = dense_op(M, n)
+    x0 = torch.randn(2, n, n, dtype=torch.complex128, generator=g)
+    y = torch.randn(2, m, dtype=torch.complex128, generator=g)
+    sigma = torch.tensor([0.05, 0.2], dtype=torch.float64).reshape(2, 1, 1)
+    dds = DDS(tiny_net(complex_images=True), gamma=123.0, lam=lam, cg_steps=n * n, final_weight=0.5)
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[300]
+    AhA = M.conj().T @ M
+    for last, f in ((False, 1.0), (True, 0.5)):
+        got = dds.data_consistency(A, y, x0, real=False, t=300, sigma=sigma, last=last)
+        for i in range(2):  # gamma (123) is not used once the noise is known
+            g_i = f * (1 - abar) / abar / (lam * float(sigma[i]) ** 2)
+            rhs = x0[i].reshape(-1) + g_i * M.conj().T @ y[i]
+            ref = torch.linalg.solve(torch.eye(n * n, dtype=M.dtype) + g_i * AhA, rhs)
+            assert_close(got[i].reshape(-1), ref, rtol=1e-7, atol=1e-7)
+    with pytest.raises(ValueError, match="lam=None"):
+        DDS(dds.model, gamma=1.0).data_weight(300, sigma=0.1)
+
+
+def test_solve_with_noise_std_is_the_fixed_weight_of_that_noise_in_sampler_units():
+    """``noise_std`` in y's units, divided by the per-image scale, gives ``gamma = 1 / (lam sigma^2)``: the same
+    run as a fixed ``gamma`` of that value, image by image; bad values are refused."""
+    from krylon.operators.imaging import add_noise, noise_std
+
+    net = tiny_net()
+    n = net.image_size
+    keep = torch.rand(n, n, generator=torch.Generator().manual_seed(0)) < 0.5
+    A = CallableOperator(lambda x: x * keep, (n, n), adjoint=lambda y: y * keep)
+    x = torch.rand(2, n, n, generator=torch.Generator().manual_seed(1))
+    clean = A @ x
+    sd = noise_std(clean, 0.05, ndim=2).flatten()
+    y = add_noise(clean, 0.05, ndim=2, generator=torch.Generator().manual_seed(2))
+    lam, scale = 0.3, torch.tensor([0.9, 1.3])
+    got = DDS(net, lam=lam, cg_steps=3).solve(A, y, nfe=4, seed=[4, 5], scale=scale, noise_std=sd).x
+    for i in range(2):
+        g = 1 / (lam * float(sd[i] / scale[i]) ** 2)
+        ref = DDS(net, gamma=g, cg_steps=3).solve(A, y[i], nfe=4, seed=[4 + i], scale=scale[i]).x
+        assert_close(got[i], ref, rtol=1e-5, atol=1e-6)
+    dds = DDS(net, lam=lam, cg_steps=3)
+    for bad, msg in ((-1.0, "positive"), (float("nan"), "positive"), (torch.ones(3), "one per image"),
+                     (0.0, "positive")):
+        with pytest.raises(ValueError, match=msg):
+            dds.solve(A, y, nfe=2, noise_std=bad)
+    with pytest.raises(ValueError, match="lam=None"):
+        DDS(net, gamma=1.0).solve(A, y, nfe=2, noise_std=0.1)
+    with pytest.raises(ValueError, match="DPS does not weigh"):
+        DPS(net).solve(A, y, nfe=2, noise_std=0.1)
+    with pytest.raises(ValueError, match="lam must be positive"):
+        DDS(net, lam=0.0)
+
+
+def test_noise_std_is_the_std_add_noise_draws():
+    """``noise_std`` = the empirical std of ``add_noise``'s noise, per item (complex: E|n|^2 = sigma^2)."""
+    from krylon.operators.imaging import add_noise, noise_std
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(3, 200, 200, dtype=torch.complex128, generator=g) * torch.tensor([1.0, 2.0, 5.0])[:, None, None]
+    y[:, :, :50] = 0  # unmeasured entries get no noise and do not count in the RMS
+    sd = noise_std(y, 0.1, ndim=2).flatten()
+    ref = 0.1 * (y.abs() ** 2).sum((1, 2)).div((y != 0).sum((1, 2))).sqrt()
+    assert_close(sd, ref, rtol=1e-12)
+    n = add_noise(y, 0.1, ndim=2, generator=g) - y
+    emp = (n.abs() ** 2).sum((1, 2)).div((y != 0).sum((1, 2))).sqrt()
+    np.testing.assert_allclose(emp.numpy(), sd.numpy(), rtol=0.02)
+    assert float(noise_std(y, 0.3, relative=False)) == pytest.approx(0.3)
+
+
 def test_cg_data_consistency_few_steps_match_numpy_cg_real_prior():
     """3 CG steps of the real-restricted normal system vs an independent numpy CG."""
     n, m = 4, 12
@@ -637,6 +708,35 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     assert run("--noise", "0.03", "--final-weight", "0") == {0.0}
 
 
+def test_cli_reconstruct_weighs_noisy_data_by_the_simulated_noise_std(tmp_path, monkeypatch):
+    """``--noise`` passes the simulated noise's std to DDS (the weight from ``lam``); ``--gamma`` fixes the weight
+    instead; noiseless data pass none."""
+    from krylon import cli
+    from krylon.operators.imaging import noise_std
+
+    seen = []
+    orig = DDS.solve
+    monkeypatch.setattr(DDS, "solve", lambda self, A, y, **k: seen.append((k["noise_std"], self.lam, self.gamma))
+                        or orig(self, A, y, **k))
+    n = DDS.pretrained().image_size
+    img = np.pad(np.ones((n // 2, n // 2)), n // 4)
+    np.save(tmp_path / "img.npy", img)
+
+    def run(*extra):
+        seen.clear()
+        assert cli.main(["reconstruct", "ct", "--image", str(tmp_path / "img.npy"), "--nfe", "2", "--views", "8",
+                         "--out", str(tmp_path / "c.png"), *extra]) == 0
+        return seen[0]
+
+    from krylon.operators import Radon
+
+    sd, lam, _ = run("--noise", "0.03", "--lam", "0.7")
+    y = Radon((n, n), angles=torch.arange(8, dtype=torch.float64) * math.pi / 8).matvec(torch.from_numpy(img).float())
+    assert lam == 0.7 and sd == pytest.approx(float(noise_std(y, 0.03, support="all")), rel=1e-5)
+    assert run("--noise", "0.03", "--gamma", "10") == (None, DDS.tuned("ct", True).lam, 10.0)
+    assert run()[0] is None
+
+
 def test_examples_use_the_fixes(tmp_path):
     """sparse_view_ct noises every sinogram bin; mri_reconstruction's baselines are real like the prior."""
     import importlib.util
@@ -877,7 +977,7 @@ def test_bench_tune_scores_a_setting_by_its_mean_over_sampler_seeds(tmp_path, mo
     monkeypatch.setattr(DDS, "solve", spy)
     grid = ({"eta": 1.0, "cg_steps": 2, "spacing": 3.0, "denoise_below": 0},)
     res = bench.tune(images=1, nfe=2, tasks=("mri-x4-uniform1d",), parts=("noisy",), noisy_grid=grid,
-                     gammas={"mri": (3e4,)}, sampler_seeds=(0, 5))
+                     lams={"mri": (0.3,)}, sampler_seeds=(0, 5))
     assert seen == [0, 5] and res["sampler_seeds"] == [0, 5]
     (r,) = res["rows"]
     assert len(r["psnr_per_seed"]) == 2 and abs(r["psnr"] - sum(r["psnr_per_seed"]) / 2) < 1e-3

@@ -185,8 +185,18 @@ def _noisy(task: str, clean):
     from ..operators.imaging import add_noise
 
     g = torch.Generator(device=clean.device).manual_seed(1)
-    support = "all" if task.startswith("ct") else None
-    return add_noise(clean, NOISE, generator=g, ndim=clean.dim() - 1, support=support)
+    return add_noise(clean, NOISE, generator=g, ndim=clean.dim() - 1, support=_support(task))
+
+
+def _support(task):
+    return "all" if task.startswith("ct") else None
+
+
+def _noise_std(task: str, clean):
+    """The standard deviation of :func:`_noisy`'s noise per image ``(B,)``: what DDS weighs the data by."""
+    from ..operators.imaging import noise_std
+
+    return noise_std(clean, NOISE, ndim=clean.dim() - 1, support=_support(task)).flatten()
 
 
 def _oracle(fn, lams, x):
@@ -355,6 +365,8 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
                                        "psnr_unseen averages the TEST_SEED random phantoms only",
               "real_images": real, "constraint": "every method over real images" if real else "complex images",
               "noise_relative": NOISE, "noise_support": {"mri": "sampled k-space", "ct": "all sinogram bins"},
+              "noise_weight": "noisy DDS rows: data weight 1 / (lam sigma^2) from each image's noise std "
+                              "(solve(noise_std=...)); the settings' fixed gamma is not used",
               "sampler_seeds": list(seeds), "seeding": "per image: zlib.crc32(f'{seed}:{name}') (image_seeds)",
               "rows": [], "prior": prior.config}
     grid = {}
@@ -373,13 +385,16 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
                               cg_steps=cg_steps, eta=eta)
             recs = {m: ([rec], sec, note) for m, (rec, sec, note) in recs.items()}
 
-            def sample(sampler, n, settings):  # one run per sampler seed; seconds per image, median over runs
-                runs = [sampler.solve(A, y, nfe=n, seed=image_seeds(names, sd)) for sd in seeds]
+            def sample(sampler, n, settings, **kw):  # one run per sampler seed; seconds per image, median over runs
+                runs = [sampler.solve(A, y, nfe=n, seed=image_seeds(names, sd), **kw) for sd in seeds]
                 sec = sorted(r.seconds for r in runs)[len(runs) // 2] / x.shape[0]
                 return [r.x for r in runs], sec, ", ".join(f"{k}={v}" for k, v in settings.items())
 
             for nfe in nfes:
-                recs[f"DDS-{nfe}"] = sample(DDS(prior, **st), nfe, st)
+                # noisy data: the weight from each image's noise level (lam), as a user who knows the noise would
+                shown = {k: v for k, v in st.items() if not (noisy and k == "gamma")}  # lam replaces gamma
+                recs[f"DDS-{nfe}"] = sample(DDS(prior, **st), nfe, shown,
+                                            noise_std=_noise_std(task, clean) if noisy else None)
             if run_dps and (not noisy or cfg.get("dps_noisy", False)):
                 dst = DPS_SETTINGS[modality]
                 recs[f"DPS-{cfg['dps_nfe']}"] = sample(DPS(prior, **dst), cfg["dps_nfe"], dst)
@@ -476,7 +491,7 @@ DPS_GRID = {m: ((st, 1.0, 0), (st, 2.0, 0), (st, 3.0, 0), (big, 2.0, 0))
 
 
 def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None, dds_grid=DDS_GRID,
-         noisy_grid=NOISY_GRID, gammas=None, cg_budget=None, dps_grid=None, dps_nfe: int = 500, dps_images: int = 2,
+         noisy_grid=NOISY_GRID, lams=None, cg_budget=None, dps_grid=None, dps_nfe: int = 500, dps_images: int = 2,
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), kind="magnitude", out=None,
          device="cpu", sampler_seeds=(0, 1)) -> dict:
     """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
@@ -485,7 +500,8 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
     one network call's worth of CT projections on a CPU, so that DDS-50 stays >= 10x faster than DPS-500; MRI's
     cheaper steps need none; BENCHMARKS.md has the timings); for noisy data (noise ``NOISE``) the
-    same from ``noisy_grid`` x ``gammas[modality]`` (a joint grid, with the ``"snr"`` data weighting); and DPS's
+    same from ``noisy_grid`` x ``lams[modality]`` (a joint grid; the data weight ``1 / (lam sigma^2)`` from each
+    image's noise, with the ``"snr"`` weighting over the steps); and DPS's
     ``(step_size, spacing, denoise_below)`` per modality from ``dps_grid`` (:data:`DPS_GRID`), by PSNR summed over
     ``dps_tasks`` noiseless and noisy; all by mean PSNR on held-out
     phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
@@ -508,7 +524,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     cplx = prior.complex_images
     tasks = tasks or tuple(t for t in TASKS if t.startswith("mri") or not cplx)
     dps_tasks = tuple(t for t in dps_tasks if t.startswith("mri") or not cplx)
-    gammas = gammas or {"mri": (1e4, 3e4, 1e5), "ct": (10.0, 30.0, 100.0)}
+    lams = lams or {m: (0.15, 0.3, 0.6) for m in ("mri", "ct")}
     cg_budget = {"ct": 10.0} if cg_budget is None else cg_budget
     dps_grid = dps_grid or DPS_GRID
     x = random_phantoms(images, SIZE, seed=seed, complex=cplx).to(torch.complex64 if cplx else torch.float32).to(dev)
@@ -518,10 +534,10 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         xi = x[:n_img] if n_img else x
         A = _operator(task, dev)
         y = A.matvec(xi.to(torch.complex64) if task.startswith("mri") else xi)
-        return A, (_noisy(task, y) if noisy else y), xi
+        return A, (_noisy(task, y) if noisy else y), xi, (_noise_std(task, y) if noisy else None)
 
-    def record(part, task, noisy, sampler, xi, A, y, n, **kw):
-        runs = [sampler.solve(A, y, nfe=n, seed=sd) for sd in seeds]
+    def record(part, task, noisy, sampler, xi, A, y, n, noise_std=None, **kw):
+        runs = [sampler.solve(A, y, nfe=n, seed=sd, noise_std=noise_std) for sd in seeds]
         per_seed = [float(psnr(r.x, xi).mean()) for r in runs]
         rows.append({"part": part, "task": task, "noise": NOISE if noisy else 0.0, **kw,
                      "psnr": sum(per_seed) / len(per_seed), "psnr_per_seed": [round(v, 3) for v in per_seed],
@@ -541,19 +557,19 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     if "dds" in parts:
         keys = settings(dds_grid)
         for task in tasks:
-            A, y, xi = measure(task, False)
+            A, y, xi, _ = measure(task, False)
             for g in dds_grid:
                 record("dds", task, False, DDS(prior, gamma=None, **g), xi, A, y, nfe, **g)
         choice["dds"] = {m: chosen("dds", keys, m) for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "noisy" in parts:
-        keys = settings(noisy_grid) + ("gamma",)
+        keys = settings(noisy_grid) + ("lam",)
         for task in tasks:
             modality = task.split("-")[0]
-            A, y, xi = measure(task, True)
+            A, y, xi, sd = measure(task, True)
             for g in noisy_grid:
-                for gam in gammas[modality]:
-                    record("noisy", task, True, DDS(prior, gamma=gam, gamma_schedule="snr", **g), xi, A, y, nfe,
-                           **g, gamma=gam)
+                for lam in lams[modality]:
+                    record("noisy", task, True, DDS(prior, lam=lam, gamma_schedule="snr", **g), xi, A, y, nfe,
+                           noise_std=sd, **g, lam=lam)
         choice["noisy"] = {m: {**chosen("noisy", keys, m), "gamma_schedule": "snr"}
                            for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "dps" in parts:
@@ -561,7 +577,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         for task in dps_tasks:
             modality = task.split("-")[0]
             for noisy in (False, True):
-                A, y, xi = measure(task, noisy, dps_images)
+                A, y, xi, _ = measure(task, noisy, dps_images)
                 for g in dps_grid[modality]:
                     kw = dict(zip(keys, g))
                     record("dps", task, noisy, DPS(prior, **kw), xi, A, y, dps_nfe, **kw)

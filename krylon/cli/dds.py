@@ -74,8 +74,11 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--nfe", type=int, default=50, help="DDS network calls (default 50)")
         q.add_argument("--noise", type=float, default=0.0, help="measurement noise, relative to the data RMS "
                        "(MRI: on the sampled k-space; CT: on every sinogram bin)")
-        q.add_argument("--gamma", type=float, default=None, help="DDS data weight for noisy data, scaled at each "
-                       "step by its noise level (default: krylon.solvers.diffusion.DDS_SETTINGS, by modality)")
+        q.add_argument("--lam", type=float, default=None, help="noisy data: DDS weighs the data by the known noise, "
+                       "1 / (lam sigma^2) scaled at each step by its noise level (default: "
+                       "krylon.solvers.diffusion.DDS_SETTINGS, by modality)")
+        q.add_argument("--gamma", type=float, default=None, help="noisy data: a fixed DDS data weight instead of the "
+                       "noise's, scaled at each step by its noise level (the noise level is then not used)")
         q.add_argument("--cg-steps", type=int, nargs="+", default=None, metavar="N",
                        help="DDS's CG iterations per step: one count, or FIRST LAST of a ramp over the steps (default: "
                        "krylon.solvers.diffusion.DDS_SETTINGS, by modality and noise)")
@@ -189,7 +192,7 @@ def _reconstruct(args) -> int:
     import torch
 
     from ..operators import MRI, Radon
-    from ..operators.imaging import add_noise, coil_maps, mri_mask
+    from ..operators.imaging import add_noise, coil_maps, mri_mask, noise_std
     from ..solvers.diffusion import DDS
     from ..solvers.metrics import psnr, save_comparison, ssim
     from ..solvers.reconstruction import cg_sense, fbp
@@ -213,20 +216,24 @@ def _reconstruct(args) -> int:
         A = Radon((n, n), angles=angles)
         y = A.matvec(x)
         what = f"CT {args.views} views over {args.arc:g} degrees"
+    sd = None
     if args.noise:
         # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
-        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1),
-                      support="all" if args.modality == "ct" else None)
+        support = "all" if args.modality == "ct" else None
+        sd = float(noise_std(y, args.noise, support=support)) if args.gamma is None else None  # the data weight's
+        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1), support=support)
     from ..solvers.diffusion import dds_settings
 
     # eta, CG steps, spacing, tail and gamma chosen on held-out phantoms, apart for noisy and noiseless data
     dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), kind="complex" if dds.complex_images else
                                         "magnitude", gamma=args.gamma if args.noise else None, cg_steps=cg_steps,
-                                        denoise_below=args.denoise_below, final_weight=args.final_weight))
+                                        denoise_below=args.denoise_below, final_weight=args.final_weight,
+                                        lam=args.lam))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
-    res = dds.solve(A, y, nfe=args.nfe, seed=args.sampler_seed, progress=True)
+    res = dds.solve(A, y, nfe=args.nfe, seed=args.sampler_seed, noise_std=sd if dds.lam is not None else None,
+                    progress=True)
     rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
     print(f"{what}, noise {args.noise:g}, {n}x{n}:")
     for name, r in rows:
