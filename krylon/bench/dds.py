@@ -524,7 +524,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     cplx = prior.complex_images
     tasks = tasks or tuple(t for t in TASKS if t.startswith("mri") or not cplx)
     dps_tasks = tuple(t for t in dps_tasks if t.startswith("mri") or not cplx)
-    lams = lams or {m: (0.15, 0.3, 0.6) for m in ("mri", "ct")}
+    lams = lams or {m: (0.15, 0.2, 0.3, 0.45) for m in ("mri", "ct")}
     cg_budget = {"ct": 10.0} if cg_budget is None else cg_budget
     dps_grid = dps_grid or DPS_GRID
     x = random_phantoms(images, SIZE, seed=seed, complex=cplx).to(torch.complex64 if cplx else torch.float32).to(dev)
