@@ -82,13 +82,15 @@ PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 # of the best: the last step for noiseless MRI, longer for CT and for noisy data.  Noiseless MRI's eta and tail were
 # chosen again for the stage-7 prior (stop 25) on held-out phantoms and natural photographs together: eta 1 and a
 # 3-step tail gained +3.4..+3.9 dB on x8 Gaussian-1D (both sets) over eta 0.5 and the last step, for -1.8 dB on x4
-# phantoms (+0.3 on x4 photographs; bench-results/dds-heldout-noiseless-tail-stage7-cpu-2026-12-03-stop25.json).  final_weight (noisy data): the
-# last step's data weight relative to the schedule's (its solution is returned without another denoising).  Noisy
+# phantoms (+0.3 on x4 photographs; bench-results/dds-heldout-noiseless-tail-stage7-cpu-2026-12-03-stop25.json).
+# final_weight (noisy data): the last step's data weight relative to the schedule's (its solution is returned without
+# another denoising).  Noisy
 # CT's gamma (15) was chosen on held-out phantoms and held-out natural images together: on the natural ones 30 lost
 # 3.5 dB summed over the three CT tasks, on the phantoms 15 gives up 0.5 (MRI's 3e4 wins on both sets summed).
 # lam (noisy data whose noise std is given to solve): the weight 1 / (lam sigma^2) per image, the largest PSNR summed
 # over the modality's three tasks on both held-out sets (phantoms and natural photographs); it beat the fixed gamma
-# on every task of both (natural +0.6..+1.8 dB; bench-results/dds-heldout-noise-weight-lam-stage6-cpu-2026-12-03-stop25.json)
+# on every task of both (natural +0.6..+1.8 dB, phantoms +0.2..+0.7;
+# bench-results/dds-heldout-noise-weight-lam-stage6-cpu-2026-12-03-stop25.json)
 DDS_SETTINGS = {("mri", False): {"eta": 1.0, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
                                  "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 3,
                                  "final_weight": 1.0, "lam": None},

@@ -390,11 +390,11 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
                 sec = sorted(r.seconds for r in runs)[len(runs) // 2] / x.shape[0]
                 return [r.x for r in runs], sec, ", ".join(f"{k}={v}" for k, v in settings.items())
 
+            # noisy data: the weight from each image's noise level (lam), as a user who knows the noise would
+            sd = _noise_std(task, clean) if noisy else None
+            shown = {k: v for k, v in st.items() if not (noisy and k == "gamma")}  # lam replaces gamma
             for nfe in nfes:
-                # noisy data: the weight from each image's noise level (lam), as a user who knows the noise would
-                shown = {k: v for k, v in st.items() if not (noisy and k == "gamma")}  # lam replaces gamma
-                recs[f"DDS-{nfe}"] = sample(DDS(prior, **st), nfe, shown,
-                                            noise_std=_noise_std(task, clean) if noisy else None)
+                recs[f"DDS-{nfe}"] = sample(DDS(prior, **st), nfe, shown, noise_std=sd)
             if run_dps and (not noisy or cfg.get("dps_noisy", False)):
                 dst = DPS_SETTINGS[modality]
                 recs[f"DPS-{cfg['dps_nfe']}"] = sample(DPS(prior, **dst), cfg["dps_nfe"], dst)

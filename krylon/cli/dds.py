@@ -220,7 +220,7 @@ def _reconstruct(args) -> int:
     if args.noise:
         # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
         support = "all" if args.modality == "ct" else None
-        sd = float(noise_std(y, args.noise, support=support)) if args.gamma is None else None  # the data weight's
+        sd = float(noise_std(y, args.noise, support=support))
         y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1), support=support)
     from ..solvers.diffusion import dds_settings
 
@@ -232,8 +232,9 @@ def _reconstruct(args) -> int:
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
-    res = dds.solve(A, y, nfe=args.nfe, seed=args.sampler_seed, noise_std=sd if dds.lam is not None else None,
-                    progress=True)
+    # the weight from the known noise (lam), unless --gamma fixes it or the settings have no lam
+    weigh = args.gamma is None and dds.lam is not None
+    res = dds.solve(A, y, nfe=args.nfe, seed=args.sampler_seed, noise_std=sd if weigh else None, progress=True)
     rows = [(base_name, base), (f"DDS {res.nfe} NFE", res.x)]
     print(f"{what}, noise {args.noise:g}, {n}x{n}:")
     for name, r in rows:
