@@ -90,7 +90,11 @@ PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 # lam (noisy data whose noise std is given to solve): the weight 1 / (lam sigma^2) per image, the largest PSNR summed
 # over the modality's three tasks on both held-out sets (phantoms and natural photographs); it beat the fixed gamma
 # on every task of both (natural +0.6..+1.8 dB, phantoms +0.2..+0.7;
-# bench-results/dds-heldout-noise-weight-lam-stage6-cpu-2026-12-03-stop25.json)
+# bench-results/dds-heldout-noise-weight-lam-stage6-cpu-2026-12-03-stop25.json).  The noisy tails (100 for both) and
+# CT's noisy spacing (2) are tune()'s picks on both held-out sets (stop 26,
+# bench-results/dds-tune-noisy-{mri,ct}-heldout-both-cpu-2026-12-03-stop26.json): over the six cases of each modality
+# MRI +0.4 dB summed over a 40-step tail (x8 Gaussian-1D photographs +0.4), CT +1.0 over spacing 3 and a 40-step tail
+# (no case down).
 DDS_SETTINGS = {("mri", False): {"eta": 1.0, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
                                  "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 3,
                                  "final_weight": 1.0, "lam": None},
@@ -98,10 +102,10 @@ DDS_SETTINGS = {("mri", False): {"eta": 1.0, "cg_steps": (2, 50), "cg_power": 2.
                                 "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 20,
                                 "final_weight": 1.0, "lam": None},
                 ("mri", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 10,
+                                "gamma": 3e4, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 100,
                                 "final_weight": 0.3, "lam": 0.2},
                 ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
-                               "gamma": 15.0, "gamma_schedule": "snr", "spacing": 3.0, "denoise_below": 40,
+                               "gamma": 15.0, "gamma_schedule": "snr", "spacing": 2.0, "denoise_below": 100,
                                "final_weight": 0.0, "lam": 0.3}}
 # the complex prior's (MRI only), chosen by tune(kind="complex") on complex held-out phantoms
 COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 0.85, "denoise_below": 4},
@@ -561,7 +565,8 @@ class DDS(_Sampler):
     schedule : VPSchedule, optional
         Default: linear beta 1e-4..0.02 over 1000 steps (what the prior was trained with).
     eta : float
-        Stochasticity of the re-noising in [0, 1] (0: deterministic DDIM).  Default 0.5 (the paper's is 0.85).
+        Stochasticity of the re-noising in [0, 1] (0: deterministic DDIM).  Default 1, the value of every entry of
+        ``DDS_SETTINGS`` (the paper's is 0.85).
     gamma : float or None
         Weight of the data term for noisy data; None (default): noiseless data consistency, the measurements
         are trusted.  It depends on the scale of ``A^H A`` and the noise, so there is no default value:
@@ -586,11 +591,11 @@ class DDS(_Sampler):
         Power of the timestep spacing (:meth:`VPSchedule.timesteps`): 1 even (the paper's), default 4: more
         of the ``nfe`` steps at low noise, where the last steps settle the detail.
     denoise_below : int
-        Steps into a timestep below this one carry the data-consistent ``x0`` over without fresh noise (default 1:
-        the last step; 0 samples to the end, as the paper).  The last steps then alternate a small denoising by
-        the network and data consistency (plug-and-play), and return an estimate near the posterior mean instead
-        of one sample of the posterior, whose squared error is twice the mean's: the PSNR rises, most with noisy
-        data.
+        Steps into a timestep below this one carry the data-consistent ``x0`` over without fresh noise (default 3,
+        noiseless MRI's in ``DDS_SETTINGS``: the last few steps; 0 samples to the end, as the paper).  The last
+        steps then alternate a small denoising by the network and data consistency (plug-and-play), and return an
+        estimate near the posterior mean instead of one sample of the posterior, whose squared error is twice the
+        mean's: the PSNR rises, most with noisy data.
     lam : float or None
         The data weight from the noise level, used when :meth:`solve` gets ``noise_std``: ``gamma = 1 / (lam
         sigma^2)``, ``sigma`` the noise's standard deviation in the sampler's units (``noise_std / scale``), so
@@ -629,9 +634,9 @@ class DDS(_Sampler):
 
     default_nfe = 50
 
-    def __init__(self, model: ScoreUNet, *, schedule: VPSchedule | None = None, eta: float = 0.5,
+    def __init__(self, model: ScoreUNet, *, schedule: VPSchedule | None = None, eta: float = 1.0,
                  gamma: float | None = None, gamma_schedule: str = "snr", cg_steps=(2, 50), cg_power: float = 2.0,
-                 carry_correction: bool = True, spacing: float = 4.0, denoise_below: int = 1,
+                 carry_correction: bool = True, spacing: float = 4.0, denoise_below: int = 3,
                  final_weight: float = 1.0, lam: float | None = None):
         super().__init__(model, schedule=schedule, spacing=spacing, denoise_below=denoise_below)
         final_weight = validate.real_number(final_weight, "final_weight")

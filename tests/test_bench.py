@@ -296,7 +296,7 @@ def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
 
     grid = ({"eta": 0.5, "cg_steps": 1, "spacing": 3.0}, {"eta": 0.9, "cg_steps": (1, 3), "cg_power": 1.0, "spacing": 1.0})
     res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, lams={"ct": (0.05, 3.0)}, cg_budget={},
-                   parts=("noisy",), out=tmp_path)
+                   parts=("noisy",), out=tmp_path, heldout=("phantoms",))
     rows = res["rows"]
     assert len(rows) == 4 and all(r["noise"] == dds.NOISE for r in rows)
     top = max(rows, key=lambda r: r["psnr"])
@@ -304,9 +304,33 @@ def test_dds_tune_noisy_part_picks_the_best_of_the_joint_grid(tmp_path):
     assert res["choice"] == {"noisy": {"ct": {**{k: top[k] for k in keys if k in top}, "gamma_schedule": "snr"}}}
     # a CG budget leaves out the settings that need more steps (the ramp 1 -> 3 averages 2 at 2 NFE)
     res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), noisy_grid=grid, lams={"ct": (0.3,)}, cg_budget={"ct": 1.5},
-                   parts=("noisy",))
+                   parts=("noisy",), heldout=("phantoms",))
     assert res["choice"]["noisy"]["ct"]["cg_steps"] == 1
     assert (tmp_path / "dds_tune.json").exists()
+
+
+def test_dds_tune_scores_each_setting_summed_over_the_held_out_sets(monkeypatch):
+    from krylon.bench import dds
+    from krylon.solvers.metrics import psnr
+
+    grid = ({"eta": 0.5, "cg_steps": 1, "spacing": 3.0}, {"eta": 1.0, "cg_steps": 2, "spacing": 1.0})
+    res = dds.tune(images=1, nfe=2, tasks=("mri-x4-uniform1d",), dds_grid=grid, parts=("dds",), sampler_seeds=(0,))
+    assert res["heldout"] == ["phantoms", "natural"]
+    rows = res["rows"]
+    assert sorted(r["set"] for r in rows) == ["natural", "natural", "phantoms", "phantoms"]
+    total = {g["eta"]: sum(r["psnr"] for r in rows if r["eta"] == g["eta"]) for g in grid}
+    assert res["choice"]["dds"]["mri"]["eta"] == max(total, key=total.get)
+    # the natural rows score the photographs themselves: the zero image's PSNR on them is that set's
+    x, _ = dds._skimage_images("natural", torch.float32)
+    monkeypatch.setattr("krylon.solvers.diffusion.DDS.solve",
+                        lambda self, A, y, **kw: type("R", (), {"x": torch.zeros(y.shape[0], 64, 64), "seconds": 0.0})())
+    res = dds.tune(images=1, nfe=2, tasks=("ct-8views",), dds_grid=grid[:1], parts=("dds",), sampler_seeds=(0,))
+    nat = next(r for r in res["rows"] if r["set"] == "natural")
+    assert abs(nat["psnr"] - float(psnr(torch.zeros_like(x), x).mean())) < 1e-3
+    with pytest.raises(ValueError, match="heldout"):
+        dds.tune(images=1, nfe=2, parts=("dds",), heldout=("photos",))
+    with pytest.raises(ValueError, match="complex"):
+        dds.tune(images=1, nfe=2, parts=("dds",), kind="complex", heldout=("natural",))
 
 
 def test_dds_tune_complex_prior_runs_the_mri_tasks_on_complex_phantoms():

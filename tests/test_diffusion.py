@@ -924,6 +924,13 @@ def test_tune_rule_prefers_fewer_cg_steps_then_the_shorter_tail_within_the_toler
     assert best_setting(both, keys) == (5, 20)
     assert best_setting(grid + rows(5, 20, 39.85), keys) == ((2, 50), 1)
     assert best_setting(grid + rows(5, 20, float("nan")), keys) == ((2, 50), 1)  # a diverged run is never picked
+    # per case, not on the sum: a shorter tail 0.3 dB down on one case and 0.2 up on the other is not near the best
+    uneven = [{**r, "psnr": 40.2 if r["task"] == "a" else 39.7} for r in rows([2, 50], 1, 0.0)]
+    assert best_setting(rows([2, 50], 2, 40.0) + uneven, keys) == ((2, 50), 2)
+    # the case key holds the held-out set too: the same task on two sets is two cases
+    sets = [{**r, "set": s, "psnr": r["psnr"] - (0.3 if s == "p" and r["denoise_below"] == 1 else 0.0)}
+            for s in ("p", "n") for r in rows([2, 50], 2, 40.0) + rows([2, 50], 1, 40.0)]
+    assert best_setting(sets, keys) == ((2, 50), 2)
 
 
 def test_bench_tune_classical_part_picks_the_best_mean_weight(tmp_path, monkeypatch):
@@ -977,7 +984,7 @@ def test_bench_tune_scores_a_setting_by_its_mean_over_sampler_seeds(tmp_path, mo
     monkeypatch.setattr(DDS, "solve", spy)
     grid = ({"eta": 1.0, "cg_steps": 2, "spacing": 3.0, "denoise_below": 0},)
     res = bench.tune(images=1, nfe=2, tasks=("mri-x4-uniform1d",), parts=("noisy",), noisy_grid=grid,
-                     lams={"mri": (0.3,)}, sampler_seeds=(0, 5))
+                     lams={"mri": (0.3,)}, sampler_seeds=(0, 5), heldout=("phantoms",))
     assert seen == [0, 5] and res["sampler_seeds"] == [0, 5]
     (r,) = res["rows"]
     assert len(r["psnr_per_seed"]) == 2 and abs(r["psnr"] - sum(r["psnr_per_seed"]) / 2) < 1e-3

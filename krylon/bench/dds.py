@@ -454,33 +454,34 @@ DDS_GRID = _grid((0.5, 0.85, 1.0), (((2, 50), 2.0), ((1, 40), 4.0), ((1, 25), 2.
                  denoise=(0, 1, 2, 4, 10, 20, 160)) + tuple(
     {"eta": e, "cg_steps": 50, "carry_correction": False, "spacing": 4.0, "denoise_below": 0}
     for e in (0.5, 1.0))  # stop-18's setting
-NOISY_GRID = tuple({**g, "final_weight": f} for g in _grid((1.0,), (((2, 20), 2.0),), (3.0,),
-                                                         denoise=(0, 10, 40, 80, 160)) for f in (1.0, 0.3, 0.0)) + (
+NOISY_GRID = tuple({**g, "final_weight": f} for g in _grid((1.0,), (((2, 20), 2.0),), (2.0, 3.0),
+                                                         denoise=(0, 10, 40, 100, 160)) for f in (1.0, 0.3, 0.0)) + (
     {"eta": 1.0, "cg_steps": 5, "carry_correction": False, "spacing": 3.0, "denoise_below": 0},)  # stop-18's setting
 
 
 def best_setting(rows, keys, *, nfe: int = 50, budget=None) -> tuple:
     """The values of ``keys`` that :func:`tune` picks from its result ``rows`` (each a dict with those keys,
-    ``task``, ``noise`` and ``psnr``): the largest PSNR summed over the (task, noise) cases; within 0.1 dB per
-    case of it, the fewest CG steps per sampling step (cheaper at the same quality), then the shortest
-    deterministic tail (``denoise_below``, a missing one counted as 0: the least departure from sampling the
-    posterior), then the larger sum; only settings within the CG ``budget``.  A setting with a non-finite PSNR
-    (a diverged run) is never picked."""
+    ``task``, ``noise``, ``psnr`` and optionally the held-out ``set``): the largest PSNR summed over the (task,
+    noise, set) cases, or, among the settings within 0.1 dB of that one on every case, the fewest CG steps per
+    sampling step (cheaper at the same quality), then the shortest deterministic tail (``denoise_below``, a
+    missing one counted as 0: the least departure from sampling the posterior), then the larger sum; only settings
+    within the CG ``budget``.  Per case, not on the sum: a cheaper setting may not buy its saving with one task's
+    loss.  A setting with a non-finite PSNR (a diverged run) is never picked."""
     def combo(r):
         return tuple(tuple(v) if isinstance(v, list) else v for v in (r.get(k) for k in keys))
 
     if not rows:
         raise ValueError("best_setting needs at least one result row")
-    score = {}
-    for r in rows:  # one pass: the PSNR summed over each setting's cases
-        c = combo(r)
-        score[c] = score.get(c, 0.0) + r["psnr"]
+    per_case = {}  # setting -> {case: PSNR}
+    for r in rows:
+        per_case.setdefault(combo(r), {})[r["task"], r["noise"], r.get("set")] = r["psnr"]
+    score = {c: sum(v.values()) for c, v in per_case.items()}
     cost = {c: mean_cg_steps(dict(zip(keys, c)), nfe) if "cg_steps" in keys else 0.0 for c in score}
     combos = {c for c in score if (budget is None or cost[c] <= budget) and math.isfinite(score[c])}
     if not combos:
         raise ValueError(f"no setting in the grid has a finite PSNR within the CG budget {budget}")
-    top = max(score[c] for c in combos)
-    near = [c for c in combos if score[c] >= top - 0.1 * len({(r["task"], r["noise"]) for r in rows})]
+    top = per_case[max(combos, key=score.get)]
+    near = [c for c in combos if all(per_case[c].get(k, -math.inf) >= v - 0.1 for k, v in top.items())]
     tail = keys.index("denoise_below") if "denoise_below" in keys else None
     return min(near, key=lambda c: (cost[c], (c[tail] or 0) if tail is not None else 0, -score[c], repr(c)))
 
@@ -490,24 +491,47 @@ DPS_GRID = {m: ((st, 1.0, 0), (st, 2.0, 0), (st, 3.0, 0), (big, 2.0, 0))
             + tuple((st, 2.0, d) for d in (10, 40, 80, 160, 320)) for m, st, big in (("mri", 1.0, 3.0), ("ct", 0.03, 0.1))}
 
 
+def _heldout_sets(heldout, images: int, seed: int, cplx: bool, dev) -> dict:
+    """tune's held-out image sets by name (see :func:`tune`), on ``dev``."""
+    import torch
+
+    from ..datasets.phantoms import random_phantoms
+
+    heldout = (("phantoms",) if cplx else ("phantoms", "natural")) if heldout is None else tuple(heldout)
+    unknown = set(heldout) - {"phantoms", "natural"}
+    if unknown or not heldout:
+        raise ValueError(f"heldout must name 'phantoms' and/or 'natural', got {heldout!r}")
+    if cplx and "natural" in heldout:
+        raise ValueError("heldout='natural' holds real photographs; the complex prior is tuned on complex phantoms")
+    sets = {}
+    for name in dict.fromkeys(heldout):
+        x = (random_phantoms(images, SIZE, seed=seed, complex=cplx) if name == "phantoms"
+             else _skimage_images("natural", torch.float32)[0])
+        sets[name] = x.to(torch.complex64 if cplx else torch.float32).to(dev)
+    return sets
+
+
 def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, tasks=None, dds_grid=DDS_GRID,
          noisy_grid=NOISY_GRID, lams=None, cg_budget=None, dps_grid=None, dps_nfe: int = 500, dps_images: int = 2,
          dps_tasks=("mri-x4-uniform1d", "ct-30views"), parts=("dds", "noisy", "dps"), kind="magnitude", out=None,
-         device="cpu", sampler_seeds=(0, 1)) -> dict:
+         device="cpu", sampler_seeds=(0, 1), heldout=None) -> dict:
     """Choose DDS's settings per modality from ``dds_grid`` (noiseless tasks; dicts of DDS keyword arguments) by the
-    largest PSNR summed over the modality's tasks, or within 0.1 dB per (task, noise) case of it the fewest CG steps
-    and then the shortest deterministic tail (:func:`best_setting`), among the settings whose mean CG steps per sampling step
+    largest PSNR summed over the modality's tasks, or within 0.1 dB of it on every (task, noise, set) case the fewest
+    CG steps and then the shortest deterministic tail (:func:`best_setting`), among the settings whose mean CG steps per sampling step
     are within ``cg_budget[modality]`` (default ``{"ct": 10}``: about
     one network call's worth of CT projections on a CPU, so that DDS-50 stays >= 10x faster than DPS-500; MRI's
     cheaper steps need none; BENCHMARKS.md has the timings); for noisy data (noise ``NOISE``) the
     same from ``noisy_grid`` x ``lams[modality]`` (a joint grid; the data weight ``1 / (lam sigma^2)`` from each
     image's noise, with the ``"snr"`` weighting over the steps); and DPS's
     ``(step_size, spacing, denoise_below)`` per modality from ``dps_grid`` (:data:`DPS_GRID`), by PSNR summed over
-    ``dps_tasks`` noiseless and noisy; all by mean PSNR on held-out
-    phantoms ``random_phantoms(images, 64, seed=seed)`` (one per family; never the benchmark's test images).
+    ``dps_tasks`` noiseless and noisy; all by mean PSNR on each held-out set of ``heldout``, summed over the sets
+    (a case is a task, noise and set): ``"phantoms"``, ``random_phantoms(images, 64, seed=seed)`` (one per family),
+    and ``"natural"``, the photographs :data:`NATURAL` (needs scikit-image); never the benchmark's test images.
+    The default is both for the magnitude prior (how :data:`DDS_SETTINGS` were chosen: settings that suit phantoms
+    only over-fit the noise of photographs) and the phantoms for the complex one.
     ``parts`` picks what to run; ``"classical"`` (not run by default) chooses the baselines' weights
     per task, noise and image kind (real; complex phantoms for MRI) from ``CG_LAMS`` / ``TV_LAMS``, the largest
-    mean PSNR on the same phantoms for each, the values of :data:`CLASSICAL_LAMS`.  ``kind="complex"``: the complex
+    mean PSNR on the held-out phantoms for each (whatever ``heldout``), the values of :data:`CLASSICAL_LAMS`.  ``kind="complex"``: the complex
     prior on complex phantoms of the same seed, MRI tasks only (:data:`COMPLEX_SETTINGS`).  Prints the tables,
     writes ``out/dds_tune.json``.  Each sampler setting is scored by its PSNR averaged over the images and over
     ``sampler_seeds`` (two by default: one sampling run per image is too noisy to rank settings whose differences
@@ -527,19 +551,20 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     lams = lams or {m: (0.15, 0.2, 0.3, 0.45) for m in ("mri", "ct")}
     cg_budget = {"ct": 10.0} if cg_budget is None else cg_budget
     dps_grid = dps_grid or DPS_GRID
-    x = random_phantoms(images, SIZE, seed=seed, complex=cplx).to(torch.complex64 if cplx else torch.float32).to(dev)
+    sets = _heldout_sets(heldout, images, seed, cplx, dev)
     rows, choice = [], {}
 
-    def measure(task, noisy, n_img=None):
-        xi = x[:n_img] if n_img else x
+    def measure(task, noisy, n_img=None):  # per held-out set: (name, A, y, x, noise std)
         A = _operator(task, dev)
-        y = A.matvec(xi.to(torch.complex64) if task.startswith("mri") else xi)
-        return A, (_noisy(task, y) if noisy else y), xi, (_noise_std(task, y) if noisy else None)
+        for name, x in sets.items():
+            xi = x[:n_img] if n_img else x
+            y = A.matvec(xi.to(torch.complex64) if task.startswith("mri") else xi)
+            yield name, A, (_noisy(task, y) if noisy else y), xi, (_noise_std(task, y) if noisy else None)
 
-    def record(part, task, noisy, sampler, xi, A, y, n, noise_std=None, **kw):
+    def record(part, task, noisy, sampler, held, xi, A, y, n, noise_std=None, **kw):
         runs = [sampler.solve(A, y, nfe=n, seed=sd, noise_std=noise_std) for sd in seeds]
         per_seed = [float(psnr(r.x, xi).mean()) for r in runs]
-        rows.append({"part": part, "task": task, "noise": NOISE if noisy else 0.0, **kw,
+        rows.append({"part": part, "task": task, "noise": NOISE if noisy else 0.0, "set": held, **kw,
                      "psnr": sum(per_seed) / len(per_seed), "psnr_per_seed": [round(v, 3) for v in per_seed],
                      "seconds": round(sum(r.seconds for r in runs) / len(runs), 2)})
         print_table(rows[-1:], list(rows[-1]), title=None)
@@ -557,19 +582,19 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
     if "dds" in parts:
         keys = settings(dds_grid)
         for task in tasks:
-            A, y, xi, _ = measure(task, False)
-            for g in dds_grid:
-                record("dds", task, False, DDS(prior, gamma=None, **g), xi, A, y, nfe, **g)
+            for held, A, y, xi, _ in measure(task, False):
+                for g in dds_grid:
+                    record("dds", task, False, DDS(prior, gamma=None, **g), held, xi, A, y, nfe, **g)
         choice["dds"] = {m: chosen("dds", keys, m) for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "noisy" in parts:
         keys = settings(noisy_grid) + ("lam",)
         for task in tasks:
             modality = task.split("-")[0]
-            A, y, xi, sd = measure(task, True)
-            for g in noisy_grid:
-                for lam in lams[modality]:
-                    record("noisy", task, True, DDS(prior, lam=lam, gamma_schedule="snr", **g), xi, A, y, nfe,
-                           noise_std=sd, **g, lam=lam)
+            for held, A, y, xi, sd in measure(task, True):
+                for g in noisy_grid:
+                    for lam in lams[modality]:
+                        record("noisy", task, True, DDS(prior, lam=lam, gamma_schedule="snr", **g), held, xi, A, y,
+                               nfe, noise_std=sd, **g, lam=lam)
         choice["noisy"] = {m: {**chosen("noisy", keys, m), "gamma_schedule": "snr"}
                            for m in ("mri", "ct") if any(t.startswith(m) for t in tasks)}
     if "dps" in parts:
@@ -577,10 +602,10 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         for task in dps_tasks:
             modality = task.split("-")[0]
             for noisy in (False, True):
-                A, y, xi, _ = measure(task, noisy, dps_images)
-                for g in dps_grid[modality]:
-                    kw = dict(zip(keys, g))
-                    record("dps", task, noisy, DPS(prior, **kw), xi, A, y, dps_nfe, **kw)
+                for held, A, y, xi, _ in measure(task, noisy, dps_images):
+                    for g in dps_grid[modality]:
+                        kw = dict(zip(keys, g))
+                        record("dps", task, noisy, DPS(prior, **kw), held, xi, A, y, dps_nfe, **kw)
         choice["dps"] = {m: dict(zip(keys, best("dps", keys, lambda r, m=m: r["task"].startswith(m))))
                          for m in ("mri", "ct") if any(t.startswith(m) for t in dps_tasks)}
     if "classical" in parts:
@@ -607,7 +632,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
                                     for lam, p in score.items())
                     print(key, lams[key], flush=True)
         choice["classical"] = lams
-    result = {"seed": seed, "images": images, "sampler_seeds": list(seeds), "nfe": nfe, "kind": kind,
+    result = {"seed": seed, "images": images, "heldout": list(sets), "sampler_seeds": list(seeds), "nfe": nfe, "kind": kind,
               "choice": choice, "rows": rows,
               "prior": prior.config}
     print("chosen:", choice)
