@@ -39,7 +39,7 @@ from ..kernels import backend, validate
 from .hdf5 import DatasetWriter
 from .random_fields import gaussian_random_field
 
-__all__ = ["FAMILIES", "PHANTOM_FAMILIES", "PHOTO_SOURCES", "shepp_logan",
+__all__ = ["FAMILIES", "PHANTOM_FAMILIES", "PHOTO_SOURCES", "skimage_grey", "shepp_logan",
            "random_phantom", "random_phantoms", "generate_phantoms", "phantom_generator"]
 
 PHANTOM_FAMILIES = ("ellipses", "shepp_logan", "polygons", "blobs")
@@ -272,22 +272,29 @@ def _family_textures(X, Y, g):
     return _u(g, 0.0, 0.4) + f
 
 
-@functools.lru_cache(maxsize=1)
-def _photos() -> tuple[torch.Tensor, ...]:
-    """The grey images of :data:`PHOTO_SOURCES` in [0, 1] (float32), loaded once."""
+def skimage_grey(name: str, *, why: str = "this") -> list[np.ndarray]:
+    """scikit-image's sample image ``name`` (``skimage.data.<name>()``) in grey, float64 in [0, 1] (colour by
+    luminance, uint8 divided by 255); a list, since a few are pairs (``stereo_motorcycle``: the left and right views,
+    not its disparity).  ``why`` names the caller in the error raised without scikit-image."""
     try:
         from skimage import data
         from skimage.color import rgb2gray
     except ImportError as e:
-        raise ValueError("the 'photos' family crops scikit-image's sample images: pip install scikit-image") from e
+        raise ValueError(f"{why} needs scikit-image's sample images: pip install scikit-image") from e
+    imgs = getattr(data, name)()
     out = []
-    for name in PHOTO_SOURCES:
-        imgs = getattr(data, name)()
-        for a in imgs[:2] if isinstance(imgs, tuple) else (imgs,):  # stereo_motorcycle: (left, right, disparity)
-            a = np.asarray(a)
-            a = rgb2gray(a[..., :3]) if a.ndim == 3 else a.astype(np.float64) / (255.0 if a.dtype == np.uint8 else 1.0)
-            out.append(torch.from_numpy(np.ascontiguousarray(a)).float())
-    return tuple(out)
+    for a in imgs[:2] if isinstance(imgs, tuple) else (imgs,):
+        a = np.asarray(a)
+        a = rgb2gray(a[..., :3]) if a.ndim == 3 else a.astype(np.float64) / (255.0 if a.dtype == np.uint8 else 1.0)
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _photos() -> tuple[torch.Tensor, ...]:
+    """The grey images of :data:`PHOTO_SOURCES` in [0, 1] (float32), loaded once."""
+    return tuple(torch.from_numpy(a).float() for name in PHOTO_SOURCES
+                 for a in skimage_grey(name, why="the 'photos' family"))
 
 
 def _family_photos(X, Y, g):

@@ -102,6 +102,22 @@ def test_photos_family_crops_real_images_never_the_bench_test_images(monkeypatch
         phantoms._photos.cache_clear()
 
 
+def test_skimage_grey_scales_to_unit_range_and_converts_colour_by_luminance():
+    pytest.importorskip("skimage")
+    import numpy as np
+    from skimage import data
+
+    from krylon.datasets.phantoms import skimage_grey
+
+    (cam,) = skimage_grey("camera")
+    np.testing.assert_array_equal(cam, data.camera() / 255.0)  # uint8 grey: divided by 255
+    (ast,) = skimage_grey("astronaut")
+    r, g, b = (data.astronaut()[..., i] / 255.0 for i in range(3))
+    np.testing.assert_allclose(ast, 0.2125 * r + 0.7154 * g + 0.0721 * b, atol=1e-12)  # ITU-R 709 luminance
+    left, right = skimage_grey("stereo_motorcycle")  # a pair: the two views, not the disparity map
+    assert left.shape == right.shape and left.ndim == 2 and 0 <= left.min() and left.max() <= 1
+
+
 def test_random_phantoms_reproducible_and_independent_of_batching():
     a = random_phantoms(6, 32, seed=5)
     b = torch.cat([random_phantoms(2, 32, seed=5), random_phantoms(4, 32, seed=5, start=2)])

@@ -107,16 +107,15 @@ def _skimage_images(which: str, dtype):
     scaled to [0, 1]; names tagged with the set."""
     import torch
 
+    from ..datasets.phantoms import skimage_grey
+
     try:
-        from skimage import data
-        from skimage.color import rgb2gray
         from skimage.transform import resize
     except ImportError as e:
         raise ValueError(f"images={which!r} needs scikit-image (pip install 'krylon[bench]')") from e
     out = []
     for name in IMAGE_SETS[which]:
-        a = getattr(data, name)()
-        a = rgb2gray(a[..., :3]) if a.ndim == 3 else a.astype("float64")
+        a = skimage_grey(name, why=f"images={which!r}")[0]
         h, w = a.shape
         m = min(h, w)
         a = a[(h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
