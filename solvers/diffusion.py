@@ -92,9 +92,9 @@ PRETRAINED = {"magnitude": "phantom64", "complex": "phantom64_complex"}
 # on every task of both (natural +0.6..+1.8 dB, phantoms +0.2..+0.7;
 # bench-results/dds-heldout-noise-weight-lam-stage6-cpu-2026-12-03-stop25.json).  The noisy tails (100 for both) and
 # CT's noisy spacing (2) are tune()'s picks on both held-out sets (stop 26,
-# bench-results/dds-tune-noisy-{mri,ct}-heldout-both-cpu-2026-12-03-stop26.json): over the six cases of each modality
-# MRI +0.4 dB summed over a 40-step tail (x8 Gaussian-1D photographs +0.4), CT +1.0 over spacing 3 and a 40-step tail
-# (no case down).
+# bench-results/dds-tune-noisy-{mri,ct}-heldout-both-cpu-2026-12-03-stop26.json): summed over each modality's six
+# cases MRI +1.1 dB over the former 10-step tail (a 40-step one is 0.44 dB down on the x8 Gaussian-1D photographs), CT
+# +1.05 over spacing 3 and a 40-step tail (no case down).
 DDS_SETTINGS = {("mri", False): {"eta": 1.0, "cg_steps": (2, 50), "cg_power": 2.0, "carry_correction": True,
                                  "gamma": None, "gamma_schedule": "snr", "spacing": 4.0, "denoise_below": 3,
                                  "final_weight": 1.0, "lam": None},
