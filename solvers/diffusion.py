@@ -107,9 +107,11 @@ DDS_SETTINGS = {("mri", False): {"eta": 1.0, "cg_steps": (2, 50), "cg_power": 2.
                 ("ct", True): {"eta": 1.0, "cg_steps": (2, 20), "cg_power": 2.0, "carry_correction": True,
                                "gamma": 15.0, "gamma_schedule": "snr", "spacing": 2.0, "denoise_below": 100,
                                "final_weight": 0.0, "lam": 0.3}}
-# the complex prior's (MRI only), chosen by tune(kind="complex") on complex held-out phantoms
+# the complex prior's (MRI only), chosen by tune(kind="complex") on complex held-out phantoms; noisy: tail and lam
+# from tune(kind="complex", parts=("noisy",)) at stop 26 (bench-results/dds-tune-noisy-complex-cpu-2026-12-03-stop26.json;
+# the 12 cells span 0.9 dB summed over the three tasks, the pick +0.2 over the magnitude prior's 100 and 0.2)
 COMPLEX_SETTINGS = {("mri", False): {**DDS_SETTINGS["mri", False], "eta": 0.85, "denoise_below": 4},
-                    ("mri", True): dict(DDS_SETTINGS["mri", True])}
+                    ("mri", True): {**DDS_SETTINGS["mri", True], "denoise_below": 10, "lam": 0.15}}
 SETTING_NAMES = ("eta", "cg_steps", "cg_power", "carry_correction", "gamma", "gamma_schedule", "spacing",
                  "denoise_below", "final_weight", "lam")
 
