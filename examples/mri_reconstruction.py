@@ -38,8 +38,8 @@ def main(nfe=50, noise=0.0, out="mri_dds.png", seed=0, complex=False):
     y = A.matvec(x.to(torch.complex64))
     sd = None
     if noise:
-        sd = float(noise_std(y, noise, ndim=3))  # the noise is known: DDS weighs the data by it
-        y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=3)
+        sd = float(noise_std(y, noise, ndim=3, support=A.measured))  # the noise is known: DDS weighs the data by it
+        y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=3, support=A.measured)
     res = dds.solve(A, y, nfe=nfe, seed=seed, noise_std=sd)
     real = not dds.complex_images  # every method over real images when the prior is
     recs = {"zero-filled": zero_filled(A, y, real=real), "CG-SENSE": cg_sense(A, y, lam=1e-2, real=real),

@@ -3,7 +3,7 @@
 Simulates a parallel-beam sinogram of a phantom with 30 views over [0, pi) (``--views``), reconstructs it with
 DDS (50 network calls; CG steps of data consistency, eta and the noisy data weight: ``DDS_SETTINGS``, chosen
 on held-out phantoms apart for noisy and noiseless data) and with filtered back-projection, and saves a
-comparison PNG.  Noise (``--noise``) goes on every sinogram bin (``support="all"``: rays that miss the object
+comparison PNG.  Noise (``--noise``) goes on every sinogram bin (``support=R.measured``: rays that miss the object
 are measured too).  The Shepp-Logan phantom is in-family for the shipped prior (its training generator has a
 jittered Shepp-Logan family).
 
@@ -32,8 +32,8 @@ def main(views=30, nfe=50, noise=0.0, out="ct_dds.png", seed=0):
     y = R.matvec(x)
     sd = None
     if noise:
-        sd = float(noise_std(y, noise, ndim=2, support="all"))  # the noise is known: DDS weighs the data by it
-        y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=2, support="all")
+        sd = float(noise_std(y, noise, ndim=2, support=R.measured))  # the noise is known: DDS weighs the data by it
+        y = add_noise(y, noise, generator=torch.Generator().manual_seed(seed), ndim=2, support=R.measured)
     res = dds.solve(R, y, nfe=nfe, seed=seed, noise_std=sd)
     recs = {"FBP": fbp(R, y), f"DDS ({res.nfe} NFE)": res.x}
     for name, r in recs.items():

@@ -254,6 +254,12 @@ class MRI(LinearOperator):
         return backend.complex_dtype(self.mask.dtype)
 
     @property
+    def measured(self) -> torch.Tensor:
+        """Which entries of ``A x`` are measurements: the sampled k-space, a bool ``(H, W)`` tensor that broadcasts
+        over the coils (the ``support`` to give :func:`add_noise` and :func:`noise_std`)."""
+        return self.mask != 0
+
+    @property
     def acceleration(self) -> float:
         """``H W / (number of sampled k-space points)``."""
         return self.mask.numel() / max(float(self.mask.sum()), 1.0)
@@ -455,6 +461,12 @@ class Radon(LinearOperator):
     @property
     def n_detectors(self) -> int:
         return self.shape_out[1]
+
+    @property
+    def measured(self) -> torch.Tensor:
+        """Which sinogram bins are measurements: all of them, rays that miss the object too (a bool scalar that
+        broadcasts; the ``support`` to give :func:`add_noise` and :func:`noise_std`)."""
+        return torch.ones((), dtype=torch.bool, device=self.device)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -683,6 +695,7 @@ def add_noise(y: torch.Tensor, sigma: float, *, generator: torch.Generator | Non
         an MRI mask never samples stays zero, so noisy data stay in the range of the mask (and ``||y - A x||``
         measures only noise that was measured).  A bool tensor broadcastable to ``y`` names them explicitly;
         ``"all"`` puts noise everywhere (e.g. a CT sinogram whose zeros, rays missing the object, are measured).
+        ``A.measured`` of a krylon :class:`MRI` or :class:`Radon` is the right one for its data.
 
     Examples
     --------

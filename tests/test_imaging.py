@@ -485,6 +485,21 @@ def test_add_noise_keeps_unsampled_k_space_zero():
     torch.testing.assert_close(explicit, noisy)
 
 
+def test_operators_say_which_measurements_get_noise():
+    """``A.measured``: MRI's sampled k-space (the mask, over every coil), every bin of a CT sinogram, zeros too."""
+    A = MRI(mri_mask((32, 32), acceleration=4, seed=0), coil_maps((32, 32), 4))
+    assert torch.equal(A.measured.expand(A.shape_out), (A.mask == 1).expand(4, 32, 32))
+    y = A.matvec(crandn(2, 32, 32, dtype=torch.complex64))
+    torch.testing.assert_close(add_noise(y, 0.05, ndim=3, generator=gen(0), support=A.measured),
+                               add_noise(y, 0.05, ndim=3, generator=gen(0)))
+    R = Radon((16, 16), angles=torch.linspace(0, math.pi, 5)[:-1])
+    s = R.matvec(torch.zeros(2, 16, 16).index_fill_(-1, torch.tensor([7, 8]), 1.0))
+    assert bool((s == 0).any())  # rays that miss the object
+    noisy = add_noise(s, 0.05, ndim=2, generator=gen(1), support=R.measured)
+    assert bool((noisy != s).all())
+    torch.testing.assert_close(noisy, add_noise(s, 0.05, ndim=2, generator=gen(1), support="all"))
+
+
 def test_add_noise_bad_input():
     with pytest.raises(ValueError, match="sigma"):
         add_noise(torch.ones(3), -1.0)

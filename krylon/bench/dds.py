@@ -3,7 +3,7 @@
 Tasks (64x64): 4-coil MRI x4 uniform-1D, x8 Gaussian-1D, x8 Gaussian-2D (8 % fully sampled centre); parallel-beam
 CT with 8 and 30 views over [0, pi) and 60 views over a 120-degree limited angle; each noiseless and with
 complex/real Gaussian noise of ``NOISE`` times the RMS of the measured entries (MRI: the sampled k-space; CT: every
-sinogram bin, ``support="all"``, since rays that miss the object are measured too).
+sinogram bin, since rays that miss the object are measured too: the operator's ``measured`` entries).
 
 Test images (never in the training set): random phantoms of :mod:`krylon.datasets.phantoms` with seed
 ``TEST_SEED`` (the prior was trained on the same generator with seed 1; one per family: ``--size quick`` the first,
@@ -176,26 +176,22 @@ def _operator(task: str, device):
     return Radon((SIZE, SIZE), angles=angles, device=device)
 
 
-def _noisy(task: str, clean):
-    """The measurements with the task's noise: ``NOISE`` times the RMS of the measured entries, seeded; MRI: on the
-    sampled k-space, CT: on every sinogram bin (rays that miss the object, zero bins, are measured too)."""
+def _noisy(A, clean):
+    """The measurements with the task's noise: ``NOISE`` times the RMS of the measured entries (``A.measured``: MRI the
+    sampled k-space, CT every sinogram bin, as rays that miss the object are measured too), seeded."""
     import torch
 
     from ..operators.imaging import add_noise
 
     g = torch.Generator(device=clean.device).manual_seed(1)
-    return add_noise(clean, NOISE, generator=g, ndim=clean.dim() - 1, support=_support(task))
+    return add_noise(clean, NOISE, generator=g, ndim=clean.dim() - 1, support=A.measured)
 
 
-def _support(task):
-    return "all" if task.startswith("ct") else None
-
-
-def _noise_std(task: str, clean):
+def _noise_std(A, clean):
     """The standard deviation of :func:`_noisy`'s noise per image ``(B,)``: what DDS weighs the data by."""
     from ..operators.imaging import noise_std
 
-    return noise_std(clean, NOISE, ndim=clean.dim() - 1, support=_support(task)).flatten()
+    return noise_std(clean, NOISE, ndim=clean.dim() - 1, support=A.measured).flatten()
 
 
 def _oracle(fn, lams, x):
@@ -378,7 +374,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
         clean = A.matvec(x.to(torch.complex64) if modality == "mri" else x)
         L = normal_norm(A)
         for noisy in cases:
-            y = _noisy(task, clean) if noisy else clean
+            y = _noisy(A, clean) if noisy else clean
             recs = _classical(task, A, y, x, L, real, classical_lams(task, noisy, kind))
             st = dds_settings(modality, noisy, kind="complex" if prior.complex_images else "magnitude",
                               cg_steps=cg_steps, eta=eta)
@@ -390,7 +386,7 @@ def run(size="default", *, device="cpu", out="bench-out", plot=True, model=None,
                 return [r.x for r in runs], sec, ", ".join(f"{k}={v}" for k, v in settings.items())
 
             # noisy data: the weight from each image's noise level (lam), as a user who knows the noise would
-            sd = _noise_std(task, clean) if noisy else None
+            sd = _noise_std(A, clean) if noisy else None
             shown = {k: v for k, v in st.items() if not (noisy and k == "gamma")}  # lam replaces gamma
             for nfe in nfes:
                 recs[f"DDS-{nfe}"] = sample(DDS(prior, **st), nfe, shown, noise_std=sd)
@@ -558,7 +554,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
         for name, x in sets.items():
             xi = x[:n_img] if n_img else x
             y = A.matvec(xi.to(torch.complex64) if task.startswith("mri") else xi)
-            yield name, A, (_noisy(task, y) if noisy else y), xi, (_noise_std(task, y) if noisy else None)
+            yield name, A, (_noisy(A, y) if noisy else y), xi, (_noise_std(A, y) if noisy else None)
 
     def record(part, task, noisy, sampler, held, xi, A, y, n, noise_std=None, **kw):
         runs = [sampler.solve(A, y, nfe=n, seed=sd, noise_std=noise_std) for sd in seeds]
@@ -620,7 +616,7 @@ def tune(*, model=None, images: int = 4, seed: int = TUNE_SEED, nfe: int = 50, t
                 clean = A.matvec(xk.to(torch.complex64) if task.startswith("mri") else xk.float())
                 L = normal_norm(A)
                 for noisy in (False, True):
-                    y = _noisy(task, clean) if noisy else clean
+                    y = _noisy(A, clean) if noisy else clean
                     key = f"{task} {'noisy' if noisy else 'noiseless'} {ik}"
                     lams[key] = {}
                     for m, (short, grid, fn) in _weighted(task, A, y, L, ik == "real").items():

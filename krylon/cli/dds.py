@@ -88,6 +88,9 @@ def _add_train_reconstruct(sub, tsub) -> None:
         q.add_argument("--final-weight", type=float, default=None, metavar="F",
                        help="noisy data: DDS's last data-consistency step weighs the data F times its scheduled "
                        "weight (default: krylon.solvers.diffusion.DDS_SETTINGS, by modality)")
+        q.add_argument("--no-dihedral", action="store_true",
+                       help="DDS shows the network the image as it is at every step (the paper's sampler), not turned "
+                       "and mirrored by another symmetry of the square each step")
         q.add_argument("--seed", type=int, default=0, help="seeds the simulation: mask and measurement noise")
         q.add_argument("--sampler-seed", type=int, default=0, help="seeds the DDS sampler (default 0)")
         q.add_argument("--model", default=None, help="a prior.pt from 'krylon train diffusion' (default: shipped)")
@@ -218,17 +221,16 @@ def _reconstruct(args) -> int:
         what = f"CT {args.views} views over {args.arc:g} degrees"
     sd = None
     if args.noise:
-        # CT: noise on every sinogram bin (rays missing the object are measured); MRI: on the sampled k-space
-        support = "all" if args.modality == "ct" else None
-        sd = float(noise_std(y, args.noise, support=support))
-        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1), support=support)
+        # on the measured entries: MRI the sampled k-space, CT every sinogram bin (rays missing the object too)
+        sd = float(noise_std(y, args.noise, support=A.measured))
+        y = add_noise(y, args.noise, generator=torch.Generator().manual_seed(args.seed + 1), support=A.measured)
     from ..solvers.diffusion import dds_settings
 
     # eta, CG steps, spacing, tail and gamma chosen on held-out phantoms, apart for noisy and noiseless data
     dds = DDS(dds.model, **dds_settings(args.modality, bool(args.noise), kind="complex" if dds.complex_images else
                                         "magnitude", gamma=args.gamma if args.noise else None, cg_steps=cg_steps,
                                         denoise_below=args.denoise_below, final_weight=args.final_weight,
-                                        lam=args.lam))
+                                        lam=args.lam, dihedral=False if args.no_dihedral else None))
     real = not dds.complex_images  # the baseline gets DDS's constraint: real images for a real prior
     base_name, base = ("CG-SENSE", cg_sense(A, y, lam=1e-2, real=real)) if args.modality == "mri" else \
         ("FBP", fbp(A, y, arc=math.radians(args.arc) if args.arc < 180 else None))
