@@ -744,6 +744,9 @@ def test_cli_reconstruct_uses_the_noisy_dds_settings_only_with_noise(tmp_path, m
     monkeypatch.setitem(tuned.DDS_SETTINGS, ("ct", True), {"gamma": 0.07, "final_weight": 0.25})
     assert run("--noise", "0.03") == {0.25}
     assert run("--noise", "0.03", "--final-weight", "0") == {0.0}
+    monkeypatch.setattr(DDS, "data_consistency", lambda self, *a, **k: seen.append(self.dihedral) or
+                        orig(self, *a, **k))  # dihedral steps unless --no-dihedral
+    assert run() == {True} and run("--no-dihedral") == {False}
 
 
 def test_cli_reconstruct_weighs_noisy_data_by_the_simulated_noise_std(tmp_path, monkeypatch):
