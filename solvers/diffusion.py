@@ -457,7 +457,7 @@ class _Sampler:
             raise ValueError(f"noise_std must be positive and finite (leave it None for noiseless data), got {noise_std!r}")
         return (sd.expand(batch).reshape(-1) / s).reshape(-1, 1, 1)
 
-    def _eps(self, x, t, i: int = 0):
+    def _eps(self, x, t, i: int):
         """The network's noise estimate at timestep ``t``, step ``i``: with ``dihedral``, of the image under the
         ``i mod 8``-th symmetry of the square, mapped back."""
         real = not self.model.complex_images
